@@ -1,0 +1,57 @@
+# Thin wrappers around `python -m pipeline <stage>`: Make variables become overrides.
+# Every option is listed by `make config`; ARGS passes any other section.key=value.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# cpu installs tensorflow-cpu (half the download); cuda installs tensorflow[and-cuda].
+ACCEL ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
+STAMP := $(VENV)/.installed-$(ACCEL)
+
+OVERRIDES := \
+  $(if $(DATASET),data.dataset=$(DATASET)) \
+  $(if $(SPLIT_SEED),data.split_seed=$(SPLIT_SEED)) \
+  $(if $(DATA_CACHE),data.cache_size=$(DATA_CACHE)) \
+  $(if $(IMAGE_SIZE),input.image_size=$(IMAGE_SIZE)) \
+  $(if $(BATCH_SIZE),input.batch_size=$(BATCH_SIZE)) \
+  $(if $(BACKBONE),model.backbone=$(BACKBONE)) \
+  $(if $(WEIGHTS),model.weights=$(WEIGHTS)) \
+  $(if $(SEED),train.seed=$(SEED)) \
+  $(ARGS)
+CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG))
+RUN_STAGE = $(PY) -m pipeline $(1) $(CONFIG_FLAG) $(OVERRIDES)
+
+.PHONY: help setup data config test lint bench-input lock clean
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(ACCEL),dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)  ## create .venv and install the pinned dependencies (ACCEL=cpu|cuda)
+
+data: $(STAMP)  ## fetch/read DATASET, check every image, split, write data/<dataset>/ manifests
+	$(call RUN_STAGE,data)
+
+config: $(STAMP)  ## print the effective configuration
+	$(call RUN_STAGE,config)
+
+test: $(STAMP)  ## run the test suite (PYTEST_ARGS=... to select)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff
+	$(PY) -m ruff check pipeline tests benchmarks
+	$(PY) -m ruff format --check pipeline tests benchmarks
+
+bench-input: $(STAMP)  ## input pipeline benchmark (images/s, JSON under benchmarks/results/)
+	$(PY) benchmarks/input_pipeline.py $(BENCH_ARGS)
+
+lock: $(STAMP)  ## regenerate constraints.txt from the current environment
+	$(PY) -m pip freeze --exclude-editable | sed 's/^tensorflow_cpu @.*/tensorflow-cpu==2.21.0/' > constraints.txt
+
+clean:  ## remove generated data, models and reports (never the user's images)
+	find data models reports -mindepth 1 ! -name README.md -exec rm -rf {} +

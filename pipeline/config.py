@@ -1,0 +1,317 @@
+"""One configuration object: every default lives here, and nowhere else.
+
+Precedence, lowest to highest: these defaults < a config file (``--config``, TOML, YAML or
+JSON) < ``section.key=value`` overrides on the command line (Make variables end up there).
+The resolved configuration is written next to every output (``config.json``), and that file
+can be fed back with ``--config`` to repeat a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+
+@dataclass
+class PathsConfig:
+    data: str = "data"  # manifests, downloads, caches: data/<dataset>/
+    models: str = "models"  # trained runs: models/<run>/
+    reports: str = "reports"  # figures and reports: reports/<dataset or run>/
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "flowers"  # flowers | intel | folder:PATH
+    val_fraction: float = 0.15  # probability that an image lands in validation
+    test_fraction: float = 0.15  # ... in test (ignored when the source has its own test set)
+    split_seed: int = 42  # changes every image's split; keep it fixed across experiments
+    min_side: int = 32  # images with a shorter side below this are skipped (too small to crop)
+    max_pixels: int = 178_956_970  # larger images are skipped as decompression bombs (PIL x2)
+    small_class_warning: int = 100  # warn when a class has fewer images than this
+    workers: int = 0  # processes that check images; 0 = one per CPU core
+    cache_size: int = 0  # >0: build a cache of decoded images with this shorter side (342 fits 299)
+
+
+@dataclass
+class InputConfig:
+    image_size: int = 299  # square side the model sees; InceptionV3 accepts 75 and up
+    batch_size: int = 32  # global batch; split across replicas under a distribution strategy
+    crop_area_min: float = 0.25  # random resized crop: smallest fraction of the image kept
+    crop_aspect_min: float = 0.75  # ... aspect-ratio range [min, 1/min]
+    eval_crop_fraction: float = 0.875  # evaluation: resize to size/fraction, then centre-crop
+    flip: bool = True  # random horizontal flip
+    rotation: float = 0.0  # keras RandomRotation factor (fraction of a full turn); costly
+    zoom: float = 0.0  # keras RandomZoom factor; costly
+    contrast: float = 0.0  # keras RandomContrast factor
+    brightness: float = 0.0  # keras RandomBrightness factor
+    randaugment: bool = False  # keras RandAugment (2 ops, magnitude 0.2)
+    mixup: float = 0.0  # keras MixUp alpha; 0 = off
+    cutmix: float = 0.0  # keras CutMix alpha; 0 = off
+    shuffle_buffer: int = 2048  # training shuffle buffer (elements are file paths: cheap)
+    deterministic: bool = False  # fixed element order in parallel maps (slower)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "inception_v3"  # a name from pipeline.backbones.BACKBONES
+    weights: str = "imagenet"  # imagenet | none | /path/to/weights.h5
+    alpha: float = 1.0  # width multiplier, MobileNet family only
+    dropout: float = 0.2  # before the softmax head
+    fine_tune_from: str = ""  # first layer unfrozen in phase 2; "" = the backbone's default
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42  # initialisation, shuffling, augmentation
+    run_name: str = ""  # models/<run_name>/; "" = <dataset>-<backbone>-<timestamp>
+    head_epochs: int = 10  # phase 1: frozen base, new head
+    head_lr: float = 1e-3
+    fine_tune_epochs: int = 10  # phase 2: top of the base unfrozen; 0 skips phase 2
+    fine_tune_lr: float = 1e-5
+    patience: int = 3  # early stopping on validation loss, best weights restored
+    lr_patience: int = 2  # reduce the learning rate after this many flat epochs
+    lr_factor: float = 0.2
+    label_smoothing: float = 0.0
+    class_weights: str = "auto"  # auto (only when imbalanced) | on | off
+    cache_features: bool = True  # phase 1 without augmentation trains on cached base features
+    head_augment: bool = False  # augment in phase 1 (then features cannot be cached)
+    precision: str = "auto"  # auto (mixed_float16 on GPU) | float32 | mixed_float16 | mixed_bfloat16
+    xla: bool = False  # jit_compile the training step
+    strategy: str = "auto"  # auto | default | mirrored | multi_worker
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism
+    tensorboard: bool = False  # write TensorBoard logs under the run folder
+
+
+@dataclass
+class EvalConfig:
+    run: str = ""  # models/<run>; "" = the latest run
+    split: str = "test"  # test | val
+    top_k: int = 5
+    gallery_size: int = 24  # worst mistakes shown
+
+
+@dataclass
+class PredictConfig:
+    input: str = ""  # folder of images, searched recursively
+    output: str = "predictions.csv"
+    top_k: int = 3
+    sort_into: str = ""  # copy (never move) each image into <sort_into>/<predicted class>/
+
+
+@dataclass
+class MemoryConfig:
+    budget: str = "16GiB"  # device memory to fit a training run into
+    optimizer_slots: int = 2  # values per trainable parameter (Adam: 2)
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def dataset_dir(self) -> Path:
+        """Where this data set's manifests live: data/<dataset name>/."""
+        return Path(self.paths.data) / dataset_name(self.data.dataset)
+
+
+class ConfigError(ValueError):
+    """A configuration value or name that cannot be used; the message says how to fix it."""
+
+
+def dataset_name(dataset: str) -> str:
+    """Folder name for a data set spec: 'flowers', 'intel', or the folder's own name."""
+    if dataset.startswith("folder:"):
+        name = Path(dataset[len("folder:") :].rstrip("/\\")).name
+        return name or "folder"
+    return dataset
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def _field_types(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def valid_keys() -> list[str]:
+    """Every 'section.key' name an override may use."""
+    return [
+        f"{name}.{key}" for name, cls in _sections().items() for key in _field_types(cls)
+    ]
+
+
+def _coerce(key: str, raw: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
+            return None
+        annotation = args[0]
+    if annotation is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key} expects true or false. Received: {raw!r}")
+    if annotation is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key} expects an integer. Received: {raw!r}")
+        try:
+            value = float(raw) if isinstance(raw, str) else raw
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} expects an integer. Received: {raw!r}") from None
+    if annotation is float:
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} expects a number. Received: {raw!r}") from None
+    return str(raw)
+
+
+def _apply(cfg: Config, section: str, key: str, raw: Any, origin: str) -> None:
+    sections = _sections()
+    if section not in sections:
+        raise ConfigError(
+            f"Unknown configuration section {section!r} in {origin}. "
+            f"Valid sections: {', '.join(sections)}."
+        )
+    types_ = _field_types(sections[section])
+    if key not in types_:
+        valid = ", ".join(f"{section}.{k}" for k in types_)
+        raise ConfigError(f"Unknown option {section}.{key} in {origin}. Valid options: {valid}.")
+    setattr(getattr(cfg, section), key, _coerce(f"{section}.{key}", raw, types_[key]))
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """'train.head_lr=3e-4' -> ('train', 'head_lr', '3e-4')."""
+    name, sep, value = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        raise ConfigError(
+            f"Overrides are written section.key=value, for example train.head_lr=3e-4. "
+            f"Received: {text!r}"
+        )
+    return section, key, value.strip()
+
+
+def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist; give an existing .toml/.yaml/.json")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".toml":
+        data = tomllib.loads(text)
+    elif suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    elif suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ConfigError(f"Config file {path}: expected .toml, .yaml, .yml or .json")
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(
+            f"Config file {path}: expected sections of key = value, e.g. [train] head_lr = 1e-3"
+        )
+    return data
+
+
+def load_config(config_file: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the file, then the overrides; validated before anything runs."""
+    cfg = Config()
+    if config_file:
+        for section, values in read_config_file(config_file).items():
+            for key, raw in values.items():
+                _apply(cfg, section, key, raw, str(config_file))
+    for text in overrides:
+        section, key, raw = parse_override(text)
+        _apply(cfg, section, key, raw, "the command line")
+    validate(cfg)
+    return cfg
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """A copy of cfg with {'section.key': value} applied and validated."""
+    new = dataclasses.replace(
+        cfg, **{name: dataclasses.replace(getattr(cfg, name)) for name in _sections()}
+    )
+    for name, raw in overrides.items():
+        section, _, key = name.partition(".")
+        _apply(new, section, key, raw, "overrides")
+    validate(new)
+    return new
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that would fail later, after minutes of work, with the fix in the message."""
+    d, i, t = cfg.data, cfg.input, cfg.train
+    if not (d.dataset in ("flowers", "intel") or d.dataset.startswith("folder:")):
+        raise ConfigError(
+            f"data.dataset must be flowers, intel or folder:PATH. Received: {d.dataset!r}"
+        )
+    for key, value in (("val_fraction", d.val_fraction), ("test_fraction", d.test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"data.{key} must be between 0 and 1 (exclusive). Received: {value}")
+    if d.val_fraction + d.test_fraction >= 1.0:
+        raise ConfigError(
+            "data.val_fraction + data.test_fraction must leave images for training. "
+            f"Received: {d.val_fraction} + {d.test_fraction}"
+        )
+    if i.image_size < 32:
+        raise ConfigError(f"input.image_size must be at least 32. Received: {i.image_size}")
+    if i.batch_size < 1:
+        raise ConfigError(f"input.batch_size must be at least 1. Received: {i.batch_size}")
+    if not 0.0 < i.crop_area_min <= 1.0:
+        raise ConfigError(f"input.crop_area_min must be in (0, 1]. Received: {i.crop_area_min}")
+    if not 0.0 < i.crop_aspect_min <= 1.0:
+        raise ConfigError(
+            f"input.crop_aspect_min must be in (0, 1]. Received: {i.crop_aspect_min}"
+        )
+    if not 0.0 < i.eval_crop_fraction <= 1.0:
+        raise ConfigError(
+            f"input.eval_crop_fraction must be in (0, 1]. Received: {i.eval_crop_fraction}"
+        )
+    choices = {
+        "train.precision": (t.precision, ("auto", "float32", "mixed_float16", "mixed_bfloat16")),
+        "train.strategy": (t.strategy, ("auto", "default", "mirrored", "multi_worker")),
+        "train.class_weights": (t.class_weights, ("auto", "on", "off")),
+        "eval.split": (cfg.eval.split, ("test", "val")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}. Received: {value!r}")
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the effective configuration (JSON, loadable with --config) atomically."""
+    from pipeline.files import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")

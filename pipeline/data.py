@@ -1,0 +1,296 @@
+"""The data stage (`make data`): find the images, check every one, split, write manifests.
+
+Public entry: ``prepare_data(cfg)``. It never modifies, moves or deletes a user's file; it
+writes only under data/<dataset>/ and reports/<dataset>/.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from pipeline.config import Config, save_config
+from pipeline.files import atomic_path, write_csv, write_json
+from pipeline.images import (
+    DECODE_JPEG,
+    ImageCheck,
+    check_images,
+    has_image_extension,
+    is_ignored,
+    iter_files,
+    load_rgb,
+)
+from pipeline.manifest import SPLIT_FILES, ManifestRow, write_classes, write_manifest
+from pipeline.sources import Source, subfolders, resolve_source
+from pipeline.split import SPLITS, assign_splits, check_split_counts, split_counts
+
+CHECK_REPORT = "check_report.csv"
+DUPLICATES_REPORT = "duplicates.csv"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class Candidate:
+    path: Path
+    label: str | None  # None: not inside a class folder
+    given_split: str | None
+
+
+@dataclass
+class DataResult:
+    dataset_dir: Path
+    reports_dir: Path
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    skipped: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def list_candidates(source: Source) -> list[Candidate]:
+    """Every file below each class folder (any depth), and stray files beside them."""
+    found: list[Candidate] = []
+    for root, given in source.roots:
+        for path in sorted(p for p in root.iterdir() if p.is_file()):
+            if has_image_extension(path) and not is_ignored(path):
+                found.append(Candidate(path, None, given))
+        for class_dir in subfolders(root):
+            found.extend(Candidate(p, class_dir.name, given) for p in iter_files(class_dir))
+    return found
+
+
+def _reason_key(reason: str) -> str:
+    """Group skip reasons for the summary: 'too small (20x30, ...)' -> 'too small'."""
+    return reason.split(" (")[0].split(":")[0]
+
+
+def cache_path(dataset_dir: Path, size: int, sha256: str) -> Path:
+    return dataset_dir / f"cache-{size}" / sha256[:2] / f"{sha256}.jpg"
+
+
+def _cache_one(args: tuple[str, str, int]) -> None:
+    from PIL import Image
+
+    src, dest, size = args
+    dest_path = Path(dest)
+    if dest_path.exists():
+        return
+    img = Image.fromarray(load_rgb(src))
+    scale = size / min(img.size)
+    if scale < 1.0:
+        new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(new, Image.BICUBIC, reducing_gap=3.0)
+    with atomic_path(dest_path) as tmp:
+        img.save(tmp, "JPEG", quality=95)
+
+
+def build_image_cache(
+    rows: list[ManifestRow], dataset_dir: Path, size: int, workers: int = 0
+) -> Path:
+    """Decoded, oriented, down-sized JPEG copies (shorter side = size), built once by hash."""
+    from tqdm import tqdm
+
+    jobs = [
+        (r.path, str(cache_path(dataset_dir, size, r.sha256)), size)
+        for r in rows
+        if not cache_path(dataset_dir, size, r.sha256).exists()
+    ]
+    if jobs:
+        workers = workers or os.cpu_count() or 1
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            bar = tqdm(total=len(jobs), desc=f"Caching at {size}px", unit="img", leave=False)
+            for _ in pool.map(_cache_one, jobs, chunksize=16):
+                bar.update()
+            bar.close()
+    return dataset_dir / f"cache-{size}"
+
+
+def cached_rows(rows: list[ManifestRow], dataset_dir: Path, size: int) -> list[ManifestRow]:
+    """The same rows pointing at the decoded cache; fails if `make data` did not build it."""
+    out = []
+    for r in rows:
+        path = cache_path(dataset_dir, size, r.sha256)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing from the image cache: run `make data DATA_CACHE={size}` "
+                "(data.cache_size) first, or set data.cache_size=0"
+            )
+        out.append(
+            ManifestRow(str(path), r.label, r.label_index, r.sha256, r.width, r.height, 1,
+                        DECODE_JPEG)
+        )
+    return out
+
+
+def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
+    """Resolve the source, check every image, split, write manifests and reports."""
+    d = cfg.data
+    out_dir = cfg.dataset_dir()
+    reports_dir = Path(cfg.paths.reports) / out_dir.name
+    source = resolve_source(d.dataset, cfg.paths.data, out_dir.name)
+    candidates = list_candidates(source)
+    classes_found = sorted({c.label for c in candidates if c.label})
+    print(
+        f"Found {len(candidates)} files in {len(classes_found)} class folders "
+        f"under {source.origin}"
+    )
+    if not candidates:
+        raise ValueError(f"{source.origin}: no files found; expected <class>/<image> folders")
+
+    checks = check_images(
+        [c.path for c in candidates], d.min_side, d.max_pixels, d.workers, progress=progress
+    )
+    for cand, check in zip(candidates, checks):
+        if check.status == "ok" and cand.label is None:
+            check.status, check.reason = "skipped", "not inside a class folder"
+
+    usable = [(c, k) for c, k in zip(candidates, checks) if k.status == "ok"]
+    splits = assign_splits(
+        [(k.sha256, c.given_split) for c, k in usable],
+        d.split_seed, d.val_fraction, d.test_fraction,
+        fixed_test=any(given == "test" for _, given in source.roots),
+    )
+    counts = split_counts([c.label for c, _ in usable], splits)
+    warnings = [
+        f"class folder {label!r} has no usable images; it is left out"
+        for label in classes_found
+        if label not in counts
+    ]
+    warnings += check_split_counts(counts, d.small_class_warning)
+    classes = sorted(counts)
+    index = {label: i for i, label in enumerate(classes)}
+
+    by_split: dict[str, list[ManifestRow]] = {s: [] for s in SPLITS}
+    split_of_path: dict[str, str] = {}
+    for (cand, check), split in zip(usable, splits):
+        by_split[split].append(
+            ManifestRow(
+                str(cand.path.resolve()), cand.label, index[cand.label], check.sha256,
+                check.width, check.height, check.orientation, check.decoder,
+            )
+        )
+        split_of_path[check.path] = split
+
+    duplicates = _duplicate_groups(usable, split_of_path)
+    warnings += _duplicate_warnings(duplicates)
+    files = _write_outputs(
+        cfg, out_dir, source, candidates, checks, split_of_path, by_split, classes,
+        duplicates, counts, warnings,
+    )
+    if d.cache_size:
+        all_rows = [r for s in SPLITS for r in by_split[s]]
+        files.append(build_image_cache(all_rows, out_dir, d.cache_size, d.workers))
+
+    skipped = Counter(_reason_key(k.reason) for k in checks if k.status != "ok")
+    result = DataResult(out_dir, reports_dir, classes, counts, dict(skipped), warnings, files)
+    _print_summary(result, source)
+    from pipeline.plots import plot_class_distribution
+
+    result.files.append(plot_class_distribution(counts, reports_dir / "class_distribution.png"))
+    result.files.append(_draw_augmented_samples(cfg, by_split["train"], classes, reports_dir))
+    return result
+
+
+def _duplicate_groups(usable, split_of_path) -> list[list[tuple[str, str, str]]]:
+    groups: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    for cand, check in usable:
+        groups[check.sha256].append((check.path, cand.label, split_of_path[check.path]))
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _duplicate_warnings(duplicates) -> list[str]:
+    if not duplicates:
+        return []
+    extra = sum(len(g) - 1 for g in duplicates)
+    msgs = [f"{extra} duplicate file(s) in {len(duplicates)} group(s); each group shares a split"]
+    conflicts = [g for g in duplicates if len({label for _, label, _ in g}) > 1]
+    if conflicts:
+        msgs.append(
+            f"{len(conflicts)} duplicate group(s) carry different labels (see "
+            f"{DUPLICATES_REPORT}); fix the class folders or expect those images to count wrong"
+        )
+    return msgs
+
+
+def _write_outputs(
+    cfg, out_dir, source, candidates, checks, split_of_path, by_split, classes, duplicates,
+    counts, warnings,
+) -> list[Path]:
+    files = [
+        write_manifest(out_dir / SPLIT_FILES[s], sorted(by_split[s], key=lambda r: r.path))
+        for s in SPLITS
+    ]
+    files.append(write_classes(out_dir / "classes.json", classes))
+    files.append(
+        write_csv(
+            out_dir / CHECK_REPORT,
+            ["label", "split", *ImageCheck.columns()],
+            (
+                [c.label or "", split_of_path.get(k.path, ""), *k.row()]
+                for c, k in zip(candidates, checks)
+            ),
+        )
+    )
+    files.append(
+        write_csv(
+            out_dir / DUPLICATES_REPORT,
+            ["group", "path", "label", "split"],
+            ([i, p, label, s] for i, g in enumerate(duplicates) for p, label, s in g),
+        )
+    )
+    skipped = [k for k in checks if k.status != "ok"]
+    files.append(
+        write_json(
+            out_dir / SUMMARY,
+            {
+                "dataset": cfg.data.dataset,
+                "origin": source.origin,
+                "classes": classes,
+                "counts": counts,
+                "totals": {s: sum(c[s] for c in counts.values()) for s in SPLITS},
+                "files_found": len(candidates),
+                "skipped": [{"path": k.path, "reason": k.reason} for k in skipped],
+                "duplicate_groups": len(duplicates),
+                "unlabelled_dir": str(source.unlabelled) if source.unlabelled else None,
+                "warnings": warnings,
+            },
+        )
+    )
+    files.append(save_config(cfg, out_dir / "config.json"))
+    return files
+
+
+def _print_summary(result: DataResult, source: Source) -> None:
+    width = max(len(c) for c in result.classes)
+    print(f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in SPLITS))
+    for label in result.classes:
+        c = result.counts[label]
+        print(f"{label:<{width}}  " + "  ".join(f"{c[s]:>6}" for s in SPLITS))
+    totals = [sum(c[s] for c in result.counts.values()) for s in SPLITS]
+    print(f"{'total':<{width}}  " + "  ".join(f"{t:>6}" for t in totals))
+    if result.skipped:
+        print(f"Skipped {sum(result.skipped.values())} file(s): " + ", ".join(
+            f"{n} {reason}" for reason, n in sorted(result.skipped.items())
+        ) + f" (details: {result.dataset_dir / CHECK_REPORT})")
+    for note in source.notes:
+        print(note)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    if source.unlabelled:
+        print(f"Unlabelled images for prediction: {source.unlabelled}")
+    print(f"Manifests written to {result.dataset_dir}/")
+
+
+def _draw_augmented_samples(cfg, train_rows, classes, reports_dir) -> Path:
+    """What the model is fed: a grid of augmented training images with their labels."""
+    from pipeline.inputs import sample_augmented
+    from pipeline.plots import plot_image_grid
+
+    images, labels = sample_augmented(train_rows, cfg, count=16)
+    titles = [classes[i] for i in labels]
+    return plot_image_grid(images, titles, reports_dir / "augmented_samples.png",
+                           title="Augmented training samples")

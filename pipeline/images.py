@@ -1,0 +1,202 @@
+"""Reading one image file: what it is, whether it is usable, and how to decode it to RGB.
+
+``check_image`` decodes every file once (in worker processes, see ``check_images``) and
+records how the input pipeline must decode it: TensorFlow's own decoders for the common
+JPEG/PNG/WebP cases (fast, in the graph), or ``load_rgb`` below (PIL) for the rest:
+transparency composited on white, 16-bit, GIF, BMP. Both paths apply the EXIF orientation,
+so the model sees what a person sees. Nothing here ever writes to a user's file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp"})
+# PIL format names we accept (MPO: multi-picture JPEG written by many cameras).
+ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
+OS_DEBRIS = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "icon\r"})
+DEBRIS_DIRS = frozenset({"__macosx", ".git", ".svn", "@eadir", ".ipynb_checkpoints"})
+EXIF_ORIENTATION_TAG = 0x0112
+
+# How the input pipeline decodes a file (the `decoder` column of the manifests).
+DECODE_JPEG = "jpeg"  # tf.io.decode_and_crop_jpeg: only the crop is decoded
+DECODE_TF = "tf"  # tf.io.decode_image: PNG/WebP that need no conversion
+DECODE_PIL = "pil"  # load_rgb: anything TensorFlow would decode differently
+
+
+@dataclass
+class ImageCheck:
+    """The outcome of checking one file: a row of check_report.csv."""
+
+    path: str
+    status: str = "ok"  # ok | skipped
+    reason: str = ""
+    sha256: str = ""
+    format: str = ""
+    mode: str = ""
+    width: int = 0  # as displayed, after the EXIF orientation
+    height: int = 0
+    orientation: int = 1  # EXIF orientation tag, 1..8
+    decoder: str = ""
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def row(self) -> list[object]:
+        return list(asdict(self).values())
+
+
+def is_ignored(path: Path) -> bool:
+    """Hidden files and OS debris are not the user's images; they are not even reported."""
+    return path.name.startswith(".") or path.name.lower() in OS_DEBRIS
+
+
+def iter_files(root: Path) -> Iterator[Path]:
+    """Every non-ignored file below root, sorted, without entering hidden or debris folders."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and d.lower() not in DEBRIS_DIRS
+        )
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if not is_ignored(path):
+                yield path
+
+
+def has_image_extension(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _has_transparency(img) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info
+    )
+
+
+def _choose_decoder(img) -> str:
+    """TensorFlow's decoders agree with load_rgb only for these cases (checked in tests)."""
+    fmt = img.format
+    if fmt in ("JPEG", "MPO") and img.mode in ("RGB", "L", "CMYK"):
+        return DECODE_JPEG
+    if fmt in ("PNG", "WEBP") and img.mode in ("RGB", "L") and not _has_transparency(img):
+        return DECODE_TF
+    return DECODE_PIL
+
+
+def check_image(path: str | Path, min_side: int = 32, max_pixels: int = 178_956_970) -> ImageCheck:
+    """Decode a file fully once and say whether it is usable, and why not."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    result = ImageCheck(path=str(path))
+
+    def skip(reason: str) -> ImageCheck:
+        result.status, result.reason = "skipped", reason
+        return result
+
+    if not has_image_extension(path):
+        return skip(f"unsupported extension {path.suffix or '(none)'}")
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return skip("empty file")
+        result.sha256 = file_sha256(path)
+    except OSError as exc:
+        return skip(f"unreadable: {exc.strerror or exc}")
+
+    Image.MAX_IMAGE_PIXELS = None  # we apply our own limit before decoding, below
+    try:
+        with Image.open(path) as img:
+            result.format, result.mode = img.format or "", img.mode
+            width, height = img.size
+            if result.format not in ACCEPTED_FORMATS:
+                return skip(f"unsupported image format {result.format}")
+            if width * height > max_pixels:
+                return skip(
+                    f"too large ({width}x{height} > {max_pixels} pixels): "
+                    "possible decompression bomb"
+                )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img.load()  # full decode: raises on truncated or corrupt data
+            orientation = int(img.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+            result.orientation = orientation if 1 <= orientation <= 8 else 1
+            if result.orientation >= 5:  # 5..8 swap width and height
+                width, height = height, width
+            result.width, result.height = width, height
+            result.decoder = _choose_decoder(img)
+    except UnidentifiedImageError:
+        return skip("not an image (content is not a readable image format)")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return skip(f"truncated or corrupt: {exc}")
+    if min(width, height) < min_side:
+        return skip(f"too small ({width}x{height}, shorter side < {min_side})")
+    return result
+
+
+def _check_one(args: tuple[str, int, int]) -> ImageCheck:
+    return check_image(*args)
+
+
+def check_images(
+    paths: Iterable[str | Path],
+    min_side: int = 32,
+    max_pixels: int = 178_956_970,
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "Checking images",
+) -> list[ImageCheck]:
+    """check_image over many files in parallel processes, in input order, with a progress bar."""
+    from tqdm import tqdm
+
+    jobs = [(str(p), min_side, max_pixels) for p in paths]
+    workers = workers or os.cpu_count() or 1
+    bar = dict(total=len(jobs), desc=desc, unit="img", disable=not progress, leave=False)
+    if workers == 1 or len(jobs) < 64:
+        return [check_image(*job) for job in tqdm(jobs, **bar)]
+    # spawn, not fork: the parent may already have started TensorFlow's threads.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        chunk = max(1, min(64, len(jobs) // (workers * 8)))
+        return list(tqdm(pool.map(_check_one, jobs, chunksize=chunk), **bar))
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode any accepted file to an oriented HxWx3 uint8 RGB array, the way a viewer shows it.
+
+    Transparency is composited on white; 16-bit samples keep their top 8 bits (as
+    TensorFlow's PNG decoder does); GIFs give their first frame; CMYK is converted.
+    """
+    from PIL import Image, ImageOps
+
+    Image.MAX_IMAGE_PIXELS = None
+    with Image.open(path) as img:
+        img.seek(0)
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(img, dtype=np.uint32)
+            shift = 8 if img.mode.startswith("I;16") or array.max(initial=0) < 65536 else 24
+            gray = (array >> shift).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=2)
+        if _has_transparency(img):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, rgba)
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
