@@ -68,7 +68,7 @@ class ModelConfig:
     weights: str = "imagenet"  # imagenet | none | /path/to/weights.h5
     alpha: float = 1.0  # width multiplier, MobileNet family only
     dropout: float = 0.2  # before the softmax head
-    fine_tune_from: str = ""  # first layer unfrozen in phase 2; "" = the backbone's default
+    fine_tune_after: str = ""  # last layer frozen in phase 2 (later layers train); "" = backbone default
 
 
 @dataclass

@@ -1,0 +1,145 @@
+"""The classifier: a backbone from the table plus a new softmax head.
+
+Public: ``build_base``, ``build_classifier``, ``freeze_for_phase``, ``resolve_weights``.
+The base is called with ``training=False`` so its BatchNorm layers keep their ImageNet
+statistics in both phases, the pitfall behind most reports of fine-tuning collapsing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from pipeline.backbones import (
+    Backbone,
+    check_input_size,
+    get_backbone,
+    weights_file_name,
+    weights_url,
+)
+from pipeline.config import Config
+
+BASE_NAME = "base"
+HEAD_NAME = "predictions"
+KERAS_CACHE = Path("~/.keras/models").expanduser()
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights that cannot be had; the message names the file and both fixes."""
+
+
+def resolve_weights(backbone: Backbone, weights: str, alpha: float = 1.0,
+                    size: int | None = None) -> str | None:
+    """'none' -> None; a path -> that path; 'imagenet' -> Keras's cached file or a download.
+
+    A cached or given file is passed by path, so Keras never touches the network for it,
+    and a MobileNet file loads at any input size (Keras matches by name only at 224).
+    """
+    if weights.lower() == "none" or not backbone.pretrained:
+        return None
+    if weights.lower() != "imagenet":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(
+                f"model.weights={weights}: no such file. Give an .h5 weights file for "
+                f"{backbone.name} without its top, 'imagenet' or 'none'"
+            )
+        return str(path)
+    name = weights_file_name(backbone, alpha, size)
+    cached = KERAS_CACHE / name
+    if cached.is_file():
+        return str(cached)
+    url = weights_url(backbone, alpha, size)
+    from pipeline.sources import check_download_reachable
+
+    try:
+        check_download_reachable(url)
+    except ConnectionError as exc:
+        raise WeightsError(
+            f"ImageNet weights for {backbone.name} are not available offline and the download "
+            f"failed ({exc}). Download {url} and either put {name} in {KERAS_CACHE}/ or pass "
+            f"WEIGHTS=/path/to/{name} (or WEIGHTS=none to train from random initialisation)"
+        ) from exc
+    return "imagenet"
+
+
+def _small_cnn(size: int) -> keras.Model:
+    """A from-scratch baseline: four conv-BN-ReLU-pool blocks, 32 to 256 maps."""
+    inputs = keras.Input((size, size, 3))
+    x = inputs
+    for i, filters in enumerate((32, 64, 128, 256), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                                name=f"block{i}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{i}_relu")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+    return keras.Model(inputs, x, name=BASE_NAME)
+
+
+def build_base(cfg: Config, weights: str | None = None) -> keras.Model:
+    """The backbone without its top, at cfg's input size; weights resolved as above."""
+    backbone = get_backbone(cfg.model.backbone)
+    size = cfg.input.image_size
+    check_input_size(backbone, size)
+    if not backbone.pretrained:
+        return _small_cnn(size)
+    resolved = resolve_weights(backbone, weights or cfg.model.weights, cfg.model.alpha, size)
+    kwargs = {"alpha": cfg.model.alpha} if backbone.has_alpha else {}
+    constructor = getattr(keras.applications, backbone.constructor)
+    base = constructor(include_top=False, weights=resolved, input_shape=(size, size, 3),
+                       **kwargs)
+    base.name = BASE_NAME
+    return base
+
+
+def build_classifier(cfg: Config, num_classes: int, weights: str | None = None) -> keras.Model:
+    """Input -> base(training=False) -> global average pool -> dropout -> float32 softmax."""
+    backbone = get_backbone(cfg.model.backbone)
+    size = cfg.input.image_size
+    base = build_base(cfg, weights)
+    inputs = keras.Input((size, size, 3), name="image")
+    # A pretrained base always runs in inference mode (frozen BatchNorm statistics); a
+    # from-scratch base must learn its statistics, so it follows the training flag.
+    x = base(inputs, training=False) if backbone.pretrained else base(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dropout(cfg.model.dropout, name="dropout")(x)
+    # float32 even under a mixed-precision policy: a float16 softmax loses small probabilities.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                 name=HEAD_NAME)(x)
+    return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
+
+
+def get_base(model: keras.Model) -> keras.Model:
+    return model.get_layer(BASE_NAME)
+
+
+def fine_tune_cut(cfg: Config) -> str:
+    return cfg.model.fine_tune_after or get_backbone(cfg.model.backbone).fine_tune_after
+
+
+def freeze_for_phase(model: keras.Model, cfg: Config, phase: int) -> None:
+    """Phase 1: base frozen. Phase 2: layers after the cut train, BatchNorm stays frozen.
+
+    Recompile after calling this: Keras reads ``trainable`` when it compiles.
+    """
+    backbone = get_backbone(cfg.model.backbone)
+    base = get_base(model)
+    if not backbone.pretrained:
+        base.trainable = True  # a from-scratch network trains whole, in one phase
+        return
+    if phase == 1:
+        base.trainable = False
+        return
+    cut = fine_tune_cut(cfg)
+    names = [layer.name for layer in base.layers]
+    if cut not in names:
+        raise ValueError(
+            f"model.fine_tune_after={cut!r} is not a layer of {backbone.name}. Block outputs "
+            f"include: {', '.join(n for n in names if n.startswith(('mixed', 'block', 'conv')))[:400]}"
+        )
+    base.trainable = True
+    start = names.index(cut) + 1
+    for i, layer in enumerate(base.layers):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= start and not is_bn
