@@ -25,11 +25,16 @@ def _show_config(cfg: Config, args: argparse.Namespace) -> None:
     print(json.dumps(cfg.to_dict(), indent=2))
 
 
-STAGES: dict[str, tuple[str, Callable[[Config, argparse.Namespace], None]]] = {
+Runner = Callable[[Config, argparse.Namespace], None]
+AddArguments = Callable[[argparse.ArgumentParser], None]
+
+# name -> (help, runner, extra stage-specific arguments or None). Stage modules are
+# imported inside the runners, so registering a stage costs nothing at start-up.
+STAGES: dict[str, tuple[str, Runner, AddArguments | None]] = {
     "data": ("fetch or read the data set, check every image, split, write manifests",
-             _run_data),
+             _run_data, None),
     "config": ("print the effective configuration (defaults < --config file < overrides)",
-               _show_config),
+               _show_config, None),
 }
 
 
@@ -41,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         "input.image_size=128`. `pipeline config` lists every option with its default.",
     )
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for name, (help_text, _) in STAGES.items():
+    for name, (help_text, _, add_arguments) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON config file")
+        if add_arguments is not None:
+            add_arguments(p)
         p.add_argument(
             "overrides", nargs="*", metavar="section.key=value",
             help="override any option; valid names: " + ", ".join(valid_keys()),
