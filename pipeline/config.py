@@ -68,7 +68,7 @@ class ModelConfig:
     weights: str = "imagenet"  # imagenet | none | /path/to/weights.h5
     alpha: float = 1.0  # width multiplier, MobileNet family only
     dropout: float = 0.2  # before the softmax head
-    fine_tune_after: str = ""  # last layer frozen in phase 2 (later layers train); "" = backbone default
+    fine_tune_after: str = ""  # last layer frozen in phase 2; later ones train; "" = default
 
 
 @dataclass
@@ -86,7 +86,7 @@ class TrainConfig:
     class_weights: str = "auto"  # auto (only when imbalanced) | on | off
     cache_features: bool = True  # phase 1 without augmentation trains on cached base features
     head_augment: bool = False  # augment in phase 1 (then features cannot be cached)
-    precision: str = "auto"  # auto (mixed_float16 on GPU) | float32 | mixed_float16 | mixed_bfloat16
+    precision: str = "auto"  # auto (mixed_float16 on GPU) | float32 | mixed_[b]float16
     xla: bool = False  # jit_compile the training step
     strategy: str = "auto"  # auto | default | mirrored | multi_worker
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism
@@ -156,9 +156,7 @@ def _field_types(section_cls: type) -> dict[str, Any]:
 
 def valid_keys() -> list[str]:
     """Every 'section.key' name an override may use."""
-    return [
-        f"{name}.{key}" for name, cls in _sections().items() for key in _field_types(cls)
-    ]
+    return [f"{name}.{key}" for name, cls in _sections().items() for key in _field_types(cls)]
 
 
 def _coerce(key: str, raw: Any, annotation: Any) -> Any:
@@ -285,16 +283,25 @@ def validate(cfg: Config) -> None:
             "data.val_fraction + data.test_fraction must leave images for training. "
             f"Received: {d.val_fraction} + {d.test_fraction}"
         )
-    if i.image_size < 32:
-        raise ConfigError(f"input.image_size must be at least 32. Received: {i.image_size}")
+    from pipeline.backbones import BACKBONES
+
+    backbone = BACKBONES.get(cfg.model.backbone)
+    if backbone is None:
+        raise ConfigError(
+            f"model.backbone must be one of {', '.join(BACKBONES)}. "
+            f"Received: {cfg.model.backbone!r}"
+        )
+    if i.image_size < backbone.min_size:
+        raise ConfigError(
+            f"input.image_size must be at least {backbone.min_size} for {backbone.name}. "
+            f"Received: {i.image_size}"
+        )
     if i.batch_size < 1:
         raise ConfigError(f"input.batch_size must be at least 1. Received: {i.batch_size}")
     if not 0.0 < i.crop_area_min <= 1.0:
         raise ConfigError(f"input.crop_area_min must be in (0, 1]. Received: {i.crop_area_min}")
     if not 0.0 < i.crop_aspect_min <= 1.0:
-        raise ConfigError(
-            f"input.crop_aspect_min must be in (0, 1]. Received: {i.crop_aspect_min}"
-        )
+        raise ConfigError(f"input.crop_aspect_min must be in (0, 1]. Received: {i.crop_aspect_min}")
     if not 0.0 < i.eval_crop_fraction <= 1.0:
         raise ConfigError(
             f"input.eval_crop_fraction must be in (0, 1]. Received: {i.eval_crop_fraction}"

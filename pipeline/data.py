@@ -25,7 +25,7 @@ from pipeline.images import (
     load_rgb,
 )
 from pipeline.manifest import SPLIT_FILES, ManifestRow, write_classes, write_manifest
-from pipeline.sources import Source, subfolders, resolve_source
+from pipeline.sources import Source, resolve_source, subfolders
 from pipeline.split import SPLITS, assign_splits, check_split_counts, split_counts
 
 CHECK_REPORT = "check_report.csv"
@@ -120,8 +120,9 @@ def cached_rows(rows: list[ManifestRow], dataset_dir: Path, size: int) -> list[M
                 "(data.cache_size) first, or set data.cache_size=0"
             )
         out.append(
-            ManifestRow(str(path), r.label, r.label_index, r.sha256, r.width, r.height, 1,
-                        DECODE_JPEG)
+            ManifestRow(
+                str(path), r.label, r.label_index, r.sha256, r.width, r.height, 1, DECODE_JPEG
+            )
         )
     return out
 
@@ -135,8 +136,7 @@ def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
     candidates = list_candidates(source)
     classes_found = sorted({c.label for c in candidates if c.label})
     print(
-        f"Found {len(candidates)} files in {len(classes_found)} class folders "
-        f"under {source.origin}"
+        f"Found {len(candidates)} files in {len(classes_found)} class folders under {source.origin}"
     )
     if not candidates:
         raise ValueError(f"{source.origin}: no files found; expected <class>/<image> folders")
@@ -151,7 +151,9 @@ def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
     usable = [(c, k) for c, k in zip(candidates, checks) if k.status == "ok"]
     splits = assign_splits(
         [(k.sha256, c.given_split) for c, k in usable],
-        d.split_seed, d.val_fraction, d.test_fraction,
+        d.split_seed,
+        d.val_fraction,
+        d.test_fraction,
         fixed_test=any(given == "test" for _, given in source.roots),
     )
     counts = split_counts([c.label for c, _ in usable], splits)
@@ -169,8 +171,14 @@ def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
     for (cand, check), split in zip(usable, splits):
         by_split[split].append(
             ManifestRow(
-                str(cand.path.resolve()), cand.label, index[cand.label], check.sha256,
-                check.width, check.height, check.orientation, check.decoder,
+                str(cand.path.resolve()),
+                cand.label,
+                index[cand.label],
+                check.sha256,
+                check.width,
+                check.height,
+                check.orientation,
+                check.decoder,
             )
         )
         split_of_path[check.path] = split
@@ -178,8 +186,17 @@ def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
     duplicates = _duplicate_groups(usable, split_of_path)
     warnings += _duplicate_warnings(duplicates)
     files = _write_outputs(
-        cfg, out_dir, source, candidates, checks, split_of_path, by_split, classes,
-        duplicates, counts, warnings,
+        cfg,
+        out_dir,
+        source,
+        candidates,
+        checks,
+        split_of_path,
+        by_split,
+        classes,
+        duplicates,
+        counts,
+        warnings,
     )
     if d.cache_size:
         all_rows = [r for s in SPLITS for r in by_split[s]]
@@ -217,8 +234,17 @@ def _duplicate_warnings(duplicates) -> list[str]:
 
 
 def _write_outputs(
-    cfg, out_dir, source, candidates, checks, split_of_path, by_split, classes, duplicates,
-    counts, warnings,
+    cfg,
+    out_dir,
+    source,
+    candidates,
+    checks,
+    split_of_path,
+    by_split,
+    classes,
+    duplicates,
+    counts,
+    warnings,
 ) -> list[Path]:
     files = [
         write_manifest(out_dir / SPLIT_FILES[s], sorted(by_split[s], key=lambda r: r.path))
@@ -273,9 +299,11 @@ def _print_summary(result: DataResult, source: Source) -> None:
     totals = [sum(c[s] for c in result.counts.values()) for s in SPLITS]
     print(f"{'total':<{width}}  " + "  ".join(f"{t:>6}" for t in totals))
     if result.skipped:
-        print(f"Skipped {sum(result.skipped.values())} file(s): " + ", ".join(
-            f"{n} {reason}" for reason, n in sorted(result.skipped.items())
-        ) + f" (details: {result.dataset_dir / CHECK_REPORT})")
+        print(
+            f"Skipped {sum(result.skipped.values())} file(s): "
+            + ", ".join(f"{n} {reason}" for reason, n in sorted(result.skipped.items()))
+            + f" (details: {result.dataset_dir / CHECK_REPORT})"
+        )
     for note in source.notes:
         print(note)
     for warning in result.warnings:
@@ -292,5 +320,6 @@ def _draw_augmented_samples(cfg, train_rows, classes, reports_dir) -> Path:
 
     images, labels = sample_augmented(train_rows, cfg, count=16)
     titles = [classes[i] for i in labels]
-    return plot_image_grid(images, titles, reports_dir / "augmented_samples.png",
-                           title="Augmented training samples")
+    return plot_image_grid(
+        images, titles, reports_dir / "augmented_samples.png", title="Augmented training samples"
+    )

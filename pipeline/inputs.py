@@ -26,6 +26,11 @@ AUTOTUNE = tf.data.AUTOTUNE
 # ----------------------------------------------------------------------------- decoding
 
 
+def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Antialiased bilinear resize, clipped: the filter can overshoot [0, 255] by rounding."""
+    return tf.clip_by_value(tf.image.resize(image, [size, size], antialias=True), 0.0, 255.0)
+
+
 def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     """Apply an EXIF orientation tag (1..8) to an HxWxC image, as PIL's exif_transpose."""
     branches = [
@@ -42,8 +47,13 @@ def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     return tf.switch_case(index, branches)
 
 
+def _load_rgb_from_tensor(path: np.ndarray | bytes) -> np.ndarray:
+    raw = path.item() if isinstance(path, np.ndarray) else path
+    return load_rgb(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+
 def _decode_pil(path: tf.Tensor) -> tf.Tensor:
-    image = tf.numpy_function(lambda p: load_rgb(p.decode()), [path], tf.uint8, stateful=False)
+    image = tf.numpy_function(_load_rgb_from_tensor, [path], tf.uint8, stateful=False)
     image.set_shape([None, None, 3])
     return image
 
@@ -89,19 +99,29 @@ def decode_center(path, decoder, orientation, size: int, fraction: float) -> tf.
 
     crop = tf.cond(tf.equal(decoder, DECODE_JPEG), jpeg, other)
     crop.set_shape([None, None, 3])
-    return tf.image.resize(crop, [size, size], antialias=True)
+    return _resize(crop, size)
 
 
 def decode_random_crop(
-    path, decoder, orientation, seed, size: int, area: tuple[float, float],
+    path,
+    decoder,
+    orientation,
+    seed,
+    size: int,
+    area: tuple[float, float],
     aspect: tuple[float, float],
 ) -> tf.Tensor:
     """Training view: a random resized crop, float32 in [0, 255]."""
 
     def sample(shape: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
-            shape, bounding_boxes=tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0,
-            aspect_ratio_range=aspect, area_range=area, max_attempts=10,
+            shape,
+            bounding_boxes=tf.zeros([1, 0, 4]),
+            seed=seed,
+            min_object_covered=0.0,
+            aspect_ratio_range=aspect,
+            area_range=area,
+            max_attempts=10,
             use_image_if_no_bounding_boxes=True,
         )
         return begin, box
@@ -119,7 +139,7 @@ def decode_random_crop(
 
     crop = tf.cond(tf.equal(decoder, DECODE_JPEG), jpeg, other)
     crop.set_shape([None, None, 3])
-    return tf.image.resize(crop, [size, size], antialias=True)
+    return _resize(crop, size)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -159,8 +179,12 @@ def build_batch_augmenter(cfg: Config, seed: int):
             # One mixing method per batch, chosen at random when both are on (as timm does).
             pick = tf.random.stateless_uniform([], batch_seed, 0, len(mixers), tf.int32)
             branches = [
-                (lambda m=m: tuple(m({"images": images, "labels": labels}, training=True)
-                                   [k] for k in ("images", "labels")))
+                (
+                    lambda m=m: tuple(
+                        m({"images": images, "labels": labels}, training=True)[k]
+                        for k in ("images", "labels")
+                    )
+                )
                 for m in mixers
             ]
             images, labels = tf.switch_case(pick, branches)
@@ -213,8 +237,9 @@ def build_train_dataset(
 
     def load(path, decoder, orientation, label, element_seed):
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(element_seed, 2))
-        image = decode_random_crop(path, decoder, orientation, crop_seed, i.image_size, area,
-                                   aspect)
+        image = decode_random_crop(
+            path, decoder, orientation, crop_seed, i.image_size, area, aspect
+        )
         if i.flip:
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
         return image, tf.one_hot(label, num_classes)

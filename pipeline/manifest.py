@@ -42,9 +42,14 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         raise FileNotFoundError(f"{path} does not exist: run `make data` first")
     return [
         ManifestRow(
-            path=r["path"], label=r["label"], label_index=int(r["label_index"]),
-            sha256=r["sha256"], width=int(r["width"]), height=int(r["height"]),
-            orientation=int(r["orientation"]), decoder=r["decoder"],
+            path=r["path"],
+            label=r["label"],
+            label_index=int(r["label_index"]),
+            sha256=r["sha256"],
+            width=int(r["width"]),
+            height=int(r["height"]),
+            orientation=int(r["orientation"]),
+            decoder=r["decoder"],
         )
         for r in read_csv(path)
     ]

@@ -79,9 +79,7 @@ def safe_extract(archive: Path, target: Path) -> Path:
             _extract_tar(archive, tmp)
         os.replace(tmp, target)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
-        raise SourceError(
-            f"{archive}: not a readable archive ({exc}); download it again"
-        ) from exc
+        raise SourceError(f"{archive}: not a readable archive ({exc}); download it again") from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -136,15 +134,14 @@ def _extract_tar(archive: Path, root: Path) -> None:
 
 def subfolders(path: Path) -> list[Path]:
     return sorted(
-        p for p in path.iterdir()
+        p
+        for p in path.iterdir()
         if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in DEBRIS_DIRS
     )
 
 
 def _has_direct_images(path: Path) -> bool:
-    return any(
-        p.is_file() and has_image_extension(p) and not is_ignored(p) for p in path.iterdir()
-    )
+    return any(p.is_file() and has_image_extension(p) and not is_ignored(p) for p in path.iterdir())
 
 
 def find_class_root(path: Path) -> Path:

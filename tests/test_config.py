@@ -1,0 +1,53 @@
+"""Configuration: defaults < file < overrides, unknown names rejected with the valid list."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.config import Config, ConfigError, load_config, save_config, with_overrides
+
+
+def test_precedence_file_then_overrides(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text("[input]\nimage_size = 150\nbatch_size = 8\n[train]\nhead_lr = 0.01\n")
+    cfg = load_config(toml, ["input.batch_size=4", "train.xla=true", "data.dataset=folder:x"])
+    assert cfg.input.image_size == 150 and cfg.input.batch_size == 4
+    assert cfg.train.head_lr == 0.01 and cfg.train.xla is True
+    assert cfg.model.backbone == Config().model.backbone  # untouched default
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("model:\n  backbone: mobilenet\n  alpha: 0.25\n")
+    assert load_config(yaml_file).model.alpha == 0.25
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["train.seed=7", "input.flip=false"])
+    path = save_config(cfg, tmp_path / "config.json")
+    assert load_config(path) == cfg
+    assert json.loads(path.read_text())["train"]["seed"] == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.bogus=1", "Unknown option train.bogus.*Valid options: train.seed"),
+        ("nope.x=1", "Unknown configuration section 'nope'"),
+        ("input.image_size=big", "input.image_size expects an integer. Received: 'big'"),
+        ("input.flip=maybe", "input.flip expects true or false"),
+        ("train.precision=fp8", "train.precision must be one of auto, float32"),
+        ("input.image_size=60", "at least 75 for inception_v3"),
+        ("model.backbone=vgg", "model.backbone must be one of"),
+        ("data.dataset=cifar", "data.dataset must be flowers, intel or folder:PATH"),
+        ("image_size", "Overrides are written section.key=value"),
+    ],
+)
+def test_bad_options_are_rejected_with_the_fix(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_with_overrides_copies():
+    cfg = Config()
+    other = with_overrides(cfg, {"train.seed": 3})
+    assert other.train.seed == 3 and cfg.train.seed == 42
