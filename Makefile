@@ -17,11 +17,23 @@ OVERRIDES := \
   $(if $(BACKBONE),model.backbone=$(BACKBONE)) \
   $(if $(WEIGHTS),model.weights=$(WEIGHTS)) \
   $(if $(SEED),train.seed=$(SEED)) \
+  $(if $(BUDGET),memory.budget=$(BUDGET)) \
+  $(if $(RUN),eval.run=$(RUN)) \
+  $(if $(SPLIT),eval.split=$(SPLIT)) \
+  $(if $(IN),predict.input=$(IN)) \
+  $(if $(OUT),predict.output=$(OUT)) \
+  $(if $(SORT_INTO),predict.sort_into=$(SORT_INTO)) \
+  $(if $(NAME),experiment.name=$(NAME)) \
+  $(if $(GRID),"experiment.grid=$(GRID)") \
+  $(if $(REPEATS),experiment.repeats=$(REPEATS)) \
+  $(if $(PRESET),experiment.preset=$(PRESET)) \
+  $(if $(THRESHOLD),experiment.threshold=$(THRESHOLD)) \
+  $(if $(RESULTS),experiment.results=$(RESULTS)) \
   $(ARGS)
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG))
 RUN_STAGE = $(PY) -m pipeline $(1) $(CONFIG_FLAG) $(OVERRIDES)
 
-.PHONY: help setup data config test lint bench-input lock clean
+.PHONY: help setup data evaluate predict memory config test lint bench-input bench-memory lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -37,6 +49,21 @@ setup: $(STAMP)  ## create .venv and install the pinned dependencies (ACCEL=cpu|
 data: $(STAMP)  ## fetch/read DATASET, check every image, split, write data/<dataset>/ manifests
 	$(call RUN_STAGE,data)
 
+evaluate: $(STAMP)  ## metrics, figures, reports/<run>/index.html (RUN=latest, SPLIT=test|val)
+	$(call RUN_STAGE,evaluate)
+
+predict: $(STAMP)  ## classify IN=folder into OUT=predictions.csv (RUN=, SORT_INTO=dir)
+	$(call RUN_STAGE,predict)
+
+memory: $(STAMP)  ## per-layer memory/FLOPs for BACKBONE, IMAGE_SIZE, BATCH_SIZE; fit BUDGET=16GiB
+	$(call RUN_STAGE,memory $(MEMORY_ARGS))
+
+experiment: $(STAMP)  ## NAME= GRID="k=a,b k2=c,d" REPEATS=3 (or PRESET=width|depth|dropout|epochs)
+	$(call RUN_STAGE,experiment)
+
+experiment-summary: $(STAMP)  ## re-summarise NAME= with RESULTS=other/results.csv,... (runs nothing)
+	$(PY) -m pipeline experiment --summarize $(CONFIG_FLAG) $(OVERRIDES)
+
 config: $(STAMP)  ## print the effective configuration
 	$(call RUN_STAGE,config)
 
@@ -49,6 +76,9 @@ lint: $(STAMP)  ## ruff
 
 bench-input: $(STAMP)  ## input pipeline benchmark (images/s, JSON under benchmarks/results/)
 	$(PY) benchmarks/input_pipeline.py $(BENCH_ARGS)
+
+bench-memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)
+	$(PY) benchmarks/memory.py $(BENCH_ARGS)
 
 lock: $(STAMP)  ## regenerate constraints.txt from the current environment
 	$(PY) -m pip freeze --exclude-editable | sed 's/^tensorflow_cpu @.*/tensorflow-cpu==2.21.0/' > constraints.txt

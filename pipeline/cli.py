@@ -19,6 +19,91 @@ def _run_data(cfg: Config, args: argparse.Namespace) -> None:
     prepare_data(cfg)
 
 
+def _run_memory(cfg: Config, args: argparse.Namespace) -> None:
+    from pipeline.config import with_overrides
+    from pipeline.memory import estimate_memory
+
+    if args.batch is not None:
+        cfg = with_overrides(cfg, {"input.batch_size": args.batch})
+    estimate_memory(
+        cfg,
+        layers=args.layers,
+        input_shape=args.input,
+        dtype=args.dtype,
+        head=not args.no_head,
+        num_classes=args.classes,
+        table=not args.no_table,
+    )
+
+
+def _memory_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", default="", metavar="HxWxC", help="input of --layers: 200x300x3")
+    p.add_argument(
+        "--layers",
+        default="",
+        metavar="SPEC",
+        help="a layer stack instead of the configured backbone, e.g. conv3x3s2same:100,"
+        "maxpool3x3s2,lrn,flatten,dense:10 (grammar: pipeline/layerspec.py)",
+    )
+    p.add_argument("--batch", type=int, default=None, metavar="N", help="input.batch_size")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "float16", "bfloat16", "int8"),
+        help="value size of the textbook and inference figures (default float32)",
+    )
+    p.add_argument("--no-head", action="store_true", help="the backbone without its head")
+    p.add_argument(
+        "--classes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="head size (default: the data set's classes.json, else 5)",
+    )
+    p.add_argument(
+        "--no-table", action="store_true", help="print the summary only (reports keep the table)"
+    )
+
+
+def _run_train(cfg: Config, args: argparse.Namespace) -> None:
+    from pipeline.train import train
+
+    train(cfg)
+
+
+def _run_evaluate(cfg: Config, args: argparse.Namespace) -> None:
+    from pipeline.evaluate import evaluate
+
+    evaluate(cfg)
+
+
+def _run_predict(cfg: Config, args: argparse.Namespace) -> None:
+    from pipeline.predict import predict
+
+    predict(cfg)
+
+
+def _run_experiment(cfg: Config, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from pipeline.experiment import RESULTS_FILE, experiment_plan, run_experiment, summarize
+
+    if not args.summarize:
+        run_experiment(cfg)
+        return
+    name = experiment_plan(cfg)[0]
+    out = Path(cfg.paths.reports) / "experiments" / name
+    extra = [Path(p.strip()) for p in cfg.experiment.results.split(",") if p.strip()]
+    summarize([out / RESULTS_FILE, *extra], out, cfg.experiment)
+
+
+def _experiment_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--summarize", action="store_true",
+        help="run nothing: summarise this experiment's results.csv and experiment.results",
+    )
+
+
 def _show_config(cfg: Config, args: argparse.Namespace) -> None:
     import json
 
@@ -31,10 +116,41 @@ AddArguments = Callable[[argparse.ArgumentParser], None]
 # name -> (help, runner, extra stage-specific arguments or None). Stage modules are
 # imported inside the runners, so registering a stage costs nothing at start-up.
 STAGES: dict[str, tuple[str, Runner, AddArguments | None]] = {
-    "data": ("fetch or read the data set, check every image, split, write manifests",
-             _run_data, None),
-    "config": ("print the effective configuration (defaults < --config file < overrides)",
-               _show_config, None),
+    "data": (
+        "fetch or read the data set, check every image, split, write manifests",
+        _run_data,
+        None,
+    ),
+    "train": (
+        "two-phase fine-tuning (frozen base, then its top): models/<run>/, resumable",
+        _run_train,
+        None,
+    ),
+    "evaluate": (
+        "metrics, figures and an HTML report for a run on the test (or val) split",
+        _run_evaluate,
+        None,
+    ),
+    "predict": (
+        "classify every image below predict.input into a CSV (optionally sort copies)",
+        _run_predict,
+        None,
+    ),
+    "experiment": (
+        "train + evaluate every cell of experiment.grid experiment.repeats times; summary",
+        _run_experiment,
+        _experiment_arguments,
+    ),
+    "config": (
+        "print the effective configuration (defaults < --config file < overrides)",
+        _show_config,
+        None,
+    ),
+    "memory": (
+        "estimate parameters, memory and FLOPs layer by layer, and what fits memory.budget",
+        _run_memory,
+        _memory_arguments,
+    ),
 }
 
 
@@ -52,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         if add_arguments is not None:
             add_arguments(p)
         p.add_argument(
-            "overrides", nargs="*", metavar="section.key=value",
+            "overrides",
+            nargs="*",
+            metavar="section.key=value",
             help="override any option; valid names: " + ", ".join(valid_keys()),
         )
     return parser

@@ -69,6 +69,8 @@ class ModelConfig:
     alpha: float = 1.0  # width multiplier, MobileNet family only
     dropout: float = 0.2  # before the softmax head
     fine_tune_after: str = ""  # last layer frozen in phase 2; later ones train; "" = default
+    cnn_width: int = 32  # small_cnn: feature maps of the first block (doubling per block)
+    cnn_blocks: int = 4  # small_cnn: conv-BN-ReLU-pool blocks
 
 
 @dataclass
@@ -119,6 +121,17 @@ class MemoryConfig:
 
 
 @dataclass
+class ExperimentConfig:
+    name: str = ""  # reports/experiments/<name>/; "" = the preset's name, else required
+    grid: str = ""  # "section.key=v1,v2 section.key=v3,v4": every combination is a cell
+    repeats: int = 3  # runs per cell, seeds train.seed, train.seed+1, ...
+    preset: str = ""  # width | depth | dropout | epochs (small CNN sweeps); "" = none
+    threshold: float = 0.0  # width/depth presets: the smallest model above this test accuracy
+    retry_failed: bool = False  # on resume, run failed runs again
+    results: str = ""  # summarise these results.csv files too (comma-separated), e.g. other machines
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -128,6 +141,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -314,10 +328,18 @@ def validate(cfg: Config) -> None:
         "train.strategy": (t.strategy, ("auto", "default", "mirrored", "multi_worker")),
         "train.class_weights": (t.class_weights, ("auto", "on", "off")),
         "eval.split": (cfg.eval.split, ("test", "val")),
+        "experiment.preset": (cfg.experiment.preset, ("", "width", "depth", "dropout", "epochs")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}. Received: {value!r}")
+    if cfg.experiment.repeats < 1:
+        raise ConfigError(f"experiment.repeats must be at least 1. Received: {cfg.experiment.repeats}")
+    if cfg.model.cnn_width < 1 or not 1 <= cfg.model.cnn_blocks <= 8:
+        raise ConfigError(
+            "model.cnn_width must be >= 1 and model.cnn_blocks between 1 and 8. Received: "
+            f"{cfg.model.cnn_width}, {cfg.model.cnn_blocks}"
+        )
     _validate_memory(cfg.memory)
 
 

@@ -1,13 +1,19 @@
 """The classifier: a backbone from the table plus a new softmax head.
 
-Public: ``build_base``, ``build_classifier``, ``freeze_for_phase``, ``resolve_weights``.
-The base is called with ``training=False`` so its BatchNorm layers keep their ImageNet
-statistics in both phases, the pitfall behind most reports of fine-tuning collapsing.
+Public: ``build_base``, ``build_classifier``, ``freeze_for_phase``, ``resolve_weights``,
+the two views of a classifier that phase 1 trains on cached features with
+(``build_feature_extractor``, ``build_feature_head``), and ``training_forward``. The base
+always runs with ``training=False`` so its BatchNorm layers keep their ImageNet statistics
+in both phases, the pitfall behind most reports of fine-tuning collapsing; with Keras 3
+that takes ``training_forward`` (see there), not only the flag in ``build_classifier``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -22,6 +28,8 @@ from pipeline.config import Config
 
 BASE_NAME = "base"
 HEAD_NAME = "predictions"
+POOL_NAME = "avg_pool"
+DROPOUT_NAME = "dropout"
 KERAS_CACHE = Path("~/.keras/models").expanduser()
 
 
@@ -71,7 +79,11 @@ def _small_cnn(size: int) -> keras.Model:
     for i, filters in enumerate((32, 64, 128, 256), start=1):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
                                 name=f"block{i}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        # synchronized: replicas share batch statistics, so every replica (and every
+        # worker) ends with the same moving averages instead of its own.
+        x = keras.layers.BatchNormalization(
+            momentum=0.9, synchronized=True, name=f"block{i}_bn"
+        )(x)
         x = keras.layers.ReLU(name=f"block{i}_relu")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
     return keras.Model(inputs, x, name=BASE_NAME)
@@ -102,8 +114,8 @@ def build_classifier(cfg: Config, num_classes: int, weights: str | None = None) 
     # A pretrained base always runs in inference mode (frozen BatchNorm statistics); a
     # from-scratch base must learn its statistics, so it follows the training flag.
     x = base(inputs, training=False) if backbone.pretrained else base(inputs)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = keras.layers.Dropout(cfg.model.dropout, name="dropout")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(x)
+    x = keras.layers.Dropout(cfg.model.dropout, name=DROPOUT_NAME)(x)
     # float32 even under a mixed-precision policy: a float16 softmax loses small probabilities.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                  name=HEAD_NAME)(x)
@@ -112,6 +124,44 @@ def build_classifier(cfg: Config, num_classes: int, weights: str | None = None) 
 
 def get_base(model: keras.Model) -> keras.Model:
     return model.get_layer(BASE_NAME)
+
+
+def build_feature_extractor(model: keras.Model) -> keras.Model:
+    """Image -> pooled base features: the classifier's own layers, in inference mode."""
+    return keras.Model(model.inputs, model.get_layer(POOL_NAME).output, name="features")
+
+
+def build_feature_head(model: keras.Model) -> keras.Model:
+    """Pooled features -> dropout -> softmax, sharing the classifier's head layers.
+
+    Training this model trains the classifier's head variables themselves, so a head fitted
+    on cached features is the classifier's head, with no copying back.
+    """
+    width = model.get_layer(POOL_NAME).output.shape[-1]
+    features = keras.Input((width,), name="features")
+    x = model.get_layer(DROPOUT_NAME)(features)
+    outputs = model.get_layer(HEAD_NAME)(x)
+    return keras.Model(features, outputs, name="feature_head")
+
+
+def training_forward(model: keras.Model, cfg: Config) -> Callable[[Any], Any]:
+    """The classifier's training-time call: the base in inference mode, the head training.
+
+    Keras 3 lets an outer ``model(x, training=True)`` override the ``training=False`` that
+    a functional model recorded for its nested base (keras-team/keras#20285), so calling
+    the classifier would run the base's BatchNorm (when trainable) and dropout layers in
+    training mode. Calling the two halves separately keeps the base in inference mode
+    whatever is unfrozen; gradients still reach its trainable layers. A from-scratch base
+    learns its BatchNorm statistics, so it runs in training mode.
+    """
+    if not get_backbone(cfg.model.backbone).pretrained:
+        return lambda images: model(images, training=True)
+    extractor, head = build_feature_extractor(model), build_feature_head(model)
+    return lambda images: head(extractor(images, training=False), training=True)
+
+
+def count_params(variables) -> int:
+    return int(sum(math.prod(v.shape) for v in variables))
 
 
 def fine_tune_cut(cfg: Config) -> str:

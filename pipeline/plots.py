@@ -71,3 +71,86 @@ def plot_image_grid(
         fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_confusion(
+    matrix: np.ndarray, classes: Sequence[str], path: str | Path, normalised: bool
+) -> Path:
+    """A heatmap that stays readable with many classes: size and labels follow the count."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    n = len(classes)
+    side = min(30.0, max(5.0, 0.45 * n + 3))
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    sns.heatmap(
+        matrix,
+        annot=n <= 25,
+        fmt=".2f" if normalised else "d",
+        cmap="Blues",
+        square=True,
+        xticklabels=classes,
+        yticklabels=classes,
+        vmin=0,
+        vmax=1 if normalised else None,
+        cbar_kws={"shrink": 0.7},
+        ax=ax,
+        annot_kws={"fontsize": 8 if n > 10 else 10},
+    )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix" + (" (each row sums to 1)" if normalised else " (counts)"))
+    plt.setp(ax.get_xticklabels(), rotation=45 if n > 6 else 0, ha="right" if n > 6 else "center")
+    plt.setp(ax.get_yticklabels(), rotation=0)
+    return save_figure(fig, path)
+
+
+def plot_one_vs_rest(
+    curves: Sequence[dict], classes: Sequence[str], path: str | Path, kind: str
+) -> Path:
+    """ROC (kind='roc') or precision-recall (kind='pr') curves, one line per class."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    for name, c in zip(classes, curves):
+        if kind == "roc" and c.get("roc_auc") is not None:
+            ax.plot(c["fpr"], c["tpr"], label=f"{name} (AUC {c['roc_auc']:.3f})")
+        elif kind == "pr" and c.get("average_precision") is not None:
+            ax.plot(c["recall"], c["precision"], label=f"{name} (AP {c['average_precision']:.3f})")
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set(
+            xlabel="false positive rate",
+            ylabel="true positive rate",
+            title="ROC, one class against the rest",
+        )
+    else:
+        ax.set(
+            xlabel="recall",
+            ylabel="precision",
+            title="Precision-recall, one class against the rest",
+        )
+    ax.set(xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(
+        fontsize=7,
+        loc="lower right" if kind == "roc" else "lower left",
+        ncol=2 if len(classes) > 12 else 1,
+    )
+    return save_figure(fig, path)
+
+
+def plot_reliability(bins: Sequence[dict], ece: float, path: str | Path) -> Path:
+    """Reliability diagram: accuracy per confidence bin against the diagonal."""
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    width = bins[0]["high"] - bins[0]["low"]
+    accuracy = [b["accuracy"] or 0.0 for b in bins]
+    ax.bar(centres, accuracy, width=width * 0.95, color="#4C72B0", label="accuracy")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    ax.set(ylabel="accuracy", ylim=(0, 1), title=f"Reliability (ECE {ece:.3f})")
+    ax.legend(loc="upper left")
+    hist.bar(centres, [b["count"] for b in bins], width=width * 0.95, color="#999999")
+    hist.set(xlabel="confidence (top probability)", ylabel="images", xlim=(0, 1))
+    return save_figure(fig, path)

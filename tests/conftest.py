@@ -57,3 +57,28 @@ def flowers_prepared(tmp_path_factory, flowers_mini):
         ],
     )
     return cfg, prepare_data(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(flowers_prepared, mobilenet_weights):
+    """A real, short training run on flowers-mini (MobileNet 0.25, ImageNet weights, 128 px).
+
+    Shared by the evaluate and predict tests: (config used, run folder).
+    """
+    from pipeline.config import with_overrides
+    from pipeline.train import train
+
+    cfg, _ = flowers_prepared
+    cfg = with_overrides(
+        cfg,
+        {
+            "model.backbone": "mobilenet",
+            "model.alpha": 0.25,
+            "model.weights": str(mobilenet_weights),
+            "train.head_epochs": 3,
+            "train.fine_tune_epochs": 1,
+            "train.run_name": "shared-run",
+        },
+    )
+    result = train(cfg)
+    return cfg, Path(result.run_dir)

@@ -1,0 +1,392 @@
+"""Where training runs and how a step is taken: strategy, precision, and the training loop.
+
+One training path for every set-up, from one CPU to several machines. ``model.fit`` fails
+under ``MultiWorkerMirroredStrategy`` with Keras 3 ("Attempt to convert a value
+(PerReplica...) with an unsupported type", keras-team/keras#20585), so every run goes
+through ``fit`` below: a ``tf.function`` that ``strategy.run``s a ``GradientTape`` step over
+the Keras model's variables, the loss averaged over the global batch with
+``tf.nn.compute_average_loss``, and Keras's own callbacks (early stopping, learning-rate
+reduction, BackupAndRestore, TensorBoard) driven epoch by epoch exactly as ``model.fit``
+drives them. Under the default strategy ``strategy.run`` is a plain call, so the single-
+device run is the same code, not a second path.
+
+Metrics are sums reduced across replicas and accumulated on the host in float64 (Keras's
+metric variables can overflow under MirroredStrategy, keras-team/keras#21467), and every
+step's loss is checked: a non-finite loss stops training with a message that says where,
+what is left on disk, and what to try (keras-team/keras#21172 reports NaN losses with
+MirroredStrategy on several GPUs since Keras 3.7).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.config import Config, ConfigError
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+NAN_ISSUE = "keras-team/keras#21172"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message says where and what to try."""
+
+
+# ----------------------------------------------------------------------------- strategy
+
+
+def _tf_config() -> dict:
+    text = os.environ.get("TF_CONFIG", "")
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({exc}). Received: {text[:200]!r}") from None
+
+
+def _cluster_tasks(tf_config: dict) -> int:
+    cluster = tf_config.get("cluster", {})
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def select_strategy(cfg: Config) -> tf.distribute.Strategy:
+    """auto: several machines (TF_CONFIG) > several GPUs > the default single device.
+
+    Must run before any other TensorFlow work: MultiWorkerMirroredStrategy configures the
+    runtime's collectives, which cannot change once TensorFlow has started.
+    """
+    name = cfg.train.strategy
+    tf_config = _tf_config()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        if _cluster_tasks(tf_config) > 1:
+            name = "multi_worker"
+        elif len(gpus) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "multi_worker":
+        if not tf_config.get("cluster"):
+            raise ConfigError(
+                "train.strategy=multi_worker needs TF_CONFIG (the cluster and this worker's "
+                "task) in the environment of every worker; see README 'Several machines', "
+                "or use train.strategy=auto"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        # Every GPU; without GPUs every logical CPU device (two of them in the tests).
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi_worker"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "mirrored"
+    return "default"
+
+
+def input_pipelines(strategy: tf.distribute.Strategy) -> int:
+    """How many input pipelines (workers) feed the replicas: one per machine."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, len(spec.get("chief", [])) + len(spec.get("worker", [])))
+
+
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str]:
+    """(is this the chief?, a name for this worker): the chief writes the run's outputs."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return True, "chief"
+    kind, index = resolver.task_type, int(resolver.task_id or 0)
+    has_chief = bool(resolver.cluster_spec().as_dict().get("chief"))
+    chief = kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
+    return chief, f"{kind}-{index}"
+
+
+def describe_devices(strategy: tf.distribute.Strategy) -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    kind = f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
+    replicas = strategy.num_replicas_in_sync
+    workers = input_pipelines(strategy)
+    where = f", {workers} workers" if workers > 1 else ""
+    return f"{kind}; strategy {strategy_name(strategy)}, {replicas} replica(s){where}"
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def select_precision(cfg: Config) -> str:
+    """auto: mixed_float16 on a GPU (float32 variables, float16 maths), float32 elsewhere.
+
+    Sets Keras's global dtype policy; the caller restores the previous one when done. Under
+    mixed_float16, ``model.compile`` wraps the optimizer in a LossScaleOptimizer.
+    """
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    keras.mixed_precision.set_global_policy(precision)
+    return precision
+
+
+# ----------------------------------------------------------------------------- input feeds
+
+
+@dataclass
+class Feed:
+    """Per-replica batches for one phase: a dataset factory and the steps of one pass.
+
+    ``make(ctx)`` builds the dataset of one input pipeline (one per worker) for
+    ``strategy.distribute_datasets_from_function``: training feeds repeat forever and
+    ``fit`` takes ``steps`` batches per epoch, so every worker runs the same number of steps;
+    evaluation feeds are padded with masked rows for the same reason.
+    """
+
+    make: Callable[[tf.distribute.InputContext], tf.data.Dataset]
+    steps: int
+    global_batch: int
+
+
+def shard(count: int, ctx: tf.distribute.InputContext) -> np.ndarray:
+    """This input pipeline's share of items 0..count-1 (every worker decodes only its own)."""
+    return np.arange(count)[ctx.input_pipeline_id :: ctx.num_input_pipelines]
+
+
+def train_feed(
+    count: int,
+    global_batch: int,
+    build: Callable[[np.ndarray, int, tf.distribute.InputContext], tf.data.Dataset],
+) -> Feed:
+    """build(indices, per_replica_batch, ctx) -> full batches; repeated here."""
+
+    def make(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = ctx.get_per_replica_batch_size(global_batch)
+        return build(shard(count, ctx), per_replica, ctx).repeat()
+
+    return Feed(make, max(1, count // global_batch), global_batch)
+
+
+def eval_feed(
+    count: int,
+    global_batch: int,
+    strategy: tf.distribute.Strategy,
+    build: Callable[[np.ndarray, int], tf.data.Dataset],
+) -> Feed:
+    """build(indices, per_replica_batch) -> (x, y) batches in order; a 0/1 mask is zipped on.
+
+    Each pipeline's share is padded (repeating its first item, masked out) to the same
+    whole number of global batches, so no replica waits for another at the end of a pass.
+    """
+    pipelines = input_pipelines(strategy)
+    per_pipeline_batch = global_batch // pipelines
+    rows_per_pipeline = math.ceil(count / pipelines)
+    steps = max(1, math.ceil(rows_per_pipeline / per_pipeline_batch))
+
+    def make(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = ctx.get_per_replica_batch_size(global_batch)
+        indices = shard(count, ctx)
+        padded = steps * per_pipeline_batch
+        mask = np.zeros(padded, np.float32)
+        mask[: len(indices)] = 1.0
+        first = indices[:1] if len(indices) else np.zeros(1, np.int64)
+        indices = np.concatenate([indices, np.repeat(first, padded - len(indices))])
+        masks = tf.data.Dataset.from_tensor_slices(mask).batch(per_replica)
+        return tf.data.Dataset.zip(build(indices, per_replica), masks).map(
+            lambda batch, m: (*batch, m)
+        )
+
+    return Feed(make, steps, global_batch)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _crossentropy(labels: tf.Tensor, probs: tf.Tensor, label_smoothing: float) -> tf.Tensor:
+    return keras.losses.categorical_crossentropy(labels, probs, label_smoothing=label_smoothing)
+
+
+def _correct(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
+    hits = tf.equal(tf.argmax(probs, axis=-1), tf.argmax(labels, axis=-1))
+    return tf.reduce_sum(tf.cast(hits, tf.float32))
+
+
+def _build_train_step(
+    model: keras.Model,
+    forward: Callable,
+    strategy: tf.distribute.Strategy,
+    global_batch: int,
+    class_weights: Sequence[float] | None,
+    label_smoothing: float,
+    jit_compile: bool,
+) -> Callable:
+    optimizer = model.optimizer
+    variables = model.trainable_variables
+    weights = tf.constant(class_weights, tf.float32) if class_weights is not None else None
+
+    def gradients(images, labels):
+        with tf.GradientTape() as tape:
+            probs = forward(images)
+            per_example = _crossentropy(labels, probs, label_smoothing)
+            if weights is not None:  # as Keras's class_weight: a weight per example
+                per_example = per_example * tf.reduce_sum(labels * weights, axis=-1)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.scale_loss(loss)  # identity unless loss scaling (float16)
+        grads = tape.gradient(scaled, variables)
+        return grads, tf.reduce_sum(per_example), _correct(labels, probs)
+
+    if jit_compile:  # XLA compiles the forward and backward pass; the update stays outside
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(images, labels):
+        grads, loss_sum, correct = gradients(images, labels)
+        optimizer.apply(grads, variables)  # all-reduces (sums) the gradients across replicas
+        return loss_sum, correct, tf.cast(tf.shape(labels)[0], tf.float32)
+
+    @tf.function
+    def step(batch):
+        sums = strategy.run(replica_step, args=batch)
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
+
+    return step
+
+
+def _build_eval_step(
+    model: keras.Model, strategy: tf.distribute.Strategy, label_smoothing: float
+) -> Callable:
+    def replica_step(images, labels, mask):
+        probs = model(images, training=False)
+        per_example = _crossentropy(labels, probs, label_smoothing) * mask
+        hits = tf.cast(tf.equal(tf.argmax(probs, -1), tf.argmax(labels, -1)), tf.float32)
+        return tf.reduce_sum(per_example), tf.reduce_sum(hits * mask), tf.reduce_sum(mask)
+
+    @tf.function
+    def step(batch):
+        sums = strategy.run(replica_step, args=batch)
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
+
+    return step
+
+
+def evaluate(
+    model: keras.Model,
+    feed: Feed,
+    strategy: tf.distribute.Strategy,
+    label_smoothing: float = 0.0,
+    step: Callable | None = None,
+) -> dict[str, float]:
+    """Loss and accuracy over one padded pass of an evaluation feed, on every replica."""
+    step = step or _build_eval_step(model, strategy, label_smoothing)
+    iterator = iter(strategy.distribute_datasets_from_function(feed.make))
+    totals = np.zeros(3)
+    for _ in range(feed.steps):
+        totals += [float(v) for v in step(next(iterator))]
+    count = max(totals[2], 1.0)
+    return {"loss": totals[0] / count, "accuracy": totals[1] / count}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def fit(
+    model: keras.Model,
+    train: Feed,
+    val: Feed,
+    epochs: int,
+    callbacks: Sequence[keras.callbacks.Callback],
+    strategy: tf.distribute.Strategy,
+    *,
+    class_weights: Sequence[float] | None = None,
+    label_smoothing: float = 0.0,
+    jit_compile: bool = False,
+    verbose: int | None = None,
+    label: str = "training",
+    forward: Callable | None = None,
+) -> keras.callbacks.History:
+    """``model.fit`` for every strategy: compiled model in, callbacks driven per epoch.
+
+    The model must have been built and compiled (its optimizer) in ``strategy.scope()``.
+    ``forward(images)`` is the training-time call (default ``model(images, training=True)``;
+    see ``pipeline.model.training_forward``); its trainable variables are the model's.
+    Logs per epoch: loss, accuracy, val_loss, val_accuracy, learning_rate. A
+    BackupAndRestore callback may set ``model._initial_epoch`` in ``on_train_begin``, as
+    it does for ``model.fit``; training then starts from that epoch.
+    """
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    callback_list = keras.callbacks.CallbackList(
+        list(callbacks), add_history=True, add_progbar=verbose != 0, verbose=verbose,
+        epochs=epochs, steps=train.steps, model=model,
+    )
+    forward = forward or (lambda images: model(images, training=True))
+    train_step = _build_train_step(
+        model, forward, strategy, train.global_batch, class_weights, label_smoothing,
+        jit_compile,
+    )
+    eval_step = _build_eval_step(model, strategy, label_smoothing)
+    model.stop_training = False
+    model._initial_epoch = None  # Keras's own resume hand-off, as in Model.fit
+    callback_list.on_train_begin()
+    first_epoch = model._initial_epoch or 0
+    iterator = iter(strategy.distribute_datasets_from_function(train.make))
+    epoch_logs: dict[str, float] = {}
+    for epoch in range(first_epoch, epochs):
+        callback_list.on_epoch_begin(epoch)
+        totals = np.zeros(3)
+        for batch in range(train.steps):
+            callback_list.on_train_batch_begin(batch)
+            values = [float(v) for v in train_step(next(iterator))]
+            if not math.isfinite(values[0]):
+                raise NonFiniteLossError(_non_finite_message(label, epoch, batch, strategy))
+            totals += values
+            logs = {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+            callback_list.on_train_batch_end(batch, logs)
+            if model.stop_training:
+                break
+        epoch_logs = {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+        val_logs = evaluate(model, val, strategy, label_smoothing, eval_step)
+        epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        epoch_logs["learning_rate"] = _learning_rate(model)
+        callback_list.on_epoch_end(epoch, epoch_logs)
+        if model.stop_training:
+            break
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+    callback_list.on_train_end(epoch_logs)
+    return model.history
+
+
+def _non_finite_message(label: str, epoch: int, batch: int, strategy) -> str:
+    replicas = strategy.num_replicas_in_sync
+    policy = keras.mixed_precision.global_policy().name
+    hint = (
+        f"; with several GPUs this matches {NAN_ISSUE} (NaN losses under MirroredStrategy "
+        "since Keras 3.7): retry with STRATEGY=default to confirm"
+        if replicas > 1
+        else ""
+    )
+    return (
+        f"The training loss became NaN or infinite in {label}, epoch {epoch + 1}, step "
+        f"{batch + 1} ({strategy_name(strategy)} strategy, {replicas} replica(s), "
+        f"{policy}). Training stopped; the last backup and best checkpoint are as they were "
+        "at the end of the previous epoch, so rerunning resumes from there. Try a lower "
+        "learning rate (train.head_lr / train.fine_tune_lr), PRECISION=float32 or "
+        f"mixed_bfloat16{hint}"
+    )

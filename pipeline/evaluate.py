@@ -1,0 +1,214 @@
+"""The evaluate stage (`make evaluate`): metrics, figures and one HTML report for a run.
+
+Public entry: ``evaluate(cfg)``. Everything is computed from one array of predicted
+probabilities on the chosen split, so every number and figure agrees with the others.
+Outputs go to reports/<run>/ (written atomically); index.html gathers them all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.files import atomic_write_text, write_csv, write_json
+from pipeline.manifest import load_split
+from pipeline.metrics import classification_metrics, confused_pairs, worst_mistakes
+from pipeline.predict import Classifier, load_classifier
+
+METRICS_FILE = "metrics.json"
+PER_CLASS_CSV = "per_class.csv"
+PER_CLASS_MD = "per_class.md"
+PREDICTIONS_CSV = "predictions.csv"
+REPORT_FILE = "index.html"
+
+
+@dataclass
+class EvalResult:
+    report_dir: Path
+    metrics: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def evaluate(cfg: Config) -> EvalResult:
+    """Evaluate the run cfg.eval.run (newest if empty) on cfg.eval.split."""
+    clf = load_classifier(cfg.eval.run, cfg.paths.models)
+    split = cfg.eval.split
+    rows = load_split(clf.cfg.dataset_dir(), split)
+    out = Path(cfg.paths.reports) / clf.run_dir.name
+    print(f"Evaluating {clf.run_dir} on the {split} split ({len(rows)} images)")
+    probs = clf.probabilities(rows)
+    y_true = np.array([r.label_index for r in rows])
+    metrics = classification_metrics(y_true, probs, clf.labels, cfg.eval.top_k)
+    metrics.update({"run": clf.run_dir.name, "split": split})
+    files = _write_tables(out, metrics, rows, probs, clf.labels)
+    files.update(_draw_figures(out, metrics, y_true, probs, rows, clf, cfg.eval.gallery_size))
+    extras = _run_extras(clf)
+    files["report"] = _write_report(out, metrics, files, clf, extras)
+    files["metrics"] = write_json(out / METRICS_FILE, {**metrics, "memory": extras["memory"]})
+    _print_summary(metrics, out)
+    return EvalResult(out, metrics, files)
+
+
+def per_class_markdown(metrics: dict[str, Any]) -> str:
+    lines = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    for c in metrics["per_class"]:
+        lines.append(
+            f"| {c['class']} | {c['precision']:.4f} | {c['recall']:.4f} | "
+            f"{c['f1']:.4f} | {c['support']} |"
+        )
+    lines.append(
+        f"| **macro average** | {metrics['macro_precision']:.4f} | "
+        f"{metrics['macro_recall']:.4f} | {metrics['macro_f1']:.4f} | "
+        f"{metrics['images']} |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _write_tables(out: Path, metrics, rows, probs, labels) -> dict[str, Path]:
+    files = {}
+    columns = ["class", "precision", "recall", "f1", "support", "roc_auc", "average_precision"]
+    files["per_class_csv"] = write_csv(
+        out / PER_CLASS_CSV, columns, ([c[k] for k in columns] for c in metrics["per_class"])
+    )
+    files["per_class_md"] = atomic_write_text(out / PER_CLASS_MD, per_class_markdown(metrics))
+    for key, name in (
+        ("confusion", "confusion_counts.csv"),
+        ("confusion_normalised", "confusion_normalised.csv"),
+    ):
+        files[f"{key}_csv"] = write_csv(
+            out / name,
+            ["true \\ predicted", *labels],
+            ([labels[i], *row] for i, row in enumerate(metrics[key])),
+        )
+    predicted = probs.argmax(axis=1)
+    files["predictions"] = write_csv(
+        out / PREDICTIONS_CSV,
+        ["path", "true", "predicted", "probability", "correct"],
+        (
+            [r.path, r.label, labels[p], f"{probs[i, p]:.6f}", int(p == r.label_index)]
+            for i, (r, p) in enumerate(zip(rows, predicted))
+        ),
+    )
+    return files
+
+
+def _eval_views(clf: Classifier, rows) -> np.ndarray:
+    """The images as the model saw them (centre crop, before preprocessing)."""
+    from pipeline.inputs import build_eval_dataset
+
+    ds = build_eval_dataset(rows, clf.cfg, None, apply_preprocessing=False)
+    return np.concatenate([batch.numpy() for batch in ds])
+
+
+def _draw_figures(out, metrics, y_true, probs, rows, clf, gallery_size) -> dict[str, Path]:
+    from pipeline.metrics import one_vs_rest_curves
+    from pipeline.plots import (
+        plot_confusion,
+        plot_image_grid,
+        plot_one_vs_rest,
+        plot_reliability,
+    )
+
+    labels = clf.labels
+    confusion = np.array(metrics["confusion"])
+    files = {
+        "confusion_counts": plot_confusion(
+            confusion, labels, out / "confusion_counts.png", normalised=False
+        ),
+        "confusion_normalised": plot_confusion(
+            np.array(metrics["confusion_normalised"]),
+            labels,
+            out / "confusion_normalised.png",
+            normalised=True,
+        ),
+    }
+    curves = one_vs_rest_curves(y_true, probs)
+    files["roc"] = plot_one_vs_rest(curves, labels, out / "roc.png", "roc")
+    files["pr"] = plot_one_vs_rest(curves, labels, out / "precision_recall.png", "pr")
+    files["reliability"] = plot_reliability(
+        metrics["reliability"], metrics["expected_calibration_error"], out / "reliability.png"
+    )
+    predicted = probs.argmax(axis=1)
+    worst = worst_mistakes(y_true, probs, gallery_size)
+    metrics["worst_mistakes"] = [
+        {
+            "path": rows[i].path,
+            "true": labels[y_true[i]],
+            "predicted": labels[predicted[i]],
+            "probability": float(probs[i, predicted[i]]),
+        }
+        for i in worst
+    ]
+    if worst:
+        views = _eval_views(clf, [rows[i] for i in worst])
+        titles = [
+            f"true {m['true']}\npredicted {m['predicted']} ({m['probability']:.2f})"
+            for m in metrics["worst_mistakes"]
+        ]
+        files["mistakes"] = plot_image_grid(
+            views,
+            titles,
+            out / "mistakes.png",
+            title="Most confident mistakes",
+            title_colours=["#B22222"] * len(views),
+        )
+    pairs = confused_pairs(confusion)
+    metrics["confused_pairs"] = [
+        {"true": labels[i], "predicted": labels[j], "count": n} for i, j, n in pairs
+    ]
+    examples, titles = [], []
+    for i, j, _ in pairs:
+        members = [k for k in range(len(rows)) if y_true[k] == i and predicted[k] == j][:4]
+        examples += members
+        titles += [f"{labels[i]} -> {labels[j]}"] * len(members)
+    if examples:
+        files["confused_pairs"] = plot_image_grid(
+            _eval_views(clf, [rows[k] for k in examples]),
+            titles,
+            out / "confused_pairs.png",
+            title="Most confused class pairs (true -> predicted)",
+        )
+    return files
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _run_extras(clf: Classifier) -> dict[str, Any]:
+    """What the report shows beside the metrics: data summary, training summary, memory."""
+    from pipeline.memory import estimate_for_run
+
+    try:
+        memory = estimate_for_run(clf.cfg, len(clf.labels))
+    except Exception as exc:  # the report is still useful without it; say why it is missing
+        memory = {"error": f"memory estimate unavailable: {exc}"}
+    return {
+        "data": _read_json(clf.cfg.dataset_dir() / "summary.json"),
+        "training": _read_json(clf.run_dir / "summary.json"),
+        "curves": clf.run_dir / "learning_curves.png",
+        "memory": memory,
+    }
+
+
+def _write_report(out, metrics, files, clf, extras) -> Path:
+    from pipeline.report import render_report
+
+    html = render_report(metrics, files, clf.cfg, clf.run_dir, extras)
+    return atomic_write_text(out / REPORT_FILE, html)
+
+
+def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    k = metrics["top_k"]
+    print(
+        f"accuracy {metrics['accuracy']:.4f}  top-{k} {metrics[f'top_{k}_accuracy']:.4f}  "
+        f"loss {metrics['loss']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+        f"ECE {metrics['expected_calibration_error']:.4f}"
+    )
+    print(per_class_markdown(metrics), end="")
+    print(f"Report: {out / REPORT_FILE} (open it in a browser; everything is embedded)")

@@ -1,0 +1,210 @@
+"""One self-contained HTML page per evaluated run: every figure embedded, no network needed.
+
+Numbers carry ``data-metric`` attributes holding the exact JSON value, so a test (or a
+script) can check that what the page shows is what metrics.json says.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222;
+       padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; }
+table { border-collapse: collapse; margin: 0.5rem 0 1rem; }
+td, th { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+.cards { display: flex; flex-wrap: wrap; gap: 0.8rem; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6rem 1rem; min-width: 9rem; }
+.card .value { font-size: 1.6rem; font-weight: 600; }
+.muted { color: #777; } img { max-width: 100%; border: 1px solid #eee; margin: 0.3rem 0; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 1rem; }
+"""
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None or not Path(path).is_file():
+        return f'<p class="muted">({html.escape(alt)}: not available)</p>'
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _num(value: Any, key: str, digits: int = 4) -> str:
+    if value is None:
+        return '<span class="muted">n/a</span>'
+    return (
+        f'<span data-metric="{html.escape(key)}" data-value="{value!r}">{value:.{digits}f}</span>'
+    )
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cards(metrics: dict[str, Any]) -> str:
+    k = metrics["top_k"]
+    items = [
+        ("accuracy", "accuracy"),
+        (f"top-{k} accuracy", f"top_{k}_accuracy"),
+        ("loss", "loss"),
+        ("macro F1", "macro_f1"),
+        ("calibration error", "expected_calibration_error"),
+    ]
+    cards = "".join(
+        f'<div class="card"><div class="muted">{label}</div>'
+        f'<div class="value">{_num(metrics[key], key)}</div></div>'
+        for label, key in items
+    )
+    return (
+        f'<div class="cards">{cards}<div class="card"><div class="muted">images</div>'
+        f'<div class="value">{_num(metrics["images"], "images", 0)}</div></div></div>'
+    )
+
+
+def _per_class(metrics: dict[str, Any]) -> str:
+    rows = [
+        [
+            html.escape(c["class"]),
+            _num(c["precision"], f"per_class.{i}.precision"),
+            _num(c["recall"], f"per_class.{i}.recall"),
+            _num(c["f1"], f"per_class.{i}.f1"),
+            _num(c["support"], f"per_class.{i}.support", 0),
+            _num(c["roc_auc"], f"per_class.{i}.roc_auc"),
+            _num(c["average_precision"], f"per_class.{i}.average_precision"),
+        ]
+        for i, c in enumerate(metrics["per_class"])
+    ]
+    return _table(["class", "precision", "recall", "F1", "support", "ROC AUC", "AP"], rows)
+
+
+def _data_section(data: dict[str, Any] | None) -> str:
+    if not data:
+        return '<p class="muted">(data summary not found)</p>'
+    splits = ("train", "val", "test")
+    rows = [
+        [
+            html.escape(c),
+            *(str(data["counts"][c][s]) for s in splits),
+            str(sum(data["counts"][c].values())),
+        ]
+        for c in data["classes"]
+    ]
+    rows.append(
+        [
+            "<b>total</b>",
+            *(f"<b>{data['totals'][s]}</b>" for s in splits),
+            f"<b>{sum(data['totals'].values())}</b>",
+        ]
+    )
+    skipped = len(data.get("skipped", []))
+    note = (
+        f"<p>Source: {html.escape(str(data['origin']))}. {data['files_found']} files found, "
+        f"{skipped} skipped (see check_report.csv), {data['duplicate_groups']} duplicate "
+        f"group(s).</p>"
+    )
+    return note + _table(["class", *splits, "all"], rows)
+
+
+def _training_section(training: dict[str, Any] | None) -> str:
+    if not training:
+        return '<p class="muted">(training summary not found)</p>'
+    flat = []
+    for key, value in training.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            flat.append([html.escape(key), html.escape(str(value))])
+    return _table(["", "value"], flat) if flat else ""
+
+
+def _memory_section(memory: dict[str, Any] | None) -> str:
+    if not memory:
+        return '<p class="muted">(no memory estimate)</p>'
+    if "error" in memory:
+        return f'<p class="muted">{html.escape(memory["error"])}</p>'
+    pretty = html.escape(json.dumps(memory, indent=2, default=str))
+    return f"<pre>{pretty}</pre>"
+
+
+def _mistakes_table(metrics: dict[str, Any]) -> str:
+    rows = [
+        [
+            html.escape(Path(m["path"]).name),
+            html.escape(m["true"]),
+            html.escape(m["predicted"]),
+            f"{m['probability']:.3f}",
+        ]
+        for m in metrics.get("worst_mistakes", [])[:12]
+    ]
+    return (
+        _table(["file", "true", "predicted", "probability"], rows)
+        if rows
+        else "<p>No mistakes on this split.</p>"
+    )
+
+
+def render_report(
+    metrics: dict[str, Any],
+    files: dict[str, Path],
+    cfg: Config,
+    run_dir: Path,
+    extras: dict[str, Any],
+) -> str:
+    title = f"{run_dir.name}: {metrics['split']} split"
+    when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    pairs = (
+        "".join(
+            f"<li>{html.escape(p['true'])} &rarr; {html.escape(p['predicted'])}: {p['count']}</li>"
+            for p in metrics.get("confused_pairs", [])
+        )
+        or "<li>none</li>"
+    )
+    config = html.escape(json.dumps(cfg.to_dict(), indent=2))
+    sections = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="muted">{cfg.model.backbone}, {cfg.input.image_size}px, data set '
+        f"{html.escape(cfg.data.dataset)}; report made {when}</p>",
+        "<h2>Summary</h2>",
+        _cards(metrics),
+        "<h2>Data</h2>",
+        _data_section(extras.get("data")),
+        "<h2>Training</h2>",
+        _img(extras.get("curves"), "learning curves"),
+        _training_section(extras.get("training")),
+        "<h2>Per class</h2>",
+        _per_class(metrics),
+        "<h2>Confusion</h2>",
+        '<div class="grid">',
+        _img(files.get("confusion_counts"), "confusion matrix, counts"),
+        _img(files.get("confusion_normalised"), "confusion matrix, normalised"),
+        "</div>",
+        f"<p>Most confused pairs (true &rarr; predicted):</p><ul>{pairs}</ul>",
+        _img(files.get("confused_pairs"), "examples of confused pairs"),
+        "<h2>Curves and calibration</h2>",
+        '<div class="grid">',
+        _img(files.get("roc"), "ROC curves"),
+        _img(files.get("pr"), "precision-recall curves"),
+        _img(files.get("reliability"), "reliability diagram"),
+        "</div>",
+        "<h2>Worst mistakes</h2>",
+        _img(files.get("mistakes"), "most confident mistakes"),
+        _mistakes_table(metrics),
+        "<h2>Memory estimate</h2>",
+        _memory_section(extras.get("memory")),
+        f"<h2>Configuration</h2><details><summary>config.json</summary><pre>{config}</pre>"
+        "</details>",
+    ]
+    body = "\n".join(sections)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
+        f"<body>\n{body}\n</body></html>\n"
+    )

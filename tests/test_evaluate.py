@@ -1,0 +1,151 @@
+"""Evaluation: numbers that agree with each other, every artefact, and the report in a browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.config import with_overrides
+from pipeline.evaluate import evaluate
+from pipeline.files import read_csv
+from pipeline.manifest import load_split
+from pipeline.metrics import classification_metrics, reliability, worst_mistakes
+
+
+def random_probs(n: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 2.0 * np.eye(c)[y] * rng.uniform(0, 1, (n, 1))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, probs
+
+
+def test_metrics_agree_with_each_other():
+    y, probs = random_probs(300, 6)
+    m = classification_metrics(y, probs, [f"c{i}" for i in range(6)], top_k=3)
+    confusion = np.array(m["confusion"])
+    assert confusion.sum() == 300 == m["images"]
+    assert np.trace(confusion) / 300 == pytest.approx(m["accuracy"])
+    per = m["per_class"]
+    np.testing.assert_array_equal([c["support"] for c in per], confusion.sum(axis=1))
+    recall = np.diag(confusion) / confusion.sum(axis=1)
+    precision = np.diag(confusion) / confusion.sum(axis=0)
+    np.testing.assert_allclose([c["recall"] for c in per], recall)
+    np.testing.assert_allclose([c["precision"] for c in per], precision)
+    np.testing.assert_allclose(np.array(m["confusion_normalised"]).sum(axis=1), 1.0)
+    assert m["accuracy"] <= m["top_3_accuracy"] <= 1.0
+    assert m["loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(300), y])))
+    bins = reliability(y, probs)["bins"]
+    assert sum(b["count"] for b in bins) == 300
+    manual_ece = sum(
+        b["count"] / 300 * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]
+    )
+    assert m["expected_calibration_error"] == pytest.approx(manual_ece)
+    worst = worst_mistakes(y, probs, 5)
+    confidences = [probs[i].max() for i in worst]
+    assert confidences == sorted(confidences, reverse=True)
+    assert all(probs[i].argmax() != y[i] for i in worst)
+
+
+def test_class_without_test_images_has_no_auc():
+    y, probs = random_probs(50, 3)
+    y[y == 2] = 0
+    m = classification_metrics(y, probs, ["a", "b", "c"])
+    assert m["per_class"][2]["roc_auc"] is None and m["per_class"][2]["support"] == 0
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run):
+    cfg, run_dir = trained_run
+    cfg = with_overrides(cfg, {"eval.run": run_dir.name})
+    return cfg, evaluate(cfg)
+
+
+def test_every_artefact_exists_and_agrees(evaluated):
+    cfg, result = evaluated
+    out = result.report_dir
+    for name in (
+        "metrics.json",
+        "per_class.csv",
+        "per_class.md",
+        "confusion_counts.csv",
+        "confusion_normalised.csv",
+        "confusion_counts.png",
+        "confusion_normalised.png",
+        "roc.png",
+        "precision_recall.png",
+        "reliability.png",
+        "predictions.csv",
+        "index.html",
+    ):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    test_rows = load_split(cfg.dataset_dir(), "test")
+    confusion = np.array(metrics["confusion"])
+    assert confusion.sum() == len(test_rows) == metrics["images"]
+    predictions = read_csv(out / "predictions.csv")
+    assert [p["path"] for p in predictions] == [r.path for r in test_rows]
+    accuracy = np.mean([int(p["correct"]) for p in predictions])
+    assert accuracy == pytest.approx(metrics["accuracy"])
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(metrics["accuracy"])
+    counts_csv = [
+        [int(v) for v in list(r.values())[1:]] for r in read_csv(out / "confusion_counts.csv")
+    ]
+    assert counts_csv == metrics["confusion"]
+    per_class = read_csv(out / "per_class.csv")
+    assert [float(r["f1"]) for r in per_class] == pytest.approx(
+        [c["f1"] for c in metrics["per_class"]]
+    )
+    assert "memory" in metrics and "error" not in metrics["memory"]
+
+
+def test_html_report_renders_in_a_real_browser(evaluated, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing on CI: .ci/run should have installed it")
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    _, result = evaluated
+    metrics = json.loads((result.report_dir / "metrics.json").read_text())
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((result.report_dir / "index.html").as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.alt, e.complete && e.naturalWidth > 0])"
+        )
+        shown = page.eval_on_selector_all(
+            "[data-metric]", "els => els.map(e => [e.dataset.metric, e.textContent])"
+        )
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert len(images) >= 8 and all(ok for _, ok in images), images
+    assert all(url.startswith(("file:", "data:")) for url in requests)  # self-contained
+    per_class_values = sum(
+        4 + (c["roc_auc"] is not None) + (c["average_precision"] is not None)
+        for c in metrics["per_class"]
+    )
+    assert len(shown) == 6 + per_class_values  # the summary cards and the per-class table
+    for key, text in shown:
+        value = metrics
+        for part in key.split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        assert float(text) == pytest.approx(value, abs=6e-5), key

@@ -1,0 +1,85 @@
+"""Experiments: every run of a grid recorded, resumable, summaries that equal numpy's."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, with_overrides
+from pipeline.experiment import expand_grid, parse_grid, run_experiment, within_noise
+from pipeline.files import read_csv
+
+
+def test_grid_parsing_and_expansion():
+    axes = parse_grid("model.backbone=mobilenet,inception_v3 train.head_lr=1e-3,3e-4")
+    assert axes == [("model.backbone", ["mobilenet", "inception_v3"]),
+                    ("train.head_lr", ["1e-3", "3e-4"])]
+    cells = expand_grid(axes)
+    assert len(cells) == 4 and cells[1] == {"model.backbone": "mobilenet",
+                                            "train.head_lr": "3e-4"}
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_grid("backbone=mobilenet")
+
+
+def test_noise_test_tells_apart_real_differences():
+    assert within_noise([0.80, 0.81, 0.79], [0.80, 0.78, 0.81])[0]
+    assert not within_noise([0.90, 0.91, 0.905], [0.70, 0.71, 0.705])[0]
+
+
+@pytest.fixture(scope="module")
+def experiment(flowers_prepared, tmp_path_factory):
+    cfg, _ = flowers_prepared
+    cfg = with_overrides(cfg, {
+        "paths.models": str(tmp_path_factory.mktemp("exp_models")),
+        "paths.reports": str(tmp_path_factory.mktemp("exp_reports")),
+        "model.backbone": "small_cnn", "model.weights": "none", "input.image_size": 32,
+        "train.head_epochs": 1, "train.fine_tune_epochs": 0, "experiment.name": "grid",
+        # cnn_blocks=8 halves 32 px eight times: a valid option that cannot build, so
+        # those runs fail at training time and the others must still complete.
+        "experiment.grid": "model.cnn_blocks=2,8 model.dropout=0.0,0.5",
+        "experiment.repeats": 2,
+    })
+    return cfg, run_experiment(cfg)
+
+
+def test_every_run_is_recorded_and_failures_do_not_stop_the_rest(experiment):
+    _, result = experiment
+    rows = read_csv(result.out_dir / "results.csv")
+    assert len(rows) == 8 and result.ran == 8
+    assert len({(r["cell"], r["seed"]) for r in rows}) == 8
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 4 and all("model.cnn_blocks=8" in r["overrides"] for r in failed)
+    assert all(r["error"] for r in failed)
+    for r in rows:
+        if r["status"] == "ok":
+            assert 0.0 <= float(r["test_accuracy"]) <= 1.0 and float(r["train_seconds"]) > 0
+            assert int(r["parameters"]) > 0 and r["device"] and r["tensorflow"]
+    summary_md = (result.out_dir / "summary.md").read_text()
+    assert "(best)" in summary_md and "failed runs of model.cnn_blocks=8" in summary_md
+    for name in ("accuracy_vs_time.png", "spread.png"):
+        assert (result.out_dir / name).is_file()
+
+
+def test_resuming_runs_nothing_new(experiment):
+    cfg, first = experiment
+    before = (first.out_dir / "results.csv").read_bytes()
+    again = run_experiment(cfg)
+    assert again.ran == 0 and again.skipped == 8
+    assert (first.out_dir / "results.csv").read_bytes() == before
+
+
+def test_summary_statistics_equal_numpy_on_results(experiment):
+    _, result = experiment
+    rows = read_csv(result.out_dir / "results.csv")
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    for config in summary["configurations"]:
+        ok = [r for r in rows if r["overrides"] == config["overrides"] and r["status"] == "ok"]
+        for metric in ("test_accuracy", "test_loss", "train_seconds"):
+            values = np.array([float(r[metric]) for r in ok])
+            stats = config["metrics"][metric]
+            assert stats["n"] == len(values)
+            if len(values):
+                assert stats["mean"] == pytest.approx(values.mean())
+                assert stats["std"] == pytest.approx(values.std(ddof=1))

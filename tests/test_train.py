@@ -1,0 +1,347 @@
+"""pipeline.train: real two-phase runs on real photos (small images, few of them).
+
+One InceptionV3 run (random weights, 75 px) is shared by the module; the tests read what it
+wrote. Phase 1 must leave the base alone, phase 2 must change only the unfrozen top and no
+BatchNorm statistics, the head trained on cached features must be the head the plain way
+trains, a killed run must resume, and on flowers-mini transfer learning must pay off.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from pipeline.manifest import load_split, read_classes
+from pipeline.model import build_classifier, get_base
+from pipeline.train import TrainResult, class_weights, train
+
+REPO = Path(__file__).resolve().parents[1]
+PER_CLASS = 12  # 60 photos: about 42 train / 12 val
+
+
+@dataclass
+class TinyData:
+    root: Path
+    overrides: list[str]
+
+    def cfg(self, *extra: str):
+        return load_config(None, [*self.overrides, *extra])
+
+
+def make_tiny_data(flowers_mini: Path, root: Path, per_class: int = PER_CLASS) -> TinyData:
+    """A flowers-mini subset (symlinks) through the real data stage."""
+    from pipeline.data import prepare_data
+
+    folder = root / "flowers-tiny"
+    for class_dir in sorted(p for p in flowers_mini.iterdir() if p.is_dir()):
+        (folder / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:per_class]:
+            (folder / class_dir.name / image.name).symlink_to(image)
+    overrides = [
+        f"data.dataset=folder:{folder}",
+        f"paths.data={root / 'data'}",
+        f"paths.models={root / 'models'}",
+        f"paths.reports={root / 'reports'}",
+        "data.val_fraction=0.2",
+        "data.test_fraction=0.1",
+        "model.weights=none",
+        "input.batch_size=8",
+    ]
+    prepare_data(load_config(None, overrides), progress=False)
+    return TinyData(root, overrides)
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    with open(run_dir / "history.csv", newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def load_into(cfg, weights_file: Path, num_classes: int) -> keras.Model:
+    model = build_classifier(cfg, num_classes)
+    model.load_weights(weights_file)
+    return model
+
+
+def batchnorm(layer) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, flowers_mini) -> TinyData:
+    return make_tiny_data(flowers_mini, tmp_path_factory.mktemp("tiny"))
+
+
+INCEPTION = ["input.image_size=75", "train.head_epochs=2", "train.fine_tune_epochs=2",
+             "train.fine_tune_lr=1e-4"]
+
+
+@pytest.fixture(scope="module")
+def inception_run(tiny) -> TrainResult:
+    """Phase 1 on cached features, phase 2 on augmented images, InceptionV3 at 75 px."""
+    return train(tiny.cfg(*INCEPTION, "train.run_name=inception"))
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny, inception_run) -> TrainResult:
+    """The same phase 1 the Keras guide's way: the frozen base runs on every epoch."""
+    return train(tiny.cfg(*INCEPTION, "train.run_name=plain", "train.cache_features=false",
+                          "train.fine_tune_epochs=0"))
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
+    import tensorflow as tf
+
+    from pipeline.backbones import get_backbone, preprocess
+    from pipeline.inputs import build_eval_dataset
+
+    run_dir, summary = inception_run.run_dir, inception_run.summary
+    for name in ("model.keras", "saved_model", "labels.json", "config.json", "history.csv",
+                 "learning_curves.png", "summary.json", "checkpoints/phase1.weights.h5",
+                 "checkpoints/phase2.weights.h5"):
+        assert (run_dir / name).exists(), name
+    assert all(Path(p).exists() for p in summary["files"])
+    leftovers = [p for p in run_dir.rglob(".*")] + list(run_dir.glob("backup"))
+    assert leftovers == [], "temporary files or backups left behind"
+    assert (run_dir / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    cfg = load_config(run_dir / "config.json")
+    assert cfg.train.run_name == summary["run"] == "inception"
+    classes = json.loads((run_dir / "labels.json").read_text())
+    assert classes == read_classes(cfg.dataset_dir() / "classes.json") == summary["classes"]
+
+    history = read_history(run_dir)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and summary["epochs"] == 4
+    for phase in ("1", "2"):
+        rows = [r for r in history if r["phase"] == int(phase)]
+        best = min(rows, key=lambda r: r["val_loss"])
+        info = summary["phases"][phase]
+        assert info["epochs"] == len(rows) == 2
+        assert info["best_epoch"] == best["phase_epoch"]
+        assert info["best_val_loss"] == pytest.approx(best["val_loss"])
+        assert info["seconds"] > 0 and info["train_images_per_s"] > 0
+    assert summary["phases"]["1"]["cached_features"] is True
+
+    # The saved model scores on the validation images what the summary says it scored.
+    model = keras.models.load_model(run_dir / "model.keras")
+    val_rows = load_split(cfg.dataset_dir(), "val")
+    probs = model.predict(build_eval_dataset(val_rows, cfg), verbose=0)
+    accuracy = np.mean(probs.argmax(1) == [r.label_index for r in val_rows])
+    assert summary["final"]["val_accuracy"] == pytest.approx(accuracy)
+    assert summary["final"]["val_loss"] == pytest.approx(summary["phases"]["2"]["best_val_loss"],
+                                                         rel=1e-4)
+
+    # The SavedModel takes raw pixels and gives the Keras model's probabilities.
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 75, 75, 3)).astype("float32")
+    served = tf.saved_model.load(str(run_dir / "saved_model")).serve(pixels)
+    expected = model(preprocess(pixels, get_backbone("inception_v3")), training=False)
+    np.testing.assert_allclose(np.array(served), np.array(expected), atol=1e-5)
+
+
+def test_phase_one_leaves_every_base_weight_unchanged(tiny, inception_run):
+    cfg = load_config(inception_run.run_dir / "config.json")
+    keras.utils.set_random_seed(cfg.train.seed)  # as train() does before building
+    initial = build_classifier(cfg, 5)
+    after = load_into(cfg, inception_run.run_dir / "checkpoints/phase1.weights.h5", 5)
+    for a, b in zip(get_base(initial).weights, get_base(after).weights):
+        np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=a.path)
+    head_before = initial.get_layer("predictions").get_weights()[0]
+    assert not np.allclose(head_before, after.get_layer("predictions").get_weights()[0])
+
+
+def test_phase_two_changes_only_the_unfrozen_blocks(tiny, inception_run):
+    run_dir = inception_run.run_dir
+    cfg = load_config(run_dir / "config.json")
+    before = get_base(load_into(cfg, run_dir / "checkpoints/phase1.weights.h5", 5))
+    after = get_base(keras.models.load_model(run_dir / "model.keras"))
+    names = [layer.name for layer in before.layers]
+    cut = names.index("mixed8")
+    changed_top = 0
+    for i, (old, new) in enumerate(zip(before.layers, after.layers)):
+        for a, b in zip(old.weights, new.weights):
+            same = np.array_equal(np.array(a), np.array(b))
+            if batchnorm(old) or i <= cut:
+                assert same, f"{a.path} changed in phase 2"
+            else:
+                changed_top += not same
+                assert not same, f"{a.path} did not train in phase 2"
+    assert changed_top > 20
+    assert summary_phase(inception_run, "2")["first_trainable_layer"] == names[cut + 1]
+
+
+def summary_phase(result: TrainResult, phase: str) -> dict:
+    return result.summary["phases"][phase]
+
+
+def test_head_on_cached_features_is_the_head_the_plain_way_trains(tiny, inception_run,
+                                                                   plain_run):
+    cfg = load_config(inception_run.run_dir / "config.json")
+    cached = load_into(cfg, inception_run.run_dir / "checkpoints/phase1.weights.h5", 5)
+    plain = load_into(cfg, plain_run.run_dir / "checkpoints/phase1.weights.h5", 5)
+    for a, b in zip(cached.get_layer("predictions").get_weights(),
+                    plain.get_layer("predictions").get_weights()):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    rows_cached = [r for r in read_history(inception_run.run_dir) if r["phase"] == 1]
+    rows_plain = read_history(plain_run.run_dir)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([r[key] for r in rows_cached], [r[key] for r in rows_plain],
+                                   rtol=1e-4, err_msg=key)
+    assert summary_phase(plain_run, "1")["cached_features"] is False
+    # Phase 1 through the images costs more than through the cache, which is only read.
+    assert (summary_phase(plain_run, "1")["train_images_per_s"]
+            < summary_phase(inception_run, "1")["train_images_per_s"])
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_a_killed_run_resumes_from_its_last_epoch(tiny, inception_run, capsys):
+    overrides = [*tiny.overrides, *INCEPTION, "train.run_name=killed",
+                 "train.fine_tune_epochs=4", "train.patience=10"]
+    run_dir = tiny.root / "models" / "killed"
+    metadata = run_dir / "backup" / "phase2" / "training_metadata.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *overrides], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    try:
+        while True:  # wait for the first phase-2 epoch's backup, then kill mid-epoch
+            if metadata.is_file() and json.loads(metadata.read_text())["epoch"] >= 1:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no phase-2 backup within 5 minutes"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    saved_epoch = json.loads(metadata.read_text())["epoch"]
+    before = read_history(run_dir)
+    assert not (run_dir / "summary.json").exists()
+
+    result = train(load_config(None, overrides))
+    out = capsys.readouterr().out
+    assert f"Resuming: {run_dir}" in out and "Phase 1 finished earlier" in out
+    assert "Phase 2: resuming from its backup" in out
+    after = read_history(run_dir)
+    assert [(r["phase"], r["phase_epoch"]) for r in after] == [(1, 1), (1, 2), (2, 1), (2, 2),
+                                                              (2, 3), (2, 4)]
+    kept = 2 + saved_epoch  # phase-1 epochs and the phase-2 epochs backed up before the kill
+    assert after[:kept] == before[:kept]
+    assert summary_phase(result, "2")["resumed"] is True
+    assert summary_phase(result, "1")["feature_cache_reused"] is True
+    assert not (run_dir / "backup").exists()
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_a_finished_run_is_not_overwritten(tiny, inception_run):
+    with pytest.raises(ConfigError, match="holds a finished run; choose another RUN_NAME"):
+        train(tiny.cfg(*INCEPTION, "train.run_name=inception"))
+
+
+def test_an_unfinished_run_with_other_options_is_not_resumed(tiny):
+    run_dir = tiny.root / "models" / "other"
+    run_dir.mkdir(parents=True)
+    cfg = tiny.cfg(*INCEPTION, "train.run_name=other")
+    from pipeline.config import save_config
+
+    save_config(cfg, run_dir / "config.json")
+    with pytest.raises(ConfigError, match=r"other options \(train.head_lr\)"):
+        train(tiny.cfg(*INCEPTION, "train.run_name=other", "train.head_lr=0.01"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.fine_tune_epochs=-1", "train.fine_tune_epochs must be 0 or more"),
+        ("train.head_lr=0", "train.head_lr must be a positive learning rate"),
+        ("train.lr_factor=1.5", "train.lr_factor must be between 0 and 1"),
+        ("train.run_name=../x", "train.run_name must be a folder name"),
+        ("input.image_size=64", "inception_v3 needs input.image_size >= 75"),
+        ("train.strategy=multi_worker", "needs train.run_name"),
+    ],
+)
+def test_bad_options_are_rejected_before_any_work(tiny, override, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        train(tiny.cfg("input.image_size=75", override))
+
+
+def test_class_weights_only_when_classes_are_imbalanced():
+    assert class_weights([0, 0, 1, 1, 2, 2], 3, "auto") is None
+    assert class_weights([0, 0, 1, 1, 2, 2], 3, "on") == [1.0, 1.0, 1.0]
+    weights = class_weights([0] * 8 + [1] * 2, 2, "auto")
+    assert weights == pytest.approx([10 / 16, 10 / 4])
+    assert class_weights([0] * 8 + [1] * 2, 2, "off") is None
+
+
+def test_same_seed_gives_the_same_metrics(tiny):
+    options = ["model.backbone=mobilenet", "model.alpha=0.25", "input.image_size=64",
+               "train.head_epochs=2", "train.fine_tune_epochs=2", "train.fine_tune_lr=1e-3",
+               "train.deterministic=true", "train.seed=7"]
+    first = train(tiny.cfg(*options, "train.run_name=seed-a"))
+    second = train(tiny.cfg(*options, "train.run_name=seed-b"))
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+    assert [[r[k] for k in keys] for r in read_history(first.run_dir)] == [
+        [r[k] for k in keys] for r in read_history(second.run_dir)
+    ]
+
+
+# ----------------------------------------------------------------------------- flowers-mini
+
+
+def test_a_short_run_on_flowers_mini_learns(tmp_path, flowers_mini, capsys):
+    """From scratch (the small CNN baseline), on a fresh machine: no manifests yet."""
+    cfg = load_config(None, [
+        f"data.dataset=folder:{flowers_mini}", f"paths.data={tmp_path / 'data'}",
+        f"paths.models={tmp_path / 'models'}", f"paths.reports={tmp_path / 'reports'}",
+        "model.backbone=small_cnn", "input.image_size=64", "input.batch_size=16",
+        "train.head_epochs=6", "train.fine_tune_epochs=0", "train.deterministic=true",
+    ])
+    result = train(cfg)
+    assert "running the data stage first" in capsys.readouterr().out
+    assert result.summary["final"]["val_accuracy"] >= 0.4  # chance: 0.2
+
+
+@pytest.mark.slow
+def test_transfer_learning_reaches_80_percent_and_beats_random_weights(
+    flowers_prepared, mobilenet_weights
+):
+    """Keras's ImageNet MobileNet (alpha 0.25) at 160 px against the same run from random
+    weights. A linear probe on these features scores about 80%: fine-tuning must beat it."""
+    from pipeline.config import with_overrides
+    from pipeline.inputs import build_eval_dataset
+
+    base, _ = flowers_prepared
+    options = {
+        "model.backbone": "mobilenet", "model.alpha": 0.25, "input.image_size": 160,
+        "input.batch_size": 16, "train.head_epochs": 100, "train.head_lr": 3e-3,
+        "train.patience": 10, "train.lr_patience": 10, "train.fine_tune_epochs": 30,
+        "train.fine_tune_lr": 3e-4, "model.fine_tune_after": "conv_pw_9_relu",
+        "train.deterministic": True,
+    }
+    accuracy = {}
+    for weights in (str(mobilenet_weights), "none"):
+        cfg = with_overrides(base, {**options, "model.weights": weights,
+                                    "train.run_name": f"transfer-{Path(weights).stem}"})
+        result = train(cfg)
+        model = keras.models.load_model(result.run_dir / "model.keras")
+        rows = load_split(cfg.dataset_dir(), "test")
+        probs = model.predict(build_eval_dataset(rows, cfg), verbose=0)
+        accuracy[weights] = float(np.mean(probs.argmax(1) == [r.label_index for r in rows]))
+    pretrained, scratch = accuracy[str(mobilenet_weights)], accuracy["none"]
+    assert pretrained >= 0.80, accuracy
+    assert pretrained - scratch >= 0.3, accuracy
