@@ -17,6 +17,14 @@ OVERRIDES := \
   $(if $(BACKBONE),model.backbone=$(BACKBONE)) \
   $(if $(WEIGHTS),model.weights=$(WEIGHTS)) \
   $(if $(SEED),train.seed=$(SEED)) \
+  $(if $(RUN_NAME),train.run_name=$(RUN_NAME)) \
+  $(if $(HEAD_EPOCHS),train.head_epochs=$(HEAD_EPOCHS)) \
+  $(if $(EPOCHS),train.fine_tune_epochs=$(EPOCHS)) \
+  $(if $(HEAD_LR),train.head_lr=$(HEAD_LR)) \
+  $(if $(LR),train.fine_tune_lr=$(LR)) \
+  $(if $(PRECISION),train.precision=$(PRECISION)) \
+  $(if $(STRATEGY),train.strategy=$(STRATEGY)) \
+  $(if $(XLA),train.xla=$(XLA)) \
   $(if $(BUDGET),memory.budget=$(BUDGET)) \
   $(if $(RUN),eval.run=$(RUN)) \
   $(if $(SPLIT),eval.split=$(SPLIT)) \
@@ -33,7 +41,7 @@ OVERRIDES := \
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG))
 RUN_STAGE = $(PY) -m pipeline $(1) $(CONFIG_FLAG) $(OVERRIDES)
 
-.PHONY: help setup data evaluate predict memory config test lint bench-input bench-memory lock clean
+.PHONY: help setup data train bench-train evaluate predict memory config test lint bench-input bench-memory lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -48,6 +56,9 @@ setup: $(STAMP)  ## create .venv and install the pinned dependencies (ACCEL=cpu|
 
 data: $(STAMP)  ## fetch/read DATASET, check every image, split, write data/<dataset>/ manifests
 	$(call RUN_STAGE,data)
+
+train: $(STAMP)  ## two-phase fine-tuning into models/<run>/ (runs `data` first if needed; resumable)
+	$(call RUN_STAGE,train)
 
 evaluate: $(STAMP)  ## metrics, figures, reports/<run>/index.html (RUN=latest, SPLIT=test|val)
 	$(call RUN_STAGE,evaluate)
@@ -76,6 +87,9 @@ lint: $(STAMP)  ## ruff
 
 bench-input: $(STAMP)  ## input pipeline benchmark (images/s, JSON under benchmarks/results/)
 	$(PY) benchmarks/input_pipeline.py $(BENCH_ARGS)
+
+bench-train: $(STAMP)  ## cached vs plain phase 1, images/s at 299, FLOPs, % of peak, augmentation (JSON)
+	$(PY) benchmarks/train.py $(BENCH_ARGS)
 
 bench-memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)
 	$(PY) benchmarks/memory.py $(BENCH_ARGS)

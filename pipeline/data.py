@@ -127,12 +127,24 @@ def cached_rows(rows: list[ManifestRow], dataset_dir: Path, size: int) -> list[M
     return out
 
 
-def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
-    """Resolve the source, check every image, split, write manifests and reports."""
+@dataclass
+class Inventory:
+    """Every file found, its check, and the split of each usable image."""
+
+    source: Source
+    candidates: list[Candidate]
+    checks: list[ImageCheck]
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    by_split: dict[str, list[ManifestRow]]
+    split_of_path: dict[str, str]
+    duplicates: list[list[tuple[str, str, str]]]
+    warnings: list[str]
+
+
+def take_inventory(cfg: Config, source: Source, progress: bool = True) -> Inventory:
+    """Check every candidate file, then split the usable ones; raises on unusable splits."""
     d = cfg.data
-    out_dir = cfg.dataset_dir()
-    reports_dir = Path(cfg.paths.reports) / out_dir.name
-    source = resolve_source(d.dataset, cfg.paths.data, out_dir.name)
     candidates = list_candidates(source)
     classes_found = sorted({c.label for c in candidates if c.label})
     print(
@@ -140,7 +152,6 @@ def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
     )
     if not candidates:
         raise ValueError(f"{source.origin}: no files found; expected <class>/<image> folders")
-
     checks = check_images(
         [c.path for c in candidates], d.min_side, d.max_pixels, d.workers, progress=progress
     )
@@ -165,50 +176,50 @@ def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
     warnings += check_split_counts(counts, d.small_class_warning)
     classes = sorted(counts)
     index = {label: i for i, label in enumerate(classes)}
-
     by_split: dict[str, list[ManifestRow]] = {s: [] for s in SPLITS}
     split_of_path: dict[str, str] = {}
     for (cand, check), split in zip(usable, splits):
-        by_split[split].append(
-            ManifestRow(
-                str(cand.path.resolve()),
-                cand.label,
-                index[cand.label],
-                check.sha256,
-                check.width,
-                check.height,
-                check.orientation,
-                check.decoder,
-            )
+        row = ManifestRow(
+            str(cand.path.resolve()),
+            cand.label,
+            index[cand.label],
+            check.sha256,
+            check.width,
+            check.height,
+            check.orientation,
+            check.decoder,
         )
+        by_split[split].append(row)
         split_of_path[check.path] = split
-
     duplicates = _duplicate_groups(usable, split_of_path)
     warnings += _duplicate_warnings(duplicates)
-    files = _write_outputs(
-        cfg,
-        out_dir,
-        source,
-        candidates,
-        checks,
-        split_of_path,
-        by_split,
-        classes,
-        duplicates,
-        counts,
-        warnings,
+    return Inventory(
+        source, candidates, checks, classes, counts, by_split, split_of_path, duplicates, warnings
     )
-    if d.cache_size:
-        all_rows = [r for s in SPLITS for r in by_split[s]]
-        files.append(build_image_cache(all_rows, out_dir, d.cache_size, d.workers))
 
-    skipped = Counter(_reason_key(k.reason) for k in checks if k.status != "ok")
-    result = DataResult(out_dir, reports_dir, classes, counts, dict(skipped), warnings, files)
+
+def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
+    """Resolve the source, check every image, split, write manifests and reports."""
+    out_dir = cfg.dataset_dir()
+    reports_dir = Path(cfg.paths.reports) / out_dir.name
+    source = resolve_source(cfg.data.dataset, cfg.paths.data, out_dir.name)
+    inv = take_inventory(cfg, source, progress)
+    files = _write_outputs(cfg, out_dir, inv)
+    if cfg.data.cache_size:
+        all_rows = [r for s in SPLITS for r in inv.by_split[s]]
+        files.append(build_image_cache(all_rows, out_dir, cfg.data.cache_size, cfg.data.workers))
+
+    skipped = Counter(_reason_key(k.reason) for k in inv.checks if k.status != "ok")
+    result = DataResult(
+        out_dir, reports_dir, inv.classes, inv.counts, dict(skipped), inv.warnings, files
+    )
     _print_summary(result, source)
     from pipeline.plots import plot_class_distribution
 
-    result.files.append(plot_class_distribution(counts, reports_dir / "class_distribution.png"))
-    result.files.append(_draw_augmented_samples(cfg, by_split["train"], classes, reports_dir))
+    result.files.append(plot_class_distribution(inv.counts, reports_dir / "class_distribution.png"))
+    result.files.append(
+        _draw_augmented_samples(cfg, inv.by_split["train"], inv.classes, reports_dir)
+    )
     return result
 
 
@@ -233,31 +244,19 @@ def _duplicate_warnings(duplicates) -> list[str]:
     return msgs
 
 
-def _write_outputs(
-    cfg,
-    out_dir,
-    source,
-    candidates,
-    checks,
-    split_of_path,
-    by_split,
-    classes,
-    duplicates,
-    counts,
-    warnings,
-) -> list[Path]:
+def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
     files = [
-        write_manifest(out_dir / SPLIT_FILES[s], sorted(by_split[s], key=lambda r: r.path))
+        write_manifest(out_dir / SPLIT_FILES[s], sorted(inv.by_split[s], key=lambda r: r.path))
         for s in SPLITS
     ]
-    files.append(write_classes(out_dir / "classes.json", classes))
+    files.append(write_classes(out_dir / "classes.json", inv.classes))
     files.append(
         write_csv(
             out_dir / CHECK_REPORT,
             ["label", "split", *ImageCheck.columns()],
             (
-                [c.label or "", split_of_path.get(k.path, ""), *k.row()]
-                for c, k in zip(candidates, checks)
+                [c.label or "", inv.split_of_path.get(k.path, ""), *k.row()]
+                for c, k in zip(inv.candidates, inv.checks)
             ),
         )
     )
@@ -265,24 +264,24 @@ def _write_outputs(
         write_csv(
             out_dir / DUPLICATES_REPORT,
             ["group", "path", "label", "split"],
-            ([i, p, label, s] for i, g in enumerate(duplicates) for p, label, s in g),
+            ([i, p, label, s] for i, g in enumerate(inv.duplicates) for p, label, s in g),
         )
     )
-    skipped = [k for k in checks if k.status != "ok"]
+    skipped = [k for k in inv.checks if k.status != "ok"]
     files.append(
         write_json(
             out_dir / SUMMARY,
             {
                 "dataset": cfg.data.dataset,
-                "origin": source.origin,
-                "classes": classes,
-                "counts": counts,
-                "totals": {s: sum(c[s] for c in counts.values()) for s in SPLITS},
-                "files_found": len(candidates),
+                "origin": inv.source.origin,
+                "classes": inv.classes,
+                "counts": inv.counts,
+                "totals": {s: sum(c[s] for c in inv.counts.values()) for s in SPLITS},
+                "files_found": len(inv.candidates),
                 "skipped": [{"path": k.path, "reason": k.reason} for k in skipped],
-                "duplicate_groups": len(duplicates),
-                "unlabelled_dir": str(source.unlabelled) if source.unlabelled else None,
-                "warnings": warnings,
+                "duplicate_groups": len(inv.duplicates),
+                "unlabelled_dir": str(inv.source.unlabelled) if inv.source.unlabelled else None,
+                "warnings": inv.warnings,
             },
         )
     )

@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -50,12 +51,20 @@ def _tf_config() -> dict:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"TF_CONFIG is not valid JSON ({exc}). Received: {text[:200]!r}") from None
+        raise ConfigError(
+            f"TF_CONFIG is not valid JSON ({exc}). Received: {text[:200]!r}"
+        ) from None
 
 
 def _cluster_tasks(tf_config: dict) -> int:
     cluster = tf_config.get("cluster", {})
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def multi_worker_requested(cfg: Config) -> bool:
+    """Whether select_strategy will pick MultiWorkerMirroredStrategy (cheap: reads TF_CONFIG)."""
+    name = cfg.train.strategy
+    return name == "multi_worker" or (name == "auto" and _cluster_tasks(_tf_config()) > 1)
 
 
 def select_strategy(cfg: Config) -> tf.distribute.Strategy:
@@ -66,22 +75,17 @@ def select_strategy(cfg: Config) -> tf.distribute.Strategy:
     """
     name = cfg.train.strategy
     tf_config = _tf_config()
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        if _cluster_tasks(tf_config) > 1:
-            name = "multi_worker"
-        elif len(gpus) > 1:
-            name = "mirrored"
-        else:
-            name = "default"
-    if name == "multi_worker":
+    if multi_worker_requested(cfg):
         if not tf_config.get("cluster"):
             raise ConfigError(
                 "train.strategy=multi_worker needs TF_CONFIG (the cluster and this worker's "
                 "task) in the environment of every worker; see README 'Several machines', "
                 "or use train.strategy=auto"
             )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy()  # before listing any device
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "default"
     if name == "mirrored":
         # Every GPU; without GPUs every logical CPU device (two of them in the tests).
         devices = gpus or tf.config.list_logical_devices("CPU")
@@ -288,10 +292,16 @@ def evaluate(
     strategy: tf.distribute.Strategy,
     label_smoothing: float = 0.0,
     step: Callable | None = None,
+    dataset: Any = None,
 ) -> dict[str, float]:
-    """Loss and accuracy over one padded pass of an evaluation feed, on every replica."""
+    """Loss and accuracy over one padded pass of an evaluation feed, on every replica.
+
+    ``dataset``: the feed's distributed dataset, built once and passed again each epoch
+    (building a decoding pipeline costs about half a second).
+    """
     step = step or _build_eval_step(model, strategy, label_smoothing)
-    iterator = iter(strategy.distribute_datasets_from_function(feed.make))
+    dataset = dataset or strategy.distribute_datasets_from_function(feed.make)
+    iterator = iter(dataset)
     totals = np.zeros(3)
     for _ in range(feed.steps):
         totals += [float(v) for v in step(next(iterator))]
@@ -333,12 +343,22 @@ def fit(
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     callback_list = keras.callbacks.CallbackList(
-        list(callbacks), add_history=True, add_progbar=verbose != 0, verbose=verbose,
-        epochs=epochs, steps=train.steps, model=model,
+        list(callbacks),
+        add_history=True,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=epochs,
+        steps=train.steps,
+        model=model,
     )
     forward = forward or (lambda images: model(images, training=True))
     train_step = _build_train_step(
-        model, forward, strategy, train.global_batch, class_weights, label_smoothing,
+        model,
+        forward,
+        strategy,
+        train.global_batch,
+        class_weights,
+        label_smoothing,
         jit_compile,
     )
     eval_step = _build_eval_step(model, strategy, label_smoothing)
@@ -347,6 +367,7 @@ def fit(
     callback_list.on_train_begin()
     first_epoch = model._initial_epoch or 0
     iterator = iter(strategy.distribute_datasets_from_function(train.make))
+    val_dataset = strategy.distribute_datasets_from_function(val.make)
     epoch_logs: dict[str, float] = {}
     for epoch in range(first_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
@@ -362,7 +383,7 @@ def fit(
             if model.stop_training:
                 break
         epoch_logs = {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
-        val_logs = evaluate(model, val, strategy, label_smoothing, eval_step)
+        val_logs = evaluate(model, val, strategy, label_smoothing, eval_step, val_dataset)
         epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
         epoch_logs["learning_rate"] = _learning_rate(model)
         callback_list.on_epoch_end(epoch, epoch_logs)

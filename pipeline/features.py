@@ -81,7 +81,10 @@ def cache_path(cfg: Config, key: dict[str, object]) -> Path:
 
 
 def extract_features(
-    model: keras.Model, rows: Sequence[ManifestRow], cfg: Config, batch_size: int,
+    model: keras.Model,
+    rows: Sequence[ManifestRow],
+    cfg: Config,
+    batch_size: int,
     desc: str = "Extracting features",
 ) -> np.ndarray:
     """Pooled base features of the evaluation view of every row, in order (one pass)."""
@@ -95,7 +98,7 @@ def extract_features(
     )
     dataset = build_eval_dataset(rows, cfg, batch_size=batch_size)
     batches = []
-    with tqdm(total=len(rows), desc=desc, unit="img", leave=False) as bar:
+    with tqdm(total=len(rows), desc=desc, unit="img", leave=False, disable=None) as bar:
         for images in dataset:
             batches.append(np.asarray(run(images), np.float32))
             bar.update(len(batches[-1]))
@@ -103,8 +106,12 @@ def extract_features(
 
 
 def load_or_extract(
-    model: keras.Model, rows: Sequence[ManifestRow], cfg: Config, batch_size: int,
-    weights_sha: str, split: str,
+    model: keras.Model,
+    rows: Sequence[ManifestRow],
+    cfg: Config,
+    batch_size: int,
+    weights_sha: str,
+    split: str,
 ) -> CachedFeatures:
     """The cached features for these rows, extracted and stored first when missing."""
     key = cache_key(cfg, weights_sha, rows)

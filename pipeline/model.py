@@ -37,8 +37,9 @@ class WeightsError(RuntimeError):
     """Pretrained weights that cannot be had; the message names the file and both fixes."""
 
 
-def resolve_weights(backbone: Backbone, weights: str, alpha: float = 1.0,
-                    size: int | None = None) -> str | None:
+def resolve_weights(
+    backbone: Backbone, weights: str, alpha: float = 1.0, size: int | None = None
+) -> str | None:
     """'none' -> None; a path -> that path; 'imagenet' -> Keras's cached file or a download.
 
     A cached or given file is passed by path, so Keras never touches the network for it,
@@ -72,20 +73,22 @@ def resolve_weights(backbone: Backbone, weights: str, alpha: float = 1.0,
     return "imagenet"
 
 
-def _small_cnn(size: int) -> keras.Model:
-    """A from-scratch baseline: four conv-BN-ReLU-pool blocks, 32 to 256 maps."""
+def _small_cnn(size: int, width: int = 32, blocks: int = 4) -> keras.Model:
+    """A from-scratch baseline: conv-BN-ReLU-pool blocks, `width` maps doubling per block."""
     inputs = keras.Input((size, size, 3))
     x = inputs
-    for i, filters in enumerate((32, 64, 128, 256), start=1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                                name=f"block{i}_conv")(x)
-        # synchronized: replicas share batch statistics, so every replica (and every
-        # worker) ends with the same moving averages instead of its own.
-        x = keras.layers.BatchNormalization(
-            momentum=0.9, synchronized=True, name=f"block{i}_bn"
-        )(x)
+    for i in range(1, blocks + 1):
+        filters = width * 2 ** (i - 1)
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(
+            x
+        )
+        # momentum 0.9: on small data sets the moving statistics must settle within a few
+        # dozen steps, or evaluation runs on the initial ones. synchronized: replicas share
+        # batch statistics, so every replica (and worker) keeps the same moving averages.
+        x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"block{i}_bn")(x)
         x = keras.layers.ReLU(name=f"block{i}_relu")(x)
-        x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+        if x.shape[1] >= 2:  # deep stacks on small inputs stop pooling at 1x1
+            x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
     return keras.Model(inputs, x, name=BASE_NAME)
 
 
@@ -95,12 +98,11 @@ def build_base(cfg: Config, weights: str | None = None) -> keras.Model:
     size = cfg.input.image_size
     check_input_size(backbone, size)
     if not backbone.pretrained:
-        return _small_cnn(size)
+        return _small_cnn(size, cfg.model.cnn_width, cfg.model.cnn_blocks)
     resolved = resolve_weights(backbone, weights or cfg.model.weights, cfg.model.alpha, size)
     kwargs = {"alpha": cfg.model.alpha} if backbone.has_alpha else {}
     constructor = getattr(keras.applications, backbone.constructor)
-    base = constructor(include_top=False, weights=resolved, input_shape=(size, size, 3),
-                       **kwargs)
+    base = constructor(include_top=False, weights=resolved, input_shape=(size, size, 3), **kwargs)
     base.name = BASE_NAME
     return base
 
@@ -117,8 +119,9 @@ def build_classifier(cfg: Config, num_classes: int, weights: str | None = None) 
     x = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(x)
     x = keras.layers.Dropout(cfg.model.dropout, name=DROPOUT_NAME)(x)
     # float32 even under a mixed-precision policy: a float16 softmax loses small probabilities.
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                                 name=HEAD_NAME)(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name=HEAD_NAME
+    )(x)
     return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
 
 
@@ -128,7 +131,7 @@ def get_base(model: keras.Model) -> keras.Model:
 
 def build_feature_extractor(model: keras.Model) -> keras.Model:
     """Image -> pooled base features: the classifier's own layers, in inference mode."""
-    return keras.Model(model.inputs, model.get_layer(POOL_NAME).output, name="features")
+    return keras.Model(model.input, model.get_layer(POOL_NAME).output, name="features")
 
 
 def build_feature_head(model: keras.Model) -> keras.Model:
@@ -184,9 +187,10 @@ def freeze_for_phase(model: keras.Model, cfg: Config, phase: int) -> None:
     cut = fine_tune_cut(cfg)
     names = [layer.name for layer in base.layers]
     if cut not in names:
+        blocks = ", ".join(n for n in names if n.startswith(("mixed", "block", "conv")))
         raise ValueError(
             f"model.fine_tune_after={cut!r} is not a layer of {backbone.name}. Block outputs "
-            f"include: {', '.join(n for n in names if n.startswith(('mixed', 'block', 'conv')))[:400]}"
+            f"include: {blocks[:400]}"
         )
     base.trainable = True
     start = names.index(cut) + 1

@@ -15,11 +15,13 @@ Everything is written atomically under models/<run>/.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,9 +38,9 @@ from pipeline.distribute import (
     Feed,
     describe_devices,
     eval_feed,
-    evaluate,
     fit,
     input_pipelines,
+    multi_worker_requested,
     select_precision,
     select_strategy,
     strategy_name,
@@ -76,8 +78,16 @@ CURVES_FILE = "learning_curves.png"
 SUMMARY_FILE = "summary.json"
 STATE_FILE = "state.json"  # finished phases, so that a restarted run skips them
 HISTORY_COLUMNS = (
-    "epoch", "phase", "phase_epoch", "loss", "accuracy", "val_loss", "val_accuracy",
-    "learning_rate", "seconds", "images_per_s",
+    "epoch",
+    "phase",
+    "phase_epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "seconds",
+    "images_per_s",
 )
 IMBALANCE_RATIO = 1.5  # class_weights=auto weights classes when largest/smallest exceeds this
 # Options that may change between a run and its resumption (the rest must match).
@@ -124,19 +134,16 @@ def train(cfg: Config) -> TrainResult:
     _check_config(cfg)
     strategy = select_strategy(cfg)  # first: multi-worker set-up must precede other TF work
     policy = keras.mixed_precision.global_policy()
-    determinism = cfg.train.deterministic and not _op_determinism_enabled()
+    # TensorFlow has no public switch back; its own module has (Keras reads it there too).
+    from tensorflow.python.framework import config as tf_config
+
+    determinism = cfg.train.deterministic and not tf_config.is_op_determinism_enabled()
     try:
         return _train(cfg, strategy)
     finally:  # the stage leaves the process as it found it (tests run stages in-process)
         keras.mixed_precision.set_global_policy(policy)
         if determinism:
-            tf.config.experimental.disable_op_determinism()
-
-
-def _op_determinism_enabled() -> bool:
-    from tensorflow.python.framework.config import is_op_determinism_enabled
-
-    return bool(is_op_determinism_enabled())
+            tf_config.disable_op_determinism()
 
 
 def _check_config(cfg: Config) -> None:
@@ -148,7 +155,9 @@ def _check_config(cfg: Config) -> None:
         if value < 0:
             raise ConfigError(f"train.{key} must be 0 or more. Received: {value}")
     if t.head_epochs + t.fine_tune_epochs == 0:
-        raise ConfigError("train.head_epochs and train.fine_tune_epochs are both 0: nothing to train")
+        raise ConfigError(
+            "train.head_epochs and train.fine_tune_epochs are both 0: nothing to train"
+        )
     for key, value in (("head_lr", t.head_lr), ("fine_tune_lr", t.fine_tune_lr)):
         if not value > 0:
             raise ConfigError(f"train.{key} must be a positive learning rate. Received: {value}")
@@ -166,10 +175,12 @@ def _check_config(cfg: Config) -> None:
             "train.run_name must be a folder name (letters, digits, '.', '_', '-'). "
             f"Received: {t.run_name!r}"
         )
-    multi_worker = t.strategy == "multi_worker" or (
-        t.strategy == "auto" and "cluster" in os.environ.get("TF_CONFIG", "")
-    )
-    if multi_worker and not t.run_name:
+    if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "train.tensorboard=true needs the tensorboard package, which tensorflow-cpu does "
+            "not install: .venv/bin/pip install tensorboard, or train.tensorboard=false"
+        )
+    if multi_worker_requested(cfg) and not t.run_name:
         raise ConfigError(
             "Training on several machines needs train.run_name (RUN_NAME=...), the same on "
             "every worker, so that all of them write and resume the same run"
@@ -218,10 +229,19 @@ def _train(cfg: Config, strategy: tf.distribute.Strategy) -> TrainResult:
     print(f"{'Resuming' if resumed else 'Run folder'}: {run_dir}")
 
     run = _Run(
-        cfg=cfg, strategy=strategy, backbone=backbone, work_dir=work_dir, chief=chief,
-        classes=classes, train_rows=train_rows, val_rows=val_rows, classifier=classifier,
-        global_batch=global_batch, class_weights=weights_per_class,
-        verbose=_verbosity() if chief else 0, state=_read_state(work_dir),
+        cfg=cfg,
+        strategy=strategy,
+        backbone=backbone,
+        work_dir=work_dir,
+        chief=chief,
+        classes=classes,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        classifier=classifier,
+        global_batch=global_batch,
+        class_weights=weights_per_class,
+        verbose=_verbosity() if chief else 0,
+        state=_read_state(work_dir),
     )
     phases = {"1": _phase_one(run, xla)}
     if backbone.pretrained and cfg.train.fine_tune_epochs > 0:
@@ -230,8 +250,6 @@ def _train(cfg: Config, strategy: tf.distribute.Strategy) -> TrainResult:
 
 
 def _verbosity() -> int:
-    import sys
-
     return 1 if sys.stdout.isatty() else 2
 
 
@@ -245,7 +263,9 @@ def _load_manifests(cfg: Config) -> tuple[list[str], list[ManifestRow], list[Man
     if not all(p.is_file() for p in needed):
         from pipeline.data import prepare_data
 
-        print(f"No manifests for {cfg.data.dataset} in {dataset_dir}/: running the data stage first")
+        print(
+            f"No manifests for {cfg.data.dataset} in {dataset_dir}/: running the data stage first"
+        )
         prepare_data(cfg)
     classes = read_classes(dataset_dir / "classes.json")
     train_rows = load_split(dataset_dir, "train")
@@ -317,7 +337,8 @@ def _config_differences(saved: Path, cfg: Config) -> list[str]:
     old = _flat(json.loads(saved.read_text(encoding="utf-8")))
     new = _flat(cfg.to_dict())
     return sorted(
-        k for k in new
+        k
+        for k in new
         if k not in RESUMABLE_CHANGES and not k.startswith("paths.") and old.get(k) != new[k]
     )
 
@@ -350,11 +371,14 @@ def _resolve_run_dir(cfg: Config, role_dir: str = "") -> tuple[Path, Config, boo
     for run_dir in sorted(models.glob(prefix + "*"), reverse=True):
         saved = run_dir / CONFIG_FILE
         if (
-            saved.is_file() and not (run_dir / SUMMARY_FILE).is_file()
+            saved.is_file()
+            and not (run_dir / SUMMARY_FILE).is_file()
             and not _config_differences(saved, cfg)
         ):
-            print(f"Found an unfinished run with the same options: {run_dir} (RUN_NAME=... "
-                  "starts a new one instead)")
+            print(
+                f"Found an unfinished run with the same options: {run_dir} (RUN_NAME=... "
+                "starts a new one instead)"
+            )
             return run_dir, with_overrides(cfg, {"train.run_name": run_dir.name}), True
     name = prefix + time.strftime("%Y%m%d-%H%M%S")
     return models / name, with_overrides(cfg, {"train.run_name": name}), False
@@ -375,15 +399,17 @@ def _phase_one(run: _Run, xla: bool) -> dict[str, Any]:
     if not run.backbone.pretrained:
         epochs = t.head_epochs + t.fine_tune_epochs
     done = run.state["phases"].get("1")
+    freeze_for_phase(run.classifier, cfg, 1)
     if done is not None or epochs == 0:
         if done is not None:
             _load_checkpoint(run, 1)
             run.history.extend(done["history"])
-            print(f"Phase 1 finished earlier (best epoch {done['best_epoch']}); its best "
-                  "weights are loaded")
+            print(
+                f"Phase 1 finished earlier (best epoch {done['best_epoch']}); its best "
+                "weights are loaded"
+            )
         return done or {"epochs": 0, "skipped": True}
 
-    freeze_for_phase(run.classifier, cfg, 1)
     cached = run.backbone.pretrained and t.cache_features and not t.head_augment
     extra: dict[str, Any] = {}
     if cached:
@@ -391,13 +417,17 @@ def _phase_one(run: _Run, xla: bool) -> dict[str, Any]:
         what = "new head on cached features"
     elif run.backbone.pretrained:
         model, train, val = run.classifier, _image_train_feed(run, t.head_augment), _val_feed(run)
-        what = "new head, " + ("augmented images" if t.head_augment else "the frozen base runs every epoch")
+        what = "new head, " + (
+            "augmented images" if t.head_augment else "the frozen base runs every epoch"
+        )
     else:
         model, train, val = run.classifier, _image_train_feed(run, True), _val_feed(run)
         what = "the whole network from scratch, augmented images"
     trainable = count_params(run.classifier.trainable_variables)
-    print(f"Phase 1: {what}; {trainable:,} trainable parameters, lr {t.head_lr:g}, "
-          f"up to {epochs} epochs")
+    print(
+        f"Phase 1: {what}; {trainable:,} trainable parameters, lr {t.head_lr:g}, "
+        f"up to {epochs} epochs"
+    )
     result = _run_phase(run, 1, model, train, val, epochs, t.head_lr, xla)
     result.update(extra, cached_features=cached)
     return _record_phase(run, 1, result)
@@ -406,14 +436,16 @@ def _phase_one(run: _Run, xla: bool) -> dict[str, Any]:
 def _phase_two(run: _Run, xla: bool) -> dict[str, Any]:
     """Top of the base unfrozen from the cut, BatchNorm frozen, at train.fine_tune_lr."""
     cfg, t = run.cfg, run.cfg.train
+    freeze_for_phase(run.classifier, cfg, 2)
     done = run.state["phases"].get("2")
     if done is not None:
         _load_checkpoint(run, 2)
         run.history.extend(done["history"])
-        print(f"Phase 2 finished earlier (best epoch {done['best_epoch']}); its best weights "
-              "are loaded")
+        print(
+            f"Phase 2 finished earlier (best epoch {done['best_epoch']}); its best weights "
+            "are loaded"
+        )
         return done
-    freeze_for_phase(run.classifier, cfg, 2)
     base = get_base(run.classifier)
     trainable_layers = [layer.name for layer in base.layers if layer.trainable and layer.weights]
     print(
@@ -423,8 +455,14 @@ def _phase_two(run: _Run, xla: bool) -> dict[str, Any]:
         f"parameters train; lr {t.fine_tune_lr:g}, up to {t.fine_tune_epochs} epochs"
     )
     result = _run_phase(
-        run, 2, run.classifier, _image_train_feed(run, True), _val_feed(run),
-        t.fine_tune_epochs, t.fine_tune_lr, xla,
+        run,
+        2,
+        run.classifier,
+        _image_train_feed(run, True),
+        _val_feed(run),
+        t.fine_tune_epochs,
+        t.fine_tune_lr,
+        xla,
     )
     result["first_trainable_layer"] = trainable_layers[0] if trainable_layers else None
     return _record_phase(run, 2, result)
@@ -458,8 +496,14 @@ def _load_checkpoint(run: _Run, phase: int) -> None:
 
 
 def _run_phase(
-    run: _Run, phase: int, model: keras.Model, train: Feed, val: Feed, epochs: int,
-    lr: float, xla: bool,
+    run: _Run,
+    phase: int,
+    model: keras.Model,
+    train: Feed,
+    val: Feed,
+    epochs: int,
+    lr: float,
+    xla: bool,
 ) -> dict[str, Any]:
     cfg = run.cfg
     with run.strategy.scope():
@@ -473,19 +517,27 @@ def _run_phase(
     history = _HistoryWriter(run.work_dir / HISTORY_FILE, phase, run.history, images_per_epoch)
     best = _BestCheckpoint(run.classifier, _checkpoint_path(run, phase))
     stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=cfg.train.patience, restore_best_weights=False,
+        monitor="val_loss",
+        patience=cfg.train.patience,
+        restore_best_weights=False,
         verbose=min(run.verbose, 1),
     )
     plateau = keras.callbacks.ReduceLROnPlateau(
-        monitor="val_loss", factor=cfg.train.lr_factor, patience=cfg.train.lr_patience,
-        min_lr=lr * 1e-3, verbose=min(run.verbose, 1),
+        monitor="val_loss",
+        factor=cfg.train.lr_factor,
+        patience=cfg.train.lr_patience,
+        min_lr=lr * 1e-3,
+        verbose=min(run.verbose, 1),
     )
     callbacks: list[keras.callbacks.Callback] = [history, best, stop, plateau]
     if cfg.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(
-            log_dir=str(run.work_dir / "logs" / f"phase{phase}"), write_graph=False,
-            profile_batch=0,
-        ))
+        callbacks.append(
+            keras.callbacks.TensorBoard(
+                log_dir=str(run.work_dir / "logs" / f"phase{phase}"),
+                write_graph=False,
+                profile_batch=0,
+            )
+        )
     backup_dir = _backup_dir(run, phase)
     resuming = (backup_dir / "training_metadata.json").is_file()
     # Last, so that on_train_begin restores the others' state after they reset it.
@@ -495,9 +547,18 @@ def _run_phase(
     with run.strategy.scope():
         forward = training_forward(model, cfg) if model is run.classifier else None
     fit(
-        model, train, val, epochs, callbacks, run.strategy,
-        class_weights=run.class_weights, label_smoothing=cfg.train.label_smoothing,
-        jit_compile=xla, verbose=run.verbose, label=f"phase {phase}", forward=forward,
+        model,
+        train,
+        val,
+        epochs,
+        callbacks,
+        run.strategy,
+        class_weights=run.class_weights,
+        label_smoothing=cfg.train.label_smoothing,
+        jit_compile=xla,
+        verbose=run.verbose,
+        label=f"phase {phase}",
+        forward=forward,
     )
     if best.best_epoch < 0:
         raise RuntimeError(f"Phase {phase} ended without a finite validation loss to keep")
@@ -518,6 +579,7 @@ def _run_phase(
         "best_val_accuracy": best_row["val_accuracy"],
         "stopped_early": stop.stopped_epoch > 0,
         "resumed": resuming,
+        "optimizer": type(model.optimizer).__name__,  # LossScaleOptimizer under float16
         "learning_rate": lr,
         "final_learning_rate": rows[-1]["learning_rate"],
         "seconds": sum(r["seconds"] for r in rows),
@@ -537,8 +599,9 @@ def _image_train_feed(run: _Run, augment: bool) -> Feed:
     def build(indices: np.ndarray, batch: int, ctx) -> tf.data.Dataset:
         seed = cfg.train.seed + ctx.input_pipeline_id
         if augment:
-            return build_train_dataset([rows[i] for i in indices], cfg, k, seed=seed,
-                                       batch_size=batch)
+            return build_train_dataset(
+                [rows[i] for i in indices], cfg, k, seed=seed, batch_size=batch
+            )
         return frozen_train_dataset(indices, batch, seed, image_loader(rows, cfg, k))
 
     return train_feed(len(rows), run.global_batch, build)
@@ -572,12 +635,16 @@ def _feature_feeds(run: _Run) -> tuple[keras.Model, Feed, Feed, dict[str, Any]]:
     )
     seed = cfg.train.seed
     train = train_feed(
-        len(run.train_rows), run.global_batch,
-        lambda idx, batch, ctx: frozen_train_dataset(idx, batch, seed + ctx.input_pipeline_id,
-                                                     train_load),
+        len(run.train_rows),
+        run.global_batch,
+        lambda idx, batch, ctx: frozen_train_dataset(
+            idx, batch, seed + ctx.input_pipeline_id, train_load
+        ),
     )
     val = eval_feed(
-        len(run.val_rows), run.global_batch, run.strategy,
+        len(run.val_rows),
+        run.global_batch,
+        run.strategy,
         lambda idx, batch: ordered_dataset(idx, batch, val_load),
     )
     with run.strategy.scope():
@@ -596,8 +663,9 @@ def _feature_feeds(run: _Run) -> tuple[keras.Model, Feed, Feed, dict[str, Any]]:
 class _HistoryWriter(keras.callbacks.Callback):
     """history.csv with every phase's epochs, rewritten atomically after each epoch."""
 
-    def __init__(self, path: Path, phase: int, earlier: list[dict[str, Any]],
-                 images_per_epoch: int):
+    def __init__(
+        self, path: Path, phase: int, earlier: list[dict[str, Any]], images_per_epoch: int
+    ):
         super().__init__()
         self.path, self.phase, self.earlier = path, phase, list(earlier)
         self.images_per_epoch = images_per_epoch
@@ -618,17 +686,24 @@ class _HistoryWriter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         train_seconds = max(self._batches_end - self._batches_start, 1e-9)
-        self.rows.append({
-            "epoch": len(self.earlier) + len(self.rows) + 1,
-            "phase": self.phase,
-            "phase_epoch": epoch + 1,
-            **{k: float(logs[k]) for k in
-               ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")},
-            "seconds": time.perf_counter() - self._epoch_start,
-            "images_per_s": self.images_per_epoch / train_seconds,
-        })
-        write_csv(self.path, HISTORY_COLUMNS,
-                  ([row[c] for c in HISTORY_COLUMNS] for row in self.earlier + self.rows))
+        self.rows.append(
+            {
+                "epoch": len(self.earlier) + len(self.rows) + 1,
+                "phase": self.phase,
+                "phase_epoch": epoch + 1,
+                **{
+                    k: float(logs[k])
+                    for k in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+                },
+                "seconds": time.perf_counter() - self._epoch_start,
+                "images_per_s": self.images_per_epoch / train_seconds,
+            }
+        )
+        write_csv(
+            self.path,
+            HISTORY_COLUMNS,
+            ([row[c] for c in HISTORY_COLUMNS] for row in self.earlier + self.rows),
+        )
 
 
 class _BestCheckpoint(keras.callbacks.Callback):
@@ -678,9 +753,14 @@ class _Backup(keras.callbacks.BackupAndRestore):
         with atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp)
         state = [{k: _plain(getattr(cb, k)) for k in self._fields(cb)} for cb in self.tracked]
-        write_json(self._training_metadata_path, {
-            "epoch": self._current_epoch, "batch": self._last_batch_seen, "callbacks": state,
-        })
+        write_json(
+            self._training_metadata_path,
+            {
+                "epoch": self._current_epoch,
+                "batch": self._last_batch_seen,
+                "callbacks": state,
+            },
+        )
 
     def _load_model(self):
         super()._load_model()
@@ -702,20 +782,29 @@ def _plain(value: Any) -> Any:
 
 
 def _finish(
-    run: _Run, phases: dict[str, dict[str, Any]], precision: str, xla: bool, seconds: float,
+    run: _Run,
+    phases: dict[str, dict[str, Any]],
+    precision: str,
+    xla: bool,
+    seconds: float,
     resumed: bool,
 ) -> TrainResult:
     cfg, model = run.cfg, run.classifier
     if getattr(model, "optimizer", None) is None:  # only the feature head was compiled
+        lr = cfg.train.fine_tune_lr if phases.get("2", {}).get("epochs") else cfg.train.head_lr
         with run.strategy.scope():
             model.compile(
-                optimizer=keras.optimizers.Adam(cfg.train.head_lr),
+                optimizer=keras.optimizers.Adam(lr),
                 loss=keras.losses.CategoricalCrossentropy(
-                    label_smoothing=cfg.train.label_smoothing),
+                    label_smoothing=cfg.train.label_smoothing
+                ),
                 metrics=["accuracy"],
             )
             model.optimizer.build(model.trainable_variables)  # saved state = loaded state
-    final = evaluate(model, _val_feed(run), run.strategy, cfg.train.label_smoothing)
+    # The model holds the last phase's best weights, so its validation metrics are that
+    # epoch's (the tests check them against the saved model).
+    last = [p for p in phases.values() if p.get("epochs")][-1]
+    final = {"loss": last["best_val_loss"], "accuracy": last["best_val_accuracy"]}
     out = run.work_dir
     files = [out / CONFIG_FILE, out / HISTORY_FILE]
     with atomic_path(out / MODEL_FILE, suffix=".keras") as tmp:
@@ -725,9 +814,7 @@ def _finish(
     if run.chief:
         files.append(_export_serving(model, run.backbone, out / SAVED_MODEL_DIR))
         files.append(_plot_learning_curves(run.history, out / CURVES_FILE))
-    files.extend(
-        p for p in (_checkpoint_path(run, 1), _checkpoint_path(run, 2)) if p.is_file()
-    )
+    files.extend(p for p in (_checkpoint_path(run, 1), _checkpoint_path(run, 2)) if p.is_file())
     if cfg.train.tensorboard:
         files.append(out / "logs")
     summary = {
@@ -781,7 +868,8 @@ def _export_serving(model: keras.Model, backbone: Backbone, path: Path) -> Path:
         return model(preprocess(pixels, backbone), training=False)
 
     archive.add_endpoint(
-        "serve", serve,
+        "serve",
+        serve,
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
     )
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
@@ -814,13 +902,19 @@ def _plot_learning_curves(history: list[dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [r[metric] for r in history], "o-", ms=3, label=f"train {metric}")
-        ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", ms=3,
-                label=f"val {metric}")
+        ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", ms=3, label=f"val {metric}")
         phase_one = [r["epoch"] for r in history if r["phase"] == 1]
         if phase_one and len(phase_one) < len(history):
             ax.axvline(max(phase_one) + 0.5, color="grey", ls="--", lw=1)
-            ax.text(max(phase_one) + 0.6, 0.98, "fine-tuning", transform=ax.get_xaxis_transform(),
-                    va="top", fontsize=8, color="grey")
+            ax.text(
+                max(phase_one) + 0.6,
+                0.98,
+                "fine-tuning",
+                transform=ax.get_xaxis_transform(),
+                va="top",
+                fontsize=8,
+                color="grey",
+            )
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
@@ -847,6 +941,7 @@ def _print_outputs(out: Path, files: list[Path], summary: dict[str, Any]) -> Non
     }
     for path in files:
         rel = path.relative_to(out) if path.is_relative_to(out) else path
-        note = notes.get(str(rel), "best weights of that phase" if "checkpoints" in str(rel)
-                         else "")
+        note = notes.get(
+            str(rel), "best weights of that phase" if "checkpoints" in str(rel) else ""
+        )
         print(f"  {str(rel) + ('/' if path.is_dir() else ''):<32} {note}")

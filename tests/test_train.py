@@ -27,7 +27,7 @@ from pipeline.model import build_classifier, get_base
 from pipeline.train import TrainResult, class_weights, train
 
 REPO = Path(__file__).resolve().parents[1]
-PER_CLASS = 12  # 60 photos: about 42 train / 12 val
+PER_CLASS = 16  # 80 photos: 58 train, 8 val, 14 test
 
 
 @dataclass
@@ -53,8 +53,6 @@ def make_tiny_data(flowers_mini: Path, root: Path, per_class: int = PER_CLASS) -
         f"paths.data={root / 'data'}",
         f"paths.models={root / 'models'}",
         f"paths.reports={root / 'reports'}",
-        "data.val_fraction=0.2",
-        "data.test_fraction=0.1",
         "model.weights=none",
         "input.batch_size=8",
     ]
@@ -73,6 +71,10 @@ def load_into(cfg, weights_file: Path, num_classes: int) -> keras.Model:
     return model
 
 
+def numpy(variable) -> np.ndarray:
+    return keras.ops.convert_to_numpy(variable)
+
+
 def batchnorm(layer) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization)
 
@@ -82,8 +84,13 @@ def tiny(tmp_path_factory, flowers_mini) -> TinyData:
     return make_tiny_data(flowers_mini, tmp_path_factory.mktemp("tiny"))
 
 
-INCEPTION = ["input.image_size=75", "train.head_epochs=2", "train.fine_tune_epochs=2",
-             "train.fine_tune_lr=1e-4"]
+MOBILENET = ["model.backbone=mobilenet", "model.alpha=0.25", "input.image_size=64"]
+INCEPTION = [
+    "input.image_size=75",
+    "train.head_epochs=2",
+    "train.fine_tune_epochs=2",
+    "train.fine_tune_lr=1e-4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +100,22 @@ def inception_run(tiny) -> TrainResult:
 
 
 @pytest.fixture(scope="module")
-def plain_run(tiny, inception_run) -> TrainResult:
-    """The same phase 1 the Keras guide's way: the frozen base runs on every epoch."""
-    return train(tiny.cfg(*INCEPTION, "train.run_name=plain", "train.cache_features=false",
-                          "train.fine_tune_epochs=0"))
+def cache_pair(tiny, mobilenet_weights) -> tuple[TrainResult, TrainResult]:
+    """Phase 1 on cached features and the Keras guide's way (the frozen base runs every
+    epoch). Random-weight bases pool to near-zero features, so this comparison uses the
+    shared ImageNet MobileNet, whose features tell the flowers apart."""
+    options = [
+        "model.backbone=mobilenet",
+        "model.alpha=0.25",
+        "input.image_size=96",
+        f"model.weights={mobilenet_weights}",
+        "train.head_epochs=4",
+        "train.head_lr=1e-2",
+        "train.fine_tune_epochs=0",
+    ]
+    cached = train(tiny.cfg(*options, "train.run_name=cached"))
+    plain = train(tiny.cfg(*options, "train.run_name=plain", "train.cache_features=false"))
+    return cached, plain
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -109,9 +128,17 @@ def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
     from pipeline.inputs import build_eval_dataset
 
     run_dir, summary = inception_run.run_dir, inception_run.summary
-    for name in ("model.keras", "saved_model", "labels.json", "config.json", "history.csv",
-                 "learning_curves.png", "summary.json", "checkpoints/phase1.weights.h5",
-                 "checkpoints/phase2.weights.h5"):
+    for name in (
+        "model.keras",
+        "saved_model",
+        "labels.json",
+        "config.json",
+        "history.csv",
+        "learning_curves.png",
+        "summary.json",
+        "checkpoints/phase1.weights.h5",
+        "checkpoints/phase2.weights.h5",
+    ):
         assert (run_dir / name).exists(), name
     assert all(Path(p).exists() for p in summary["files"])
     leftovers = [p for p in run_dir.rglob(".*")] + list(run_dir.glob("backup"))
@@ -141,12 +168,14 @@ def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
     probs = model.predict(build_eval_dataset(val_rows, cfg), verbose=0)
     accuracy = np.mean(probs.argmax(1) == [r.label_index for r in val_rows])
     assert summary["final"]["val_accuracy"] == pytest.approx(accuracy)
-    assert summary["final"]["val_loss"] == pytest.approx(summary["phases"]["2"]["best_val_loss"],
-                                                         rel=1e-4)
+    assert summary["final"]["val_loss"] == pytest.approx(
+        summary["phases"]["2"]["best_val_loss"], rel=1e-4
+    )
 
     # The SavedModel takes raw pixels and gives the Keras model's probabilities.
     pixels = np.random.default_rng(0).uniform(0, 255, (3, 75, 75, 3)).astype("float32")
-    served = tf.saved_model.load(str(run_dir / "saved_model")).serve(pixels)
+    exported = tf.saved_model.load(str(run_dir / "saved_model"))
+    served = exported.serve(pixels)
     expected = model(preprocess(pixels, get_backbone("inception_v3")), training=False)
     np.testing.assert_allclose(np.array(served), np.array(expected), atol=1e-5)
 
@@ -157,7 +186,7 @@ def test_phase_one_leaves_every_base_weight_unchanged(tiny, inception_run):
     initial = build_classifier(cfg, 5)
     after = load_into(cfg, inception_run.run_dir / "checkpoints/phase1.weights.h5", 5)
     for a, b in zip(get_base(initial).weights, get_base(after).weights):
-        np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=a.path)
+        np.testing.assert_array_equal(numpy(a), numpy(b), err_msg=a.path)
     head_before = initial.get_layer("predictions").get_weights()[0]
     assert not np.allclose(head_before, after.get_layer("predictions").get_weights()[0])
 
@@ -172,50 +201,95 @@ def test_phase_two_changes_only_the_unfrozen_blocks(tiny, inception_run):
     changed_top = 0
     for i, (old, new) in enumerate(zip(before.layers, after.layers)):
         for a, b in zip(old.weights, new.weights):
-            same = np.array_equal(np.array(a), np.array(b))
+            same = np.array_equal(numpy(a), numpy(b))
             if batchnorm(old) or i <= cut:
                 assert same, f"{a.path} changed in phase 2"
             else:
                 changed_top += not same
                 assert not same, f"{a.path} did not train in phase 2"
-    assert changed_top > 20
-    assert summary_phase(inception_run, "2")["first_trainable_layer"] == names[cut + 1]
+    assert changed_top >= 18  # the convolutions of mixed9 and mixed10
 
 
 def summary_phase(result: TrainResult, phase: str) -> dict:
     return result.summary["phases"][phase]
 
 
-def test_head_on_cached_features_is_the_head_the_plain_way_trains(tiny, inception_run,
-                                                                   plain_run):
-    cfg = load_config(inception_run.run_dir / "config.json")
-    cached = load_into(cfg, inception_run.run_dir / "checkpoints/phase1.weights.h5", 5)
-    plain = load_into(cfg, plain_run.run_dir / "checkpoints/phase1.weights.h5", 5)
-    for a, b in zip(cached.get_layer("predictions").get_weights(),
-                    plain.get_layer("predictions").get_weights()):
-        np.testing.assert_allclose(a, b, atol=2e-5)
-    rows_cached = [r for r in read_history(inception_run.run_dir) if r["phase"] == 1]
-    rows_plain = read_history(plain_run.run_dir)
+def test_head_on_cached_features_is_the_head_the_plain_way_trains(tiny, cache_pair):
+    cached, plain = cache_pair
+    heads = [
+        keras.models.load_model(r.run_dir / "model.keras").get_layer("predictions")
+        for r in cache_pair
+    ]
+    for a, b in zip(heads[0].get_weights(), heads[1].get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        np.testing.assert_allclose([r[key] for r in rows_cached], [r[key] for r in rows_plain],
-                                   rtol=1e-4, err_msg=key)
-    assert summary_phase(plain_run, "1")["cached_features"] is False
-    # Phase 1 through the images costs more than through the cache, which is only read.
-    assert (summary_phase(plain_run, "1")["train_images_per_s"]
-            < summary_phase(inception_run, "1")["train_images_per_s"])
+        np.testing.assert_allclose(
+            [r[key] for r in read_history(cached.run_dir)],
+            [r[key] for r in read_history(plain.run_dir)],
+            rtol=1e-4,
+            err_msg=key,
+        )
+    assert summary_phase(cached, "1")["cached_features"] is True
+    assert summary_phase(plain, "1")["cached_features"] is False
+    assert read_history(cached.run_dir)[-1]["accuracy"] > 0.5  # the features carry signal
+
+
+def test_the_full_model_predicts_what_the_head_on_cached_features_predicts(tiny, cache_pair):
+    from pipeline.inputs import build_eval_dataset
+
+    cached = cache_pair[0]
+    cfg = load_config(cached.run_dir / "config.json")
+    model = keras.models.load_model(cached.run_dir / "model.keras")
+    features = np.load(summary_phase(cached, "1")["feature_cache"]["val"])
+    from_cache = np.array(model.get_layer("predictions")(features))
+    from_images = model.predict(
+        build_eval_dataset(load_split(cfg.dataset_dir(), "val"), cfg), verbose=0
+    )
+    np.testing.assert_allclose(from_images, from_cache, atol=1e-5)
+
+
+def test_the_feature_cache_is_reused_when_nothing_changed(tiny, cache_pair, capsys):
+    options = [
+        "model.backbone=mobilenet",
+        "model.alpha=0.25",
+        "input.image_size=96",
+        f"model.weights={cache_pair[0].summary['weights']}",
+        "train.head_epochs=1",
+        "train.fine_tune_epochs=0",
+        "train.run_name=cached-again",
+    ]
+    again = train(tiny.cfg(*options))
+    assert summary_phase(again, "1")["feature_cache_reused"] is True
+    assert "reused" in capsys.readouterr().out
+    assert (
+        summary_phase(again, "1")["feature_cache"]
+        == summary_phase(cache_pair[0], "1")["feature_cache"]
+    )
 
 
 # ----------------------------------------------------------------------------- resume
 
 
-def test_a_killed_run_resumes_from_its_last_epoch(tiny, inception_run, capsys):
-    overrides = [*tiny.overrides, *INCEPTION, "train.run_name=killed",
-                 "train.fine_tune_epochs=4", "train.patience=10"]
+def test_a_killed_run_resumes_from_its_last_epoch(tiny, capsys):
+    epochs = 12  # short epochs: the kill lands mid-run, not after the end
+    overrides = [
+        *tiny.overrides,
+        *MOBILENET,
+        "train.run_name=killed",
+        "train.head_epochs=2",
+        f"train.fine_tune_epochs={epochs}",
+        "train.patience=100",
+    ]
     run_dir = tiny.root / "models" / "killed"
     metadata = run_dir / "backup" / "phase2" / "training_metadata.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *overrides], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train", *overrides],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 300
     try:
         while True:  # wait for the first phase-2 epoch's backup, then kill mid-epoch
@@ -236,12 +310,12 @@ def test_a_killed_run_resumes_from_its_last_epoch(tiny, inception_run, capsys):
     assert f"Resuming: {run_dir}" in out and "Phase 1 finished earlier" in out
     assert "Phase 2: resuming from its backup" in out
     after = read_history(run_dir)
-    assert [(r["phase"], r["phase_epoch"]) for r in after] == [(1, 1), (1, 2), (2, 1), (2, 2),
-                                                              (2, 3), (2, 4)]
+    assert [(r["phase"], r["phase_epoch"]) for r in after] == [(1, 1), (1, 2)] + [
+        (2, e) for e in range(1, epochs + 1)
+    ]
     kept = 2 + saved_epoch  # phase-1 epochs and the phase-2 epochs backed up before the kill
-    assert after[:kept] == before[:kept]
+    assert saved_epoch < epochs and after[:kept] == before[:kept]
     assert summary_phase(result, "2")["resumed"] is True
-    assert summary_phase(result, "1")["feature_cache_reused"] is True
     assert not (run_dir / "backup").exists()
 
 
@@ -271,7 +345,7 @@ def test_an_unfinished_run_with_other_options_is_not_resumed(tiny):
         ("train.head_lr=0", "train.head_lr must be a positive learning rate"),
         ("train.lr_factor=1.5", "train.lr_factor must be between 0 and 1"),
         ("train.run_name=../x", "train.run_name must be a folder name"),
-        ("input.image_size=64", "inception_v3 needs input.image_size >= 75"),
+        ("input.image_size=64", "input.image_size must be at least 75 for inception_v3"),
         ("train.strategy=multi_worker", "needs train.run_name"),
     ],
 )
@@ -289,9 +363,15 @@ def test_class_weights_only_when_classes_are_imbalanced():
 
 
 def test_same_seed_gives_the_same_metrics(tiny):
-    options = ["model.backbone=mobilenet", "model.alpha=0.25", "input.image_size=64",
-               "train.head_epochs=2", "train.fine_tune_epochs=2", "train.fine_tune_lr=1e-3",
-               "train.deterministic=true", "train.seed=7"]
+    """Initialisation, shuffling, augmentation and dropout all follow train.seed."""
+    options = [
+        "model.backbone=small_cnn",
+        "model.cnn_width=8",
+        "input.image_size=32",
+        "train.head_epochs=3",
+        "train.deterministic=true",
+        "train.seed=7",
+    ]
     first = train(tiny.cfg(*options, "train.run_name=seed-a"))
     second = train(tiny.cfg(*options, "train.run_name=seed-b"))
     keys = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -305,12 +385,21 @@ def test_same_seed_gives_the_same_metrics(tiny):
 
 def test_a_short_run_on_flowers_mini_learns(tmp_path, flowers_mini, capsys):
     """From scratch (the small CNN baseline), on a fresh machine: no manifests yet."""
-    cfg = load_config(None, [
-        f"data.dataset=folder:{flowers_mini}", f"paths.data={tmp_path / 'data'}",
-        f"paths.models={tmp_path / 'models'}", f"paths.reports={tmp_path / 'reports'}",
-        "model.backbone=small_cnn", "input.image_size=64", "input.batch_size=16",
-        "train.head_epochs=6", "train.fine_tune_epochs=0", "train.deterministic=true",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"data.dataset=folder:{flowers_mini}",
+            f"paths.data={tmp_path / 'data'}",
+            f"paths.models={tmp_path / 'models'}",
+            f"paths.reports={tmp_path / 'reports'}",
+            "model.backbone=small_cnn",
+            "input.image_size=64",
+            "input.batch_size=16",
+            "train.head_epochs=6",
+            "train.fine_tune_epochs=0",
+            "train.deterministic=true",
+        ],
+    )
     result = train(cfg)
     assert "running the data stage first" in capsys.readouterr().out
     assert result.summary["final"]["val_accuracy"] >= 0.4  # chance: 0.2
@@ -327,21 +416,35 @@ def test_transfer_learning_reaches_80_percent_and_beats_random_weights(
 
     base, _ = flowers_prepared
     options = {
-        "model.backbone": "mobilenet", "model.alpha": 0.25, "input.image_size": 160,
-        "input.batch_size": 16, "train.head_epochs": 100, "train.head_lr": 3e-3,
-        "train.patience": 10, "train.lr_patience": 10, "train.fine_tune_epochs": 30,
-        "train.fine_tune_lr": 3e-4, "model.fine_tune_after": "conv_pw_9_relu",
+        "model.backbone": "mobilenet",
+        "model.alpha": 0.25,
+        "input.image_size": 160,
+        "input.batch_size": 16,
+        "train.head_epochs": 100,
+        "train.head_lr": 3e-3,
+        "train.patience": 10,
+        "train.lr_patience": 10,
+        "train.fine_tune_epochs": 30,
+        "train.fine_tune_lr": 3e-4,
+        "model.fine_tune_after": "conv_pw_9_relu",
         "train.deterministic": True,
     }
     accuracy = {}
     for weights in (str(mobilenet_weights), "none"):
-        cfg = with_overrides(base, {**options, "model.weights": weights,
-                                    "train.run_name": f"transfer-{Path(weights).stem}"})
+        cfg = with_overrides(
+            base,
+            {
+                **options,
+                "model.weights": weights,
+                "train.run_name": f"transfer-{Path(weights).stem}",
+            },
+        )
         result = train(cfg)
         model = keras.models.load_model(result.run_dir / "model.keras")
         rows = load_split(cfg.dataset_dir(), "test")
         probs = model.predict(build_eval_dataset(rows, cfg), verbose=0)
         accuracy[weights] = float(np.mean(probs.argmax(1) == [r.label_index for r in rows]))
     pretrained, scratch = accuracy[str(mobilenet_weights)], accuracy["none"]
+    print(f"test accuracy: pretrained {pretrained:.3f}, random weights {scratch:.3f}")
     assert pretrained >= 0.80, accuracy
     assert pretrained - scratch >= 0.3, accuracy

@@ -1,0 +1,242 @@
+"""pipeline.distribute on this CPU: two logical devices under MirroredStrategy, two workers on
+localhost under MultiWorkerMirroredStrategy, mixed precision, XLA and the NaN guard.
+
+Strategies need a fresh process (logical devices and collectives are fixed once TensorFlow
+starts), so those tests run the real stage in subprocesses with a hard timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from pipeline.distribute import NonFiniteLossError, select_strategy, strategy_name
+from pipeline.train import train
+from tests.test_train import make_tiny_data
+
+REPO = Path(__file__).resolve().parents[1]
+MOBILENET = ["model.backbone=mobilenet", "model.alpha=0.25", "input.image_size=64"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, flowers_mini):
+    return make_tiny_data(flowers_mini, tmp_path_factory.mktemp("tiny_dist"))
+
+
+def run_python(code: str, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def model_weights(path: Path) -> list[np.ndarray]:
+    return keras.models.load_model(path).get_weights()
+
+
+def test_auto_strategy_on_one_cpu_is_the_default_one(tiny, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert strategy_name(select_strategy(tiny.cfg())) == "default"
+    with pytest.raises(ConfigError, match="multi_worker needs TF_CONFIG"):
+        select_strategy(tiny.cfg("train.strategy=multi_worker", "train.run_name=x"))
+
+
+def test_mirrored_on_two_logical_cpus_matches_one_device(tiny):
+    """Two replicas of 4 images and one device with 8 take the same steps (dropout off)."""
+    overrides = [
+        *tiny.overrides,
+        *MOBILENET,
+        "model.dropout=0",
+        "train.head_epochs=2",
+        "train.fine_tune_epochs=1",
+        "train.fine_tune_lr=1e-3",
+    ]
+    code = textwrap.dedent(f"""
+        import json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from pipeline.config import load_config
+        from pipeline.train import train
+        base = {overrides!r}
+        one = train(load_config(None, base + ["train.run_name=one", "input.batch_size=8"]))
+        two = train(load_config(None, base + ["train.run_name=two", "input.batch_size=4",
+                                              "train.strategy=mirrored"]))
+        print("RESULT", json.dumps([one.summary, two.summary]))
+    """)
+    done = run_python(code, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = json.loads(done.stdout.split("RESULT", 1)[1])
+    assert (one["strategy"], one["replicas"]) == ("default", 1)
+    assert (two["strategy"], two["replicas"], two["global_batch"]) == ("mirrored", 2, 8)
+    for phase in ("1", "2"):
+        assert one["phases"][phase]["best_val_loss"] == pytest.approx(
+            two["phases"][phase]["best_val_loss"], rel=1e-4
+        )
+    for a, b in zip(
+        model_weights(Path(one["run_dir"]) / "model.keras"),
+        model_weights(Path(two["run_dir"]) / "model.keras"),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert (Path(two["run_dir"]) / "saved_model").is_dir()
+
+
+@pytest.mark.slow
+def test_two_workers_on_localhost_end_with_identical_weights(tiny):
+    """MultiWorkerMirroredStrategy from TF_CONFIG, two processes, through `python -m
+    pipeline train`: the chief writes the run, worker 1 its own copy under workers/."""
+    ports = free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    overrides = [
+        *tiny.overrides,
+        *MOBILENET,
+        "train.head_epochs=2",
+        "train.fine_tune_epochs=2",
+        "train.fine_tune_lr=1e-3",
+        "input.batch_size=4",
+        "train.run_name=workers",
+    ]
+    procs = []
+    for index in range(2):
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "TF_CONFIG": json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            ),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pipeline", "train", *overrides],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=300)[0])
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-3000:]
+    run_dir = tiny.root / "models" / "workers"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["strategy"], summary["workers"], summary["replicas"]) == ("multi_worker", 2, 2)
+    assert summary["global_batch"] == 8
+    chief = model_weights(run_dir / "model.keras")
+    other = model_weights(run_dir / "workers" / "worker-1" / "model.keras")
+    assert len(chief) == len(other)
+    for a, b in zip(chief, other):
+        np.testing.assert_array_equal(a, b)
+    assert (run_dir / "saved_model").is_dir()
+    assert not (run_dir / "workers" / "worker-1" / "saved_model").exists()
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_on_a_tiny_model(tiny, precision):
+    result = train(
+        tiny.cfg(
+            "model.backbone=small_cnn",
+            "model.cnn_width=8",
+            "input.image_size=32",
+            "train.head_epochs=1",
+            "train.fine_tune_epochs=0",
+            f"train.precision={precision}",
+            f"train.run_name=precision-{precision}",
+        )
+    )
+    assert result.summary["precision"] == precision
+    assert np.isfinite(result.summary["final"]["val_loss"])
+    model = keras.models.load_model(result.run_dir / "model.keras")
+    assert model.get_layer("base").layers[1].compute_dtype == precision.split("_")[1]
+    assert model(np.zeros((1, 32, 32, 3), "float32")).dtype == "float32"
+    optimizer = result.summary["phases"]["1"]["optimizer"]
+    assert optimizer == ("LossScaleOptimizer" if precision == "mixed_float16" else "Adam")
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+
+
+def test_xla_on_the_cached_head(tiny):
+    result = train(
+        tiny.cfg(
+            *MOBILENET,
+            "train.head_epochs=2",
+            "train.fine_tune_epochs=0",
+            "train.xla=true",
+            "train.run_name=xla",
+        )
+    )
+    assert result.summary["xla"] is True
+    assert np.isfinite(result.summary["final"]["val_loss"])
+
+
+def test_tensorboard_logs_or_a_clear_error_without_the_package(tiny):
+    import importlib.util
+
+    cfg = tiny.cfg(
+        *MOBILENET,
+        "train.head_epochs=1",
+        "train.fine_tune_epochs=0",
+        "train.tensorboard=true",
+        "train.run_name=tensorboard",
+    )
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ConfigError, match="pip install tensorboard"):
+            train(cfg)
+        return
+    result = train(cfg)
+    assert any((result.run_dir / "logs" / "phase1").rglob("events.out.tfevents.*"))
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_message(tiny):
+    cfg = tiny.cfg(
+        *MOBILENET,
+        "train.head_epochs=3",
+        "train.fine_tune_epochs=0",
+        "train.head_lr=1e38",
+        "train.run_name=nan",
+    )
+    with pytest.raises(NonFiniteLossError) as info:
+        train(cfg)
+    message = str(info.value)
+    assert "NaN or infinite in phase 1" in message
+    assert "resumes from there" in message and "PRECISION=float32" in message
+    assert not (tiny.root / "models" / "nan" / "summary.json").exists()
+
+
+def test_multi_worker_without_a_run_name_is_refused(tiny, monkeypatch):
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}),
+    )
+    with pytest.raises(ConfigError, match=r"needs train\.run_name"):
+        train(load_config(None, [*tiny.overrides, *MOBILENET]))
