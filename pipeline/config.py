@@ -302,7 +302,8 @@ def validate(cfg: Config) -> None:
         )
     from pipeline.backbones import BACKBONES
 
-    backbone = BACKBONES.get(cfg.model.backbone)
+    # Experiment presets run on the small CNN (pipeline.experiment.PRESETS).
+    backbone = BACKBONES.get("small_cnn" if cfg.experiment.preset else cfg.model.backbone)
     if backbone is None:
         raise ConfigError(
             f"model.backbone must be one of {', '.join(BACKBONES)}. "

@@ -34,11 +34,12 @@ def experiment(flowers_prepared, tmp_path_factory):
     cfg = with_overrides(cfg, {
         "paths.models": str(tmp_path_factory.mktemp("exp_models")),
         "paths.reports": str(tmp_path_factory.mktemp("exp_reports")),
-        "model.backbone": "small_cnn", "model.weights": "none", "input.image_size": 32,
+        "model.backbone": "small_cnn", "input.image_size": 32,
         "train.head_epochs": 1, "train.fine_tune_epochs": 0, "experiment.name": "grid",
-        # cnn_blocks=8 halves 32 px eight times: a valid option that cannot build, so
-        # those runs fail at training time and the others must still complete.
-        "experiment.grid": "model.cnn_blocks=2,8 model.dropout=0.0,0.5",
+        # The weights file does not exist: the from-scratch CNN never reads it, MobileNet
+        # does, so the mobilenet cells fail at training time and the others must complete.
+        "model.weights": "/nonexistent/weights.h5", "model.cnn_blocks": 2,
+        "experiment.grid": "model.backbone=small_cnn,mobilenet model.dropout=0.0,0.5",
         "experiment.repeats": 2,
     })
     return cfg, run_experiment(cfg)
@@ -50,14 +51,14 @@ def test_every_run_is_recorded_and_failures_do_not_stop_the_rest(experiment):
     assert len(rows) == 8 and result.ran == 8
     assert len({(r["cell"], r["seed"]) for r in rows}) == 8
     failed = [r for r in rows if r["status"] == "failed"]
-    assert len(failed) == 4 and all("model.cnn_blocks=8" in r["overrides"] for r in failed)
+    assert len(failed) == 4 and all("model.backbone=mobilenet" in r["overrides"] for r in failed)
     assert all(r["error"] for r in failed)
     for r in rows:
         if r["status"] == "ok":
             assert 0.0 <= float(r["test_accuracy"]) <= 1.0 and float(r["train_seconds"]) > 0
             assert int(r["parameters"]) > 0 and r["device"] and r["tensorflow"]
     summary_md = (result.out_dir / "summary.md").read_text()
-    assert "(best)" in summary_md and "failed runs of model.cnn_blocks=8" in summary_md
+    assert "(best)" in summary_md and "failed runs of model.backbone=mobilenet" in summary_md
     for name in ("accuracy_vs_time.png", "spread.png"):
         assert (result.out_dir / name).is_file()
 
