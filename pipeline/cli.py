@@ -99,7 +99,8 @@ def _run_experiment(cfg: Config, args: argparse.Namespace) -> None:
 
 def _experiment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--summarize", action="store_true",
+        "--summarize",
+        action="store_true",
         help="run nothing: summarise this experiment's results.csv and experiment.results",
     )
 

@@ -46,7 +46,7 @@ class DataConfig:
 @dataclass
 class InputConfig:
     image_size: int = 299  # square side the model sees; InceptionV3 accepts 75 and up
-    batch_size: int = 32  # global batch; split across replicas under a distribution strategy
+    batch_size: int = 32  # per replica; the global batch is this x the number of replicas
     crop_area_min: float = 0.25  # random resized crop: smallest fraction of the image kept
     crop_aspect_min: float = 0.75  # ... aspect-ratio range [min, 1/min]
     eval_crop_fraction: float = 0.875  # evaluation: resize to size/fraction, then centre-crop
@@ -128,7 +128,9 @@ class ExperimentConfig:
     preset: str = ""  # width | depth | dropout | epochs (small CNN sweeps); "" = none
     threshold: float = 0.0  # width/depth presets: the smallest model above this test accuracy
     retry_failed: bool = False  # on resume, run failed runs again
-    results: str = ""  # summarise these results.csv files too (comma-separated), e.g. other machines
+    results: str = (
+        ""  # summarise these results.csv files too (comma-separated), e.g. other machines
+    )
 
 
 @dataclass
@@ -335,7 +337,9 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}. Received: {value!r}")
     if cfg.experiment.repeats < 1:
-        raise ConfigError(f"experiment.repeats must be at least 1. Received: {cfg.experiment.repeats}")
+        raise ConfigError(
+            f"experiment.repeats must be at least 1. Received: {cfg.experiment.repeats}"
+        )
     if cfg.model.cnn_width < 1 or not 1 <= cfg.model.cnn_blocks <= 8:
         raise ConfigError(
             "model.cnn_width must be >= 1 and model.cnn_blocks between 1 and 8. Received: "

@@ -193,6 +193,9 @@ def _run_extras(clf: Classifier) -> dict[str, Any]:
         "training": _read_json(clf.run_dir / "summary.json"),
         "curves": clf.run_dir / "learning_curves.png",
         "memory": memory,
+        "memory_measured": (
+            (_read_json(clf.run_dir / "summary.json") or {}).get("memory") or {}
+        ).get("measured"),
     }
 
 

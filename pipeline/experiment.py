@@ -34,21 +34,39 @@ SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
 METRICS = ("test_accuracy", "test_loss", "macro_f1", "train_seconds", "images_per_s")
 RESULT_COLUMNS = (
-    "run", "cell", "overrides", "seed", "status", "error", *METRICS, "parameters",
-    "estimated_train_memory_bytes", "device", "tensorflow", "cpu_threads",
+    "run",
+    "cell",
+    "overrides",
+    "seed",
+    "status",
+    "error",
+    *METRICS,
+    "parameters",
+    "estimated_train_memory_bytes",
+    "device",
+    "tensorflow",
+    "cpu_threads",
 )
 
 # Classic questions, answered on the from-scratch CNN (fast on any data set):
 # (fixed overrides, grid).
 PRESETS: dict[str, tuple[dict[str, Any], str]] = {
-    "width": ({"model.backbone": "small_cnn", "train.fine_tune_epochs": 0},
-              "model.cnn_width=4,8,16,32"),
-    "depth": ({"model.backbone": "small_cnn", "train.fine_tune_epochs": 0},
-              "model.cnn_blocks=2,3,4,5"),
-    "dropout": ({"model.backbone": "small_cnn", "train.fine_tune_epochs": 0},
-                "model.dropout=0.0,0.2,0.5"),
-    "epochs": ({"model.backbone": "small_cnn", "train.fine_tune_epochs": 0,
-                "train.patience": 1000}, "train.head_epochs=2,5,10"),
+    "width": (
+        {"model.backbone": "small_cnn", "train.fine_tune_epochs": 0},
+        "model.cnn_width=4,8,16,32",
+    ),
+    "depth": (
+        {"model.backbone": "small_cnn", "train.fine_tune_epochs": 0},
+        "model.cnn_blocks=2,3,4,5",
+    ),
+    "dropout": (
+        {"model.backbone": "small_cnn", "train.fine_tune_epochs": 0},
+        "model.dropout=0.0,0.2,0.5",
+    ),
+    "epochs": (
+        {"model.backbone": "small_cnn", "train.fine_tune_epochs": 0, "train.patience": 1000},
+        "train.head_epochs=2,5,10",
+    ),
 }
 
 
@@ -102,7 +120,7 @@ def experiment_plan(cfg: Config) -> tuple[str, Config, list[dict[str, str]]]:
         grid = grid or preset_grid
     name = e.name or e.preset
     if not name:
-        raise ConfigError("Name the experiment: make experiment NAME=my-sweep GRID=\"...\"")
+        raise ConfigError('Name the experiment: make experiment NAME=my-sweep GRID="..."')
     cells = expand_grid(parse_grid(grid)) if grid else [{}]
     for cell in cells:  # every cell's configuration must be valid before hours of training
         with_overrides(base, cell)
@@ -184,26 +202,43 @@ def run_experiment(cfg: Config) -> ExperimentResult:
     out = Path(cfg.paths.reports) / "experiments" / name
     results_path = out / RESULTS_FILE
     rows = read_csv(results_path) if results_path.is_file() else []
-    done = {(r["cell"], r["seed"]) for r in rows
-            if r["status"] == "ok" or not cfg.experiment.retry_failed}
+    done = {
+        (r["cell"], r["seed"])
+        for r in rows
+        if r["status"] == "ok" or not cfg.experiment.retry_failed
+    }
     rows = [r for r in rows if (r["cell"], r["seed"]) in done]
     seeds = [cfg.train.seed + i for i in range(cfg.experiment.repeats)]
     plan = [(c, s) for c in cells for s in seeds]
     todo = [(c, s) for c, s in plan if (cell_id(c), str(s)) not in done]
-    print(f"Experiment {name}: {len(cells)} cell(s) x {len(seeds)} seed(s) = {len(plan)} runs; "
-          f"{len(plan) - len(todo)} already done, {len(todo)} to run. Results: {results_path}")
+    print(
+        f"Experiment {name}: {len(cells)} cell(s) x {len(seeds)} seed(s) = {len(plan)} runs; "
+        f"{len(plan) - len(todo)} already done, {len(todo)} to run. Results: {results_path}"
+    )
     _ensure_data(base)
     device = device_label()
     started, ran, failed = time.perf_counter(), 0, 0
     for index, (cell, seed) in enumerate(todo, start=1):
         run_name = f"{name}-{cell_id(cell)}-s{seed}"
-        run_cfg = with_overrides(base, {
-            **cell, "train.seed": seed, "train.run_name": run_name, "eval.run": run_name,
-            "paths.reports": str(out / "runs"),
-        })
+        run_cfg = with_overrides(
+            base,
+            {
+                **cell,
+                "train.seed": seed,
+                "train.run_name": run_name,
+                "eval.run": run_name,
+                "paths.reports": str(out / "runs"),
+            },
+        )
         print(f"[{index}/{len(todo)}] {cell_label(cell)} seed {seed}", flush=True)
-        row = {"run": run_name, "cell": cell_id(cell), "overrides": cell_label(cell),
-               "seed": seed, "device": device, "cpu_threads": os.cpu_count()}
+        row = {
+            "run": run_name,
+            "cell": cell_id(cell),
+            "overrides": cell_label(cell),
+            "seed": seed,
+            "device": device,
+            "cpu_threads": os.cpu_count(),
+        }
         try:
             row.update(_one_run(run_cfg, None), status="ok", error="")
         except Exception as exc:  # recorded, and the other runs go on
@@ -213,12 +248,15 @@ def run_experiment(cfg: Config) -> ExperimentResult:
             print(f"    run failed: {row['error']}")
         ran += 1
         rows.append({k: row.get(k, "") for k in RESULT_COLUMNS})
-        write_csv(results_path, RESULT_COLUMNS, ([r.get(k, "") for k in RESULT_COLUMNS]
-                                                 for r in rows))
+        write_csv(
+            results_path, RESULT_COLUMNS, ([r.get(k, "") for k in RESULT_COLUMNS] for r in rows)
+        )
         elapsed = time.perf_counter() - started
         eta = elapsed / index * (len(todo) - index)
-        print(f"    {row['status']}; {_format_eta(elapsed)} so far, about {_format_eta(eta)} "
-              "left", flush=True)
+        print(
+            f"    {row['status']}; {_format_eta(elapsed)} so far, about {_format_eta(eta)} left",
+            flush=True,
+        )
     extra = [Path(p.strip()) for p in cfg.experiment.results.split(",") if p.strip()]
     summary = summarize([results_path, *extra], out, cfg.experiment)
     return ExperimentResult(out, ran, len(plan) - len(todo), failed, summary)
@@ -270,17 +308,27 @@ def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, A
     for (device, overrides), members in groups.items():
         ok = [m for m in members if m["status"] == "ok"]
         stats_ = {m: mean_ci([float(r[m]) for r in ok]) for m in METRICS}
-        configs.append({"device": device, "overrides": overrides, "runs": len(members),
-                        "failed": len(members) - len(ok), "errors": sorted(
-                            {m["error"] for m in members if m["status"] != "ok"}),
-                        "metrics": stats_,
-                        "test_accuracy_values": [float(r["test_accuracy"]) for r in ok]})
+        configs.append(
+            {
+                "device": device,
+                "overrides": overrides,
+                "runs": len(members),
+                "failed": len(members) - len(ok),
+                "errors": sorted({m["error"] for m in members if m["status"] != "ok"}),
+                "metrics": stats_,
+                "test_accuracy_values": [float(r["test_accuracy"]) for r in ok],
+            }
+        )
     by_device: dict[str, list[dict]] = defaultdict(list)
     for c in configs:
         by_device[c["device"]].append(c)
     verdicts = {device: _verdict(members) for device, members in by_device.items()}
-    summary = {"results": [str(p) for p in result_files], "configurations": configs,
-               "verdicts": verdicts}
+    summary = {
+        "results": [str(p) for p in result_files],
+        "configurations": configs,
+        "verdicts": verdicts,
+    }
+    summary["across_devices"] = _across_devices(configs)
     if settings is not None and settings.preset in ("width", "depth") and settings.threshold:
         summary["smallest_above_threshold"] = _smallest_above(configs, settings.threshold)
     write_json(out / SUMMARY_JSON, summary)
@@ -290,9 +338,36 @@ def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, A
     return summary
 
 
+def _across_devices(configs: list[dict]) -> list[dict[str, Any]]:
+    """Configurations run on several machines: time relative to the slowest, and accuracy."""
+    by_config: dict[str, list[dict]] = defaultdict(list)
+    for c in configs:
+        if c["metrics"]["train_seconds"]["n"]:
+            by_config[c["overrides"]].append(c)
+    rows = []
+    for overrides, members in by_config.items():
+        if len({m["device"] for m in members}) < 2:
+            continue
+        slowest = max(m["metrics"]["train_seconds"]["mean"] for m in members)
+        for m in sorted(members, key=lambda m: m["metrics"]["train_seconds"]["mean"]):
+            seconds = m["metrics"]["train_seconds"]["mean"]
+            rows.append(
+                {
+                    "overrides": overrides,
+                    "device": m["device"],
+                    "train_seconds": seconds,
+                    "speedup_vs_slowest": slowest / seconds if seconds else math.nan,
+                    "test_accuracy": m["metrics"]["test_accuracy"]["mean"],
+                }
+            )
+    return rows
+
+
 def _verdict(members: list[dict]) -> dict[str, Any]:
-    ranked = sorted((m for m in members if m["metrics"]["test_accuracy"]["n"]),
-                    key=lambda m: -m["metrics"]["test_accuracy"]["mean"])
+    ranked = sorted(
+        (m for m in members if m["metrics"]["test_accuracy"]["n"]),
+        key=lambda m: -m["metrics"]["test_accuracy"]["mean"],
+    )
     if not ranked:
         return {"best": None, "sentence": "No run finished."}
     best = ranked[0]
@@ -321,29 +396,45 @@ def _verdict(members: list[dict]) -> dict[str, Any]:
 
 
 def _smallest_above(configs: list[dict], threshold: float) -> dict[str, Any]:
-    """The first configuration (in grid order: smallest first) whose mean clears threshold."""
+    """The first configuration in grid order (smallest first) whose mean clears threshold."""
     for c in configs:
-        if c["metrics"]["test_accuracy"]["n"] and c["metrics"]["test_accuracy"]["mean"] >= threshold:
-            return {"overrides": c["overrides"], "threshold": threshold,
-                    "mean": c["metrics"]["test_accuracy"]["mean"]}
+        if (
+            c["metrics"]["test_accuracy"]["n"]
+            and c["metrics"]["test_accuracy"]["mean"] >= threshold
+        ):
+            return {
+                "overrides": c["overrides"],
+                "threshold": threshold,
+                "mean": c["metrics"]["test_accuracy"]["mean"],
+            }
     return {"overrides": None, "threshold": threshold}
 
 
 def _fmt(s: dict[str, float], scale: float = 1.0, digits: int = 4) -> str:
     if not s["n"]:
         return "n/a"
-    return (f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f} "
-            f"[±{s['ci95'] * scale:.{digits}f}]")
+    return (
+        f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f} "
+        f"[±{s['ci95'] * scale:.{digits}f}]"
+    )
 
 
 def _summary_markdown(summary: dict[str, Any]) -> str:
-    lines = ["# Experiment summary", "",
-             "Each cell: mean ± sample standard deviation [half-width of the 95% confidence "
-             "interval] over its successful runs.", ""]
+    lines = [
+        "# Experiment summary",
+        "",
+        "Each cell: mean ± sample standard deviation [half-width of the 95% confidence "
+        "interval] over its successful runs.",
+        "",
+    ]
     for device, verdict in summary["verdicts"].items():
-        lines += [f"## {device}", "",
-                  "| configuration | runs | failed | test accuracy | test loss | macro F1 | "
-                  "training s | images/s |", "|---|---:|---:|---|---|---|---|---|"]
+        lines += [
+            f"## {device}",
+            "",
+            "| configuration | runs | failed | test accuracy | test loss | macro F1 | "
+            "training s | images/s |",
+            "|---|---:|---:|---|---|---|---|---|",
+        ]
         for c in (c for c in summary["configurations"] if c["device"] == device):
             mark = " **(best)**" if c["overrides"] == verdict.get("best") else ""
             m = c["metrics"]
@@ -355,6 +446,19 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", verdict["sentence"], ""]
         for c in (c for c in summary["configurations"] if c["device"] == device and c["errors"]):
             lines.append(f"- failed runs of {c['overrides']}: {'; '.join(c['errors'])}")
+        lines.append("")
+    if summary.get("across_devices"):
+        lines += [
+            "## Across devices",
+            "",
+            "| configuration | device | training s | speed-up vs slowest | test accuracy |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for r in summary["across_devices"]:
+            lines.append(
+                f"| {r['overrides']} | {r['device']} | {r['train_seconds']:.1f} | "
+                f"{r['speedup_vs_slowest']:.2f}x | {r['test_accuracy']:.4f} |"
+            )
         lines.append("")
     if "smallest_above_threshold" in summary:
         s = summary["smallest_above_threshold"]
@@ -377,20 +481,40 @@ def _plot(configs: list[dict], out: Path) -> None:
     for marker, device in zip("osD^v<>", devices):
         for c in (c for c in finished if c["device"] == device):
             acc, secs = c["metrics"]["test_accuracy"], c["metrics"]["train_seconds"]
-            ax.errorbar(secs["mean"], acc["mean"], xerr=secs["ci95"], yerr=acc["ci95"],
-                        fmt=marker, capsize=3, label=f"{c['overrides']} ({device})"[:70])
-    ax.set(xlabel="training time (s)", ylabel="test accuracy",
-           title="Accuracy against training time (95% confidence intervals)")
+            ax.errorbar(
+                secs["mean"],
+                acc["mean"],
+                xerr=secs["ci95"],
+                yerr=acc["ci95"],
+                fmt=marker,
+                capsize=3,
+                label=f"{c['overrides']} ({device})"[:70],
+            )
+    ax.set(
+        xlabel="training time (s)",
+        ylabel="test accuracy",
+        title="Accuracy against training time (95% confidence intervals)",
+    )
     ax.legend(fontsize=7, loc="best")
     save_figure(fig, out / "accuracy_vs_time.png")
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(finished) + 2), 4.5))
     for i, c in enumerate(finished):
         values = c["test_accuracy_values"]
         ax.scatter(np.full(len(values), i), values, alpha=0.7)
-        ax.errorbar(i + 0.15, c["metrics"]["test_accuracy"]["mean"],
-                    yerr=c["metrics"]["test_accuracy"]["ci95"], fmt="_", color="black",
-                    capsize=4)
-    ax.set_xticks(range(len(finished)), [c["overrides"][:40] for c in finished], rotation=30,
-                  ha="right", fontsize=7)
+        ax.errorbar(
+            i + 0.15,
+            c["metrics"]["test_accuracy"]["mean"],
+            yerr=c["metrics"]["test_accuracy"]["ci95"],
+            fmt="_",
+            color="black",
+            capsize=4,
+        )
+    ax.set_xticks(
+        range(len(finished)),
+        [c["overrides"][:40] for c in finished],
+        rotation=30,
+        ha="right",
+        fontsize=7,
+    )
     ax.set(ylabel="test accuracy", title="Spread of the runs of each configuration")
     save_figure(fig, out / "spread.png")

@@ -125,13 +125,52 @@ def _training_section(training: dict[str, Any] | None) -> str:
     return _table(["", "value"], flat) if flat else ""
 
 
-def _memory_section(memory: dict[str, Any] | None) -> str:
+def _memory_section(memory: dict[str, Any] | None, measured: dict[str, Any] | None) -> str:
+    """The estimate per training phase, next to what the training run really used."""
     if not memory:
         return '<p class="muted">(no memory estimate)</p>'
     if "error" in memory:
         return f'<p class="muted">{html.escape(memory["error"])}</p>'
-    pretty = html.escape(json.dumps(memory, indent=2, default=str))
-    return f"<pre>{pretty}</pre>"
+
+    def mib(value: float) -> str:
+        return f"{value / 2**20:,.1f} MiB"
+
+    rows = [
+        [
+            html.escape(name),
+            f"{f['trainable']:,}",
+            mib(f["textbook_bytes"]),
+            mib(f["realistic_bytes"]),
+            str(f["max_batch"]),
+            "yes" if f["fits"] else "no",
+        ]
+        for name, f in memory.get("training", {}).items()
+    ]
+    parts = [
+        f"<p>{memory['params']:,} parameters; inference on one image needs "
+        f"{mib(memory['inference_bytes'])}; batch {memory['batch_size']}, "
+        f"{html.escape(str(memory['precision']))}.</p>",
+        _table(
+            [
+                "phase",
+                "trainable",
+                "textbook minimum",
+                "realistic estimate",
+                "largest batch in budget",
+                "fits",
+            ],
+            rows,
+        ),
+    ]
+    if measured:
+        items = ", ".join(f"{k.replace('_', ' ')}: {mib(v)}" for k, v in measured.items())
+        parts.append(
+            f"<p>Measured during training: {html.escape(items)} (the process peak "
+            "includes the TensorFlow runtime and the input pipeline).</p>"
+        )
+    details = html.escape(json.dumps(memory, indent=2, default=str))
+    parts.append(f"<details><summary>full estimate</summary><pre>{details}</pre></details>")
+    return "\n".join(parts)
 
 
 def _mistakes_table(metrics: dict[str, Any]) -> str:
@@ -198,7 +237,7 @@ def render_report(
         _img(files.get("mistakes"), "most confident mistakes"),
         _mistakes_table(metrics),
         "<h2>Memory estimate</h2>",
-        _memory_section(extras.get("memory")),
+        _memory_section(extras.get("memory"), extras.get("memory_measured")),
         f"<h2>Configuration</h2><details><summary>config.json</summary><pre>{config}</pre>"
         "</details>",
     ]

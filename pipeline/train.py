@@ -841,12 +841,35 @@ def _finish(
         "epochs": len(run.history),
         "seconds": seconds,
         "final": {"val_loss": final["loss"], "val_accuracy": final["accuracy"]},
+        "memory": _memory_figures(cfg, len(run.classes)),
         "files": [str(p) for p in files],
     }
     files.append(write_json(out / SUMMARY_FILE, summary))
     _remove_backups(out)
     _print_outputs(out, files, summary)
     return TrainResult(out, summary, files)
+
+
+def _memory_figures(cfg: Config, num_classes: int) -> dict[str, Any]:
+    """The estimate for this run (pipeline.memory) next to what the run really used."""
+    import resource
+
+    from pipeline.memory import estimate_for_run
+
+    try:
+        estimate = estimate_for_run(cfg, num_classes)
+    except Exception as exc:  # the run is done; a missing estimate must not fail it
+        estimate = {"error": f"memory estimate unavailable: {exc}"}
+    measured: dict[str, Any] = {
+        # Linux reports KiB. The process peak includes the TensorFlow runtime, the input
+        # pipeline and the feature cache, so it exceeds the estimate's model-only figure.
+        "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        info = tf.config.experimental.get_memory_info(gpus[0].name)
+        measured["gpu_peak_bytes"] = int(info["peak"])
+    return {"estimate": estimate, "measured": measured}
 
 
 def _remove_backups(out: Path) -> None:
@@ -936,7 +959,8 @@ def _print_outputs(out: Path, files: list[Path], summary: dict[str, Any]) -> Non
         CONFIG_FILE: "the effective configuration (--config to repeat the run)",
         HISTORY_FILE: "loss, accuracy, learning rate, time per epoch, both phases",
         CURVES_FILE: "learning curves, phase boundary marked",
-        SUMMARY_FILE: "time per phase, images/s, best epochs, final validation metrics",
+        SUMMARY_FILE: "time per phase, images/s, best epochs, final validation metrics, "
+        "memory estimated and measured",
         "logs": "TensorBoard logs (tensorboard --logdir ...)",
     }
     for path in files:
@@ -945,3 +969,12 @@ def _print_outputs(out: Path, files: list[Path], summary: dict[str, Any]) -> Non
             str(rel), "best weights of that phase" if "checkpoints" in str(rel) else ""
         )
         print(f"  {str(rel) + ('/' if path.is_dir() else ''):<32} {note}")
+    memory = summary.get("memory", {})
+    phases = memory.get("estimate", {}).get("training", {})
+    if phases:
+        estimated = ", ".join(
+            f"{name} {figures['realistic_bytes'] / 2**20:,.0f} MiB"
+            for name, figures in phases.items()
+        )
+        peak = memory["measured"]["process_peak_rss_bytes"] / 2**20
+        print(f"Memory: estimated training ({estimated}); measured process peak {peak:,.0f} MiB")

@@ -8,18 +8,25 @@ import numpy as np
 import pytest
 
 from pipeline.config import ConfigError, with_overrides
-from pipeline.experiment import expand_grid, parse_grid, run_experiment, within_noise
-from pipeline.files import read_csv
+from pipeline.experiment import (
+    expand_grid,
+    parse_grid,
+    run_experiment,
+    summarize,
+    within_noise,
+)
+from pipeline.files import read_csv, write_csv
 
 
 def test_grid_parsing_and_expansion():
     axes = parse_grid("model.backbone=mobilenet,inception_v3 train.head_lr=1e-3,3e-4")
-    assert axes == [("model.backbone", ["mobilenet", "inception_v3"]),
-                    ("train.head_lr", ["1e-3", "3e-4"])]
+    assert axes == [
+        ("model.backbone", ["mobilenet", "inception_v3"]),
+        ("train.head_lr", ["1e-3", "3e-4"]),
+    ]
     cells = expand_grid(axes)
-    assert len(cells) == 4 and cells[1] == {"model.backbone": "mobilenet",
-                                            "train.head_lr": "3e-4"}
-    with pytest.raises(ConfigError, match="section.key=value"):
+    assert len(cells) == 4 and cells[1] == {"model.backbone": "mobilenet", "train.head_lr": "3e-4"}
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         parse_grid("backbone=mobilenet")
 
 
@@ -31,17 +38,24 @@ def test_noise_test_tells_apart_real_differences():
 @pytest.fixture(scope="module")
 def experiment(flowers_prepared, tmp_path_factory):
     cfg, _ = flowers_prepared
-    cfg = with_overrides(cfg, {
-        "paths.models": str(tmp_path_factory.mktemp("exp_models")),
-        "paths.reports": str(tmp_path_factory.mktemp("exp_reports")),
-        "model.backbone": "small_cnn", "input.image_size": 32,
-        "train.head_epochs": 1, "train.fine_tune_epochs": 0, "experiment.name": "grid",
-        # The weights file does not exist: the from-scratch CNN never reads it, MobileNet
-        # does, so the mobilenet cells fail at training time and the others must complete.
-        "model.weights": "/nonexistent/weights.h5", "model.cnn_blocks": 2,
-        "experiment.grid": "model.backbone=small_cnn,mobilenet model.dropout=0.0,0.5",
-        "experiment.repeats": 2,
-    })
+    cfg = with_overrides(
+        cfg,
+        {
+            "paths.models": str(tmp_path_factory.mktemp("exp_models")),
+            "paths.reports": str(tmp_path_factory.mktemp("exp_reports")),
+            "model.backbone": "small_cnn",
+            "input.image_size": 32,
+            "train.head_epochs": 1,
+            "train.fine_tune_epochs": 0,
+            "experiment.name": "grid",
+            # The weights file does not exist: the from-scratch CNN never reads it, MobileNet
+            # does, so the mobilenet cells fail at training time and the others must complete.
+            "model.weights": "/nonexistent/weights.h5",
+            "model.cnn_blocks": 2,
+            "experiment.grid": "model.backbone=small_cnn,mobilenet model.dropout=0.0,0.5",
+            "experiment.repeats": 2,
+        },
+    )
     return cfg, run_experiment(cfg)
 
 
@@ -84,3 +98,20 @@ def test_summary_statistics_equal_numpy_on_results(experiment):
             if len(values):
                 assert stats["mean"] == pytest.approx(values.mean())
                 assert stats["std"] == pytest.approx(values.std(ddof=1))
+
+
+def test_results_from_another_machine_are_grouped_by_device(experiment, tmp_path):
+    _, result = experiment
+    rows = read_csv(result.out_dir / "results.csv")
+    other = tmp_path / "gpu-box" / "results.csv"
+    faster = [
+        {**r, "device": "GPU box", "train_seconds": str(float(r["train_seconds"]) / 4)}
+        for r in rows
+        if r["status"] == "ok"
+    ]
+    write_csv(other, list(rows[0]), ([r[k] for k in rows[0]] for r in faster))
+    summary = summarize([result.out_dir / "results.csv", other], tmp_path / "merged")
+    assert set(summary["verdicts"]) == {rows[0]["device"], "GPU box"}
+    gpu = [r for r in summary["across_devices"] if r["device"] == "GPU box"]
+    assert len(gpu) == 2 and all(r["speedup_vs_slowest"] == pytest.approx(4.0) for r in gpu)
+    assert "## Across devices" in (tmp_path / "merged" / "summary.md").read_text()
