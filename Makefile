@@ -41,7 +41,7 @@ OVERRIDES := \
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG))
 RUN_STAGE = $(PY) -m pipeline $(1) $(CONFIG_FLAG) $(OVERRIDES)
 
-.PHONY: help setup data train bench-train evaluate predict memory config test lint bench-input bench-memory lock clean
+.PHONY: help setup data train bench-train evaluate predict memory experiment experiment-summary config test lint bench-input bench-predict bench-memory lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -93,6 +93,9 @@ bench-train: $(STAMP)  ## cached vs plain phase 1, images/s at 299, FLOPs, % of 
 
 bench-memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)
 	$(PY) benchmarks/memory.py $(BENCH_ARGS)
+
+bench-predict: $(STAMP)  ## make predict against a naive loop (JSON under benchmarks/results/)
+	$(PY) benchmarks/predict.py $(BENCH_ARGS)
 
 lock: $(STAMP)  ## regenerate constraints.txt from the current environment
 	$(PY) -m pip freeze --exclude-editable | sed 's/^tensorflow_cpu @.*/tensorflow-cpu==2.21.0/' > constraints.txt
