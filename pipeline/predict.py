@@ -1,9 +1,8 @@
 """Classifying new photos (`make predict`), and the small API behind it and `make evaluate`.
 
-    >>> from pipeline.predict import load_classifier          # doctest: +SKIP
-    >>> clf = load_classifier("models/flowers-inception_v3-20261122-101500")
-    >>> clf.classify(["photo.jpg"])[0]["predicted"]
-    'tulips'
+    from pipeline.predict import load_classifier
+    clf = load_classifier("flowers-inception_v3-20261122-101500")   # or () for the newest
+    clf.classify(["photo.jpg"])[0]["predicted"]                     # -> 'tulips'
 
 Every image goes through the same check, decoding and preprocessing as evaluation
 (``pipeline.inputs.build_eval_dataset``), so a photo gets the same answer in both.
