@@ -47,25 +47,11 @@ from pipeline.manifest import load_split  # noqa: E402
 from pipeline.memory import estimate_for_run  # noqa: E402
 from pipeline.model import build_classifier, freeze_for_phase, training_forward  # noqa: E402
 from pipeline.train import train  # noqa: E402
+from tests.test_train import TRANSFER_RECIPE  # noqa: E402  (one recipe for test and benchmark)
 
 RESULTS = REPO / "benchmarks" / "results" / "train.json"
 SHARED = REPO.parent / "shared"
 MOBILENET = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
-# The transfer-learning test's recipe (tests/test_train.py), default augmentation or guide's.
-TRANSFER = {
-    "model.backbone": "mobilenet",
-    "model.alpha": 0.25,
-    "input.image_size": 160,
-    "input.batch_size": 16,
-    "train.head_epochs": 100,
-    "train.head_lr": 3e-3,
-    "train.patience": 10,
-    "train.lr_patience": 10,
-    "train.fine_tune_epochs": 30,
-    "train.fine_tune_lr": 3e-4,
-    "model.fine_tune_after": "conv_pw_9_relu",
-    "train.deterministic": True,
-}
 GUIDE_AUGMENTATION = {
     "input.crop_area_min": 1.0,
     "input.crop_aspect_min": 1.0,  # whole image, resized
@@ -197,7 +183,7 @@ def augmentation(cfg: Config) -> dict:
         run_cfg = with_overrides(
             cfg,
             {
-                **TRANSFER,
+                **TRANSFER_RECIPE,
                 **extra,
                 "model.weights": str(MOBILENET),
                 "train.run_name": f"augment-{name}",

@@ -261,6 +261,12 @@ def _build_train_step(
         optimizer.apply(grads, variables)  # all-reduces (sums) the gradients across replicas
         return loss_sum, correct, tf.cast(tf.shape(labels)[0], tf.float32)
 
+    return _summed_over_replicas(strategy, replica_step)
+
+
+def _summed_over_replicas(strategy: tf.distribute.Strategy, replica_step: Callable) -> Callable:
+    """A tf.function running replica_step on every replica and summing each output."""
+
     @tf.function
     def step(batch):
         sums = strategy.run(replica_step, args=batch)
@@ -278,12 +284,7 @@ def _build_eval_step(
         hits = tf.cast(tf.equal(tf.argmax(probs, -1), tf.argmax(labels, -1)), tf.float32)
         return tf.reduce_sum(per_example), tf.reduce_sum(hits * mask), tf.reduce_sum(mask)
 
-    @tf.function
-    def step(batch):
-        sums = strategy.run(replica_step, args=batch)
-        return [strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
-
-    return step
+    return _summed_over_replicas(strategy, replica_step)
 
 
 def evaluate(

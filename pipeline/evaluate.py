@@ -19,6 +19,7 @@ from pipeline.files import atomic_write_text, write_csv, write_json
 from pipeline.manifest import load_split
 from pipeline.metrics import classification_metrics, confused_pairs, worst_mistakes
 from pipeline.predict import Classifier, load_classifier
+from pipeline.runs import CURVES_FILE, SUMMARY_FILE
 
 METRICS_FILE = "metrics.json"
 PER_CLASS_CSV = "per_class.csv"
@@ -181,21 +182,27 @@ def _read_json(path: Path) -> Any:
 
 
 def _run_extras(clf: Classifier) -> dict[str, Any]:
-    """What the report shows beside the metrics: data summary, training summary, memory."""
-    from pipeline.memory import estimate_for_run
+    """What the report shows beside the metrics: data summary, training summary, memory.
 
-    try:
-        memory = estimate_for_run(clf.cfg, len(clf.labels))
-    except Exception as exc:  # the report is still useful without it; say why it is missing
-        memory = {"error": f"memory estimate unavailable: {exc}"}
+    The memory estimate is the one the training run recorded (same configuration); it is
+    computed here only for runs that predate it.
+    """
+    training = _read_json(clf.run_dir / SUMMARY_FILE) or {}
+    recorded = training.get("memory") or {}
+    memory = recorded.get("estimate")
+    if memory is None:
+        from pipeline.memory import estimate_for_run
+
+        try:
+            memory = estimate_for_run(clf.cfg, len(clf.labels))
+        except Exception as exc:  # the report is still useful without it; say why
+            memory = {"error": f"memory estimate unavailable: {exc}"}
     return {
         "data": _read_json(clf.cfg.dataset_dir() / "summary.json"),
-        "training": _read_json(clf.run_dir / "summary.json"),
-        "curves": clf.run_dir / "learning_curves.png",
+        "training": training,
+        "curves": clf.run_dir / CURVES_FILE,
         "memory": memory,
-        "memory_measured": (
-            (_read_json(clf.run_dir / "summary.json") or {}).get("memory") or {}
-        ).get("measured"),
+        "memory_measured": recorded.get("measured"),
     }
 
 

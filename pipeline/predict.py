@@ -22,38 +22,7 @@ from pipeline.config import Config, load_config
 from pipeline.files import write_csv
 from pipeline.images import ImageCheck, check_images, has_image_extension, iter_files
 from pipeline.manifest import ManifestRow
-
-MODEL_FILE = "model.keras"
-LABELS_FILE = "labels.json"
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
-
-
-def find_runs(models_dir: str | Path) -> list[Path]:
-    """Finished runs (a model and a summary), oldest first."""
-    root = Path(models_dir)
-    runs = [
-        p for p in root.glob("*/") if (p / MODEL_FILE).is_file() and (p / SUMMARY_FILE).is_file()
-    ]
-    return sorted(runs, key=lambda p: (p / SUMMARY_FILE).stat().st_mtime)
-
-
-def resolve_run(models_dir: str | Path, run: str = "") -> Path:
-    """models/<run>, a path to a run folder, or the newest finished run when run is ''."""
-    if run:
-        for candidate in (Path(run), Path(models_dir) / run):
-            if (candidate / MODEL_FILE).is_file():
-                return candidate
-        raise FileNotFoundError(
-            f"Run {run!r}: no {MODEL_FILE} in {Path(models_dir) / run} or {run}; "
-            f"give RUN=<folder under {models_dir}/> of a finished `make train`"
-        )
-    runs = find_runs(models_dir)
-    if not runs:
-        raise FileNotFoundError(
-            f"No finished run under {models_dir}/: run `make train` first (or give RUN=...)"
-        )
-    return runs[-1]
+from pipeline.runs import CONFIG_FILE, LABELS_FILE, MODEL_FILE, resolve_run
 
 
 @dataclass

@@ -68,15 +68,17 @@ from pipeline.model import (
     resolve_weights,
     training_forward,
 )
+from pipeline.runs import (
+    CONFIG_FILE,
+    CURVES_FILE,
+    HISTORY_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    SAVED_MODEL_DIR,
+    STATE_FILE,
+    SUMMARY_FILE,
+)
 
-MODEL_FILE = "model.keras"
-SAVED_MODEL_DIR = "saved_model"
-LABELS_FILE = "labels.json"
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.csv"
-CURVES_FILE = "learning_curves.png"
-SUMMARY_FILE = "summary.json"
-STATE_FILE = "state.json"  # finished phases, so that a restarted run skips them
 HISTORY_COLUMNS = (
     "epoch",
     "phase",
@@ -392,6 +394,16 @@ def _read_state(work_dir: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- phases
 
 
+def _restore_finished_phase(run: _Run, phase: int, done: dict[str, Any]) -> None:
+    """A resumed run skips a finished phase: its best weights and history come back."""
+    _load_checkpoint(run, phase)
+    run.history.extend(done["history"])
+    print(
+        f"Phase {phase} finished earlier (best epoch {done['best_epoch']}); its best weights "
+        "are loaded"
+    )
+
+
 def _phase_one(run: _Run, xla: bool) -> dict[str, Any]:
     """Frozen base, new head, at train.head_lr; a from-scratch network trains whole here."""
     cfg, t = run.cfg, run.cfg.train
@@ -402,12 +414,7 @@ def _phase_one(run: _Run, xla: bool) -> dict[str, Any]:
     freeze_for_phase(run.classifier, cfg, 1)
     if done is not None or epochs == 0:
         if done is not None:
-            _load_checkpoint(run, 1)
-            run.history.extend(done["history"])
-            print(
-                f"Phase 1 finished earlier (best epoch {done['best_epoch']}); its best "
-                "weights are loaded"
-            )
+            _restore_finished_phase(run, 1, done)
         return done or {"epochs": 0, "skipped": True}
 
     cached = run.backbone.pretrained and t.cache_features and not t.head_augment
@@ -439,12 +446,7 @@ def _phase_two(run: _Run, xla: bool) -> dict[str, Any]:
     freeze_for_phase(run.classifier, cfg, 2)
     done = run.state["phases"].get("2")
     if done is not None:
-        _load_checkpoint(run, 2)
-        run.history.extend(done["history"])
-        print(
-            f"Phase 2 finished earlier (best epoch {done['best_epoch']}); its best weights "
-            "are loaded"
-        )
+        _restore_finished_phase(run, 2, done)
         return done
     base = get_base(run.classifier)
     trainable_layers = [layer.name for layer in base.layers if layer.trainable and layer.weights]

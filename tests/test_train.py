@@ -84,6 +84,21 @@ def tiny(tmp_path_factory, flowers_mini) -> TinyData:
     return make_tiny_data(flowers_mini, tmp_path_factory.mktemp("tiny"))
 
 
+# The transfer-learning test's recipe; benchmarks/train.py compares augmentations with it.
+TRANSFER_RECIPE = {
+    "model.backbone": "mobilenet",
+    "model.alpha": 0.25,
+    "input.image_size": 160,
+    "input.batch_size": 16,
+    "train.head_epochs": 100,
+    "train.head_lr": 3e-3,
+    "train.patience": 10,
+    "train.lr_patience": 10,
+    "train.fine_tune_epochs": 30,
+    "train.fine_tune_lr": 3e-4,
+    "model.fine_tune_after": "conv_pw_9_relu",
+    "train.deterministic": True,
+}
 MOBILENET = ["model.backbone=mobilenet", "model.alpha=0.25", "input.image_size=64"]
 INCEPTION = [
     "input.image_size=75",
@@ -415,26 +430,12 @@ def test_transfer_learning_reaches_80_percent_and_beats_random_weights(
     from pipeline.inputs import build_eval_dataset
 
     base, _ = flowers_prepared
-    options = {
-        "model.backbone": "mobilenet",
-        "model.alpha": 0.25,
-        "input.image_size": 160,
-        "input.batch_size": 16,
-        "train.head_epochs": 100,
-        "train.head_lr": 3e-3,
-        "train.patience": 10,
-        "train.lr_patience": 10,
-        "train.fine_tune_epochs": 30,
-        "train.fine_tune_lr": 3e-4,
-        "model.fine_tune_after": "conv_pw_9_relu",
-        "train.deterministic": True,
-    }
     accuracy = {}
     for weights in (str(mobilenet_weights), "none"):
         cfg = with_overrides(
             base,
             {
-                **options,
+                **TRANSFER_RECIPE,
                 "model.weights": weights,
                 "train.run_name": f"transfer-{Path(weights).stem}",
             },
