@@ -40,7 +40,7 @@ RESULTS = REPO / "benchmarks" / "results" / "predict.json"
 def naive_loop(paths: list[Path], run_dir: Path) -> int:
     """What a first notebook does: one file, one model call, no pipeline."""
     clf = load_classifier(run_dir)
-    size, fraction = clf.cfg.input.image_size, clf.cfg.input.eval_crop_fraction
+    size, fraction = clf.cfg.image_size, clf.cfg.input.eval_crop_fraction
     backbone = get_backbone(clf.cfg.model.backbone)
     for path in paths:
         image = load_rgb(path)

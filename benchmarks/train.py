@@ -1,7 +1,8 @@
 """Training benchmark, side by side in one run, on real photos, through the train stage itself.
 
     python benchmarks/train.py [--folder ../shared/datasets/flowers-mini] [--size 299]
-        [--epochs 10] [--batch 16] [--steps 5] [--sections phase1,throughput,augmentation]
+        [--epochs 10] [--batch 16] [--steps 5] [--splits 42,7,1] [--seeds 1,2,3]
+        [--sections phase1,throughput,augmentation,transfer]
 
 Sections:
   phase1        phase 1 of InceptionV3 (frozen base, new head), same data and epochs, two
@@ -16,8 +17,14 @@ Sections:
                 Keras guide's (flip, RandomRotation(0.1), RandomZoom(0.1)): the same short
                 two-phase run of the shared ImageNet MobileNet (alpha 0.25, 160 px) on
                 flowers-mini, test accuracy and training images/s of each.
+  transfer      what the ImageNet weights buy, over several data splits (--splits) and
+                training seeds (--seeds) of flowers-mini: a linear probe (scikit-learn
+                logistic regression on the frozen base's pooled features of the centre
+                crops), the two-phase fine-tuning of the transfer test's recipe, and the same
+                run from random weights; test accuracy of each, and the paired differences
+                (same split, same seed) with 95% t intervals.
 Weights: InceptionV3's ImageNet file is not needed (speed does not depend on the values); the
-augmentation section needs ../shared/weights/mobilenet_2_5_224_tf_no_top.h5.
+augmentation and transfer sections need ../shared/weights/mobilenet_2_5_224_tf_no_top.h5.
 Prints a table and writes benchmarks/results/train.json.
 """
 
@@ -41,11 +48,17 @@ import tensorflow as tf  # noqa: E402
 from pipeline.config import Config, load_config, with_overrides  # noqa: E402
 from pipeline.data import prepare_data  # noqa: E402
 from pipeline.distribute import Feed, fit  # noqa: E402
+from pipeline.experiment import mean_ci  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
 from pipeline.inputs import build_eval_dataset  # noqa: E402
-from pipeline.manifest import load_split  # noqa: E402
+from pipeline.manifest import load_split, read_classes  # noqa: E402
 from pipeline.memory import estimate_for_run  # noqa: E402
-from pipeline.model import build_classifier, freeze_for_phase, training_forward  # noqa: E402
+from pipeline.model import (  # noqa: E402
+    build_classifier,
+    build_feature_extractor,
+    freeze_for_phase,
+    training_forward,
+)
 from pipeline.train import train  # noqa: E402
 from tests.test_train import TRANSFER_RECIPE  # noqa: E402  (one recipe for test and benchmark)
 
@@ -122,7 +135,7 @@ def step_rate(cfg: Config, phase: str, batch: int, steps: int) -> float:
         freeze_for_phase(model, cfg, 2)
     model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)
-    size = cfg.input.image_size
+    size = cfg.image_size
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32"))
     labels = tf.one_hot(rng.integers(0, 5, batch), 5)
@@ -203,6 +216,60 @@ def augmentation(cfg: Config) -> dict:
     return out
 
 
+def linear_probe(cfg: Config) -> float:
+    """Test accuracy of a logistic regression on the frozen base's pooled features: the bar
+    that fine-tuning has to clear for its cost to be worth paying."""
+    from sklearn.linear_model import LogisticRegression
+
+    classes = read_classes(cfg.dataset_dir())
+    extractor = build_feature_extractor(build_classifier(cfg, len(classes)))
+    data = {}
+    for split in ("train", "test"):
+        rows = load_split(cfg.dataset_dir(), split)
+        features = extractor.predict(build_eval_dataset(rows, cfg), verbose=0)
+        data[split] = (features, [r.label_index for r in rows])
+    return float(LogisticRegression(C=1.0, max_iter=5000).fit(*data["train"]).score(*data["test"]))
+
+
+def transfer(cfg: Config, splits: list[int], seeds: list[int]) -> dict:
+    """Probe, fine-tuning and random weights on the same splits; fine-tuning and random
+    weights with the same seeds, so every difference is paired."""
+    runs = []
+    for split_seed in splits:
+        split_cfg = with_overrides(
+            cfg,
+            {
+                **TRANSFER_RECIPE,
+                "model.weights": str(MOBILENET),
+                "data.split_seed": split_seed,
+                "paths.data": str(Path(cfg.paths.data).with_name(f"data-split{split_seed}")),
+            },
+        )
+        prepare_data(split_cfg, progress=False)
+        probe = linear_probe(split_cfg)
+        test_images = len(load_split(split_cfg.dataset_dir(), "test"))
+        for seed in seeds:
+            row = {"split_seed": split_seed, "seed": seed, "test_images": test_images}
+            row["linear_probe"] = probe
+            for name, weights in (("fine_tuned", str(MOBILENET)), ("random_weights", "none")):
+                print(f"\n== transfer: split {split_seed}, seed {seed}, {name} ==", flush=True)
+                run_cfg = with_overrides(
+                    split_cfg,
+                    {
+                        "model.weights": weights,
+                        "train.seed": seed,
+                        "train.run_name": f"transfer-{name}-split{split_seed}-s{seed}",
+                    },
+                )
+                row[name] = test_accuracy(train(run_cfg).run_dir, run_cfg)
+            runs.append(row)
+    methods = ("linear_probe", "fine_tuned", "random_weights")
+    summary = {m: mean_ci([r[m] for r in runs]) for m in methods}
+    for a, b in (("fine_tuned", "linear_probe"), ("fine_tuned", "random_weights")):
+        summary[f"{a}_minus_{b}"] = mean_ci([r[a] - r[b] for r in runs])
+    return {"recipe": TRANSFER_RECIPE, "runs": runs, "summary": summary}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", type=Path, default=SHARED / "datasets/flowers-mini")
@@ -210,14 +277,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="phase-1 epochs, both ways")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per training step")
-    parser.add_argument("--sections", default="phase1,throughput,augmentation")
+    parser.add_argument("--splits", default="42,7,1", help="transfer: data.split_seed values")
+    parser.add_argument("--seeds", default="1,2,3", help="transfer: train.seed values")
+    parser.add_argument("--sections", default="phase1,throughput,augmentation,transfer")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not args.folder.is_dir():
         sys.exit(f"{args.folder}: no such folder of class subfolders (give --folder)")
     sections = set(args.sections.split(","))
-    if "augmentation" in sections and not MOBILENET.is_file():
-        sys.exit(f"{MOBILENET} is missing: the augmentation section needs it (or leave it out)")
+    if sections & {"augmentation", "transfer"} and not MOBILENET.is_file():
+        sys.exit(f"{MOBILENET} is missing: augmentation and transfer need it (or leave them out)")
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     cfg = load_config(
@@ -240,6 +309,9 @@ def main() -> None:
         results["throughput"] = throughput(cfg, args.batch, args.steps)
     if "augmentation" in sections:
         results["augmentation"] = augmentation(cfg)
+    if "transfer" in sections:
+        splits, seeds = ([int(v) for v in text.split(",")] for text in (args.splits, args.seeds))
+        results["transfer"] = transfer(cfg, splits, seeds)
 
     train_images = len(load_split(cfg.dataset_dir(), "train"))
     print(
@@ -283,6 +355,17 @@ def main() -> None:
                 f"  augmentation {name:13s} test acc {v['test_accuracy']:.3f} "
                 f"(val {v['val_accuracy']:.3f}), phase 2 {v['phase2_images_per_s']:.0f} img/s"
             )
+    if "transfer" in results:
+        r = results["transfer"]
+        print(f"{'transfer (test accuracy)':28s} {'probe':>7s} {'tuned':>7s} {'random':>7s}")
+        for run in r["runs"]:
+            print(
+                f"  split {run['split_seed']:<4d} seed {run['seed']:<4d} "
+                f"{run['test_images']:4d} img {run['linear_probe']:7.3f} "
+                f"{run['fine_tuned']:7.3f} {run['random_weights']:7.3f}"
+            )
+        for name, v in r["summary"].items():
+            print(f"  {name:34s} {v['mean']:+.3f} ± {v['ci95']:.3f} (95%, n={v['n']})")
     payload = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "size": args.size,

@@ -45,7 +45,7 @@ class DataConfig:
 
 @dataclass
 class InputConfig:
-    image_size: int = 299  # square side the model sees; InceptionV3 accepts 75 and up
+    image_size: int = 0  # square side the model sees; 0 = the backbone's own (InceptionV3 299)
     batch_size: int = 32  # per replica; the global batch is this x the number of replicas
     crop_area_min: float = 0.25  # random resized crop: smallest fraction of the image kept
     crop_aspect_min: float = 0.75  # ... aspect-ratio range [min, 1/min]
@@ -147,6 +147,14 @@ class Config:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
+
+    @property
+    def image_size(self) -> int:
+        """input.image_size, or the backbone's ImageNet size when that is 0 (the default), so
+        that switching backbones does not leave one backbone's size on another."""
+        from pipeline.backbones import get_backbone
+
+        return self.input.image_size or get_backbone(self.model.backbone).default_size
 
     def dataset_dir(self) -> Path:
         """Where this data set's manifests live: data/<dataset name>/."""
@@ -311,10 +319,10 @@ def validate(cfg: Config) -> None:
             f"model.backbone must be one of {', '.join(BACKBONES)}. "
             f"Received: {cfg.model.backbone!r}"
         )
-    if i.image_size < backbone.min_size:
+    if i.image_size != 0 and i.image_size < backbone.min_size:
         raise ConfigError(
-            f"input.image_size must be at least {backbone.min_size} for {backbone.name}. "
-            f"Received: {i.image_size}"
+            f"input.image_size must be 0 (the backbone's own size, {backbone.default_size}) or "
+            f"at least {backbone.min_size} for {backbone.name}. Received: {i.image_size}"
         )
     if i.batch_size < 1:
         raise ConfigError(f"input.batch_size must be at least 1. Received: {i.batch_size}")

@@ -66,7 +66,7 @@ def cache_key(cfg: Config, weights_sha: str, rows: Sequence[ManifestRow]) -> dic
         "alpha": cfg.model.alpha,
         "weights": cfg.model.weights,
         "weights_sha256": weights_sha,
-        "image_size": cfg.input.image_size,
+        "image_size": cfg.image_size,
         "eval_crop_fraction": cfg.input.eval_crop_fraction,
         "compute_dtype": keras.mixed_precision.global_policy().compute_dtype,
         "rows": len(rows),
@@ -76,7 +76,7 @@ def cache_key(cfg: Config, weights_sha: str, rows: Sequence[ManifestRow]) -> dic
 
 def cache_path(cfg: Config, key: dict[str, object]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    name = f"{cfg.model.backbone}-{cfg.input.image_size}px-{digest}.npy"
+    name = f"{cfg.model.backbone}-{cfg.image_size}px-{digest}.npy"
     return cfg.dataset_dir() / CACHE_FOLDER / name
 
 
@@ -91,7 +91,7 @@ def extract_features(
     from tqdm import tqdm
 
     extractor = build_feature_extractor(model)
-    size = cfg.input.image_size
+    size = cfg.image_size
     run = tf.function(  # one trace for every batch size, the last partial one included
         lambda images: extractor(images, training=False),
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
@@ -164,7 +164,7 @@ def image_loader(rows: Sequence[ManifestRow], cfg: Config, num_classes: int) -> 
     """index -> (evaluation view of the image, preprocessed; one-hot label): the pixels the
     cached features were computed from, decoded by the input pipeline's own code."""
     backbone = get_backbone(cfg.model.backbone)
-    size, fraction = cfg.input.image_size, cfg.input.eval_crop_fraction
+    size, fraction = cfg.image_size, cfg.input.eval_crop_fraction
     paths = tf.constant([r.path for r in rows])
     decoders = tf.constant([r.decoder for r in rows])
     orientations = tf.constant([r.orientation for r in rows], tf.int32)

@@ -156,6 +156,13 @@ def decode_random_crop(
 # ----------------------------------------------------------------------------- augmentation
 
 
+def _mixed(mixer, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """One call, so images and labels are mixed by the same random draw (two calls would
+    pair each image with another image's labels)."""
+    out = mixer({"images": images, "labels": labels}, training=True)
+    return out["images"], out["labels"]
+
+
 def build_batch_augmenter(cfg: Config, seed: int):
     """Keras 3 augmentation layers applied per batch, or None when none is configured."""
     import keras
@@ -189,15 +196,7 @@ def build_batch_augmenter(cfg: Config, seed: int):
         if mixers:
             # One mixing method per batch, chosen at random when both are on (as timm does).
             pick = tf.random.stateless_uniform([], batch_seed, 0, len(mixers), tf.int32)
-            branches = [
-                (
-                    lambda m=m: tuple(
-                        m({"images": images, "labels": labels}, training=True)[k]
-                        for k in ("images", "labels")
-                    )
-                )
-                for m in mixers
-            ]
+            branches = [lambda m=m: _mixed(m, images, labels) for m in mixers]
             images, labels = tf.switch_case(pick, branches)
         return images, labels
 
@@ -226,7 +225,7 @@ def _options(deterministic: bool) -> tf.data.Options:
 
 def _resolve(cfg: Config) -> Backbone:
     backbone = get_backbone(cfg.model.backbone)
-    check_input_size(backbone, cfg.input.image_size)
+    check_input_size(backbone, cfg.image_size)
     return backbone
 
 
@@ -240,7 +239,7 @@ def build_train_dataset(
 ) -> tf.data.Dataset:
     """Shuffled, augmented, batched, prefetched; a fresh order and crops every epoch."""
     backbone = _resolve(cfg)
-    i = cfg.input
+    i, size = cfg.input, cfg.image_size
     seed = cfg.train.seed if seed is None else seed
     batch_size = batch_size or i.batch_size
     area = (i.crop_area_min, 1.0)
@@ -248,9 +247,7 @@ def build_train_dataset(
 
     def load(path, decoder, orientation, label, element_seed):
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(element_seed, 2))
-        image = decode_random_crop(
-            path, decoder, orientation, crop_seed, i.image_size, area, aspect
-        )
+        image = decode_random_crop(path, decoder, orientation, crop_seed, size, area, aspect)
         if i.flip:
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
         return image, tf.one_hot(label, num_classes)
@@ -282,10 +279,10 @@ def build_eval_dataset(
 ) -> tf.data.Dataset:
     """In manifest order, centre-cropped; yields (images, one-hot) or images alone."""
     backbone = _resolve(cfg)
-    i = cfg.input
+    i, size = cfg.input, cfg.image_size
 
     def load(path, decoder, orientation, label):
-        image = decode_center(path, decoder, orientation, i.image_size, i.eval_crop_fraction)
+        image = decode_center(path, decoder, orientation, size, i.eval_crop_fraction)
         if apply_preprocessing:
             image = preprocess(image, backbone)
         if num_classes is None:

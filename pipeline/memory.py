@@ -478,7 +478,7 @@ def _estimate_backbone(
 ) -> tuple[dict[str, Any], dict[str, list[Layer]], Any]:
     from pipeline.backbones import check_input_size, get_backbone
 
-    check_input_size(get_backbone(cfg.model.backbone), cfg.input.image_size)
+    check_input_size(get_backbone(cfg.model.backbone), cfg.image_size)
     budget = parse_quantity(cfg.memory.budget)
     phases, model = model_phases(cfg, num_classes, head)
     first = next(iter(phases.values()))
@@ -492,7 +492,7 @@ def _estimate_backbone(
         phases,
         budget,
     )
-    size = cfg.input.image_size
+    size = cfg.image_size
     est["source"] = {
         "backbone": cfg.model.backbone,
         "image_size": size,
@@ -560,7 +560,7 @@ def estimate_memory(
                     "5 classes assumed (no classes.json yet): run `make data` or pass --classes"
                 )
         est, phases, model = _estimate_backbone(cfg, num_classes, head, dtype)
-        side = cfg.input.image_size
+        side = cfg.image_size
         name = f"{cfg.model.backbone}-{side}-b{batch}" + ("" if head else "-nohead")
     worst = max(phases, key=lambda k: est["phases"][k]["realistic"]["total"])
     est["remedies"] = (

@@ -95,7 +95,7 @@ def _small_cnn(size: int, width: int = 32, blocks: int = 4) -> keras.Model:
 def build_base(cfg: Config, weights: str | None = None) -> keras.Model:
     """The backbone without its top, at cfg's input size; weights resolved as above."""
     backbone = get_backbone(cfg.model.backbone)
-    size = cfg.input.image_size
+    size = cfg.image_size
     check_input_size(backbone, size)
     if not backbone.pretrained:
         return _small_cnn(size, cfg.model.cnn_width, cfg.model.cnn_blocks)
@@ -110,7 +110,7 @@ def build_base(cfg: Config, weights: str | None = None) -> keras.Model:
 def build_classifier(cfg: Config, num_classes: int, weights: str | None = None) -> keras.Model:
     """Input -> base(training=False) -> global average pool -> dropout -> float32 softmax."""
     backbone = get_backbone(cfg.model.backbone)
-    size = cfg.input.image_size
+    size = cfg.image_size
     base = build_base(cfg, weights)
     inputs = keras.Input((size, size, 3), name="image")
     # A pretrained base always runs in inference mode (frozen BatchNorm statistics); a

@@ -209,7 +209,7 @@ def render_report(
     config = html.escape(json.dumps(cfg.to_dict(), indent=2))
     sections = [
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="muted">{cfg.model.backbone}, {cfg.input.image_size}px, data set '
+        f'<p class="muted">{cfg.model.backbone}, {cfg.image_size}px, data set '
         f"{html.escape(cfg.data.dataset)}; report made {when}</p>",
         "<h2>Summary</h2>",
         _cards(metrics),

@@ -152,7 +152,7 @@ def _check_config(cfg: Config) -> None:
     """Reject train options that would fail later, before anything is loaded."""
     t = cfg.train
     backbone = get_backbone(cfg.model.backbone)
-    check_input_size(backbone, cfg.input.image_size)
+    check_input_size(backbone, cfg.image_size)
     for key, value in (("head_epochs", t.head_epochs), ("fine_tune_epochs", t.fine_tune_epochs)):
         if value < 0:
             raise ConfigError(f"train.{key} must be 0 or more. Received: {value}")
@@ -200,7 +200,7 @@ def _train(cfg: Config, strategy: tf.distribute.Strategy) -> TrainResult:
             print("train.deterministic: XLA turned off (not every XLA kernel is deterministic)")
             xla = False
     backbone = get_backbone(cfg.model.backbone)
-    weights = resolve_weights(backbone, cfg.model.weights, cfg.model.alpha, cfg.input.image_size)
+    weights = resolve_weights(backbone, cfg.model.weights, cfg.model.alpha, cfg.image_size)
     classes, train_rows, val_rows = _load_manifests(cfg)
     chief, role = worker_role(strategy)
     # Each worker writes its own folder; the chief's is the run folder itself.
@@ -220,7 +220,7 @@ def _train(cfg: Config, strategy: tf.distribute.Strategy) -> TrainResult:
     print(
         f"Training {backbone.name} ({_weights_text(cfg, weights)}) on {cfg.data.dataset}: "
         f"{len(classes)} classes, {len(train_rows)} train / {len(val_rows)} val images at "
-        f"{cfg.input.image_size}x{cfg.input.image_size}"
+        f"{cfg.image_size}x{cfg.image_size}"
     )
     print(
         f"Device: {describe_devices(strategy)}. Precision {precision}"
@@ -828,7 +828,7 @@ def _finish(
         "val_images": len(run.val_rows),
         "backbone": cfg.model.backbone,
         "weights": cfg.model.weights,
-        "image_size": cfg.input.image_size,
+        "image_size": cfg.image_size,
         "device": describe_devices(run.strategy),
         "strategy": strategy_name(run.strategy),
         "replicas": run.strategy.num_replicas_in_sync,

@@ -37,6 +37,7 @@ def test_saved_config_round_trips(tmp_path):
         ("input.flip=maybe", "input.flip expects true or false"),
         ("train.precision=fp8", "train.precision must be one of auto, float32"),
         ("input.image_size=60", "at least 75 for inception_v3"),
+        ("input.image_size=-1", "must be 0 .* or at least 75"),
         ("model.backbone=vgg", "model.backbone must be one of"),
         ("data.dataset=cifar", "data.dataset must be flowers, intel or folder:PATH"),
         ("image_size", "Overrides are written section.key=value"),
@@ -45,6 +46,14 @@ def test_saved_config_round_trips(tmp_path):
 def test_bad_options_are_rejected_with_the_fix(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_the_default_input_size_follows_the_backbone():
+    """0 means the backbone's ImageNet size, also when a grid switches backbones later."""
+    inception = load_config(None, [])
+    assert inception.input.image_size == 0 and inception.image_size == 299
+    assert with_overrides(inception, {"model.backbone": "mobilenet"}).image_size == 224
+    assert load_config(None, ["model.backbone=mobilenet", "input.image_size=160"]).image_size == 160
 
 
 def test_with_overrides_copies():

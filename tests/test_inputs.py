@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline.config import with_overrides
+from pipeline.config import Config, with_overrides
 from pipeline.images import load_rgb
 from pipeline.inputs import (
     build_eval_dataset,
@@ -106,6 +106,28 @@ def test_keras_augmentation_options_and_mixing(flowers):
     assert images.min() >= -1.0 and images.max() <= 1.0
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
     assert (labels.max(axis=1) < 0.999).any()  # mixed: some labels are soft
+
+
+@pytest.mark.parametrize("mixer", ["input.mixup", "input.cutmix"])
+def test_mixed_labels_match_mixed_pixels(mixer):
+    """Each class is a flat grey level, so a mixed image's mean pixel is what its soft label
+    says: the label weights times the classes' grey levels (a bug mixed the labels by one
+    random draw and the pixels by another)."""
+    from pipeline.inputs import build_batch_augmenter
+
+    classes, size = 5, 128
+    labels = np.eye(classes, dtype=np.float32)[np.arange(16) % classes]
+    grey = 20.0 + 50.0 * np.arange(classes, dtype=np.float32)
+    images = np.broadcast_to((labels @ grey)[:, None, None, None], (16, size, size, 3))
+    augment = build_batch_augmenter(with_overrides(Config(), {mixer: 1.0}), seed=3)
+    for draw in range(3):
+        mixed, soft = augment(tf.constant(images), tf.constant(labels), tf.constant([draw, 0]))
+        assert (soft.numpy().max(axis=1) < 0.999).any()  # something was mixed
+        # CutMix weighs labels by its box's real-valued area, the pixels by whole pixels:
+        # up to about 1% of the grey range apart at 128 px. A mismatched pairing is 10x off.
+        np.testing.assert_allclose(
+            mixed.numpy().mean(axis=(1, 2, 3)), soft.numpy() @ grey, atol=0.015 * np.ptp(grey)
+        )
 
 
 def test_sample_augmented_gives_viewable_pixels(flowers):

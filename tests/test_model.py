@@ -54,7 +54,7 @@ def batch_norm_state(model: keras.Model) -> list[np.ndarray]:
 def test_every_backbone_builds_a_float32_softmax_head(backbone):
     cfg = make_cfg(backbone)
     model = build_classifier(cfg, num_classes=3)
-    size = cfg.input.image_size
+    size = cfg.image_size
     assert model.input_shape == (None, size, size, 3)
     assert model.output_shape == (None, 3)
     assert model.get_layer(HEAD_NAME).dtype_policy.compute_dtype == "float32"
