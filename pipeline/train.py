@@ -179,8 +179,9 @@ def _check_config(cfg: Config) -> None:
         )
     if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
-            "train.tensorboard=true needs the tensorboard package, which tensorflow-cpu does "
-            "not install: .venv/bin/pip install tensorboard, or train.tensorboard=false"
+            "train.tensorboard=true needs the tensorboard package (a dependency since "
+            "TensorFlow 2.20 stopped installing it): pip install tensorboard, or "
+            "train.tensorboard=false"
         )
     if multi_worker_requested(cfg) and not t.run_name:
         raise ConfigError(
