@@ -88,7 +88,7 @@ lint: $(STAMP)  ## ruff
 bench-input: $(STAMP)  ## input pipeline benchmark (images/s, JSON under benchmarks/results/)
 	$(PY) benchmarks/input_pipeline.py $(BENCH_ARGS)
 
-bench-train: $(STAMP)  ## cached vs plain phase 1, images/s at 299, FLOPs, % of peak, augmentation (JSON)
+bench-train: $(STAMP)  ## cached vs plain phase 1, images/s at 299, FLOPs, % of peak, augmentation, transfer (JSON)
 	$(PY) benchmarks/train.py $(BENCH_ARGS)
 
 bench-memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)

@@ -221,7 +221,7 @@ def linear_probe(cfg: Config) -> float:
     that fine-tuning has to clear for its cost to be worth paying."""
     from sklearn.linear_model import LogisticRegression
 
-    classes = read_classes(cfg.dataset_dir())
+    classes = read_classes(cfg.dataset_dir() / "classes.json")
     extractor = build_feature_extractor(build_classifier(cfg, len(classes)))
     data = {}
     for split in ("train", "test"):

@@ -88,15 +88,16 @@ def tiny(tmp_path_factory, flowers_mini) -> TinyData:
 TRANSFER_RECIPE = {
     "model.backbone": "mobilenet",
     "model.alpha": 0.25,
-    "input.image_size": 160,
+    "input.image_size": 224,  # the size its ImageNet weights were trained at
+    "input.crop_area_min": 0.5,
     "input.batch_size": 16,
     "train.head_epochs": 100,
     "train.head_lr": 3e-3,
-    "train.patience": 10,
+    "train.patience": 10,  # a 60-image validation set is noisy: wait longer than the default
     "train.lr_patience": 10,
     "train.fine_tune_epochs": 30,
-    "train.fine_tune_lr": 3e-4,
-    "model.fine_tune_after": "conv_pw_9_relu",
+    "train.fine_tune_lr": 1e-4,
+    "model.fine_tune_after": "conv_pw_5_relu",  # the top 8 of 13 blocks
     "train.deterministic": True,
 }
 MOBILENET = ["model.backbone=mobilenet", "model.alpha=0.25", "input.image_size=64"]
@@ -360,7 +361,7 @@ def test_an_unfinished_run_with_other_options_is_not_resumed(tiny):
         ("train.head_lr=0", "train.head_lr must be a positive learning rate"),
         ("train.lr_factor=1.5", "train.lr_factor must be between 0 and 1"),
         ("train.run_name=../x", "train.run_name must be a folder name"),
-        ("input.image_size=64", "input.image_size must be at least 75 for inception_v3"),
+        ("input.image_size=64", "input.image_size must be 0 .* or at least 75 for inception_v3"),
         ("train.strategy=multi_worker", "needs train.run_name"),
     ],
 )
@@ -424,28 +425,33 @@ def test_a_short_run_on_flowers_mini_learns(tmp_path, flowers_mini, capsys):
 def test_transfer_learning_reaches_80_percent_and_beats_random_weights(
     flowers_prepared, mobilenet_weights
 ):
-    """Keras's ImageNet MobileNet (alpha 0.25) at 160 px against the same run from random
-    weights. A linear probe on these features scores about 80%: fine-tuning must beat it."""
+    """Keras's ImageNet MobileNet (alpha 0.25) at 224 px against the same runs from random
+    weights, two seeds each: one run's test accuracy moves by about 3 points with the seed
+    on 65 test photos. 80% is what a linear probe on these features scores; the transfer
+    section of benchmarks/train.py compares the two over splits and seeds."""
     from pipeline.config import with_overrides
     from pipeline.inputs import build_eval_dataset
 
     base, _ = flowers_prepared
-    accuracy = {}
-    for weights in (str(mobilenet_weights), "none"):
-        cfg = with_overrides(
-            base,
-            {
-                **TRANSFER_RECIPE,
-                "model.weights": weights,
-                "train.run_name": f"transfer-{Path(weights).stem}",
-            },
-        )
-        result = train(cfg)
-        model = keras.models.load_model(result.run_dir / "model.keras")
-        rows = load_split(cfg.dataset_dir(), "test")
-        probs = model.predict(build_eval_dataset(rows, cfg), verbose=0)
-        accuracy[weights] = float(np.mean(probs.argmax(1) == [r.label_index for r in rows]))
-    pretrained, scratch = accuracy[str(mobilenet_weights)], accuracy["none"]
-    print(f"test accuracy: pretrained {pretrained:.3f}, random weights {scratch:.3f}")
+    accuracy: dict[str, list[float]] = {"pretrained": [], "random": []}
+    for seed in (42, 43):
+        for name, weights in (("pretrained", str(mobilenet_weights)), ("random", "none")):
+            cfg = with_overrides(
+                base,
+                {
+                    **TRANSFER_RECIPE,
+                    "model.weights": weights,
+                    "train.seed": seed,
+                    "train.run_name": f"transfer-{name}-s{seed}",
+                },
+            )
+            result = train(cfg)
+            model = keras.models.load_model(result.run_dir / "model.keras")
+            rows = load_split(cfg.dataset_dir(), "test")
+            probs = model.predict(build_eval_dataset(rows, cfg), verbose=0)
+            hits = probs.argmax(1) == [r.label_index for r in rows]
+            accuracy[name].append(float(np.mean(hits)))
+    pretrained = np.mean(accuracy["pretrained"])
+    print(f"test accuracy per seed: {accuracy}")
     assert pretrained >= 0.80, accuracy
-    assert pretrained - scratch >= 0.3, accuracy
+    assert min(accuracy["pretrained"]) - max(accuracy["random"]) >= 0.3, accuracy
