@@ -49,18 +49,16 @@ from pipeline.config import Config, load_config, with_overrides  # noqa: E402
 from pipeline.data import prepare_data  # noqa: E402
 from pipeline.distribute import Feed, fit  # noqa: E402
 from pipeline.experiment import mean_ci  # noqa: E402
+from pipeline.features import extract_features  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
-from pipeline.inputs import build_eval_dataset  # noqa: E402
 from pipeline.manifest import load_split, read_classes  # noqa: E402
 from pipeline.memory import estimate_for_run  # noqa: E402
-from pipeline.model import (  # noqa: E402
-    build_classifier,
-    build_feature_extractor,
-    freeze_for_phase,
-    training_forward,
-)
+from pipeline.model import build_classifier, freeze_for_phase, training_forward  # noqa: E402
 from pipeline.train import train  # noqa: E402
-from tests.test_train import TRANSFER_RECIPE  # noqa: E402  (one recipe for test and benchmark)
+from tests.test_train import (  # noqa: E402  (one recipe and one measure for test and benchmark)
+    TRANSFER_RECIPE,
+    held_out_accuracy,
+)
 
 RESULTS = REPO / "benchmarks" / "results" / "train.json"
 SHARED = REPO.parent / "shared"
@@ -182,13 +180,6 @@ def throughput(cfg: Config, batch: int, steps: int) -> dict:
     return out
 
 
-def test_accuracy(run_dir: Path, cfg: Config) -> float:
-    model = keras.models.load_model(run_dir / "model.keras")
-    rows = load_split(cfg.dataset_dir(), "test")
-    probs = model.predict(build_eval_dataset(rows, cfg), verbose=0)
-    return float(np.mean(probs.argmax(1) == [r.label_index for r in rows]))
-
-
 def augmentation(cfg: Config) -> dict:
     out = {}
     for name, extra in (("default", {}), ("keras_guide", GUIDE_AUGMENTATION)):
@@ -205,7 +196,7 @@ def augmentation(cfg: Config) -> dict:
         result = train(run_cfg)
         phase2 = result.summary["phases"]["2"]
         out[name] = {
-            "test_accuracy": test_accuracy(result.run_dir, run_cfg),
+            "test_accuracy": held_out_accuracy(result.run_dir, run_cfg),
             "val_accuracy": result.summary["final"]["val_accuracy"],
             "phase2_epochs": phase2["epochs"],
             "phase2_images_per_s": phase2["train_images_per_s"],
@@ -221,12 +212,11 @@ def linear_probe(cfg: Config) -> float:
     that fine-tuning has to clear for its cost to be worth paying."""
     from sklearn.linear_model import LogisticRegression
 
-    classes = read_classes(cfg.dataset_dir() / "classes.json")
-    extractor = build_feature_extractor(build_classifier(cfg, len(classes)))
+    model = build_classifier(cfg, len(read_classes(cfg.dataset_dir() / "classes.json")))
     data = {}
     for split in ("train", "test"):
         rows = load_split(cfg.dataset_dir(), split)
-        features = extractor.predict(build_eval_dataset(rows, cfg), verbose=0)
+        features = extract_features(model, rows, cfg, cfg.input.batch_size)  # phase 1's own
         data[split] = (features, [r.label_index for r in rows])
     return float(LogisticRegression(C=1.0, max_iter=5000).fit(*data["train"]).score(*data["test"]))
 
@@ -250,7 +240,7 @@ def transfer(cfg: Config, splits: list[int], seeds: list[int]) -> dict:
         test_images = len(load_split(split_cfg.dataset_dir(), "test"))
         for seed in seeds:
             row = {"split_seed": split_seed, "seed": seed, "test_images": test_images}
-            row["linear_probe"] = probe
+            row.update(linear_probe=probe)
             for name, weights in (("fine_tuned", str(MOBILENET)), ("random_weights", "none")):
                 print(f"\n== transfer: split {split_seed}, seed {seed}, {name} ==", flush=True)
                 run_cfg = with_overrides(
@@ -261,7 +251,7 @@ def transfer(cfg: Config, splits: list[int], seeds: list[int]) -> dict:
                         "train.run_name": f"transfer-{name}-split{split_seed}-s{seed}",
                     },
                 )
-                row[name] = test_accuracy(train(run_cfg).run_dir, run_cfg)
+                row[name] = held_out_accuracy(train(run_cfg).run_dir, run_cfg)
             runs.append(row)
     methods = ("linear_probe", "fine_tuned", "random_weights")
     summary = {m: mean_ci([r[m] for r in runs]) for m in methods}

@@ -65,6 +65,16 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
+def held_out_accuracy(run_dir: Path, cfg) -> float:
+    """Test-split accuracy of a finished run's saved model."""
+    from pipeline.inputs import build_eval_dataset
+
+    model = keras.models.load_model(run_dir / "model.keras")
+    rows = load_split(cfg.dataset_dir(), "test")
+    probs = model.predict(build_eval_dataset(rows, cfg), verbose=0)
+    return float(np.mean(probs.argmax(1) == [r.label_index for r in rows]))
+
+
 def load_into(cfg, weights_file: Path, num_classes: int) -> keras.Model:
     model = build_classifier(cfg, num_classes)
     model.load_weights(weights_file)
@@ -430,7 +440,6 @@ def test_transfer_learning_reaches_80_percent_and_beats_random_weights(
     on 65 test photos. 80% is what a linear probe on these features scores; the transfer
     section of benchmarks/train.py compares the two over splits and seeds."""
     from pipeline.config import with_overrides
-    from pipeline.inputs import build_eval_dataset
 
     base, _ = flowers_prepared
     accuracy: dict[str, list[float]] = {"pretrained": [], "random": []}
@@ -445,12 +454,7 @@ def test_transfer_learning_reaches_80_percent_and_beats_random_weights(
                     "train.run_name": f"transfer-{name}-s{seed}",
                 },
             )
-            result = train(cfg)
-            model = keras.models.load_model(result.run_dir / "model.keras")
-            rows = load_split(cfg.dataset_dir(), "test")
-            probs = model.predict(build_eval_dataset(rows, cfg), verbose=0)
-            hits = probs.argmax(1) == [r.label_index for r in rows]
-            accuracy[name].append(float(np.mean(hits)))
+            accuracy[name].append(held_out_accuracy(train(cfg).run_dir, cfg))
     pretrained = np.mean(accuracy["pretrained"])
     print(f"test accuracy per seed: {accuracy}")
     assert pretrained >= 0.80, accuracy
