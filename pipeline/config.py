@@ -85,6 +85,7 @@ class TrainConfig:
     lr_patience: int = 2  # reduce the learning rate after this many flat epochs
     lr_factor: float = 0.2
     label_smoothing: float = 0.0
+    ema: float = 0.0  # momentum of a moving average of the weights, validated and kept; 0 = off
     class_weights: str = "auto"  # auto (only when imbalanced) | on | off
     cache_features: bool = True  # phase 1 without augmentation trains on cached base features
     head_augment: bool = False  # augment in phase 1 (then features cannot be cached)

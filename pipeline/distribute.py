@@ -367,10 +367,17 @@ def fit(
     model._initial_epoch = None  # Keras's own resume hand-off, as in Model.fit
     callback_list.on_train_begin()
     first_epoch = model._initial_epoch or 0
+    ema = _ema_optimizer(model)
+    # Backups are taken at epoch end, with the averaged weights in the model: a resumed
+    # run starts in that state.
+    ema_in_model = ema is not None and first_epoch > 0
     iterator = iter(strategy.distribute_datasets_from_function(train.make))
     val_dataset = strategy.distribute_datasets_from_function(val.make)
     epoch_logs: dict[str, float] = {}
     for epoch in range(first_epoch, epochs):
+        if ema_in_model:  # train the raw weights; the average goes back to its slots
+            _swap_ema(ema, strategy)
+            ema_in_model = False
         callback_list.on_epoch_begin(epoch)
         totals = np.zeros(3)
         for batch in range(train.steps):
@@ -384,15 +391,39 @@ def fit(
             if model.stop_training:
                 break
         epoch_logs = {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+        if ema is not None:  # validate, checkpoint and back up the averaged weights
+            _swap_ema(ema, strategy)
+            ema_in_model = True
         val_logs = evaluate(model, val, strategy, label_smoothing, eval_step, val_dataset)
         epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
         epoch_logs["learning_rate"] = _learning_rate(model)
         callback_list.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:
             break
-    model.optimizer.finalize_variable_values(model.trainable_variables)
+    if not ema_in_model:  # (with the average in the model, the run already ends on it)
+        model.optimizer.finalize_variable_values(model.trainable_variables)
     callback_list.on_train_end(epoch_logs)
     return model.history
+
+
+def _ema_optimizer(model: keras.Model) -> keras.optimizers.Optimizer | None:
+    """The optimizer keeping a moving average of the weights (``use_ema``), or None."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
+    return optimizer if getattr(optimizer, "use_ema", False) else None
+
+
+def _swap_ema(optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy) -> None:
+    """Exchange the trained weights with their moving average, on every replica.
+
+    As keras.callbacks.SwapEMAWeights does, which cannot be used here: it swaps on
+    ``on_test_begin``, and this loop has its own evaluation. a, b -> a + b, a, b.
+    """
+    pairs = zip(optimizer._trainable_variables, optimizer._model_variables_moving_average)
+    for var, average in pairs:
+        var, average = getattr(var, "value", var), getattr(average, "value", average)
+        strategy.extended.update(var, lambda a, b: a.assign_add(b), args=(average,))
+        strategy.extended.update(average, lambda a, b: a.assign(b - a), args=(var,))
+        strategy.extended.update(var, lambda a, b: a.assign_sub(b), args=(average,))
 
 
 def _non_finite_message(label: str, epoch: int, batch: int, strategy) -> str:

@@ -166,6 +166,8 @@ def _check_config(cfg: Config) -> None:
     for key, value in (("patience", t.patience), ("lr_patience", t.lr_patience)):
         if value < 1:
             raise ConfigError(f"train.{key} must be at least 1 epoch. Received: {value}")
+    if not 0.0 <= t.ema < 1.0:
+        raise ConfigError(f"train.ema must be in [0, 1) (0 = off). Received: {t.ema}")
     if not 0.0 < t.lr_factor < 1.0:
         raise ConfigError(f"train.lr_factor must be between 0 and 1. Received: {t.lr_factor}")
     if not 0.0 <= t.label_smoothing < 1.0:
@@ -511,7 +513,7 @@ def _run_phase(
     cfg = run.cfg
     with run.strategy.scope():
         model.compile(
-            optimizer=keras.optimizers.Adam(lr),
+            optimizer=_optimizer(lr, cfg.train.ema),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
             metrics=["accuracy"],
         )
@@ -590,6 +592,14 @@ def _run_phase(
         "checkpoint": str(best.path),
         "history": rows,
     }
+
+
+def _optimizer(lr: float, ema: float) -> keras.optimizers.Optimizer:
+    """Adam; with ema > 0 it also keeps a moving average of the weights (Polyak averaging),
+    which distribute.fit validates and checkpoints instead of the last step's weights."""
+    if ema > 0:
+        return keras.optimizers.Adam(lr, use_ema=True, ema_momentum=ema)
+    return keras.optimizers.Adam(lr)
 
 
 # ----------------------------------------------------------------------------- feeds

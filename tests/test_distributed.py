@@ -18,9 +18,17 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline.config import ConfigError, load_config
-from pipeline.distribute import NonFiniteLossError, select_strategy, strategy_name
+from pipeline.distribute import (
+    NonFiniteLossError,
+    eval_feed,
+    fit,
+    select_strategy,
+    strategy_name,
+    train_feed,
+)
 from pipeline.train import train
 from tests.test_train import make_tiny_data
 
@@ -66,11 +74,13 @@ def test_auto_strategy_on_one_cpu_is_the_default_one(tiny, monkeypatch):
 
 
 def test_mirrored_on_two_logical_cpus_matches_one_device(tiny):
-    """Two replicas of 4 images and one device with 8 take the same steps (dropout off)."""
+    """Two replicas of 4 images and one device with 8 take the same steps (dropout off),
+    weight averaging (train.ema) included."""
     overrides = [
         *tiny.overrides,
         *MOBILENET,
         "model.dropout=0",
+        "train.ema=0.9",
         "train.head_epochs=2",
         "train.fine_tune_epochs=1",
         "train.fine_tune_lr=1e-3",
@@ -103,6 +113,68 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(tiny):
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert (Path(two["run_dir"]) / "saved_model").is_dir()
+
+
+def averaging_problem() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    return x, np.eye(3, dtype="float32")[rng.integers(0, 3, 64)]
+
+
+def dense_model(use_ema: bool) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation="softmax")])
+    optimizer = keras.optimizers.Adam(0.05, use_ema=use_ema, ema_momentum=0.8)
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def in_order_feeds(x: np.ndarray, y: np.ndarray):
+    def batches(indices, batch, *_):
+        return tf.data.Dataset.from_tensor_slices((x[indices], y[indices])).batch(batch)
+
+    strategy = tf.distribute.get_strategy()
+    return train_feed(len(x), 16, batches), eval_feed(len(x), 16, strategy, batches), strategy
+
+
+def test_weight_averaging_validates_and_keeps_what_model_fit_ends_with():
+    """With use_ema, Keras's model.fit ends on the moving average of the weights; the custom
+    loop must end on the same weights and validate them, not the last step's."""
+    x, y = averaging_problem()
+    train_data, val_data, strategy = in_order_feeds(x, y)
+    reference = dense_model(use_ema=True)
+    reference.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    averaged, last = dense_model(use_ema=True), dense_model(use_ema=False)
+    logs = [fit(m, train_data, val_data, 3, [], strategy, verbose=0) for m in (averaged, last)]
+    for a, b in zip(averaged.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(averaged.get_weights()[0], last.get_weights()[0], atol=1e-3)
+    final_loss = keras.ops.convert_to_numpy(
+        keras.losses.categorical_crossentropy(y, averaged.predict(x, verbose=0))
+    ).mean()
+    assert logs[0].history["val_loss"][-1] == pytest.approx(final_loss, rel=1e-5)
+
+
+def test_weight_averaging_resumes_from_a_backup_as_if_never_stopped(tmp_path):
+    """A backup holds the averaged weights in the model and the trained ones in the
+    optimizer's slots; a resumed run must swap them back before its next epoch."""
+    x, y = averaging_problem()
+    train_data, val_data, strategy = in_order_feeds(x, y)
+
+    def backup():
+        return keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
+
+    whole = fit(dense_model(True), train_data, val_data, 4, [], strategy, verbose=0)
+    fit(dense_model(True), train_data, val_data, 2, [backup()], strategy, verbose=0)
+    resumed_model = dense_model(True)
+    resumed = fit(resumed_model, train_data, val_data, 4, [backup()], strategy, verbose=0)
+    assert len(resumed.history["val_loss"]) == 2  # epochs 3 and 4 only
+    np.testing.assert_allclose(
+        resumed.history["val_loss"], whole.history["val_loss"][2:], rtol=1e-5
+    )
+    for a, b in zip(resumed_model.get_weights(), whole.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

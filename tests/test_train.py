@@ -370,6 +370,7 @@ def test_an_unfinished_run_with_other_options_is_not_resumed(tiny):
         ("train.fine_tune_epochs=-1", "train.fine_tune_epochs must be 0 or more"),
         ("train.head_lr=0", "train.head_lr must be a positive learning rate"),
         ("train.lr_factor=1.5", "train.lr_factor must be between 0 and 1"),
+        ("train.ema=1", r"train.ema must be in \[0, 1\)"),
         ("train.run_name=../x", "train.run_name must be a folder name"),
         ("input.image_size=64", "input.image_size must be 0 .* or at least 75 for inception_v3"),
         ("train.strategy=multi_worker", "needs train.run_name"),
