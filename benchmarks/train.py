@@ -2,7 +2,7 @@
 
     python benchmarks/train.py [--folder ../shared/datasets/flowers-mini] [--size 299]
         [--epochs 10] [--batch 16] [--steps 5] [--splits 42,7,1] [--seeds 1,2,3]
-        [--sections phase1,throughput,augmentation,transfer]
+        [--sections phase1,throughput,augmentation,transfer] [--set KEY=VALUE ...] [--no-random]
 
 Sections:
   phase1        phase 1 of InceptionV3 (frozen base, new head), same data and epochs, two
@@ -22,7 +22,8 @@ Sections:
                 logistic regression on the frozen base's pooled features of the centre
                 crops), the two-phase fine-tuning of the transfer test's recipe, and the same
                 run from random weights; test accuracy of each, and the paired differences
-                (same split, same seed) with 95% t intervals.
+                (same split, same seed) with 95% t intervals. --set section.key=value
+                changes the recipe (repeatable), --no-random leaves out the random weights.
 Weights: InceptionV3's ImageNet file is not needed (speed does not depend on the values); the
 augmentation and transfer sections need ../shared/weights/mobilenet_2_5_224_tf_no_top.h5.
 Prints a table and writes benchmarks/results/train.json.
@@ -31,6 +32,7 @@ Prints a table and writes benchmarks/results/train.json.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -45,7 +47,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline.config import Config, load_config, with_overrides  # noqa: E402
+from pipeline.config import Config, load_config, parse_override, with_overrides  # noqa: E402
 from pipeline.data import prepare_data  # noqa: E402
 from pipeline.distribute import Feed, fit  # noqa: E402
 from pipeline.experiment import mean_ci  # noqa: E402
@@ -221,15 +223,23 @@ def linear_probe(cfg: Config) -> float:
     return float(LogisticRegression(C=1.0, max_iter=5000).fit(*data["train"]).score(*data["test"]))
 
 
-def transfer(cfg: Config, splits: list[int], seeds: list[int]) -> dict:
+def transfer(
+    cfg: Config,
+    splits: list[int],
+    seeds: list[int],
+    changes: dict[str, str] | None = None,
+    random_weights: bool = True,
+) -> dict:
     """Probe, fine-tuning and random weights on the same splits; fine-tuning and random
-    weights with the same seeds, so every difference is paired."""
+    weights with the same seeds, so every difference is paired. ``changes`` alter the
+    recipe for all three (the probe's features follow its image size)."""
+    recipe = {**TRANSFER_RECIPE, **(changes or {})}
     runs = []
     for split_seed in splits:
         split_cfg = with_overrides(
             cfg,
             {
-                **TRANSFER_RECIPE,
+                **recipe,
                 "model.weights": str(MOBILENET),
                 "data.split_seed": split_seed,
                 "paths.data": str(Path(cfg.paths.data).with_name(f"data-split{split_seed}")),
@@ -241,7 +251,8 @@ def transfer(cfg: Config, splits: list[int], seeds: list[int]) -> dict:
         for seed in seeds:
             row = {"split_seed": split_seed, "seed": seed, "test_images": test_images}
             row.update(linear_probe=probe)
-            for name, weights in (("fine_tuned", str(MOBILENET)), ("random_weights", "none")):
+            methods = [("fine_tuned", str(MOBILENET)), ("random_weights", "none")]
+            for name, weights in methods[: 2 if random_weights else 1]:
                 print(f"\n== transfer: split {split_seed}, seed {seed}, {name} ==", flush=True)
                 run_cfg = with_overrides(
                     split_cfg,
@@ -253,11 +264,12 @@ def transfer(cfg: Config, splits: list[int], seeds: list[int]) -> dict:
                 )
                 row[name] = held_out_accuracy(train(run_cfg).run_dir, run_cfg)
             runs.append(row)
-    methods = ("linear_probe", "fine_tuned", "random_weights")
+    methods = ("linear_probe", "fine_tuned", "random_weights")[: 3 if random_weights else 2]
     summary = {m: mean_ci([r[m] for r in runs]) for m in methods}
     for a, b in (("fine_tuned", "linear_probe"), ("fine_tuned", "random_weights")):
-        summary[f"{a}_minus_{b}"] = mean_ci([r[a] - r[b] for r in runs])
-    return {"recipe": TRANSFER_RECIPE, "runs": runs, "summary": summary}
+        if b in methods:
+            summary[f"{a}_minus_{b}"] = mean_ci([r[a] - r[b] for r in runs])
+    return {"recipe": recipe, "changes": changes or {}, "runs": runs, "summary": summary}
 
 
 def main() -> None:
@@ -270,6 +282,16 @@ def main() -> None:
     parser.add_argument("--splits", default="42,7,1", help="transfer: data.split_seed values")
     parser.add_argument("--seeds", default="1,2,3", help="transfer: train.seed values")
     parser.add_argument("--sections", default="phase1,throughput,augmentation,transfer")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="transfer: change the test's recipe (repeatable), e.g. --set train.ema=0.99",
+    )
+    parser.add_argument(
+        "--no-random", action="store_true", help="transfer: skip the random-weights runs"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not args.folder.is_dir():
@@ -301,7 +323,8 @@ def main() -> None:
         results["augmentation"] = augmentation(cfg)
     if "transfer" in sections:
         splits, seeds = ([int(v) for v in text.split(",")] for text in (args.splits, args.seeds))
-        results["transfer"] = transfer(cfg, splits, seeds)
+        changes = {f"{sec}.{key}": value for sec, key, value in map(parse_override, args.set)}
+        results["transfer"] = transfer(cfg, splits, seeds, changes, not args.no_random)
 
     train_images = len(load_split(cfg.dataset_dir(), "train"))
     print(
@@ -352,7 +375,7 @@ def main() -> None:
             print(
                 f"  split {run['split_seed']:<4d} seed {run['seed']:<4d} "
                 f"{run['test_images']:4d} img {run['linear_probe']:7.3f} "
-                f"{run['fine_tuned']:7.3f} {run['random_weights']:7.3f}"
+                f"{run['fine_tuned']:7.3f} {run.get('random_weights', math.nan):7.3f}"
             )
         for name, v in r["summary"].items():
             print(f"  {name:34s} {v['mean']:+.3f} ± {v['ci95']:.3f} (95%, n={v['n']})")
