@@ -234,6 +234,9 @@ def transfer(
     weights with the same seeds, so every difference is paired. ``changes`` alter the
     recipe for all three (the probe's features follow its image size)."""
     recipe = {**TRANSFER_RECIPE, **(changes or {})}
+    trained = {"fine_tuned": str(MOBILENET)}
+    if random_weights:
+        trained["random_weights"] = "none"
     runs = []
     for split_seed in splits:
         split_cfg = with_overrides(
@@ -251,8 +254,7 @@ def transfer(
         for seed in seeds:
             row = {"split_seed": split_seed, "seed": seed, "test_images": test_images}
             row.update(linear_probe=probe)
-            methods = [("fine_tuned", str(MOBILENET)), ("random_weights", "none")]
-            for name, weights in methods[: 2 if random_weights else 1]:
+            for name, weights in trained.items():
                 print(f"\n== transfer: split {split_seed}, seed {seed}, {name} ==", flush=True)
                 run_cfg = with_overrides(
                     split_cfg,
@@ -264,7 +266,7 @@ def transfer(
                 )
                 row[name] = held_out_accuracy(train(run_cfg).run_dir, run_cfg)
             runs.append(row)
-    methods = ("linear_probe", "fine_tuned", "random_weights")[: 3 if random_weights else 2]
+    methods = ["linear_probe", *trained]
     summary = {m: mean_ci([r[m] for r in runs]) for m in methods}
     for a, b in (("fine_tuned", "linear_probe"), ("fine_tuned", "random_weights")):
         if b in methods:

@@ -511,13 +511,7 @@ def _run_phase(
     xla: bool,
 ) -> dict[str, Any]:
     cfg = run.cfg
-    with run.strategy.scope():
-        model.compile(
-            optimizer=_optimizer(lr, cfg.train.ema),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
-            metrics=["accuracy"],
-        )
-        model.optimizer.build(model.trainable_variables)
+    _compile(run, model, lr)
     images_per_epoch = train.steps * train.global_batch
     history = _HistoryWriter(run.work_dir / HISTORY_FILE, phase, run.history, images_per_epoch)
     best = _BestCheckpoint(run.classifier, _checkpoint_path(run, phase))
@@ -594,12 +588,19 @@ def _run_phase(
     }
 
 
-def _optimizer(lr: float, ema: float) -> keras.optimizers.Optimizer:
-    """Adam; with ema > 0 it also keeps a moving average of the weights (Polyak averaging),
-    which distribute.fit validates and checkpoints instead of the last step's weights."""
-    if ema > 0:
-        return keras.optimizers.Adam(lr, use_ema=True, ema_momentum=ema)
-    return keras.optimizers.Adam(lr)
+def _compile(run: _Run, model: keras.Model, lr: float) -> None:
+    """Adam at lr, its state built now (saved state = loaded state). With train.ema > 0 it
+    also keeps a moving average of the weights (Polyak averaging), which distribute.fit
+    validates and checkpoints instead of the last step's weights."""
+    t = run.cfg.train
+    ema = {"use_ema": True, "ema_momentum": t.ema} if t.ema > 0 else {}
+    with run.strategy.scope():
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr, **ema),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
+            metrics=["accuracy"],
+        )
+        model.optimizer.build(model.trainable_variables)
 
 
 # ----------------------------------------------------------------------------- feeds
@@ -805,15 +806,7 @@ def _finish(
     cfg, model = run.cfg, run.classifier
     if getattr(model, "optimizer", None) is None:  # only the feature head was compiled
         lr = cfg.train.fine_tune_lr if phases.get("2", {}).get("epochs") else cfg.train.head_lr
-        with run.strategy.scope():
-            model.compile(
-                optimizer=keras.optimizers.Adam(lr),
-                loss=keras.losses.CategoricalCrossentropy(
-                    label_smoothing=cfg.train.label_smoothing
-                ),
-                metrics=["accuracy"],
-            )
-            model.optimizer.build(model.trainable_variables)  # saved state = loaded state
+        _compile(run, model, lr)
     # The model holds the last phase's best weights, so its validation metrics are that
     # epoch's (the tests check them against the saved model).
     last = [p for p in phases.values() if p.get("epochs")][-1]
