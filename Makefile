@@ -8,37 +8,44 @@ PY := $(VENV)/bin/python
 ACCEL ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 STAMP := $(VENV)/.installed-$(ACCEL)
 
+# Each Make variable reaches `python -m pipeline` as exactly one argument, whatever it holds
+# (spaces, unicode, commas, quotes, $, ~): $(value) takes it literally and `quote` wraps it
+# in single quotes for the shell ('\'' for a quote inside). ARGS stays shell words: a list
+# of overrides separated by spaces (shell-quote one that holds a space).
+quote = '$(subst ','\'',$(1))'
+override = $(if $(value $(1)),$(call quote,$(2)=$(value $(1))))
+
 OVERRIDES := \
-  $(if $(DATASET),data.dataset=$(DATASET)) \
-  $(if $(SPLIT_SEED),data.split_seed=$(SPLIT_SEED)) \
-  $(if $(DATA_CACHE),data.cache_size=$(DATA_CACHE)) \
-  $(if $(IMAGE_SIZE),input.image_size=$(IMAGE_SIZE)) \
-  $(if $(BATCH_SIZE),input.batch_size=$(BATCH_SIZE)) \
-  $(if $(BACKBONE),model.backbone=$(BACKBONE)) \
-  $(if $(WEIGHTS),model.weights=$(WEIGHTS)) \
-  $(if $(SEED),train.seed=$(SEED)) \
-  $(if $(RUN_NAME),train.run_name=$(RUN_NAME)) \
-  $(if $(HEAD_EPOCHS),train.head_epochs=$(HEAD_EPOCHS)) \
-  $(if $(EPOCHS),train.fine_tune_epochs=$(EPOCHS)) \
-  $(if $(HEAD_LR),train.head_lr=$(HEAD_LR)) \
-  $(if $(LR),train.fine_tune_lr=$(LR)) \
-  $(if $(PRECISION),train.precision=$(PRECISION)) \
-  $(if $(STRATEGY),train.strategy=$(STRATEGY)) \
-  $(if $(XLA),train.xla=$(XLA)) \
-  $(if $(BUDGET),memory.budget=$(BUDGET)) \
-  $(if $(RUN),eval.run=$(RUN)) \
-  $(if $(SPLIT),eval.split=$(SPLIT)) \
-  $(if $(IN),predict.input=$(IN)) \
-  $(if $(OUT),predict.output=$(OUT)) \
-  $(if $(SORT_INTO),predict.sort_into=$(SORT_INTO)) \
-  $(if $(NAME),experiment.name=$(NAME)) \
-  $(if $(GRID),"experiment.grid=$(GRID)") \
-  $(if $(REPEATS),experiment.repeats=$(REPEATS)) \
-  $(if $(PRESET),experiment.preset=$(PRESET)) \
-  $(if $(THRESHOLD),experiment.threshold=$(THRESHOLD)) \
-  $(if $(RESULTS),experiment.results=$(RESULTS)) \
+  $(call override,DATASET,data.dataset) \
+  $(call override,SPLIT_SEED,data.split_seed) \
+  $(call override,DATA_CACHE,data.cache_size) \
+  $(call override,IMAGE_SIZE,input.image_size) \
+  $(call override,BATCH_SIZE,input.batch_size) \
+  $(call override,BACKBONE,model.backbone) \
+  $(call override,WEIGHTS,model.weights) \
+  $(call override,SEED,train.seed) \
+  $(call override,RUN_NAME,train.run_name) \
+  $(call override,HEAD_EPOCHS,train.head_epochs) \
+  $(call override,EPOCHS,train.fine_tune_epochs) \
+  $(call override,HEAD_LR,train.head_lr) \
+  $(call override,LR,train.fine_tune_lr) \
+  $(call override,PRECISION,train.precision) \
+  $(call override,STRATEGY,train.strategy) \
+  $(call override,XLA,train.xla) \
+  $(call override,BUDGET,memory.budget) \
+  $(call override,RUN,eval.run) \
+  $(call override,SPLIT,eval.split) \
+  $(call override,IN,predict.input) \
+  $(call override,OUT,predict.output) \
+  $(call override,SORT_INTO,predict.sort_into) \
+  $(call override,NAME,experiment.name) \
+  $(call override,GRID,experiment.grid) \
+  $(call override,REPEATS,experiment.repeats) \
+  $(call override,PRESET,experiment.preset) \
+  $(call override,THRESHOLD,experiment.threshold) \
+  $(call override,RESULTS,experiment.results) \
   $(ARGS)
-CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG))
+CONFIG_FLAG := $(if $(value CONFIG),--config $(call quote,$(value CONFIG)))
 RUN_STAGE = $(PY) -m pipeline $(1) $(CONFIG_FLAG) $(OVERRIDES)
 
 .PHONY: help setup data train bench-train evaluate predict memory experiment experiment-summary config test lint bench-input bench-predict bench-memory lock clean
@@ -46,11 +53,13 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
+	@echo "setup: installing TensorFlow (ACCEL=$(ACCEL)) and the pinned dependencies into $(VENV)/: a few minutes the first time, quiet until done ..."
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(ACCEL),dev]"
 	rm -f $(VENV)/.installed-*
 	touch $@
+	@echo "setup: done; $(VENV)/ is ready (ACCEL=$(ACCEL))"
 
 setup: $(STAMP)  ## create .venv and install the pinned dependencies (ACCEL=cpu|cuda)
 
@@ -100,5 +109,6 @@ bench-predict: $(STAMP)  ## make predict against a naive loop (JSON under benchm
 lock: $(STAMP)  ## regenerate constraints.txt from the current environment
 	$(PY) -m pip freeze --exclude-editable | sed 's/^tensorflow_cpu @.*/tensorflow-cpu==2.21.0/' > constraints.txt
 
-clean:  ## remove generated data, models and reports (never the user's images)
-	find data models reports -mindepth 1 ! -name README.md -exec rm -rf {} +
+# No $(STAMP): clean needs only the standard library, so it runs before (or without) setup.
+clean:  ## remove only the folders the pipeline made under data/ models/ reports/
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m pipeline clean $(CONFIG_FLAG) $(OVERRIDES)

@@ -121,7 +121,8 @@ def check_input_size(backbone: Backbone, size: int) -> None:
     """The one place input-size rules live (Keras's own check runs later and less clearly)."""
     if size < backbone.min_size:
         raise ValueError(
-            f"{backbone.name} needs input.image_size >= {backbone.min_size}. Received: {size}"
+            f"input.image_size must be 0 (the backbone's own size, {backbone.default_size}) or "
+            f"at least {backbone.min_size} for {backbone.name}. Received: {size}"
         )
 
 

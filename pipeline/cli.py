@@ -105,6 +105,12 @@ def _experiment_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_clean(cfg: Config, args: argparse.Namespace) -> None:
+    from pipeline.clean import clean
+
+    clean(cfg)
+
+
 def _show_config(cfg: Config, args: argparse.Namespace) -> None:
     import json
 
@@ -141,6 +147,11 @@ STAGES: dict[str, tuple[str, Runner, AddArguments | None]] = {
         "train + evaluate every cell of experiment.grid experiment.repeats times; summary",
         _run_experiment,
         _experiment_arguments,
+    ),
+    "clean": (
+        "remove only the folders the pipeline made (they carry .generated-by-pipeline)",
+        _run_clean,
+        None,
     ),
     "config": (
         "print the effective configuration (defaults < --config file < overrides)",

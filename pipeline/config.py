@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import types
 import typing
@@ -158,12 +159,23 @@ class Config:
         return self.input.image_size or get_backbone(self.model.backbone).default_size
 
     def dataset_dir(self) -> Path:
-        """Where this data set's manifests live: data/<dataset name>/."""
-        return Path(self.paths.data) / dataset_name(self.data.dataset)
+        """Where this data set's manifests live: data/<dataset id>/, named by the source
+        itself (pipeline.provenance.dataset_id), never by a base name alone."""
+        from pipeline.provenance import dataset_id
+
+        return Path(self.paths.data) / dataset_id(self.data.dataset)
 
 
 class ConfigError(ValueError):
     """A configuration value or name that cannot be used; the message says how to fix it."""
+
+
+# train.run_name becomes a folder name: models/<run_name>/.
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MULTI_WORKER_NEEDS_RUN_NAME = (
+    "Training on several machines needs train.run_name (RUN_NAME=...), the same on "
+    "every worker, so that all of them write and resume the same run"
+)
 
 
 def dataset_name(dataset: str) -> str:
@@ -252,22 +264,45 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist; give an existing .toml/.yaml/.json")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".toml":
-        data = tomllib.loads(text)
-    elif suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    elif suffix == ".json":
-        data = json.loads(text)
-    else:
+    kinds = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+    if suffix not in kinds:
         raise ConfigError(f"Config file {path}: expected .toml, .yaml, .yml or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+    import yaml
+
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            f"Config file {path} is not valid {kinds[suffix]} ({_parse_error(exc)}); fix the syntax"
+        ) from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(
             f"Config file {path}: expected sections of key = value, e.g. [train] head_lr = 1e-3"
         )
     return data
+
+
+def _parse_error(exc: Exception) -> str:
+    """A parser's complaint in one line, with the line (and column) when the parser knows it."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    mark = getattr(exc, "problem_mark", None)  # yaml.MarkedYAMLError
+    if mark is not None:
+        problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or "syntax error"
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    # tomllib says "<what> (at line L, column C)" itself.
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def load_config(config_file: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -303,6 +338,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"data.dataset must be flowers, intel or folder:PATH. Received: {d.dataset!r}"
         )
+    if d.dataset.startswith("folder:") and not d.dataset[len("folder:") :].strip():
+        raise ConfigError(
+            "data.dataset=folder: has no path (was DATASET=folder:$(VAR) given an unset "
+            "variable?): name the photos folder, e.g. DATASET=folder:~/photos"
+        )
     for key, value in (("val_fraction", d.val_fraction), ("test_fraction", d.test_fraction)):
         if not 0.0 < value < 1.0:
             raise ConfigError(f"data.{key} must be between 0 and 1 (exclusive). Received: {value}")
@@ -311,7 +351,7 @@ def validate(cfg: Config) -> None:
             "data.val_fraction + data.test_fraction must leave images for training. "
             f"Received: {d.val_fraction} + {d.test_fraction}"
         )
-    from pipeline.backbones import BACKBONES
+    from pipeline.backbones import BACKBONES, check_input_size  # imports no TensorFlow
 
     # Experiment presets run on the small CNN (pipeline.experiment.PRESETS).
     backbone = BACKBONES.get("small_cnn" if cfg.experiment.preset else cfg.model.backbone)
@@ -320,21 +360,15 @@ def validate(cfg: Config) -> None:
             f"model.backbone must be one of {', '.join(BACKBONES)}. "
             f"Received: {cfg.model.backbone!r}"
         )
-    if i.image_size != 0 and i.image_size < backbone.min_size:
-        raise ConfigError(
-            f"input.image_size must be 0 (the backbone's own size, {backbone.default_size}) or "
-            f"at least {backbone.min_size} for {backbone.name}. Received: {i.image_size}"
-        )
-    if i.batch_size < 1:
-        raise ConfigError(f"input.batch_size must be at least 1. Received: {i.batch_size}")
-    if not 0.0 < i.crop_area_min <= 1.0:
-        raise ConfigError(f"input.crop_area_min must be in (0, 1]. Received: {i.crop_area_min}")
-    if not 0.0 < i.crop_aspect_min <= 1.0:
-        raise ConfigError(f"input.crop_aspect_min must be in (0, 1]. Received: {i.crop_aspect_min}")
-    if not 0.0 < i.eval_crop_fraction <= 1.0:
-        raise ConfigError(
-            f"input.eval_crop_fraction must be in (0, 1]. Received: {i.eval_crop_fraction}"
-        )
+    if i.image_size != 0:  # 0: the backbone's own size
+        try:
+            check_input_size(backbone, i.image_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    _validate_data(d)
+    _validate_input(i)
+    _validate_model(cfg.model)
+    _validate_train(t)
     choices = {
         "train.precision": (t.precision, ("auto", "float32", "mixed_float16", "mixed_bfloat16")),
         "train.strategy": (t.strategy, ("auto", "default", "mirrored", "multi_worker")),
@@ -349,12 +383,106 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"experiment.repeats must be at least 1. Received: {cfg.experiment.repeats}"
         )
-    if cfg.model.cnn_width < 1 or not 1 <= cfg.model.cnn_blocks <= 8:
+    for key, value, least in (
+        ("eval.top_k", cfg.eval.top_k, 1),
+        ("eval.gallery_size", cfg.eval.gallery_size, 0),
+        ("predict.top_k", cfg.predict.top_k, 1),
+    ):
+        _at_least(key, value, least)
+    _validate_memory(cfg.memory)
+
+
+def _at_least(key: str, value: float, least: float) -> None:
+    if value < least:
+        raise ConfigError(f"{key} must be {least} or more. Received: {value}")
+
+
+def _validate_data(d: DataConfig) -> None:
+    for key, value, least in (
+        ("min_side", d.min_side, 1),
+        ("max_pixels", d.max_pixels, 1),
+        ("small_class_warning", d.small_class_warning, 0),
+        ("workers", d.workers, 0),  # 0 = one per CPU core
+        ("cache_size", d.cache_size, 0),  # 0 = no cache
+    ):
+        _at_least(f"data.{key}", value, least)
+
+
+def _validate_input(i: InputConfig) -> None:
+    if i.batch_size < 1:
+        raise ConfigError(f"input.batch_size must be at least 1. Received: {i.batch_size}")
+    _at_least("input.shuffle_buffer", i.shuffle_buffer, 1)
+    for key, value in (
+        ("crop_area_min", i.crop_area_min),
+        ("crop_aspect_min", i.crop_aspect_min),
+        ("eval_crop_fraction", i.eval_crop_fraction),
+    ):
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"input.{key} must be in (0, 1]. Received: {value}")
+    # The ranges Keras's layers accept for a single factor (keras 3: RandomRotation,
+    # RandomZoom, RandomBrightness [-1, 1], RandomContrast and CutMix [0, 1]); a negative
+    # factor means the same as its absolute value there, so only 0 (off) to 1 is kept.
+    for key, value, layer in (
+        ("rotation", i.rotation, "RandomRotation factor, a fraction of a full turn"),
+        ("zoom", i.zoom, "RandomZoom factor"),
+        ("contrast", i.contrast, "RandomContrast factor"),
+        ("brightness", i.brightness, "RandomBrightness factor"),
+        ("cutmix", i.cutmix, "CutMix factor"),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(
+                f"input.{key} must be in [0, 1] (the Keras {layer}; 0 = off). Received: {value}"
+            )
+    # MixUp's alpha parameterises Beta(alpha, alpha): a negative one gives NaN weights.
+    if not i.mixup >= 0.0:
+        raise ConfigError(
+            f"input.mixup must be 0 (off) or a positive MixUp alpha, e.g. 0.2. Received: {i.mixup}"
+        )
+
+
+def _validate_model(m: ModelConfig) -> None:
+    if not m.alpha > 0.0:
+        raise ConfigError(
+            f"model.alpha must be a positive width multiplier (MobileNet: 0.25 to 1.0). "
+            f"Received: {m.alpha}"
+        )
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1). Received: {m.dropout}")
+    if m.cnn_width < 1 or not 1 <= m.cnn_blocks <= 8:
         raise ConfigError(
             "model.cnn_width must be >= 1 and model.cnn_blocks between 1 and 8. Received: "
-            f"{cfg.model.cnn_width}, {cfg.model.cnn_blocks}"
+            f"{m.cnn_width}, {m.cnn_blocks}"
         )
-    _validate_memory(cfg.memory)
+
+
+def _validate_train(t: TrainConfig) -> None:
+    for key, value in (("head_epochs", t.head_epochs), ("fine_tune_epochs", t.fine_tune_epochs)):
+        if value < 0:
+            raise ConfigError(f"train.{key} must be 0 or more. Received: {value}")
+    if t.head_epochs + t.fine_tune_epochs == 0:
+        raise ConfigError(
+            "train.head_epochs and train.fine_tune_epochs are both 0: nothing to train"
+        )
+    for key, value in (("head_lr", t.head_lr), ("fine_tune_lr", t.fine_tune_lr)):
+        if not value > 0:
+            raise ConfigError(f"train.{key} must be a positive learning rate. Received: {value}")
+    for key, value in (("patience", t.patience), ("lr_patience", t.lr_patience)):
+        if value < 1:
+            raise ConfigError(f"train.{key} must be at least 1 epoch. Received: {value}")
+    if not 0.0 <= t.ema < 1.0:
+        raise ConfigError(f"train.ema must be in [0, 1) (0 = off). Received: {t.ema}")
+    if not 0.0 < t.lr_factor < 1.0:
+        raise ConfigError(f"train.lr_factor must be between 0 and 1. Received: {t.lr_factor}")
+    if not 0.0 <= t.label_smoothing < 1.0:
+        raise ConfigError(f"train.label_smoothing must be in [0, 1). Received: {t.label_smoothing}")
+    if t.run_name and not RUN_NAME.match(t.run_name):
+        raise ConfigError(
+            "train.run_name must be a folder name (letters, digits, '.', '_', '-'). "
+            f"Received: {t.run_name!r}"
+        )
+    # multi_worker asked for by name; train also checks TF_CONFIG (strategy=auto) at run time.
+    if t.strategy == "multi_worker" and not t.run_name:
+        raise ConfigError(MULTI_WORKER_NEEDS_RUN_NAME)
 
 
 def _validate_memory(m: MemoryConfig) -> None:

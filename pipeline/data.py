@@ -1,12 +1,16 @@
 """The data stage (`make data`): find the images, check every one, split, write manifests.
 
-Public entry: ``prepare_data(cfg)``. It never modifies, moves or deletes a user's file; it
-writes only under data/<dataset>/ and reports/<dataset>/.
+Public entries: ``prepare_data(cfg)`` (the stage) and ``ensure_manifests(cfg)`` (what
+every other stage calls: the manifests for cfg's data set and options, rebuilt first when
+they are missing or were made from other files or under other options). It never
+modifies, moves or deletes a user's file; it writes only under data/<dataset id>/ and
+reports/<dataset id>/.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -14,7 +18,14 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from pipeline.config import Config, save_config
-from pipeline.files import atomic_path, write_csv, write_json
+from pipeline.files import (
+    GENERATED_MARKER,
+    atomic_path,
+    generated_dir,
+    read_csv,
+    write_csv,
+    write_json,
+)
 from pipeline.images import (
     DECODE_JPEG,
     ImageCheck,
@@ -23,14 +34,31 @@ from pipeline.images import (
     is_ignored,
     iter_files,
     load_rgb,
+    reason_key,
 )
-from pipeline.manifest import SPLIT_FILES, ManifestRow, write_classes, write_manifest
-from pipeline.sources import Source, resolve_source, subfolders
+from pipeline.manifest import (
+    CLASSES_FILE,
+    SPLIT_FILES,
+    ManifestRow,
+    write_classes,
+    write_manifest,
+)
+from pipeline.provenance import (
+    DATA_SUMMARY_FILE,
+    DatasetRecord,
+    FileStat,
+    listing_digest,
+    manifest_digests,
+    read_record,
+    split_options,
+    stale_reasons,
+    write_record,
+)
+from pipeline.sources import Source, SourceError, resolve_source, subfolders
 from pipeline.split import SPLITS, assign_splits, check_split_counts, split_counts
 
 CHECK_REPORT = "check_report.csv"
 DUPLICATES_REPORT = "duplicates.csv"
-SUMMARY = "summary.json"
 
 
 @dataclass
@@ -61,11 +89,6 @@ def list_candidates(source: Source) -> list[Candidate]:
         for class_dir in subfolders(root):
             found.extend(Candidate(p, class_dir.name, given) for p in iter_files(class_dir))
     return found
-
-
-def _reason_key(reason: str) -> str:
-    """Group skip reasons for the summary: 'too small (20x30, ...)' -> 'too small'."""
-    return reason.split(" (")[0].split(":")[0]
 
 
 def cache_path(dataset_dir: Path, size: int, sha256: str) -> Path:
@@ -133,6 +156,7 @@ class Inventory:
 
     source: Source
     candidates: list[Candidate]
+    stats: list[FileStat]  # size and modification time of each candidate, as checked
     checks: list[ImageCheck]
     classes: list[str]
     counts: dict[str, dict[str, int]]
@@ -152,6 +176,7 @@ def take_inventory(cfg: Config, source: Source, progress: bool = True) -> Invent
     )
     if not candidates:
         raise ValueError(f"{source.origin}: no files found; expected <class>/<image> folders")
+    stats = [FileStat.of(c.path) for c in candidates]  # before the check: a later edit shows
     checks = check_images(
         [c.path for c in candidates], d.min_side, d.max_pixels, d.workers, progress=progress
     )
@@ -194,22 +219,31 @@ def take_inventory(cfg: Config, source: Source, progress: bool = True) -> Invent
     duplicates = _duplicate_groups(usable, split_of_path)
     warnings += _duplicate_warnings(duplicates)
     return Inventory(
-        source, candidates, checks, classes, counts, by_split, split_of_path, duplicates, warnings
+        source,
+        candidates,
+        stats,
+        checks,
+        classes,
+        counts,
+        by_split,
+        split_of_path,
+        duplicates,
+        warnings,
     )
 
 
 def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
     """Resolve the source, check every image, split, write manifests and reports."""
     out_dir = cfg.dataset_dir()
-    reports_dir = Path(cfg.paths.reports) / out_dir.name
-    source = resolve_source(cfg.data.dataset, cfg.paths.data, out_dir.name)
+    reports_dir = generated_dir(Path(cfg.paths.reports) / out_dir.name)
+    source = _resolve(cfg, out_dir)
     inv = take_inventory(cfg, source, progress)
     files = _write_outputs(cfg, out_dir, inv)
     if cfg.data.cache_size:
         all_rows = [r for s in SPLITS for r in inv.by_split[s]]
         files.append(build_image_cache(all_rows, out_dir, cfg.data.cache_size, cfg.data.workers))
 
-    skipped = Counter(_reason_key(k.reason) for k in inv.checks if k.status != "ok")
+    skipped = Counter(reason_key(k.reason) for k in inv.checks if k.status != "ok")
     result = DataResult(
         out_dir, reports_dir, inv.classes, inv.counts, dict(skipped), inv.warnings, files
     )
@@ -221,6 +255,43 @@ def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
         _draw_augmented_samples(cfg, inv.by_split["train"], inv.classes, reports_dir)
     )
     return result
+
+
+def ensure_manifests(cfg: Config) -> Path:
+    """The folder of manifests made from cfg's source, as it is now, under cfg's options.
+
+    They are (re)built first, saying why, when they are missing, when a split option
+    differs, when a file was added, removed or modified, or when a manifest was edited:
+    a stage never trains or scores on manifests made from other data.
+    """
+    out_dir = cfg.dataset_dir()
+    record = read_record(out_dir)
+    if record is None:
+        reasons = [f"no manifests for {cfg.data.dataset} in {out_dir}/ yet"]
+    else:
+        source = _resolve(cfg, out_dir)
+        stats = [FileStat.of(c.path) for c in list_candidates(source)]
+        previous = [
+            FileStat(r["path"], int(r["size"]), int(r["mtime_ns"]))
+            for r in read_csv(out_dir / CHECK_REPORT)
+        ]
+        reasons = stale_reasons(out_dir, record, split_options(cfg.data), stats, previous)
+    if reasons:
+        print(f"Running the data stage first: {'; '.join(reasons)}")
+        prepare_data(cfg)
+    return out_dir
+
+
+def _resolve(cfg: Config, out_dir: Path) -> Source:
+    """The source, with archives extracted into out_dir; a refused source leaves nothing."""
+    created = not out_dir.exists()
+    generated_dir(out_dir)
+    try:
+        return resolve_source(cfg.data.dataset, cfg.paths.data, out_dir)
+    except SourceError:
+        if created and [p.name for p in out_dir.iterdir()] == [GENERATED_MARKER]:
+            shutil.rmtree(out_dir)
+        raise
 
 
 def _duplicate_groups(usable, split_of_path) -> list[list[tuple[str, str, str]]]:
@@ -249,14 +320,14 @@ def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
         write_manifest(out_dir / SPLIT_FILES[s], sorted(inv.by_split[s], key=lambda r: r.path))
         for s in SPLITS
     ]
-    files.append(write_classes(out_dir / "classes.json", inv.classes))
+    files.append(write_classes(out_dir / CLASSES_FILE, inv.classes))
     files.append(
         write_csv(
             out_dir / CHECK_REPORT,
-            ["label", "split", *ImageCheck.columns()],
+            ["label", "split", *ImageCheck.columns(), "size", "mtime_ns"],
             (
-                [c.label or "", inv.split_of_path.get(k.path, ""), *k.row()]
-                for c, k in zip(inv.candidates, inv.checks)
+                [c.label or "", inv.split_of_path.get(k.path, ""), *k.row(), s.size, s.mtime_ns]
+                for c, k, s in zip(inv.candidates, inv.checks, inv.stats)
             ),
         )
     )
@@ -270,7 +341,7 @@ def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
     skipped = [k for k in inv.checks if k.status != "ok"]
     files.append(
         write_json(
-            out_dir / SUMMARY,
+            out_dir / DATA_SUMMARY_FILE,
             {
                 "dataset": cfg.data.dataset,
                 "origin": inv.source.origin,
@@ -286,6 +357,15 @@ def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
         )
     )
     files.append(save_config(cfg, out_dir / "config.json"))
+    record = DatasetRecord(
+        dataset=cfg.data.dataset,
+        origin=inv.source.origin,
+        options=split_options(cfg.data),
+        files=len(inv.stats),
+        files_digest=listing_digest(inv.stats),
+        manifests=manifest_digests(out_dir),
+    )
+    files.append(write_record(out_dir, record))  # last: it vouches for the files above
     return files
 
 

@@ -7,7 +7,6 @@ Outputs go to reports/<run>/ (written atomically); index.html gathers them all.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,20 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.files import atomic_write_text, write_csv, write_json
-from pipeline.manifest import load_split
+from pipeline.files import atomic_write_text, generated_dir, read_json, write_csv, write_json
+from pipeline.manifest import ManifestRow
 from pipeline.metrics import classification_metrics, confused_pairs, worst_mistakes
 from pipeline.predict import Classifier, load_classifier
+from pipeline.provenance import (
+    DATA_SUMMARY_FILE,
+    RUN_DATA_DIR,
+    ProvenanceError,
+    check_images_unchanged,
+    check_no_leak,
+    describe_difference,
+    load_run_data,
+    read_record,
+)
 from pipeline.runs import CURVES_FILE, SUMMARY_FILE
 
 METRICS_FILE = "metrics.json"
@@ -36,11 +45,12 @@ class EvalResult:
 
 
 def evaluate(cfg: Config) -> EvalResult:
-    """Evaluate the run cfg.eval.run (newest if empty) on cfg.eval.split."""
+    """Evaluate the run cfg.eval.run (newest if empty) on cfg.eval.split: the split the run
+    recorded when it was trained, never the data stage's current one."""
     clf = load_classifier(cfg.eval.run, cfg.paths.models)
     split = cfg.eval.split
-    rows = load_split(clf.cfg.dataset_dir(), split)
-    out = Path(cfg.paths.reports) / clf.run_dir.name
+    rows = scored_rows(clf, split)
+    out = generated_dir(Path(cfg.paths.reports) / clf.run_dir.name)
     print(f"Evaluating {clf.run_dir} on the {split} split ({len(rows)} images)")
     probs = clf.probabilities(rows)
     y_true = np.array([r.label_index for r in rows])
@@ -53,6 +63,29 @@ def evaluate(cfg: Config) -> EvalResult:
     files["metrics"] = write_json(out / METRICS_FILE, {**metrics, "memory": extras["memory"]})
     _print_summary(metrics, out)
     return EvalResult(out, metrics, files)
+
+
+def scored_rows(clf: Classifier, split: str) -> list[ManifestRow]:
+    """The run's own recorded rows of ``split``, after checking they can be scored honestly:
+    the same classes as the model, no image whose content was trained on, every image still
+    there and unchanged. Says so when the data stage's manifests have moved on since."""
+    run_data = load_run_data(clf.run_dir)
+    if run_data.classes != clf.labels:
+        raise ProvenanceError(
+            f"{clf.run_dir}: the recorded split's classes ({len(run_data.classes)}) differ from "
+            f"the model's labels ({len(clf.labels)}); the run folder was altered: train it again"
+        )
+    rows = run_data.rows(split)
+    trained = run_data.rows("train") + (run_data.rows("val") if split == "test" else [])
+    check_no_leak(rows, trained, split)
+    check_images_unchanged(rows, split)
+    change = describe_difference(run_data, read_record(clf.cfg.dataset_dir()))
+    if change:
+        print(
+            f"note: the data set's manifests changed since this run was trained ({change}); "
+            f"scoring the run's own {split} split as recorded in {run_data.folder}/"
+        )
+    return rows
 
 
 def per_class_markdown(metrics: dict[str, Any]) -> str:
@@ -177,17 +210,13 @@ def _draw_figures(out, metrics, y_true, probs, rows, clf, gallery_size) -> dict[
     return files
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def _run_extras(clf: Classifier) -> dict[str, Any]:
     """What the report shows beside the metrics: data summary, training summary, memory.
 
     The memory estimate is the one the training run recorded (same configuration); it is
     computed here only for runs that predate it.
     """
-    training = _read_json(clf.run_dir / SUMMARY_FILE) or {}
+    training = read_json(clf.run_dir / SUMMARY_FILE) or {}
     recorded = training.get("memory") or {}
     memory = recorded.get("estimate")
     if memory is None:
@@ -198,7 +227,7 @@ def _run_extras(clf: Classifier) -> dict[str, Any]:
         except Exception as exc:  # the report is still useful without it; say why
             memory = {"error": f"memory estimate unavailable: {exc}"}
     return {
-        "data": _read_json(clf.cfg.dataset_dir() / "summary.json"),
+        "data": read_json(clf.run_dir / RUN_DATA_DIR / DATA_SUMMARY_FILE),
         "training": training,
         "curves": clf.run_dir / CURVES_FILE,
         "memory": memory,

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config, ConfigError, parse_override, with_overrides
-from pipeline.files import atomic_write_text, read_csv, write_csv, write_json
+from pipeline.data import ensure_manifests
+from pipeline.files import atomic_write_text, generated_dir, read_csv, write_csv, write_json
 
 RESULTS_FILE = "results.csv"
 SUMMARY_MD = "summary.md"
@@ -162,7 +163,6 @@ def _one_run(run_cfg: Config, num_classes_hint: int | None) -> dict[str, Any]:
     summary, metrics = trained.summary, evaluated.metrics
     phases = summary.get("phases", {}).values()
     train_images = sum(p.get("epochs", 0) for p in phases) * summary.get("train_images", 0)
-    memory = metrics.get("memory") or {}
     return {
         "test_accuracy": metrics["accuracy"],
         "test_loss": metrics["loss"],
@@ -170,23 +170,20 @@ def _one_run(run_cfg: Config, num_classes_hint: int | None) -> dict[str, Any]:
         "train_seconds": summary["seconds"],
         "images_per_s": train_images / summary["seconds"] if summary["seconds"] else 0.0,
         "parameters": summary.get("parameters", ""),
-        "estimated_train_memory_bytes": _peak_training_memory(memory),
+        "estimated_train_memory_bytes": _peak_training_memory(summary),
         "tensorflow": tf.__version__,
     }
 
 
-def _peak_training_memory(memory: dict[str, Any]) -> Any:
-    """The largest realistic training figure over the phases of a memory estimate, if any."""
-    values = []
+def _peak_training_memory(summary: dict[str, Any]) -> Any:
+    """The largest realistic training estimate over the phases a run trained, from its
+    train summary: summary["memory"]["estimate"]["training"][phase]["realistic_bytes"]
+    (``pipeline.train._memory_figures``); "" when the summary has no estimate."""
+    from pipeline.memory import phases_run
 
-    def walk(node: Any, key: str = "") -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, k)
-        elif isinstance(node, (int, float)) and "realistic" in key and "byte" in key:
-            values.append(node)
-
-    walk(memory)
+    training = ((summary.get("memory") or {}).get("estimate") or {}).get("training") or {}
+    phases = phases_run(training, summary.get("phases") or {})
+    values = [f["realistic_bytes"] for f in phases.values() if f.get("realistic_bytes")]
     return int(max(values)) if values else ""
 
 
@@ -199,7 +196,7 @@ def _format_eta(seconds: float) -> str:
 def run_experiment(cfg: Config) -> ExperimentResult:
     """Every cell x repeats, resumable; then the summary over every results file given."""
     name, base, cells = experiment_plan(cfg)
-    out = Path(cfg.paths.reports) / "experiments" / name
+    out = generated_dir(Path(cfg.paths.reports) / "experiments") / name
     results_path = out / RESULTS_FILE
     rows = read_csv(results_path) if results_path.is_file() else []
     done = {
@@ -215,7 +212,7 @@ def run_experiment(cfg: Config) -> ExperimentResult:
         f"Experiment {name}: {len(cells)} cell(s) x {len(seeds)} seed(s) = {len(plan)} runs; "
         f"{len(plan) - len(todo)} already done, {len(todo)} to run. Results: {results_path}"
     )
-    _ensure_data(base)
+    ensure_manifests(base)  # one split for every run, made once up front
     device = device_label()
     started, ran, failed = time.perf_counter(), 0, 0
     for index, (cell, seed) in enumerate(todo, start=1):
@@ -260,15 +257,6 @@ def run_experiment(cfg: Config) -> ExperimentResult:
     extra = [Path(p.strip()) for p in cfg.experiment.results.split(",") if p.strip()]
     summary = summarize([results_path, *extra], out, cfg.experiment)
     return ExperimentResult(out, ran, len(plan) - len(todo), failed, summary)
-
-
-def _ensure_data(cfg: Config) -> None:
-    """One split for every run: make it now if `make data` has not."""
-    if not (cfg.dataset_dir() / "train.csv").is_file():
-        from pipeline.data import prepare_data
-
-        print("No manifests yet: running the data stage first")
-        prepare_data(cfg)
 
 
 # ----------------------------------------------------------------------------- summary

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -45,6 +46,15 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Swap a finished folder into place; a reader sees the old or the new one, whole."""
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
@@ -69,6 +79,30 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[A
     return atomic_write_text(path, buf.getvalue())
 
 
+def read_json(path: str | Path) -> Any:
+    """The parsed file, or None when it does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def read_csv(path: str | Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+# A file the pipeline puts in every top-level folder it creates under data/, models/ and
+# reports/: `make clean` removes a folder only when it carries this marker, so anything a
+# user placed there (photos, archives, notes) is never touched.
+GENERATED_MARKER = ".generated-by-pipeline"
+
+
+def generated_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) and mark it as the pipeline's own output."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / GENERATED_MARKER
+    if not marker.exists():
+        marker.write_text(
+            "Made by the pipeline; `make clean` deletes this folder.\n", encoding="utf-8"
+        )
+    return path

@@ -73,6 +73,11 @@ def iter_files(root: Path) -> Iterator[Path]:
                 yield path
 
 
+def reason_key(reason: str) -> str:
+    """A skip reason without its details, to count by: 'too small (20x30, ...)' -> 'too small'."""
+    return reason.split(" (")[0].split(":")[0]
+
+
 def has_image_extension(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
@@ -164,12 +169,20 @@ def check_images(
     progress: bool = True,
     desc: str = "Checking images",
 ) -> list[ImageCheck]:
-    """check_image over many files in parallel processes, in input order, with a progress bar."""
+    """check_image over many files in parallel processes, in input order, with a progress bar
+    (on stderr, and only when stderr is a terminal: in a log its carriage-return updates
+    would run into the lines printed after it)."""
+    import sys
+
     from tqdm import tqdm
 
     jobs = [(str(p), min_side, max_pixels) for p in paths]
     workers = workers or os.cpu_count() or 1
-    bar = dict(total=len(jobs), desc=desc, unit="img", disable=not progress, leave=False)
+    show = progress and sys.stderr.isatty()
+    # leave=True: the finished bar keeps its line and ends it, so what follows starts afresh.
+    bar = dict(
+        total=len(jobs), desc=desc, unit="img", file=sys.stderr, disable=not show, leave=True
+    )
     if workers == 1 or len(jobs) < 64:
         return [check_image(*job) for job in tqdm(jobs, **bar)]
     # spawn, not fork: the parent may already have started TensorFlow's threads.

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.files import read_csv, write_csv, write_json
 
 SPLIT_FILES = {"train": "train.csv", "val": "val.csv", "test": "test.csv"}
+CLASSES_FILE = "classes.json"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.files import atomic_write_text, write_json
+from pipeline.files import atomic_write_text, generated_dir, write_json
 from pipeline.layerspec import (
     Layer,
     checkpointed_peak,
@@ -458,6 +458,18 @@ def _summary(est: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def phases_run(training: dict[str, Any], run_phases: dict[str, Any]) -> dict[str, Any]:
+    """The per-phase figures of an estimate (``estimate_for_run(...)["training"]``, keyed by
+    ``model_phases``'s labels) for the phases a run really trained, by its summary's
+    ``phases`` ({"1": {"epochs": 3, ...}, "2": ...}): EPOCHS=0 drops phase 2."""
+    ran = {number for number, phase in run_phases.items() if phase.get("epochs")}
+    return {
+        label: figures
+        for label, figures in training.items()
+        if not label.startswith("phase ") or label.split(":")[0].split()[-1] in ran
+    }
+
+
 def estimate_for_run(cfg: Config, num_classes: int) -> dict[str, Any]:
     """The estimate for a configured run, for the training summary and evaluation report:
     parameters, per-phase training memory at the configured batch, inference memory and
@@ -573,7 +585,7 @@ def estimate_memory(
     est["notes"] = notes
     text = render_report(est)
     print(text if table else render_report(est, layer_table=False))
-    out = Path(cfg.paths.reports) / "memory" / name
+    out = generated_dir(Path(cfg.paths.reports) / "memory") / name
     paths = [
         atomic_write_text(out.with_suffix(".md"), text),
         write_json(out.with_suffix(".json"), est),
@@ -607,8 +619,12 @@ def _add_epoch_time(est: dict[str, Any], cfg: Config, model: Any, notes: list[st
             "No epoch time: set memory.throughput=measure (a short timed run here) or "
             "the device's FLOP/s, e.g. memory.throughput=50T"
         )
-    else:
-        notes.append("No epoch time: no train.csv yet; run `make data` or set memory.epoch_images")
+    else:  # a throughput (measured or given) but no epoch size: still say what it is
+        notes.append(
+            f"Throughput {format_count(throughput)}FLOP/s ({origin}). No epoch time: no "
+            "train.csv yet to count the images of an epoch; run `make data` or set "
+            "memory.epoch_images"
+        )
 
 
 # ----------------------------------------------------------------------------- report

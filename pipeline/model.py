@@ -11,6 +11,8 @@ that takes ``training_forward`` (see there), not only the flag in ``build_classi
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,9 +104,71 @@ def build_base(cfg: Config, weights: str | None = None) -> keras.Model:
     resolved = resolve_weights(backbone, weights or cfg.model.weights, cfg.model.alpha, size)
     kwargs = {"alpha": cfg.model.alpha} if backbone.has_alpha else {}
     constructor = getattr(keras.applications, backbone.constructor)
-    base = constructor(include_top=False, weights=resolved, input_shape=(size, size, 3), **kwargs)
+    if resolved in (None, "imagenet"):
+        base = constructor(
+            include_top=False, weights=resolved, input_shape=(size, size, 3), **kwargs
+        )
+    else:
+        base = _build_with_weights_file(constructor, resolved, backbone, cfg, size, kwargs)
     base.name = BASE_NAME
     return base
+
+
+def _build_with_weights_file(
+    constructor: Callable[..., keras.Model],
+    path: str,
+    backbone: Backbone,
+    cfg: Config,
+    size: int,
+    kwargs: dict[str, Any],
+) -> keras.Model:
+    """The base with a weights file loaded, or a WeightsError that names the mismatch.
+
+    Keras reports a file made for another backbone or alpha as "Shape mismatch in layer #0",
+    "Layer count mismatch" or "A total of N objects could not be loaded" (with a warning
+    per layer before it); the file and the fix are what a user needs.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            base = constructor(
+                include_top=False, weights=path, input_shape=(size, size, 3), **kwargs
+            )
+        except (ValueError, OSError, KeyError) as exc:
+            cause = _short_keras_message(str(exc))
+            fits = any(s in cause for s in ("mismatch", "could not be loaded", "expects shape"))
+            model = backbone.name + (f" (alpha {cfg.model.alpha:g})" if backbone.has_alpha else "")
+            which = "this backbone and alpha" if backbone.has_alpha else "this backbone"
+            raise WeightsError(
+                f"model.weights={path} "
+                f"{'does not fit' if fits else 'is not a readable weights file for'} {model}: "
+                f"{cause}. Use the weights made for {which} (without the top), or "
+                "model.weights=imagenet|none"
+            ) from None
+    for w in caught:  # loaded: pass on what Keras had to say about it
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return base
+
+
+def _short_keras_message(text: str) -> str:
+    """Keras's load error in one short line (it may span lines and print a whole tensor)."""
+    text = " ".join(text.split())
+    # Keras 3 .weights.h5: "A total of 54 objects could not be loaded. Example error message
+    # for object <Conv2D name=conv1, ...>: ... variable.shape=(3, 3, 3, 8), Received:
+    # value.shape=(3, 3, 3, 16). Target variable: <Variable ... value=[[[...".
+    found = re.search(
+        r"(\d+) objects could not be loaded.*?name=([^,>]+).*?variable\.shape=(\([^)]*\)),"
+        r" Received: value\.shape=(\([^)]*\))",
+        text,
+    )
+    if found:
+        count, layer, expected, saved = found.groups()
+        return (
+            f"{count} layers could not be loaded, e.g. {layer} expects shape {expected}, "
+            f"the file has {saved}"
+        )
+    text = text.rstrip(".")
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def build_classifier(cfg: Config, num_classes: int, weights: str | None = None) -> keras.Model:

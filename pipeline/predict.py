@@ -11,7 +11,10 @@ Every image goes through the same check, decoding and preprocessing as evaluatio
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,14 @@ import numpy as np
 
 from pipeline.config import Config, load_config
 from pipeline.files import write_csv
-from pipeline.images import ImageCheck, check_images, has_image_extension, iter_files
+from pipeline.images import (
+    IMAGE_EXTENSIONS,
+    ImageCheck,
+    check_images,
+    has_image_extension,
+    iter_files,
+    reason_key,
+)
 from pipeline.manifest import ManifestRow
 from pipeline.runs import CONFIG_FILE, LABELS_FILE, MODEL_FILE, resolve_run
 
@@ -35,13 +45,38 @@ class Classifier:
     model: Any = field(repr=False)
 
     def probabilities(self, rows: list[ManifestRow], batch_size: int | None = None) -> np.ndarray:
-        """Softmax outputs for checked rows, in row order, through the evaluation pipeline."""
+        """Softmax outputs for checked rows, in row order, through the evaluation pipeline.
+
+        Shows a progress bar on stderr when that is a terminal; otherwise (a log) one line.
+        """
+        from tqdm import tqdm
+
         from pipeline.inputs import build_eval_dataset
 
         if not rows:
             return np.zeros((0, len(self.labels)), np.float32)
-        ds = build_eval_dataset(rows, self.cfg, None, batch_size=batch_size)
-        return np.concatenate([self.model.predict_on_batch(x) for x in ds]).astype(np.float64)
+        batch = batch_size or self.cfg.input.batch_size
+        ds = build_eval_dataset(rows, self.cfg, None, batch_size=batch)
+        bar = tqdm(
+            total=len(rows),
+            desc="Running the model",
+            unit="img",
+            file=sys.stderr,
+            disable=not sys.stderr.isatty(),
+            leave=True,
+        )
+        if bar.disable:
+            batches = math.ceil(len(rows) / batch)
+            print(
+                f"Running the model on {len(rows)} images "
+                f"({batches} batch{'es' if batches != 1 else ''} of {batch})"
+            )
+        outputs = []
+        with bar:
+            for x in ds:
+                outputs.append(self.model.predict_on_batch(x))
+                bar.update(len(outputs[-1]))
+        return np.concatenate(outputs).astype(np.float64)
 
     def classify(self, paths: list[str | Path], top_k: int = 3) -> list[dict[str, Any]]:
         """One row per path, like the CSV: unreadable files come back with their reason."""
@@ -52,13 +87,57 @@ class Classifier:
 
 
 def load_classifier(run: str | Path = "", models_dir: str | Path = "models") -> Classifier:
-    import keras
+    run_dir, cfg, labels = read_run(run, models_dir)
+    model = _load_model(run_dir / MODEL_FILE)
+    outputs = model.output_shape[-1]
+    if outputs != len(labels):
+        raise ValueError(
+            f"{run_dir / LABELS_FILE} lists {len(labels)} classes but {run_dir / MODEL_FILE} "
+            f"outputs {outputs}: they are not from the same run. Restore the run's own "
+            f"{LABELS_FILE} (its class names, in output order) or retrain the run"
+        )
+    return Classifier(run_dir, cfg, labels, model)
 
+
+def read_run(run: str | Path = "", models_dir: str | Path = "models") -> tuple[Path, Config, list]:
+    """A run's folder, configuration and labels: everything but the model (fast, no TF)."""
     run_dir = resolve_run(models_dir, str(run))
     cfg = load_config(run_dir / CONFIG_FILE)
-    labels = json.loads((run_dir / LABELS_FILE).read_text(encoding="utf-8"))
-    model = keras.saving.load_model(run_dir / MODEL_FILE, compile=False)
-    return Classifier(run_dir, cfg, labels, model)
+    path = run_dir / LABELS_FILE
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+        names = isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)
+        problem = "" if names else "is not a list of class names"
+    except FileNotFoundError:
+        problem = "is missing"
+    except json.JSONDecodeError as exc:
+        problem = f"is not valid JSON ({exc.msg}, line {exc.lineno})"
+    if problem:
+        raise ValueError(
+            f"{path} {problem}; restore the run's own {LABELS_FILE} or retrain the run"
+        )
+    return run_dir, cfg, labels
+
+
+def _load_model(path: Path) -> Any:
+    """keras.saving.load_model, or one line saying the file is damaged (Keras says a
+    truncated .keras file is "File not found", although it is there)."""
+    import zipfile
+
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # anything wrong inside the file: the message says what
+        if not zipfile.is_zipfile(path):
+            cause = "not a complete .keras zip archive"
+        else:
+            cause = " ".join(f"{type(exc).__name__}: {exc}".split())
+            cause = cause if len(cause) <= 200 else cause[:197] + "..."
+        raise ValueError(
+            f"{path} is not a readable Keras model (truncated or corrupt: {cause}); "
+            "retrain the run or restore the file"
+        ) from None
 
 
 def rows_from_checks(checks: list[ImageCheck]) -> list[ManifestRow]:
@@ -108,11 +187,35 @@ def list_input_files(folder: Path) -> list[Path]:
         raise ValueError(f"IN={folder} is a file; give the folder that holds the images")
     files = list(iter_files(folder))
     if not any(has_image_extension(p) for p in files):
+        found = (
+            f"among its {len(files)} file(s)"
+            if files
+            else "(it is empty, or holds only hidden files and OS debris, which are ignored)"
+        )
         raise ValueError(
-            f"IN={folder}: no images found (searched recursively for "
-            ".jpg/.jpeg/.png/.gif/.bmp/.webp)"
+            f"IN={folder}: no images found {found}, searched recursively for "
+            f"{'/'.join(sorted(IMAGE_EXTENSIONS))}; give the folder that holds the photos"
         )
     return files
+
+
+def check_output_path(path: Path, option: str, folder: bool = False) -> Path:
+    """Fail now, not after classifying everything, when ``path`` cannot be written: a CSV
+    that names a folder, or a path below a file. Returns the path."""
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{option}={path} is a file; give a folder to copy the images into")
+    if not folder and path.is_dir():
+        raise ValueError(
+            f"{option}={path} is a folder; give a file name for the CSV, "
+            f"e.g. {option}={path / 'predictions.csv'}"
+        )
+    existing = next(a for a in (path.absolute(), *path.absolute().parents) if a.exists())
+    if existing != path.absolute() and not existing.is_dir():
+        raise ValueError(
+            f"{option}={path}: {existing} is a file, so no folder can be made there; "
+            "give a path in a folder"
+        )
+    return path
 
 
 def _copy_into(rows: list[dict], destination: Path) -> None:
@@ -140,21 +243,41 @@ def predict(cfg: Config) -> PredictResult:
     p = cfg.predict
     if not p.input:
         raise ValueError("Give the folder to classify: make predict IN=path/to/photos")
-    files = list_input_files(Path(p.input).expanduser())
-    clf = load_classifier(cfg.eval.run, cfg.paths.models)
-    print(f"Classifying {len(files)} files under {p.input} with {clf.run_dir}")
-    checks = check_images(
-        files, clf.cfg.data.min_side, clf.cfg.data.max_pixels, desc="Reading images"
+    folder = Path(p.input).expanduser()
+    files = list_input_files(folder)
+    output = check_output_path(Path(p.output).expanduser(), "OUT")
+    sort_into = p.sort_into and check_output_path(
+        Path(p.sort_into).expanduser(), "SORT_INTO", folder=True
     )
-    rows = classify_checked(clf, checks, p.top_k)
-    k = min(p.top_k, len(clf.labels))
+    # The run's options and labels first: the images are checked before the model loads.
+    run_dir, run_cfg, labels = read_run(cfg.eval.run, cfg.paths.models)
+    print(f"Classifying {len(files)} files under {p.input} with {run_dir}")
+    checks = check_images(
+        files, run_cfg.data.min_side, run_cfg.data.max_pixels, desc="Reading images"
+    )
+    k = min(p.top_k, len(labels))
     header = ["path", "status", "predicted", "probability", *top_k_columns(k), "reason"]
-    output = write_csv(p.output, header, ([r.get(h, "") for h in header] for r in rows))
+    if not any(c.status == "ok" for c in checks):
+        rows = sorted(
+            ({"path": c.path, "status": c.status, "reason": c.reason} for c in checks),
+            key=lambda r: r["path"],
+        )
+        written = write_csv(output, header, ([r.get(h, "") for h in header] for r in rows))
+        reasons = Counter(reason_key(c.reason) for c in checks)
+        raise ValueError(
+            f"IN={folder}: none of the {len(checks)} file(s) is a readable image ("
+            + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+            + f"; each file's reason is in {written}); give a folder of photos "
+            "(JPEG, PNG, GIF, BMP or WebP), or replace the damaged files"
+        )
+    clf = load_classifier(run_dir, cfg.paths.models)
+    rows = classify_checked(clf, checks, p.top_k)
+    output = write_csv(output, header, ([r.get(h, "") for h in header] for r in rows))
     skipped = sum(r["status"] != "ok" for r in rows)
-    result = PredictResult(Path(p.output), len(rows) - skipped, skipped)
+    result = PredictResult(output, len(rows) - skipped, skipped)
     print(f"Classified {result.classified} images, skipped {skipped} unreadable: {output}")
-    if p.sort_into:
-        result.sorted_into = Path(p.sort_into)
+    if sort_into:
+        result.sorted_into = sort_into
         _copy_into(rows, result.sorted_into)
         print(f"Copied the classified images into {result.sorted_into}/<class>/")
     return result

@@ -8,7 +8,6 @@ fetch and where to put it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import tarfile
@@ -19,7 +18,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from pipeline.images import DEBRIS_DIRS, has_image_extension, is_ignored
+from pipeline.files import read_json, replace_dir, write_json
+from pipeline.images import DEBRIS_DIRS, file_sha256, has_image_extension, is_ignored
 
 FLOWERS_URL = "http://download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWERS_ARCHIVE = "flower_photos.tgz"
@@ -66,23 +66,42 @@ def safe_extract(archive: Path, target: Path) -> Path:
 
     Members with absolute paths or '..' make the whole archive refused; links and device
     files are skipped. The archive is unpacked into a temporary sibling folder that is
-    renamed to ``target`` only when complete, so an interrupted extraction never looks done.
+    renamed to ``target`` only when complete, so an interrupted extraction never looks done;
+    partial folders that an interrupted run left are removed first. ``target`` is reused
+    while the archive is unchanged (size and modification time, else its sha256, as recorded
+    in ``<target>.json``) and extracted afresh when it changed.
     """
-    if target.is_dir():
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    record_path = target.with_name(f"{target.name}.json")
+    st = archive.stat()
+    record = read_json(record_path) or {}
+    if target.is_dir() and (record.get("size"), record.get("mtime_ns")) == (
+        st.st_size,
+        st.st_mtime_ns,
+    ):
+        return target
+    digest = file_sha256(archive)
+    if target.is_dir() and record.get("sha256") == digest:
+        write_json(record_path, {**record, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        return target
+    if target.is_dir():
+        print(f"{archive} changed since it was extracted: extracting it again")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         if archive.name.lower().endswith(".zip"):
             _extract_zip(archive, tmp)
         else:
             _extract_tar(archive, tmp)
-        os.replace(tmp, target)
+        replace_dir(tmp, target)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise SourceError(f"{archive}: not a readable archive ({exc}); download it again") from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    record = {"archive": str(archive), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    write_json(record_path, {**record, "sha256": digest})
     return target
 
 
@@ -145,17 +164,28 @@ def _has_direct_images(path: Path) -> bool:
 
 
 def find_class_root(path: Path) -> Path:
-    """Descend through single wrapper folders (flower_photos/, archive names) to the classes."""
+    """Descend through single wrapper folders (flower_photos/, archive names) to the classes.
+
+    A wrapper is a lone folder that itself holds folders; a lone folder of images is one
+    class, which no classifier can be trained on.
+    """
     current = path
     for _ in range(4):
         subdirs = subfolders(current)
-        if len(subdirs) == 1 and not _has_direct_images(current):
+        if len(subdirs) == 1 and not _has_direct_images(current) and subfolders(subdirs[0]):
             current = subdirs[0]
         else:
             break
-    if not subfolders(current):
+    subdirs = subfolders(current)
+    if not subdirs:
         raise SourceError(
             f"{current} has no class subfolders: put each class in its own folder "
+            f"({current}/<class name>/<images>)"
+        )
+    if len(subdirs) == 1:
+        raise SourceError(
+            f"{current} holds one class folder ({subdirs[0].name}); a classifier needs at "
+            f"least 2: put each class's images in its own folder beside it "
             f"({current}/<class name>/<images>)"
         )
     return current
@@ -224,8 +254,8 @@ def download_flowers(data_dir: Path, url: str = FLOWERS_URL) -> Path:
     return Path(manager.download(url))
 
 
-def flowers_source(data_dir: Path, url: str = FLOWERS_URL) -> Source:
-    extracted = data_dir / "flowers" / "extracted"
+def flowers_source(data_dir: Path, out_dir: Path, url: str = FLOWERS_URL) -> Source:
+    extracted = out_dir / "extracted"
     for folder in (data_dir / FLOWERS_FOLDER, extracted):
         if folder.is_dir():
             return Source("flowers", str(folder), [(find_class_root(folder), None)])
@@ -245,8 +275,8 @@ def flowers_source(data_dir: Path, url: str = FLOWERS_URL) -> Source:
     return Source("flowers", str(archive), [(find_class_root(folder), None)], notes=notes)
 
 
-def intel_source(data_dir: Path) -> Source:
-    extracted = data_dir / "intel" / "extracted"
+def intel_source(data_dir: Path, out_dir: Path) -> Source:
+    extracted = out_dir / "extracted"
     for folder in (*(data_dir / name for name in INTEL_FOLDERS), extracted):
         if folder.is_dir():
             return intel_layout(folder)
@@ -263,15 +293,21 @@ def intel_source(data_dir: Path) -> Source:
     )
 
 
-def folder_source(spec: str, data_dir: Path, name: str) -> Source:
+def folder_source(spec: str, data_dir: Path, out_dir: Path) -> Source:
     path = Path(spec).expanduser()
+    name = out_dir.name
     if is_archive(path):
-        folder = safe_extract(path, data_dir / name / "extracted")
+        folder = safe_extract(path, out_dir / "extracted")
         return Source(name, str(path), [(find_class_root(folder), None)])
     if not path.is_dir():
         raise SourceError(
             f"folder:{spec}: no such folder or archive; give a folder of class subfolders "
             f"or a .zip/.tgz of one, e.g. DATASET=folder:~/photos"
+        )
+    if data_dir.resolve().is_relative_to(path.resolve()):
+        raise SourceError(
+            f"folder:{spec} holds the pipeline's own {data_dir}/ folder (was the path left "
+            "empty?); give the folder of class subfolders itself, e.g. DATASET=folder:~/photos"
         )
     if _find_dir(path, "seg_train", depth=2) is not None:
         layout = intel_layout(path)
@@ -279,13 +315,17 @@ def folder_source(spec: str, data_dir: Path, name: str) -> Source:
     return Source(name, str(path), [(find_class_root(path), None)])
 
 
-def resolve_source(dataset: str, data_dir: str | Path, name: str) -> Source:
-    """The one entry: 'flowers', 'intel' or 'folder:PATH' to folders of class subfolders."""
-    data_dir = Path(data_dir)
+def resolve_source(dataset: str, data_dir: str | Path, out_dir: str | Path) -> Source:
+    """The one entry: 'flowers', 'intel' or 'folder:PATH' to folders of class subfolders.
+
+    ``data_dir`` is where hand-placed copies are looked for; archives are extracted into
+    ``out_dir`` (the data set's own folder under it).
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
     if dataset == "flowers":
-        return flowers_source(data_dir)
+        return flowers_source(data_dir, out_dir)
     if dataset == "intel":
-        return intel_source(data_dir)
+        return intel_source(data_dir, out_dir)
     if dataset.startswith("folder:"):
-        return folder_source(dataset[len("folder:") :], data_dir, name)
+        return folder_source(dataset[len("folder:") :], data_dir, out_dir)
     raise SourceError(f"Unknown data set {dataset!r}: use flowers, intel or folder:PATH")

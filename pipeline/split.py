@@ -93,9 +93,12 @@ def check_split_counts(counts: dict[str, dict[str, int]], small_class: int = 100
                 f"split (none in {', '.join(empty)}): add images to it, remove the folder, "
                 "or change data.split_seed"
             )
+    small = {label: sum(c.values()) for label, c in counts.items() if sum(c.values()) < small_class}
+    if not small:
+        return []
+    listed = ", ".join(f"{label!r} {n}" for label, n in sorted(small.items(), key=lambda x: x[1]))
     return [
-        f"class {label!r} has only {sum(c.values())} images (< {small_class}): "
-        "expect noisy metrics for it"
-        for label, c in counts.items()
-        if sum(c.values()) < small_class
+        f"{len(small)} of {len(counts)} classes have fewer than {small_class} images "
+        f"({listed}): expect noisy metrics for them; add images, or set "
+        "data.small_class_warning to silence this"
     ]

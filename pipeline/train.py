@@ -19,7 +19,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -32,8 +31,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.backbones import Backbone, check_input_size, get_backbone, preprocess
-from pipeline.config import Config, ConfigError, dataset_name, save_config, with_overrides
+from pipeline.backbones import Backbone, get_backbone, preprocess
+from pipeline.config import (
+    MULTI_WORKER_NEEDS_RUN_NAME,
+    Config,
+    ConfigError,
+    dataset_name,
+    save_config,
+    with_overrides,
+)
+from pipeline.data import ensure_manifests
 from pipeline.distribute import (
     Feed,
     describe_devices,
@@ -55,9 +62,9 @@ from pipeline.features import (
     ordered_dataset,
     weights_fingerprint,
 )
-from pipeline.files import atomic_path, write_csv, write_json
+from pipeline.files import atomic_path, generated_dir, replace_dir, write_csv, write_json
 from pipeline.inputs import build_eval_dataset, build_train_dataset
-from pipeline.manifest import ManifestRow, load_split, read_classes
+from pipeline.manifest import CLASSES_FILE, ManifestRow
 from pipeline.model import (
     build_classifier,
     build_feature_head,
@@ -67,6 +74,13 @@ from pipeline.model import (
     get_base,
     resolve_weights,
     training_forward,
+)
+from pipeline.provenance import (
+    RUN_DATA_DIR,
+    RunData,
+    load_run_data,
+    read_record,
+    record_run_data,
 )
 from pipeline.runs import (
     CONFIG_FILE,
@@ -94,7 +108,6 @@ HISTORY_COLUMNS = (
 IMBALANCE_RATIO = 1.5  # class_weights=auto weights classes when largest/smallest exceeds this
 # Options that may change between a run and its resumption (the rest must match).
 RESUMABLE_CHANGES = ("train.run_name", "train.strategy", "train.xla", "train.tensorboard")
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -121,6 +134,7 @@ class _Run:
     class_weights: list[float] | None
     verbose: int
     state: dict[str, Any]
+    rss_before: int | None = None  # resident memory before anything was built
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -141,7 +155,7 @@ def train(cfg: Config) -> TrainResult:
 
     determinism = cfg.train.deterministic and not tf_config.is_op_determinism_enabled()
     try:
-        return _train(cfg, strategy)
+        return _train(cfg, strategy, _current_rss_bytes())
     finally:  # the stage leaves the process as it found it (tests run stages in-process)
         keras.mixed_precision.set_global_policy(policy)
         if determinism:
@@ -149,50 +163,24 @@ def train(cfg: Config) -> TrainResult:
 
 
 def _check_config(cfg: Config) -> None:
-    """Reject train options that would fail later, before anything is loaded."""
+    """What only this machine can answer, before anything is loaded. Every check that
+    depends on the configuration alone is in ``config.validate``, which every stage runs;
+    these depend on the environment, so a run's saved config.json stays loadable (for
+    evaluate and predict) on a machine without TensorBoard or TF_CONFIG."""
     t = cfg.train
-    backbone = get_backbone(cfg.model.backbone)
-    check_input_size(backbone, cfg.image_size)
-    for key, value in (("head_epochs", t.head_epochs), ("fine_tune_epochs", t.fine_tune_epochs)):
-        if value < 0:
-            raise ConfigError(f"train.{key} must be 0 or more. Received: {value}")
-    if t.head_epochs + t.fine_tune_epochs == 0:
-        raise ConfigError(
-            "train.head_epochs and train.fine_tune_epochs are both 0: nothing to train"
-        )
-    for key, value in (("head_lr", t.head_lr), ("fine_tune_lr", t.fine_tune_lr)):
-        if not value > 0:
-            raise ConfigError(f"train.{key} must be a positive learning rate. Received: {value}")
-    for key, value in (("patience", t.patience), ("lr_patience", t.lr_patience)):
-        if value < 1:
-            raise ConfigError(f"train.{key} must be at least 1 epoch. Received: {value}")
-    if not 0.0 <= t.ema < 1.0:
-        raise ConfigError(f"train.ema must be in [0, 1) (0 = off). Received: {t.ema}")
-    if not 0.0 < t.lr_factor < 1.0:
-        raise ConfigError(f"train.lr_factor must be between 0 and 1. Received: {t.lr_factor}")
-    if not 0.0 <= t.label_smoothing < 1.0:
-        raise ConfigError(f"train.label_smoothing must be in [0, 1). Received: {t.label_smoothing}")
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1). Received: {cfg.model.dropout}")
-    if t.run_name and not RUN_NAME.match(t.run_name):
-        raise ConfigError(
-            "train.run_name must be a folder name (letters, digits, '.', '_', '-'). "
-            f"Received: {t.run_name!r}"
-        )
     if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
             "train.tensorboard=true needs the tensorboard package (a dependency since "
             "TensorFlow 2.20 stopped installing it): pip install tensorboard, or "
             "train.tensorboard=false"
         )
-    if multi_worker_requested(cfg) and not t.run_name:
-        raise ConfigError(
-            "Training on several machines needs train.run_name (RUN_NAME=...), the same on "
-            "every worker, so that all of them write and resume the same run"
-        )
+    if multi_worker_requested(cfg) and not t.run_name:  # strategy=auto reads TF_CONFIG
+        raise ConfigError(MULTI_WORKER_NEEDS_RUN_NAME)
 
 
-def _train(cfg: Config, strategy: tf.distribute.Strategy) -> TrainResult:
+def _train(cfg: Config, strategy: tf.distribute.Strategy, rss_before: int | None) -> TrainResult:
+    """``rss_before``: the process's resident memory before anything was built, reported
+    beside the peak so that the difference between estimate and peak has a figure."""
     started = time.perf_counter()
     precision = select_precision(cfg)
     xla = cfg.train.xla
@@ -204,12 +192,14 @@ def _train(cfg: Config, strategy: tf.distribute.Strategy) -> TrainResult:
             xla = False
     backbone = get_backbone(cfg.model.backbone)
     weights = resolve_weights(backbone, cfg.model.weights, cfg.model.alpha, cfg.image_size)
-    classes, train_rows, val_rows = _load_manifests(cfg)
     chief, role = worker_role(strategy)
     # Each worker writes its own folder; the chief's is the run folder itself.
     run_dir, cfg, resumed = _resolve_run_dir(cfg, "" if chief else f"workers/{role}")
     work_dir = run_dir if chief else run_dir / "workers" / role
+    generated_dir(run_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    run_data = _load_manifests(cfg, work_dir, resumed)
+    classes, train_rows, val_rows = run_data.classes, run_data.rows("train"), run_data.rows("val")
     save_config(cfg, work_dir / CONFIG_FILE)
 
     replicas = strategy.num_replicas_in_sync
@@ -247,6 +237,7 @@ def _train(cfg: Config, strategy: tf.distribute.Strategy) -> TrainResult:
         class_weights=weights_per_class,
         verbose=_verbosity() if chief else 0,
         state=_read_state(work_dir),
+        rss_before=rss_before,
     )
     phases = {"1": _phase_one(run, xla)}
     if backbone.pretrained and cfg.train.fine_tune_epochs > 0:
@@ -261,28 +252,36 @@ def _verbosity() -> int:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _load_manifests(cfg: Config) -> tuple[list[str], list[ManifestRow], list[ManifestRow]]:
-    """The data stage's manifests; the data stage runs first when they are missing."""
-    dataset_dir = cfg.dataset_dir()
-    needed = [dataset_dir / name for name in ("train.csv", "val.csv", "classes.json")]
-    if not all(p.is_file() for p in needed):
-        from pipeline.data import prepare_data
+def _load_manifests(cfg: Config, work_dir: Path, resumed: bool) -> RunData:
+    """The split this run trains on, recorded in its folder (models/<run>/data/).
 
-        print(
-            f"No manifests for {cfg.data.dataset} in {dataset_dir}/: running the data stage first"
-        )
-        prepare_data(cfg)
-    classes = read_classes(dataset_dir / "classes.json")
-    train_rows = load_split(dataset_dir, "train")
-    val_rows = load_split(dataset_dir, "val")
+    A new run takes the data stage's manifests for cfg, rebuilt first when they are
+    missing or stale (``ensure_manifests``); a resumed run keeps the split it started on.
+    """
+    if resumed and (work_dir / RUN_DATA_DIR).is_dir():
+        run_data = load_run_data(work_dir)
+        print(f"Resuming on the split this run started on ({run_data.folder}/)")
+    else:
+        record_run_data(ensure_manifests(cfg), work_dir)
+        run_data = load_run_data(work_dir)
+    train_rows, val_rows = run_data.rows("train"), run_data.rows("val")
     if not train_rows or not val_rows:
         raise ValueError(
-            f"{dataset_dir}: the train or val manifest is empty ({len(train_rows)} / "
+            f"{run_data.folder}: the train or val manifest is empty ({len(train_rows)} / "
             f"{len(val_rows)} images); add images or raise data.val_fraction, then `make data`"
         )
-    if len(classes) < 2:
-        raise ValueError(f"{dataset_dir}/classes.json lists {len(classes)} class; need 2 or more")
-    return classes, train_rows, val_rows
+    if len(run_data.classes) < 2:
+        raise ValueError(
+            f"{run_data.folder}/{CLASSES_FILE} lists {len(run_data.classes)} class; need 2 or more"
+        )
+    missing = [r.path for r in (*train_rows, *val_rows) if not os.path.isfile(r.path)]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} training or validation image(s) of this run are gone since "
+            f"`make data` (first: {missing[0]}): restore them, or start a new run (another "
+            "RUN_NAME), which checks the data again"
+        )
+    return run_data
 
 
 def _global_batch(per_replica: int, replicas: int, train_images: int) -> int:
@@ -363,6 +362,9 @@ def _resolve_run_dir(cfg: Config, role_dir: str = "") -> tuple[Path, Config, boo
                 "or delete that folder to train it again"
             )
         saved = own / CONFIG_FILE
+        if saved.is_file() and not _has_progress(own):
+            print(f"{run_dir}: the earlier attempt stopped before its first epoch; starting afresh")
+            return run_dir, cfg, False
         if saved.is_file():
             differences = _config_differences(saved, cfg)
             if differences:
@@ -387,6 +389,11 @@ def _resolve_run_dir(cfg: Config, role_dir: str = "") -> tuple[Path, Config, boo
             return run_dir, with_overrides(cfg, {"train.run_name": run_dir.name}), True
     name = prefix + time.strftime("%Y%m%d-%H%M%S")
     return models / name, with_overrides(cfg, {"train.run_name": name}), False
+
+
+def _has_progress(work_dir: Path) -> bool:
+    """Whether a run folder holds a finished epoch worth resuming."""
+    return (work_dir / STATE_FILE).is_file() or (work_dir / HISTORY_FILE).is_file()
 
 
 def _read_state(work_dir: Path) -> dict[str, Any]:
@@ -827,6 +834,7 @@ def _finish(
         "run": cfg.train.run_name,
         "run_dir": str(out),
         "dataset": cfg.data.dataset,
+        "data": _provenance(cfg, out),
         "classes": run.classes,
         "train_images": len(run.train_rows),
         "val_images": len(run.val_rows),
@@ -847,7 +855,7 @@ def _finish(
         "epochs": len(run.history),
         "seconds": seconds,
         "final": {"val_loss": final["loss"], "val_accuracy": final["accuracy"]},
-        "memory": _memory_figures(cfg, len(run.classes)),
+        "memory": _memory_figures(cfg, len(run.classes), run.rss_before),
         "files": [str(p) for p in files],
     }
     files.append(write_json(out / SUMMARY_FILE, summary))
@@ -856,7 +864,27 @@ def _finish(
     return TrainResult(out, summary, files)
 
 
-def _memory_figures(cfg: Config, num_classes: int) -> dict[str, Any]:
+def _provenance(cfg: Config, out: Path) -> dict[str, Any]:
+    """What the run was trained on: the data set's record and the split kept in the run."""
+    record = read_record(out / RUN_DATA_DIR)
+    return {
+        "manifests_dir": str(cfg.dataset_dir()),
+        "recorded_split": str(out / RUN_DATA_DIR),
+        "fingerprint": record.fingerprint if record else None,
+        "manifests": record.manifests if record else None,
+    }
+
+
+def _current_rss_bytes() -> int | None:
+    """Resident memory of this process now (Linux /proc; None elsewhere)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_figures(cfg: Config, num_classes: int, rss_before: int | None) -> dict[str, Any]:
     """The estimate for this run (pipeline.memory) next to what the run really used."""
     import resource
 
@@ -871,6 +899,8 @@ def _memory_figures(cfg: Config, num_classes: int) -> dict[str, Any]:
         # pipeline and the feature cache, so it exceeds the estimate's model-only figure.
         "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+    if rss_before:
+        measured["process_rss_before_training_bytes"] = rss_before
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         info = tf.config.experimental.get_memory_info(gpus[0].name)
@@ -904,17 +934,8 @@ def _export_serving(model: keras.Model, backbone: Backbone, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     archive.write_out(str(tmp), verbose=False)
-    _replace_dir(tmp, path)
+    replace_dir(tmp, path)
     return path
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Swap a finished folder into place; a reader sees the old or the new one, whole."""
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _plot_learning_curves(history: list[dict[str, Any]], path: Path) -> Path:
@@ -975,12 +996,24 @@ def _print_outputs(out: Path, files: list[Path], summary: dict[str, Any]) -> Non
             str(rel), "best weights of that phase" if "checkpoints" in str(rel) else ""
         )
         print(f"  {str(rel) + ('/' if path.is_dir() else ''):<32} {note}")
+    from pipeline.memory import phases_run
+
     memory = summary.get("memory", {})
-    phases = memory.get("estimate", {}).get("training", {})
+    training = memory.get("estimate", {}).get("training", {})
+    phases = phases_run(training, summary.get("phases", {}))  # only those that trained
     if phases:
         estimated = ", ".join(
             f"{name} {figures['realistic_bytes'] / 2**20:,.0f} MiB"
             for name, figures in phases.items()
         )
-        peak = memory["measured"]["process_peak_rss_bytes"] / 2**20
-        print(f"Memory: estimated training ({estimated}); measured process peak {peak:,.0f} MiB")
+        measured = memory["measured"]
+        peak = measured["process_peak_rss_bytes"] / 2**20
+        before = measured.get("process_rss_before_training_bytes")
+        already = (
+            f", {before / 2**20:,.0f} MiB of it in use before training started" if before else ""
+        )
+        print(
+            f"Memory: estimated training ({estimated}); measured process peak {peak:,.0f} MiB"
+            f"{already}. The estimate counts the model's tensors for one batch; the process "
+            "peak adds TensorFlow's runtime, the input pipeline and Python."
+        )

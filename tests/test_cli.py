@@ -49,8 +49,10 @@ def test_data_stage_runs_and_says_what_it_found(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Found 25 files in 2 class folders" in result.stdout
     assert "Skipped 1 file(s): 1 truncated or corrupt" in result.stdout
-    assert (tmp_path / "data" / "photos" / "train.csv").is_file()
-    assert (tmp_path / "reports" / "photos" / "augmented_samples.png").is_file()
+    (manifests,) = (tmp_path / "data").glob("photos-*/train.csv")  # named by the source
+    name = manifests.parent.name
+    assert f"Manifests written to data/{name}/" in result.stdout
+    assert (tmp_path / "reports" / name / "augmented_samples.png").is_file()
 
 
 def test_missing_source_error_is_actionable(tmp_path):

@@ -331,7 +331,7 @@ def test_cli_prints_the_working_for_a_layer_spec(tmp_path, capsys):
     assert "**12,613,600 B = 12.6 MB (12.0 MiB)**" in out
     assert "50 x (2,630,000 activations + 180,000 input values) x 4 B" in out
     assert "**565,613,600 B = 565.6 MB" in out
-    written = sorted(p.name for p in (tmp_path / "memory").iterdir())
+    written = sorted(p.name for p in (tmp_path / "memory").iterdir() if p.name[0] != ".")
     assert len(written) == 2 and written[0].startswith("layers-200x300x3-")
     data = json.loads((tmp_path / "memory" / written[0]).read_text())
     assert data["totals"]["params"] == 903_400

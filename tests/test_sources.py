@@ -83,26 +83,28 @@ def _subset_tgz(flowers_mini: Path, archive: Path, per_class: int = 3) -> None:
 
 def test_flowers_from_a_hand_placed_archive(tmp_path, flowers_mini):
     _subset_tgz(flowers_mini, tmp_path / FLOWERS_ARCHIVE)
-    source = flowers_source(tmp_path, url="http://127.0.0.1:9/never-used.tgz")
+    source = flowers_source(tmp_path, tmp_path / "flowers", url="http://127.0.0.1:9/never-used.tgz")
     root = source.roots[0][0]
     assert root == tmp_path / "flowers" / "extracted" / "flower_photos"
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(
         p.name for p in flowers_mini.iterdir()
     )
-    again = flowers_source(tmp_path)  # extracted copy reused, archive not read again
+    again = flowers_source(
+        tmp_path, tmp_path / "flowers"
+    )  # extracted copy reused, archive not read again
     assert again.roots[0][0] == root
 
 
 def test_flowers_extracted_folder_is_used_in_place(tmp_path, flowers_mini):
     (tmp_path / "flower_photos").symlink_to(flowers_mini, target_is_directory=True)
-    source = flowers_source(tmp_path, url="http://127.0.0.1:9/never-used.tgz")
+    source = flowers_source(tmp_path, tmp_path / "flowers", url="http://127.0.0.1:9/never-used.tgz")
     assert source.roots == [(tmp_path / "flower_photos", None)]
 
 
 def test_flowers_offline_error_names_url_file_and_place(tmp_path):
     url = "http://127.0.0.1:9/flower_photos.tgz"  # port 9 refuses at once: a real failure
     with pytest.raises(SourceError) as info:
-        flowers_source(tmp_path, url=url)
+        flowers_source(tmp_path, tmp_path / "flowers", url=url)
     message = str(info.value)
     assert url in message and str(tmp_path / FLOWERS_ARCHIVE) in message
     assert "flower_photos/" in message and "\n" not in message
@@ -113,7 +115,7 @@ def test_intel_from_kaggle_archive_with_its_nesting(tmp_path, intel_mini):
         for path in sorted(intel_mini.rglob("*")):
             if path.is_file() and path.stem[-1] in "05":  # a tenth of the files is plenty
                 zf.write(path, path.relative_to(intel_mini).as_posix())
-    source = intel_source(tmp_path)
+    source = intel_source(tmp_path, tmp_path / "intel")
     (train, given_train), (test, given_test) = source.roots
     assert train.parts[-2:] == ("seg_train", "seg_train") and given_train is None
     assert test.parts[-2:] == ("seg_test", "seg_test") and given_test == "test"
@@ -125,27 +127,29 @@ def test_intel_from_kaggle_archive_with_its_nesting(tmp_path, intel_mini):
 
 def test_intel_flattened_layout_and_missing_error(tmp_path, intel_mini):
     with pytest.raises(SourceError, match="kaggle datasets download -d"):
-        intel_source(tmp_path)
+        intel_source(tmp_path, tmp_path / "intel")
     flat = tmp_path / "intel-image-classification"
     for split in ("seg_train", "seg_test"):
         (flat / split).mkdir(parents=True)
         for class_dir in (intel_mini / split / split).iterdir():
             (flat / split / class_dir.name).symlink_to(class_dir, target_is_directory=True)
-    source = intel_source(tmp_path)
+    source = intel_source(tmp_path, tmp_path / "intel")
     assert [root for root, _ in source.roots] == [flat / "seg_train", flat / "seg_test"]
     assert source.unlabelled is None
 
 
 def test_folder_source_accepts_folders_archives_and_rejects_missing(tmp_path, flowers_mini):
-    source = resolve_source(f"folder:{flowers_mini}", tmp_path, "flowers-mini")
+    source = resolve_source(f"folder:{flowers_mini}", tmp_path, tmp_path / "flowers-mini")
     assert source.roots == [(flowers_mini, None)]
     _subset_tgz(flowers_mini, tmp_path / "photos.tgz", per_class=1)
-    from_archive = resolve_source(f"folder:{tmp_path / 'photos.tgz'}", tmp_path / "d", "photos")
+    from_archive = resolve_source(
+        f"folder:{tmp_path / 'photos.tgz'}", tmp_path / "d", tmp_path / "d" / "photos"
+    )
     assert from_archive.roots[0][0].name == "flower_photos"
     with pytest.raises(SourceError, match="no such folder or archive"):
-        resolve_source(f"folder:{tmp_path / 'nope'}", tmp_path, "nope")
+        resolve_source(f"folder:{tmp_path / 'nope'}", tmp_path, tmp_path / "nope")
     flat = tmp_path / "flat"
     flat.mkdir()
     (flat / "a.jpg").write_bytes(b"x")
     with pytest.raises(SourceError, match="no class subfolders"):
-        resolve_source(f"folder:{flat}", tmp_path, "flat")
+        resolve_source(f"folder:{flat}", tmp_path, tmp_path / "flat")

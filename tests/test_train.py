@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import ConfigError, load_config
+from pipeline.files import GENERATED_MARKER
 from pipeline.manifest import load_split, read_classes
 from pipeline.model import build_classifier, get_base
 from pipeline.train import TrainResult, class_weights, train
@@ -167,7 +168,8 @@ def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
     ):
         assert (run_dir / name).exists(), name
     assert all(Path(p).exists() for p in summary["files"])
-    leftovers = [p for p in run_dir.rglob(".*")] + list(run_dir.glob("backup"))
+    leftovers = [p for p in run_dir.rglob(".*") if p.name != GENERATED_MARKER]
+    leftovers += list(run_dir.glob("backup"))
     assert leftovers == [], "temporary files or backups left behind"
     assert (run_dir / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -360,6 +362,7 @@ def test_an_unfinished_run_with_other_options_is_not_resumed(tiny):
     from pipeline.config import save_config
 
     save_config(cfg, run_dir / "config.json")
+    (run_dir / "history.csv").write_text("epoch\n1\n")  # an epoch finished: worth resuming
     with pytest.raises(ConfigError, match=r"other options \(train.head_lr\)"):
         train(tiny.cfg(*INCEPTION, "train.run_name=other", "train.head_lr=0.01"))
 
@@ -428,7 +431,7 @@ def test_a_short_run_on_flowers_mini_learns(tmp_path, flowers_mini, capsys):
         ],
     )
     result = train(cfg)
-    assert "running the data stage first" in capsys.readouterr().out
+    assert "Running the data stage first: no manifests" in capsys.readouterr().out
     assert result.summary["final"]["val_accuracy"] >= 0.4  # chance: 0.2
 
 
