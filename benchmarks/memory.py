@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.files import write_json  # noqa: E402
-from pipeline.memory import CPU_OVERHEAD, format_bytes  # noqa: E402
+from pipeline.memory import CPU_OVERHEAD  # noqa: E402
+from pipeline.units import format_bytes  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "memory.json"
 DEFAULT_CASES = "inception_v3:128:2,inception_v3:128:all,small_cnn:64:1"

@@ -486,7 +486,7 @@ def _validate_train(t: TrainConfig) -> None:
 
 
 def _validate_memory(m: MemoryConfig) -> None:
-    from pipeline.memory import parse_quantity  # imports no TensorFlow
+    from pipeline.units import parse_quantity
 
     try:
         if parse_quantity(m.budget) <= 0:

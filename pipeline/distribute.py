@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.compat import ema_pairs, initial_epoch, reset_initial_epoch
 from pipeline.config import Config, ConfigError
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -338,8 +339,8 @@ def fit(
     ``forward(images)`` is the training-time call (default ``model(images, training=True)``;
     see ``pipeline.model.training_forward``); its trainable variables are the model's.
     Logs per epoch: loss, accuracy, val_loss, val_accuracy, learning_rate. A
-    BackupAndRestore callback may set ``model._initial_epoch`` in ``on_train_begin``, as
-    it does for ``model.fit``; training then starts from that epoch.
+    BackupAndRestore callback may restore an epoch in ``on_train_begin``, as it does for
+    ``model.fit`` (``pipeline.compat.initial_epoch``); training then starts from there.
     """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -364,9 +365,9 @@ def fit(
     )
     eval_step = _build_eval_step(model, strategy, label_smoothing)
     model.stop_training = False
-    model._initial_epoch = None  # Keras's own resume hand-off, as in Model.fit
+    reset_initial_epoch(model)  # Keras's own resume hand-off, as in Model.fit
     callback_list.on_train_begin()
-    first_epoch = model._initial_epoch or 0
+    first_epoch = initial_epoch(model)
     ema = _ema_optimizer(model)
     # Backups are taken at epoch end, with the averaged weights in the model: a resumed
     # run starts in that state.
@@ -418,8 +419,7 @@ def _swap_ema(optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Str
     As keras.callbacks.SwapEMAWeights does, which cannot be used here: it swaps on
     ``on_test_begin``, and this loop has its own evaluation. a, b -> a + b, a, b.
     """
-    pairs = zip(optimizer._trainable_variables, optimizer._model_variables_moving_average)
-    for var, average in pairs:
+    for var, average in ema_pairs(optimizer):
         var, average = getattr(var, "value", var), getattr(average, "value", average)
         strategy.extended.update(var, lambda a, b: a.assign_add(b), args=(average,))
         strategy.extended.update(average, lambda a, b: a.assign(b - a), args=(var,))

@@ -414,8 +414,10 @@ def layers_from_model(model: Any) -> list[Layer]:
 
 
 def _graph_of(model: Any) -> Any:
-    graph = getattr(model, "_functional", None) or model  # Sequential keeps a functional twin
-    if not hasattr(graph, "_nodes_by_depth"):
+    from pipeline.compat import functional_graph
+
+    graph = functional_graph(model)
+    if graph is None:
         raise ValueError(
             f"Model {model.name} is subclassed and has no layer graph; build it "
             "with the functional API or keras.Sequential to estimate its memory"
@@ -441,15 +443,18 @@ def _walk(
     frozen: bool,
     inference: bool,
 ) -> None:
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
+    from pipeline.compat import functional_graph, nodes_by_depth
+
+    by_depth = nodes_by_depth(graph)
+    for depth in sorted(by_depth, reverse=True):
+        for node in by_depth[depth]:
             if node.is_input:
                 continue
             op = node.operation
             sources = tuple(ids[id(t)] for t in node.input_tensors)
             op_frozen = frozen or not getattr(op, "trainable", True)
             op_inference = inference or node.arguments.kwargs.get("training") is False
-            if hasattr(op, "_nodes_by_depth") or getattr(op, "_functional", None) is not None:
+            if functional_graph(op) is not None:  # a nested model: walk its own graph
                 inner = _graph_of(op)
                 for tensor, source in zip(inner.inputs, sources):
                     ids[id(tensor)] = source

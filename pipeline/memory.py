@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from pipeline.layerspec import (
     training_flops,
     training_peak,
 )
+from pipeline.units import format_bytes, format_count, parse_quantity
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 MASTER_BYTES = 4  # weights, gradients and optimizer state stay float32 under mixed precision
@@ -52,55 +52,10 @@ MASTER_BYTES = 4  # weights, gradients and optimizer state stay float32 under mi
 # (benchmarks/results/memory.json). GPUs (cuDNN workspace) may differ: measure there
 # (`make bench-memory` uses the GPU's peak) and set memory.overhead.
 CPU_OVERHEAD = 1.32
-UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "m": 10**6,
-    "g": 10**9,
-    "t": 10**12,
-    "ki": 2**10,
-    "mi": 2**20,
-    "gi": 2**30,
-    "ti": 2**40,
-}
 LAYER_COLUMNS = ("#", "layer", "type", "output", "activations", "params", "trainable", "MACs")
 LAYER_COLUMNS += ("FLOPs", "working")
 REMEDY_SIDE_STEP = 32  # smaller-input remedy: image sides are tried in steps of this
 DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
-
-
-def parse_quantity(text: str, what: str = "memory.budget") -> float:
-    """'16GiB' -> 17179869184, '2.5T' -> 2.5e12, '1e9' -> 1e9 (a trailing B or FLOPS is ignored)."""
-    m = re.fullmatch(
-        r"\s*([0-9.]+(?:e[+-]?\d+)?)\s*([kmgt]i?)?\s*(b|bytes?|flops|flop/s)?\s*", str(text).lower()
-    )
-    if not m:
-        raise ValueError(
-            f"{what} must be a number with an optional unit such as 16GiB, 500MB "
-            f"or 2.5T. Received: {text!r}"
-        )
-    return float(m.group(1)) * UNITS[m.group(2) or ""]
-
-
-def format_bytes(n: float) -> str:
-    """12613600 -> '12.6 MB (12.0 MiB)': decimal as textbooks count, binary as budgets do."""
-    for dec, dname, binary, bname in (
-        (1e12, "TB", 2**40, "TiB"),
-        (1e9, "GB", 2**30, "GiB"),
-        (1e6, "MB", 2**20, "MiB"),
-        (1e3, "kB", 2**10, "KiB"),
-    ):
-        if n >= dec:
-            return f"{n / dec:,.1f} {dname} ({n / binary:,.1f} {bname})"
-    return f"{n:,.0f} B"
-
-
-def format_count(n: float) -> str:
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= scale:
-            return f"{n / scale:,.2f} {suffix}"
-    return f"{n:,.0f}"
 
 
 # ----------------------------------------------------------------------------- estimates

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.backbones import Backbone, get_backbone, preprocess
+from pipeline.compat import StatefulBackup, op_determinism
 from pipeline.config import (
     MULTI_WORKER_NEEDS_RUN_NAME,
     Config,
@@ -150,16 +151,14 @@ def train(cfg: Config) -> TrainResult:
     _check_config(cfg)
     strategy = select_strategy(cfg)  # first: multi-worker set-up must precede other TF work
     policy = keras.mixed_precision.global_policy()
-    # TensorFlow has no public switch back; its own module has (Keras reads it there too).
-    from tensorflow.python.framework import config as tf_config
-
-    determinism = cfg.train.deterministic and not tf_config.is_op_determinism_enabled()
+    determinism_enabled, disable_determinism = op_determinism()
+    determinism = cfg.train.deterministic and not determinism_enabled()
     try:
         return _train(cfg, strategy, _current_rss_bytes())
     finally:  # the stage leaves the process as it found it (tests run stages in-process)
         keras.mixed_precision.set_global_policy(policy)
         if determinism:
-            tf_config.disable_op_determinism()
+            disable_determinism()
 
 
 def _check_config(cfg: Config) -> None:
@@ -547,7 +546,7 @@ def _run_phase(
     backup_dir = _backup_dir(run, phase)
     resuming = (backup_dir / "training_metadata.json").is_file()
     # Last, so that on_train_begin restores the others' state after they reset it.
-    callbacks.append(_Backup(backup_dir, tracked=[history, best, stop, plateau]))
+    callbacks.append(StatefulBackup(backup_dir, [history, best, stop, plateau], _resumable_fields))
     if resuming:
         print(f"Phase {phase}: resuming from its backup in {backup_dir}")
     with run.strategy.scope():
@@ -753,50 +752,8 @@ _RESUMABLE_STATE: dict[type, tuple[str, ...]] = {
 }
 
 
-class _Backup(keras.callbacks.BackupAndRestore):
-    """Keras's BackupAndRestore, written atomically, that also carries the other callbacks'
-    state (early-stopping patience, best values, the history so far) across a restart.
-
-    Keras restores the weights (the optimizer's included) and the epoch; alone it would
-    restart early stopping's patience and forget the best value seen before the restart.
-    """
-
-    def __init__(self, backup_dir: Path, tracked: Sequence[keras.callbacks.Callback]):
-        # Deleted by _record_phase once the phase is marked finished, not at train end.
-        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
-        self.tracked = list(tracked)
-
-    def _fields(self, callback) -> tuple[str, ...]:
-        return next(f for kind, f in _RESUMABLE_STATE.items() if isinstance(callback, kind))
-
-    def _save_model(self):
-        Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
-        with atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
-            self.model.save_weights(tmp)
-        state = [{k: _plain(getattr(cb, k)) for k in self._fields(cb)} for cb in self.tracked]
-        write_json(
-            self._training_metadata_path,
-            {
-                "epoch": self._current_epoch,
-                "batch": self._last_batch_seen,
-                "callbacks": state,
-            },
-        )
-
-    def _load_model(self):
-        super()._load_model()
-        path = Path(self._training_metadata_path)
-        if path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8")).get("callbacks", [])
-            for callback, state in zip(self.tracked, saved):
-                for key, value in state.items():
-                    setattr(callback, key, value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def _resumable_fields(callback: keras.callbacks.Callback) -> tuple[str, ...]:
+    return next(f for kind, f in _RESUMABLE_STATE.items() if isinstance(callback, kind))
 
 
 # ----------------------------------------------------------------------------- outputs

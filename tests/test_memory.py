@@ -27,12 +27,12 @@ from pipeline.memory import (
     estimate_memory,
     max_batch,
     model_phases,
-    parse_quantity,
     rank_remedies,
     realistic_training,
     textbook_training,
 )
 from pipeline.model import build_classifier, freeze_for_phase, get_base
+from pipeline.units import parse_quantity
 
 EXERCISE = "conv3x3s2same:100,conv3x3s2same:200,conv3x3s2same:400"
 ALEXNET = (
