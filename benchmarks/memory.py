@@ -61,8 +61,9 @@ def run_child(backbone: str, size: int, phase: str, batch: int, steps: int) -> d
     import tensorflow as tf
 
     from pipeline.config import Config, with_overrides
-    from pipeline.layerspec import layers_from_model, training_flops
     from pipeline.memory import realistic_training, textbook_training
+    from pipeline.memory.keras_graph import layers_from_model
+    from pipeline.memory.liveness import training_flops
     from pipeline.model import build_classifier, freeze_for_phase, get_base
 
     cfg = with_overrides(

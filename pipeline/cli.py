@@ -43,7 +43,7 @@ def _memory_arguments(p: argparse.ArgumentParser) -> None:
         default="",
         metavar="SPEC",
         help="a layer stack instead of the configured backbone, e.g. conv3x3s2same:100,"
-        "maxpool3x3s2,lrn,flatten,dense:10 (grammar: pipeline/layerspec.py)",
+        "maxpool3x3s2,lrn,flatten,dense:10 (grammar: pipeline/memory/spec.py)",
     )
     p.add_argument("--batch", type=int, default=None, metavar="N", help="input.batch_size")
     p.add_argument(

@@ -13,14 +13,6 @@ import pytest
 from pipeline.backbones import BACKBONES
 from pipeline.cli import main
 from pipeline.config import Config, ConfigError, with_overrides
-from pipeline.layerspec import (
-    Layer,
-    inference_peak,
-    layers_from_model,
-    parse_layers,
-    training_flops,
-    training_peak,
-)
 from pipeline.memory import (
     estimate_for_run,
     estimate_layers,
@@ -31,6 +23,9 @@ from pipeline.memory import (
     realistic_training,
     textbook_training,
 )
+from pipeline.memory.keras_graph import layers_from_model
+from pipeline.memory.liveness import inference_peak, training_flops, training_peak
+from pipeline.memory.spec import Layer, parse_layers
 from pipeline.model import build_classifier, freeze_for_phase, get_base
 from pipeline.units import parse_quantity
 

@@ -1,0 +1,122 @@
+"""The configured classifier costed: its rows per training phase, its estimate for a run
+(``estimate_for_run``, what train records) and its measured throughput.
+
+The one module here that builds a Keras model (without pretrained weights: counting needs
+none, and nothing is downloaded); Keras is imported inside the functions that use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Config, with_overrides
+from pipeline.memory.estimate import CPU_OVERHEAD, estimate_layers
+from pipeline.memory.keras_graph import layers_from_model
+from pipeline.memory.record import MemoryEstimate
+from pipeline.memory.spec import Layer
+from pipeline.units import parse_quantity
+
+
+def configured_overhead(cfg: Config) -> float:
+    """memory.overhead, or the CPU figure measured by `make bench-memory`."""
+    return cfg.memory.overhead or CPU_OVERHEAD
+
+
+def resolve_precision(precision: str, gpu: bool | None = None) -> str:
+    """'auto' is mixed_float16 on a GPU and float32 elsewhere, as the train stage decides."""
+    if precision != "auto":
+        return precision
+    if gpu is None:
+        import tensorflow as tf
+
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+    return "mixed_float16" if gpu else "float32"
+
+
+def model_phases(
+    cfg: Config, num_classes: int, head: bool = True
+) -> tuple[dict[str, list[Layer]], Any]:
+    """Rows of the configured classifier (or its base alone) for each training phase, and the
+    model (left frozen as in the last phase). Built without pretrained weights: counting
+    needs none, and nothing is downloaded."""
+    from pipeline.backbones import get_backbone
+    from pipeline.model import build_classifier, fine_tune_cut, freeze_for_phase, get_base
+
+    cfg = with_overrides(cfg, {"model.weights": "none"})
+    model = build_classifier(cfg, num_classes)
+    target = model if head else get_base(model)
+    if not get_backbone(cfg.model.backbone).pretrained:
+        freeze_for_phase(model, cfg, 1)
+        return {"from scratch: every layer trains": layers_from_model(target)}, target
+    phases = {}
+    for phase, label in (
+        (1, "phase 1: base frozen"),
+        (2, f"phase 2: layers after {fine_tune_cut(cfg)} train"),
+    ):
+        freeze_for_phase(model, cfg, phase)
+        phases[label] = layers_from_model(target)
+    return phases, target
+
+
+def measure_throughput(
+    model: Any, train_flops_per_image: int, batch: int = 4, steps: int = 3
+) -> float:
+    """Achieved FLOP/s of real training steps (Adam) of ``model`` on random data, after one
+    warm-up step that traces the graph. The model is compiled here."""
+    import time
+
+    import keras
+    import numpy as np
+
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch, *model.input_shape[1:])).astype("float32")
+    y = np.zeros((batch, *model.output_shape[1:]), "float32")
+    model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    return train_flops_per_image * batch * steps / (time.perf_counter() - start)
+
+
+def estimate_for_run(cfg: Config, num_classes: int) -> dict[str, Any]:
+    """The estimate for a configured run, for the training summary and evaluation report:
+    parameters, per-phase training memory at the configured batch, inference memory and
+    FLOPs per image, as ``MemoryEstimate``'s JSON. Builds the model (without weights) but
+    runs nothing."""
+    est = estimate_classifier(cfg, num_classes, head=True, dtype="float32")[0]
+    return MemoryEstimate.from_estimate(est).to_json()
+
+
+def estimate_classifier(
+    cfg: Config, num_classes: int, head: bool, dtype: str
+) -> tuple[dict[str, Any], dict[str, list[Layer]], Any]:
+    """``estimate_layers`` for the configured classifier (or its base alone), phase by phase;
+    also returns the phases' rows and the model."""
+    from pipeline.backbones import check_input_size, get_backbone
+
+    check_input_size(get_backbone(cfg.model.backbone), cfg.image_size)
+    budget = parse_quantity(cfg.memory.budget)
+    phases, model = model_phases(cfg, num_classes, head)
+    first = next(iter(phases.values()))
+    est = estimate_layers(
+        first,
+        cfg.input.batch_size,
+        dtype,
+        resolve_precision(cfg.train.precision),
+        cfg.memory.optimizer_slots,
+        configured_overhead(cfg),
+        phases,
+        budget,
+    )
+    size = cfg.image_size
+    est["source"] = {
+        "backbone": cfg.model.backbone,
+        "image_size": size,
+        "head": head,
+        "classes": num_classes if head else None,
+        "input": f"{size}x{size}x3",
+        "keras_count_params": model.count_params(),
+    }
+    est["budget"] = budget
+    return est, phases, model

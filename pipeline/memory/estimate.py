@@ -1,0 +1,290 @@
+"""The arithmetic: training and inference memory in bytes, the largest batch, the remedies.
+
+Conventions: sizes are counted in values per image and turned into bytes last; 1 MB is
+10^6 bytes and 1 MiB 2^20; FLOPs are 2 per multiply-add plus 1 per elementwise operation;
+a training step costs the forward pass plus, for every layer a gradient flows through, one
+forward's worth for the input gradient and, if it trains, one more for the weight gradient.
+
+Two training figures, on purpose. The *textbook minimum* keeps every layer's output for
+every image of the batch, plus the input batch and the parameters (the classic exercise's
+answer). The *realistic* figure keeps only what the backward pass of the trainable layers
+reads, simulated tensor by tensor (``pipeline.memory.liveness``), adds float32 gradients and
+optimizer state for the trainable parameters, and multiplies the per-image part by
+``CPU_OVERHEAD``. ``estimate_layers`` gathers everything about one network into the dict
+the ``memory`` stage renders and writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from pipeline.memory.liveness import (
+    checkpointed_peak,
+    inference_peak,
+    training_flops,
+    training_peak,
+)
+from pipeline.memory.spec import Layer
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+MASTER_BYTES = 4  # weights, gradients and optimizer state stay float32 under mixed precision
+# Framework workspace on top of the simulated per-image tensors: allocator rounding, oneDNN
+# scratch and layout copies, gradient temporaries, and tensors kept alive longer because the
+# executor runs independent ops in parallel. Measured with `make bench-memory` on this
+# project's CPU machine (TensorFlow 2.21, 2 cores): the slope of peak RSS against batch size
+# (one process per batch, 4 to 64) divided by the simulated per-image bytes was 1.53
+# (InceptionV3, 128 px, phase 2), 1.24 (InceptionV3, 128 px, every layer training) and 1.20
+# (small CNN, 64 px); this is their geometric mean. A second, independent run gave 1.40,
+# 1.59 and 1.28: with this constant the estimate was off by -6%, -17% and +3% per image
+# (benchmarks/results/memory.json). GPUs (cuDNN workspace) may differ: measure there
+# (`make bench-memory` uses the GPU's peak) and set memory.overhead.
+CPU_OVERHEAD = 1.32
+REMEDY_SIDE_STEP = 32  # smaller-input remedy: image sides are tried in steps of this
+DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
+
+
+def textbook_training(layers: list[Layer], batch: int, dtype: str = "float32") -> dict[str, int]:
+    """Every activation of every image kept for backpropagation, plus the input batch and the
+    parameters: the classic exercise's bare minimum (no gradients, no optimizer state)."""
+    size = DTYPE_BYTES[dtype]
+    activations = sum(r.size for r in layers[1:])
+    parts = {
+        "activations": batch * activations * size,
+        "input": batch * layers[0].size * size,
+        "parameters": sum(r.params for r in layers) * size,
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
+def realistic_training(
+    layers: list[Layer],
+    batch: int,
+    precision: str = "float32",
+    optimizer_slots: int = 2,
+    overhead: float = CPU_OVERHEAD,
+) -> dict[str, Any]:
+    """fixed + batch x per_image: float32 weights, gradients and optimizer slots for the
+    trainable part, float16 weight copies under mixed precision, and the simulated per-image
+    peak (half-size values under mixed precision) times the framework overhead."""
+    params = sum(r.params for r in layers)
+    trainable = sum(r.trainable for r in layers)
+    mixed = precision.startswith("mixed")
+    peak = training_peak(layers)
+    fixed = {
+        "weights": params * MASTER_BYTES,
+        "weight_copies": params * 2 if mixed else 0,
+        "gradients": trainable * MASTER_BYTES,
+        "optimizer": trainable * optimizer_slots * MASTER_BYTES,
+    }
+    per_image = math.ceil(peak["values"] * (2 if mixed else 4) * overhead)
+    return {
+        **fixed,
+        "fixed": sum(fixed.values()),
+        "per_image": per_image,
+        "activations": batch * per_image,
+        "total": sum(fixed.values()) + batch * per_image,
+        "batch": batch,
+        "precision": precision,
+        "overhead": overhead,
+        "peak": peak,
+    }
+
+
+def max_batch(cost: Callable[[int], float], budget: float, limit: int = 1 << 20) -> int:
+    """Largest batch size whose cost fits the budget (0 when not even one image fits).
+
+    ``cost`` must grow with the batch size; doubling then bisection, so it is called
+    O(log batch) times and works for any monotone cost, not only linear ones.
+    """
+    if cost(1) > budget:
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and cost(hi) <= budget:
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid)
+    return lo
+
+
+def _freeze_lower_half(layers: list[Layer]) -> list[Layer] | None:
+    """The same rows with the lower half of the trainable layers frozen (None if < 2 train)."""
+    training = [i for i, r in enumerate(layers) if r.trainable]
+    if len(training) < 2:
+        return None
+    frozen = set(training[: len(training) // 2])
+    return [replace(r, trainable=0) if i in frozen else r for i, r in enumerate(layers)]
+
+
+def rank_remedies(
+    layers: list[Layer],
+    batch: int,
+    budget: float,
+    precision: str,
+    optimizer_slots: int,
+    overhead: float,
+    image_side: int | None = None,
+    min_side: int = 32,
+) -> list[dict[str, Any]]:
+    """What to change when the run does not fit, largest saving first, each with its figure."""
+
+    def run(rows: list[Layer] = layers, b: int = batch, p: str = precision) -> dict[str, Any]:
+        return realistic_training(rows, b, p, optimizer_slots, overhead)
+
+    now = run()
+    options: list[tuple[str, float, str]] = []
+    fits = max_batch(lambda b: now["fixed"] + b * now["per_image"], budget, limit=batch)
+    if 0 < fits < batch:
+        options.append(
+            (
+                f"batch size {fits}",
+                run(b=fits)["total"],
+                "the largest that fits; scale the learning rate with it",
+            )
+        )
+    if not precision.startswith("mixed"):
+        options.append(
+            (
+                "mixed precision (train.precision=mixed_float16)",
+                run(p="mixed_float16")["total"],
+                "half-size activations, float32 master weights; needs a GPU/TPU",
+            )
+        )
+    if (half := _freeze_lower_half(layers)) is not None:
+        options.append(
+            (
+                "freeze the lower half of the trainable layers",
+                run(half)["total"],
+                "set model.fine_tune_after to a later layer",
+            )
+        )
+    if image_side:
+        side = image_side - REMEDY_SIDE_STEP
+
+        def scaled(side: int) -> float:
+            return now["fixed"] + now["activations"] * (side / image_side) ** 2
+
+        while side > min_side and scaled(side) > budget:
+            side -= REMEDY_SIDE_STEP
+        side = max(side, min_side)
+        if side < image_side:
+            options.append(
+                (
+                    f"input size {side} (input.image_size={side})",
+                    scaled(side),
+                    "approximate: activations scale with the pixel count",
+                )
+            )
+    ckpt = math.ceil(
+        checkpointed_peak(layers) * (2 if precision.startswith("mixed") else 4) * overhead
+    )
+    options.append(
+        (
+            "gradient checkpointing",
+            now["fixed"] + batch * ckpt,
+            "keeps ~sqrt(n) layer outputs, recomputes the rest: about +33% compute",
+        )
+    )
+    for n in DEVICE_COUNTS:
+        per_device = run(b=math.ceil(batch / n))["total"]
+        if per_device <= budget or n == DEVICE_COUNTS[-1]:
+            options.append(
+                (
+                    f"{n} devices (data parallel)",
+                    per_device,
+                    f"per device, batch {math.ceil(batch / n)} each",
+                )
+            )
+            break
+    rounded = [(name, math.ceil(total), note) for name, total, note in options]
+    ranked = sorted(
+        (
+            (now["total"] - total, name, total, note)
+            for name, total, note in rounded
+            if total < now["total"]
+        ),
+        reverse=True,
+    )
+    return [
+        {"remedy": name, "bytes": total, "saves": saving, "fits": total <= budget, "note": note}
+        for saving, name, total, note in ranked
+    ]
+
+
+def estimate_layers(
+    layers: list[Layer],
+    batch: int,
+    dtype: str = "float32",
+    precision: str = "float32",
+    optimizer_slots: int = 2,
+    overhead: float = CPU_OVERHEAD,
+    phases: dict[str, list[Layer]] | None = None,
+    budget: float | None = None,
+) -> dict[str, Any]:
+    """Everything about one network: per-layer rows, parameter, inference and training memory.
+
+    ``phases`` maps a phase label to the same rows with that phase's trainable counts
+    (default: one phase, ``layers`` as given).
+    """
+    size = DTYPE_BYTES[dtype]
+    phases = phases or {"all layers train": layers}
+    last = list(phases.values())[-1]  # the table shows the last phase's trainable counts
+    params = sum(r.params for r in layers)
+    peak, peak_at = inference_peak(layers)
+    result: dict[str, Any] = {
+        "batch": batch,
+        "dtype": dtype,
+        "precision": precision,
+        "overhead": overhead,
+        "optimizer_slots": optimizer_slots,
+        "layers": [
+            {
+                "name": r.name,
+                "type": r.kind,
+                "shape": list(r.shape),
+                "activations": r.size,
+                "params": r.params,
+                "trainable": t.trainable,
+                "macs": r.macs,
+                "flops": r.flops,
+                "working": r.working,
+            }
+            for r, t in zip(layers, last)
+        ],
+        "totals": {
+            "params": params,
+            "input": layers[0].size,
+            "activations": sum(r.size for r in layers[1:]),
+            "macs": sum(r.macs for r in layers),
+            "flops": sum(r.flops for r in layers),
+        },
+        "parameter_bytes": {
+            name: params * DTYPE_BYTES[name] for name in ("float32", "float16", "int8")
+        },
+        "inference": {
+            "peak_values": peak,
+            "peak_at": peak_at,
+            "activation_bytes": peak * size,
+            "parameter_bytes": params * size,
+            "bytes": (peak + params) * size,
+        },
+        "phases": {},
+    }
+    for label, rows in phases.items():
+        realistic = realistic_training(rows, batch, precision, optimizer_slots, overhead)
+        phase = {
+            "trainable": sum(r.trainable for r in rows),
+            "textbook": textbook_training(rows, batch, dtype),
+            "realistic": realistic,
+            "train_flops": training_flops(rows),
+        }
+        if budget:
+            fixed, per_image = realistic["fixed"], realistic["per_image"]
+            phase["max_batch"] = max_batch(lambda b, f=fixed, i=per_image: f + b * i, budget)
+            phase["fits"] = realistic["total"] <= budget
+        result["phases"][label] = phase
+    return result

@@ -1,0 +1,160 @@
+"""The ``memory`` stage's Markdown report: the per-layer table, then the working for
+parameters, inference, training, the remedies and the time per epoch.
+
+Reads the dict ``estimate_layers`` returns (with what the stage adds: source, budget,
+remedies, throughput, notes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.memory.estimate import DTYPE_BYTES
+from pipeline.units import format_bytes, format_count
+
+LAYER_COLUMNS = ("#", "layer", "type", "output", "activations", "params", "trainable", "MACs")
+LAYER_COLUMNS += ("FLOPs", "working")
+
+
+def _table(header: Sequence[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _why(est: dict[str, Any]) -> str:
+    return (
+        "The textbook minimum keeps every layer's output for every image and ignores "
+        "gradients and optimizer state; the realistic figure keeps only the tensors the "
+        "backward pass of the trainable layers reads (simulated tensor by tensor), but adds "
+        f"float32 gradients, {est['optimizer_slots']} optimizer values per trainable parameter"
+        f"{', float16 weight copies' if est['precision'].startswith('mixed') else ''} and the "
+        f"measured framework overhead ({est['overhead']:.2f}x per image)."
+    )
+
+
+def render_markdown(est: dict[str, Any], layer_table: bool = True) -> str:
+    """Markdown: per-layer table, then the working for parameters, inference and training."""
+    src, tot, inf, size = est["source"], est["totals"], est["inference"], DTYPE_BYTES[est["dtype"]]
+    batch, rows = est["batch"], est["layers"]
+    what = (
+        f"{src['backbone']} {'with its head' if src['head'] else 'without its head'}"
+        if "backbone" in src
+        else f"layers {src['layers']}"
+    )
+    out = [f"# Memory and compute estimate: {what}, input {src['input']}, batch {batch}", ""]
+    if layer_table:
+        numbers = ("activations", "params", "trainable", "macs", "flops")
+        body = [
+            [
+                i,
+                r["name"],
+                r["type"],
+                _shape(r["shape"]),
+                *(f"{r[k]:,}" for k in numbers),
+                r["working"],
+            ]
+            for i, r in enumerate(rows)
+        ]
+        total = f"{tot['activations']:,} (+{tot['input']:,} input)"
+        sums = (f"{tot[k]:,}" for k in ("params", "macs", "flops"))
+        body.append(["", "**total**", "", "", total, next(sums), "", *sums, ""])
+        out += _table(LAYER_COLUMNS, body)
+        out += ["", "Trainable counts are those of the last phase below.", ""]
+    weighted = [r["params"] for r in rows if r["params"]]
+    sums = " + ".join(f"{p:,}" for p in weighted) + " = " if 1 < len(weighted) <= 12 else ""
+    keras = src.get("keras_count_params")
+    pb = est["parameter_bytes"]
+    out += [
+        "## Parameters and inference",
+        "",
+        f"- Parameters: {sums}{tot['params']:,}"
+        + (
+            f" (Keras count_params(): {keras:,}, "
+            f"{'matches' if keras == tot['params'] else 'DIFFERS'})"
+            if keras is not None
+            else ""
+        )
+        + f". Memory: {format_bytes(pb['float32'])} float32, {format_bytes(pb['float16'])} "
+        f"float16/bfloat16, {format_bytes(pb['int8'])} int8.",
+        f"- Inference on one image ({est['dtype']}): parameters {inf['parameter_bytes']:,} B + "
+        f"peak of the tensors alive at once {inf['activation_bytes']:,} B "
+        f"({' + '.join(_names(inf['peak_at']))}: {inf['peak_values']:,} values x {size} B) = "
+        f"**{inf['bytes']:,} B = {format_bytes(inf['bytes'])}**.",
+        f"- FLOPs per image: forward {format_count(tot['flops'])} "
+        f"({format_count(tot['macs'])} multiply-adds); training step "
+        + ", ".join(
+            f"{format_count(p['train_flops'])} ({label})" for label, p in est["phases"].items()
+        )
+        + ".",
+        "",
+        f"## Training at batch {batch}",
+        "",
+    ]
+    budget = est.get("budget")
+    header = ["phase", "trainable params", f"textbook minimum ({est['dtype']})"]
+    header += [f"realistic ({est['precision']})", "per extra image"]
+    header += [f"largest batch in {format_bytes(budget)}" if budget else "largest batch", "fits"]
+    body = [
+        [label, f"{p['trainable']:,}", format_bytes(p["textbook"]["total"])]
+        + [format_bytes(p["realistic"][k]) for k in ("total", "per_image")]
+        + [p.get("max_batch", ""), "yes" if p.get("fits") else "**no**"]
+        for label, p in est["phases"].items()
+    ]
+    out += _table(header, body)
+    out.append("")
+    for label, p in est["phases"].items():
+        t, r = p["textbook"], p["realistic"]
+        out += [
+            f"- {label}, textbook minimum: {batch} x ({tot['activations']:,} activations + "
+            f"{tot['input']:,} input values) x {size} B + parameters {t['parameters']:,} B = "
+            f"**{t['total']:,} B = {format_bytes(t['total'])}**.",
+            f"- {label}, realistic: weights {format_bytes(r['weights'])}"
+            + (
+                f" + float16 copies {format_bytes(r['weight_copies'])}"
+                if r["weight_copies"]
+                else ""
+            )
+            + f" + gradients {format_bytes(r['gradients'])} + optimizer "
+            f"{format_bytes(r['optimizer'])} + {batch} x {format_bytes(r['per_image'])} "
+            f"(peak {r['peak']['values']:,} values alive, {r['peak']['kept_values']:,} of them "
+            f"kept for the backward pass, x {2 if r['precision'].startswith('mixed') else 4} B x "
+            f"{r['overhead']:.2f}) = **{format_bytes(r['total'])}**.",
+        ]
+    out += ["", _why(est), ""]
+    if est.get("remedies"):
+        out += [
+            f"## Does not fit in {format_bytes(budget)}: remedies for "
+            f"{est['remedies_for']}, largest saving first",
+            "",
+        ]
+        body = [
+            [
+                m["remedy"],
+                *(format_bytes(m[k]) for k in ("bytes", "saves")),
+                "yes" if m["fits"] else "no",
+                m["note"],
+            ]
+            for m in est["remedies"]
+        ]
+        out += _table(["remedy", "new figure", "saves", "fits", "note"], body)
+        out.append("")
+    tp = est.get("throughput") or {}
+    if tp.get("flops_per_second") and tp.get("images"):
+        out += [
+            f"## Time per epoch ({tp['images']:,} images at "
+            f"{format_count(tp['flops_per_second'])}FLOP/s, {tp['origin']})",
+            "",
+        ]
+        out += [f"- {label}: {p['epoch_seconds']:,.0f} s" for label, p in est["phases"].items()]
+        out.append("")
+    out += [f"Note: {n}" for n in est.get("notes", [])]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _shape(shape: list[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _names(names: list[str], limit: int = 6) -> list[str]:
+    return names if len(names) <= limit else [*names[:limit], f"{len(names) - limit} more"]

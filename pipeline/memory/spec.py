@@ -1,0 +1,224 @@
+"""The layer-spec grammar: a network typed on the command line, as ``Layer`` rows.
+
+A network is a list of ``Layer`` rows in execution order: row 0 is the input image and every
+other row names the rows it reads. Rows come from a short text spec (``parse_layers``, here)
+or a Keras model (``pipeline.memory.keras_graph``); ``pipeline.memory.liveness`` works on
+rows only, in values per image, so a textbook stack typed on the command line and a Keras
+backbone are costed by the same code. Keras is never imported here.
+
+Layer-spec grammar: comma-separated tokens, case-insensitive, K = kernel side, S = stride.
+
+    conv{K}x{K}[s{S}][same|valid]:{F}   convolution with F filters and a bias (S=1, SAME)
+    maxpool{K}x{K}[s{S}][same|valid]    max pooling (S=K, VALID: Keras's defaults)
+    avgpool{K}x{K}[s{S}][same|valid]    average pooling (same defaults)
+    lrn                                 local response normalisation (AlexNet), size 5
+    relu                                ReLU
+    flatten                             to a vector
+    dense:{N}                           fully connected layer with N units and a bias
+
+>>> rows = parse_layers("200x300x3", "conv3x3s2same:100,conv3x3s2same:200,conv3x3s2same:400")
+>>> [r.shape for r in rows], sum(r.params for r in rows)
+([(200, 300, 3), (100, 150, 100), (50, 75, 200), (25, 38, 400)], 903400)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+# What a layer's backward pass reads, besides the gradient of its output.
+SAVES_INPUTS = "inputs"  # always (max pooling, LRN, swish, BatchNorm in training mode)
+SAVES_INPUTS_IF_TRAINABLE = "inputs-if-trainable"  # for the weight gradient (conv, dense)
+SAVES_OUTPUT = "output"  # ReLU, sigmoid, softmax, a dropout mask, max pooling
+
+LRN_SIZE = 5  # AlexNet's local response normalisation window (depth radius 2)
+LRN_FLOPS_PER_VALUE = 2 * LRN_SIZE + 3  # square and sum the window, then k + a*sum, ^b, divide
+
+SPEC_FORMS = (
+    "conv{K}x{K}[s{S}][same|valid]:{F}",
+    "maxpool{K}x{K}[s{S}][same|valid]",
+    "avgpool{K}x{K}[s{S}][same|valid]",
+    "lrn",
+    "relu",
+    "flatten",
+    "dense:{N}",
+)
+_WINDOW = r"(\d+)x(\d+)(?:s(\d+))?(same|valid)?"
+_CONV = re.compile(rf"conv{_WINDOW}:(\d+)")
+_POOL = re.compile(rf"(max|avg)pool{_WINDOW}")
+_DENSE = re.compile(r"(?:dense|fc):(\d+)")
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    kind: str  # input, conv, dense, maxpool, ... or the Keras class name
+    shape: tuple[int, ...]  # output shape for one image (no batch axis)
+    inputs: tuple[int, ...] = ()  # rows this layer reads
+    params: int = 0  # every parameter, trainable or not
+    trainable: int = 0  # the trainable part of params
+    macs: int = 0  # multiply-adds per image
+    flops: int = 0  # per image, forward: 2 per multiply-add + 1 per elementwise op
+    saves: tuple[str, ...] = ()  # SAVES_* flags: what its backward pass reads
+    internal: int = 0  # values made inside the layer that its backward reads (pre-activation)
+    working: str = ""  # the arithmetic behind shape and params, printed for students
+
+    @property
+    def size(self) -> int:
+        """Activation values for one image."""
+        return math.prod(self.shape)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'200x300x3' -> (200, 300, 3); '200x300' means RGB."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) == 2:
+        shape = (*shape, 3)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(
+            f"--input must be HEIGHTxWIDTHxCHANNELS, e.g. 200x300x3. Received: {text!r}"
+        )
+    return shape
+
+
+def parse_layers(input_shape: str | tuple[int, ...], spec: str) -> list[Layer]:
+    """The rows of a plain stack (each layer reads the previous one), with their working."""
+    shape = parse_shape(input_shape) if isinstance(input_shape, str) else tuple(input_shape)
+    rows = [Layer("input", "input", shape, working="x".join(map(str, shape)))]
+    counts: dict[str, int] = {}
+    for token in (t.strip().lower() for t in spec.split(",")):
+        if not token:
+            continue
+        kind, row = _parse_token(token, rows[-1].shape)
+        counts[kind] = counts.get(kind, 0) + 1
+        name = f"{kind}{counts[kind]}"
+        rows.append(Layer(name=name, inputs=(len(rows) - 1,), **row))
+    if len(rows) == 1:
+        raise ValueError(f"--layers is empty; give comma-separated {', '.join(SPEC_FORMS)}")
+    return rows
+
+
+def _parse_token(token: str, shape: tuple[int, ...]) -> tuple[str, dict]:
+    if m := _CONV.fullmatch(token):
+        kh, kw, stride, padding, filters = m.groups()
+        return "conv", _conv(
+            token, shape, int(kh), int(kw), int(stride or 1), padding or "same", int(filters)
+        )
+    if m := _POOL.fullmatch(token):
+        op, kh, kw, stride, padding = m.groups()
+        return "pool", _pool(
+            token, shape, op, int(kh), int(kw), int(stride or kh), padding or "valid"
+        )
+    if m := _DENSE.fullmatch(token):
+        return "fc", _dense(token, shape, int(m.group(1)))
+    n = math.prod(shape)
+    if token == "lrn":
+        return "lrn", {
+            "kind": "lrn",
+            "shape": shape,
+            "flops": LRN_FLOPS_PER_VALUE * n,
+            "saves": (SAVES_INPUTS, SAVES_OUTPUT),
+            "working": "shape unchanged",
+        }
+    if token == "relu":
+        return "relu", {
+            "kind": "relu",
+            "shape": shape,
+            "flops": n,
+            "saves": (SAVES_OUTPUT,),
+            "working": "shape unchanged",
+        }
+    if token == "flatten":
+        return "flatten", {
+            "kind": "flatten",
+            "shape": (n,),
+            "working": f"{'x'.join(map(str, shape))} = {n:,}",
+        }
+    raise ValueError(
+        f"Unknown layer {token!r} in --layers. Valid forms: {', '.join(SPEC_FORMS)}, "
+        "e.g. conv3x3s2same:100,maxpool3x3s2,lrn,flatten,dense:4096"
+    )
+
+
+def _spatial(
+    token: str, shape: tuple[int, ...], k: tuple[int, int], stride: int, padding: str
+) -> tuple[int, int, str]:
+    if len(shape) != 3:
+        raise ValueError(
+            f"{token} needs an HxWxC input, but the layer before it outputs "
+            f"{'x'.join(map(str, shape))}; put it before flatten"
+        )
+    out, steps = [], []
+    for side, kernel in zip(shape[:2], k):
+        if padding == "same":
+            o = -(-side // stride)
+            steps.append(f"ceil({side}/{stride})={o}")
+        else:
+            o = (side - kernel) // stride + 1
+            steps.append(f"({side}-{kernel})//{stride}+1={o}")
+        if o < 1:
+            raise ValueError(
+                f"{token}: a {kernel}-wide VALID window does not fit an input of "
+                f"side {side}; use same padding or a smaller kernel"
+            )
+        out.append(o)
+    return out[0], out[1], ", ".join(steps)
+
+
+def _conv(
+    token: str, shape: tuple[int, ...], kh: int, kw: int, stride: int, padding: str, filters: int
+) -> dict:
+    oh, ow, steps = _spatial(token, shape, (kh, kw), stride, padding)
+    cin = shape[2]
+    params = (kh * kw * cin + 1) * filters
+    macs = oh * ow * filters * kh * kw * cin
+    return {
+        "kind": "conv",
+        "shape": (oh, ow, filters),
+        "params": params,
+        "trainable": params,
+        "macs": macs,
+        "flops": 2 * macs + oh * ow * filters,
+        "saves": (SAVES_INPUTS_IF_TRAINABLE,),
+        "working": f"{steps}; params ({kh}x{kw}x{cin}+1)x{filters} = {params:,}",
+    }
+
+
+def _pool(
+    token: str, shape: tuple[int, ...], op: str, kh: int, kw: int, stride: int, padding: str
+) -> dict:
+    oh, ow, steps = _spatial(token, shape, (kh, kw), stride, padding)
+    out = (oh, ow, shape[2])
+    saves = (SAVES_INPUTS, SAVES_OUTPUT) if op == "max" else ()
+    return {
+        "kind": f"{op}pool",
+        "shape": out,
+        "flops": kh * kw * math.prod(out),
+        "saves": saves,
+        "working": f"{steps}; no parameters",
+    }
+
+
+def _dense(token: str, shape: tuple[int, ...], units: int) -> dict:
+    if len(shape) != 1:
+        raise ValueError(
+            f"{token} needs a vector, but the layer before it outputs "
+            f"{'x'.join(map(str, shape))}; put flatten before it"
+        )
+    n = shape[0]
+    params = (n + 1) * units
+    return {
+        "kind": "dense",
+        "shape": (units,),
+        "params": params,
+        "trainable": params,
+        "macs": n * units,
+        "flops": 2 * n * units + units,
+        "saves": (SAVES_INPUTS_IF_TRAINABLE,),
+        "working": f"params ({n:,}+1)x{units:,} = {params:,}",
+    }
