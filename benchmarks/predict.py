@@ -32,7 +32,7 @@ from pipeline.config import load_config, with_overrides  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
 from pipeline.images import iter_files, load_rgb  # noqa: E402
 from pipeline.predict import load_classifier, predict  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from pipeline.training import train  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "predict.json"
 

@@ -49,14 +49,15 @@ import tensorflow as tf  # noqa: E402
 
 from pipeline.config import Config, load_config, parse_override, with_overrides  # noqa: E402
 from pipeline.data import prepare_data  # noqa: E402
-from pipeline.distribute import Feed, fit  # noqa: E402
 from pipeline.experiment import mean_ci  # noqa: E402
-from pipeline.features import extract_features  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
 from pipeline.manifest import load_split, read_classes  # noqa: E402
 from pipeline.memory import estimate_for_run  # noqa: E402
 from pipeline.model import build_classifier, freeze_for_phase, training_forward  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from pipeline.training import train  # noqa: E402
+from pipeline.training.features import extract_features  # noqa: E402
+from pipeline.training.feeds import Feed  # noqa: E402
+from pipeline.training.loop import fit  # noqa: E402
 from tests.test_train import (  # noqa: E402  (one recipe and one measure for test and benchmark)
     TRANSFER_RECIPE,
     held_out_accuracy,
@@ -124,7 +125,7 @@ class _StepTimer(keras.callbacks.Callback):
 
 
 def step_rate(cfg: Config, phase: str, batch: int, steps: int) -> float:
-    """Images/s of the real training step (pipeline.distribute.fit), first step excluded."""
+    """Images/s of the real training step (pipeline.training.loop.fit), first step excluded."""
     strategy = tf.distribute.get_strategy()
     model = build_classifier(cfg, 5)
     if phase == "full":

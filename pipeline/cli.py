@@ -66,7 +66,7 @@ def _memory_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.train import train
+    from pipeline.training import train
 
     train(cfg)
 

@@ -155,7 +155,7 @@ def _one_run(run_cfg: Config, num_classes_hint: int | None) -> dict[str, Any]:
     import tensorflow as tf
 
     from pipeline.evaluate import evaluate
-    from pipeline.train import train
+    from pipeline.training import train
 
     keras.backend.clear_session()
     trained = train(run_cfg)

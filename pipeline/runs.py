@@ -1,4 +1,5 @@
-"""The layout of a trained run, models/<run>/: file names, and finding runs by name or age.
+"""The layout of a trained run, models/<run>/: file names, finding runs by name or age,
+the run's summary.json, and which folder a train stage writes or resumes.
 
 Written by the train stage, read by evaluate, predict and experiments; light to import
 (no TensorFlow), so a stage can fail on bad input before TensorFlow starts.
@@ -6,7 +7,14 @@ Written by the train stage, read by evaluate, predict and experiments; light to 
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, ConfigError, dataset_name, with_overrides
+from pipeline.files import read_json, write_json
 
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
@@ -16,6 +24,8 @@ HISTORY_FILE = "history.csv"
 CURVES_FILE = "learning_curves.png"
 SUMMARY_FILE = "summary.json"
 STATE_FILE = "state.json"  # finished phases, so that a restarted run skips them
+# Options that may change between a run and its resumption (the rest must match).
+RESUMABLE_CHANGES = ("train.run_name", "train.strategy", "train.xla", "train.tensorboard")
 
 
 def find_runs(models_dir: str | Path) -> list[Path]:
@@ -43,3 +53,131 @@ def resolve_run(models_dir: str | Path, run: str = "") -> Path:
             f"No finished run under {models_dir}/: run `make train` first (or give RUN=...)"
         )
     return runs[-1]
+
+
+# ----------------------------------------------------------------------------- summary.json
+
+
+@dataclass
+class TrainSummary:
+    """summary.json: what a finished train stage reports, read by evaluate, report and
+    experiments. The JSON keys are the field names, in this order."""
+
+    run: str
+    run_dir: str
+    dataset: str
+    data: dict[str, Any]  # provenance: manifests_dir, recorded_split, fingerprint, manifests
+    classes: list[str]
+    train_images: int
+    val_images: int
+    backbone: str
+    weights: str
+    image_size: int
+    device: str
+    strategy: str
+    replicas: int
+    workers: int
+    precision: str
+    xla: bool
+    global_batch: int
+    class_weights: list[float] | None
+    parameters: int
+    resumed: bool
+    phases: dict[str, dict[str, Any]]  # "1", "2": epochs, best epoch and metrics, seconds...
+    epochs: int
+    seconds: float
+    final: dict[str, float]  # val_loss, val_accuracy of the last phase's best epoch
+    memory: dict[str, Any]  # estimate (pipeline.memory) and measured peaks
+    files: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainSummary:
+        """Unknown keys are ignored; keys an older run did not write read as None."""
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+def write_summary(run_dir: str | Path, summary: TrainSummary) -> Path:
+    return write_json(Path(run_dir) / SUMMARY_FILE, summary.to_dict())
+
+
+def read_summary(run_dir: str | Path) -> TrainSummary | None:
+    """The run's summary, or None when it has none (an unfinished run)."""
+    data = read_json(Path(run_dir) / SUMMARY_FILE)
+    return None if data is None else TrainSummary.from_dict(data)
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def read_state(work_dir: Path) -> dict[str, Any]:
+    """state.json: the phases a run has finished (none yet when it has no file)."""
+    path = work_dir / STATE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"phases": {}}
+
+
+def has_progress(work_dir: Path) -> bool:
+    """Whether a run folder holds a finished epoch worth resuming."""
+    return (work_dir / STATE_FILE).is_file() or (work_dir / HISTORY_FILE).is_file()
+
+
+def _flat(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, values in config.items() for k, v in values.items()}
+
+
+def config_differences(saved: Path, cfg: Config) -> list[str]:
+    """The options (section.key) in which cfg differs from a run's saved config.json,
+    besides those a resumed run may change and the paths."""
+    old = _flat(json.loads(saved.read_text(encoding="utf-8")))
+    new = _flat(cfg.to_dict())
+    return sorted(
+        k
+        for k in new
+        if k not in RESUMABLE_CHANGES and not k.startswith("paths.") and old.get(k) != new[k]
+    )
+
+
+def resolve_run_dir(cfg: Config, role_dir: str = "") -> tuple[Path, Config, bool]:
+    """models/<run>: the named run, the newest unfinished run of the same configuration
+    (resumed), or a new <dataset>-<backbone>-<time> folder. (run folder, cfg with the run
+    name filled in, resumed?). ``role_dir``: a non-chief worker's own sub-folder."""
+    models = Path(cfg.paths.models)
+    name = cfg.train.run_name
+    if name:
+        run_dir = models / name
+        own = run_dir / role_dir
+        if (own / SUMMARY_FILE).is_file():
+            raise ConfigError(
+                f"{run_dir} holds a finished run; choose another RUN_NAME (train.run_name) "
+                "or delete that folder to train it again"
+            )
+        saved = own / CONFIG_FILE
+        if saved.is_file() and not has_progress(own):
+            print(f"{run_dir}: the earlier attempt stopped before its first epoch; starting afresh")
+            return run_dir, cfg, False
+        if saved.is_file():
+            differences = config_differences(saved, cfg)
+            if differences:
+                raise ConfigError(
+                    f"{run_dir} is an unfinished run with other options ({', '.join(differences)}"
+                    f"); rerun with its options ({saved}) to resume it, or choose another RUN_NAME"
+                )
+            return run_dir, cfg, True
+        return run_dir, cfg, False
+    prefix = f"{dataset_name(cfg.data.dataset)}-{cfg.model.backbone}-"
+    for run_dir in sorted(models.glob(prefix + "*"), reverse=True):
+        saved = run_dir / CONFIG_FILE
+        if (
+            saved.is_file()
+            and not (run_dir / SUMMARY_FILE).is_file()
+            and not config_differences(saved, cfg)
+        ):
+            print(
+                f"Found an unfinished run with the same options: {run_dir} (RUN_NAME=... "
+                "starts a new one instead)"
+            )
+            return run_dir, with_overrides(cfg, {"train.run_name": run_dir.name}), True
+    name = prefix + time.strftime("%Y%m%d-%H%M%S")
+    return models / name, with_overrides(cfg, {"train.run_name": name}), False

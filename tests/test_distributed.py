@@ -1,5 +1,6 @@
-"""pipeline.distribute on this CPU: two logical devices under MirroredStrategy, two workers on
-localhost under MultiWorkerMirroredStrategy, mixed precision, XLA and the NaN guard.
+"""pipeline.training (runtime, feeds, loop) on this CPU: two logical devices under
+MirroredStrategy, two workers on localhost under MultiWorkerMirroredStrategy, mixed
+precision, XLA and the NaN guard.
 
 Strategies need a fresh process (logical devices and collectives are fixed once TensorFlow
 starts), so those tests run the real stage in subprocesses with a hard timeout.
@@ -21,15 +22,10 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import ConfigError, load_config
-from pipeline.distribute import (
-    NonFiniteLossError,
-    eval_feed,
-    fit,
-    select_strategy,
-    strategy_name,
-    train_feed,
-)
-from pipeline.train import train
+from pipeline.training import train
+from pipeline.training.feeds import eval_feed, train_feed
+from pipeline.training.loop import NonFiniteLossError, fit
+from pipeline.training.runtime import select_strategy, strategy_name
 from tests.test_train import make_tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +87,7 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(tiny):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from pipeline.config import load_config
-        from pipeline.train import train
+        from pipeline.training import train
         base = {overrides!r}
         one = train(load_config(None, base + ["train.run_name=one", "input.batch_size=8"]))
         two = train(load_config(None, base + ["train.run_name=two", "input.batch_size=4",
@@ -179,8 +175,8 @@ def test_weight_averaging_resumes_from_a_backup_as_if_never_stopped(tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_on_localhost_end_with_identical_weights(tiny):
-    """MultiWorkerMirroredStrategy from TF_CONFIG, two processes, through `python -m
-    pipeline train`: the chief writes the run, worker 1 its own copy under workers/."""
+    """MultiWorkerMirroredStrategy from TF_CONFIG, two processes, through
+    `python -m pipeline train`: the chief writes the run, worker 1 its own copy under workers/."""
     ports = free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     overrides = [

@@ -41,7 +41,7 @@ from pipeline.manifest import load_split, read_classes
 from pipeline.provenance import RUN_DATA_DIR, ProvenanceError, read_record
 from pipeline.sources import SourceError
 from pipeline.split import split_of
-from pipeline.train import train
+from pipeline.training import train
 from tests.imagegen import make_image
 
 
@@ -57,7 +57,7 @@ class TinyRun:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> TinyRun:
     from pipeline.data import prepare_data
-    from pipeline.train import train
+    from pipeline.training import train
 
     root = tmp_path_factory.mktemp("faults")
     for c, label in enumerate(("cats", "dogs")):

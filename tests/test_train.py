@@ -1,4 +1,4 @@
-"""pipeline.train: real two-phase runs on real photos (small images, few of them).
+"""pipeline.training: real two-phase runs on real photos (small images, few of them).
 
 One InceptionV3 run (random weights, 75 px) is shared by the module; the tests read what it
 wrote. Phase 1 must leave the base alone, phase 2 must change only the unfrozen top and no
@@ -25,7 +25,8 @@ from pipeline.config import ConfigError, load_config
 from pipeline.files import GENERATED_MARKER
 from pipeline.manifest import load_split, read_classes
 from pipeline.model import build_classifier, get_base
-from pipeline.train import TrainResult, class_weights, train
+from pipeline.training import TrainResult, train
+from pipeline.training.trainset import class_weights
 
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS = 16  # 80 photos: 58 train, 8 val, 14 test

@@ -1,4 +1,5 @@
-"""Where training runs and how a step is taken: strategy, precision, and the training loop.
+"""How a phase trains: compile, the training step (forward, loss, gradients, update), the
+validation pass, and ``fit``, the loop that drives them and Keras's callbacks epoch by epoch.
 
 One training path for every set-up, from one CPU to several machines. ``model.fit`` fails
 under ``MultiWorkerMirroredStrategy`` with Keras 3 ("Attempt to convert a value
@@ -19,12 +20,9 @@ MirroredStrategy on several GPUs since Keras 3.7).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -32,9 +30,10 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.compat import ema_pairs, initial_epoch, reset_initial_epoch
-from pipeline.config import Config, ConfigError
+from pipeline.config import TrainConfig
+from pipeline.training.feeds import Feed
+from pipeline.training.runtime import strategy_name
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 NAN_ISSUE = "keras-team/keras#21172"
 
 
@@ -42,178 +41,23 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message says where and what to try."""
 
 
-# ----------------------------------------------------------------------------- strategy
+# ----------------------------------------------------------------------------- compile
 
 
-def _tf_config() -> dict:
-    text = os.environ.get("TF_CONFIG", "")
-    if not text:
-        return {}
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"TF_CONFIG is not valid JSON ({exc}). Received: {text[:200]!r}"
-        ) from None
-
-
-def _cluster_tasks(tf_config: dict) -> int:
-    cluster = tf_config.get("cluster", {})
-    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
-
-
-def multi_worker_requested(cfg: Config) -> bool:
-    """Whether select_strategy will pick MultiWorkerMirroredStrategy (cheap: reads TF_CONFIG)."""
-    name = cfg.train.strategy
-    return name == "multi_worker" or (name == "auto" and _cluster_tasks(_tf_config()) > 1)
-
-
-def select_strategy(cfg: Config) -> tf.distribute.Strategy:
-    """auto: several machines (TF_CONFIG) > several GPUs > the default single device.
-
-    Must run before any other TensorFlow work: MultiWorkerMirroredStrategy configures the
-    runtime's collectives, which cannot change once TensorFlow has started.
-    """
-    name = cfg.train.strategy
-    tf_config = _tf_config()
-    if multi_worker_requested(cfg):
-        if not tf_config.get("cluster"):
-            raise ConfigError(
-                "train.strategy=multi_worker needs TF_CONFIG (the cluster and this worker's "
-                "task) in the environment of every worker; see README 'Several machines', "
-                "or use train.strategy=auto"
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()  # before listing any device
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "default"
-    if name == "mirrored":
-        # Every GPU; without GPUs every logical CPU device (two of them in the tests).
-        devices = gpus or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    return tf.distribute.get_strategy()
-
-
-def strategy_name(strategy: tf.distribute.Strategy) -> str:
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return "multi_worker"
-    if isinstance(strategy, tf.distribute.MirroredStrategy):
-        return "mirrored"
-    return "default"
-
-
-def input_pipelines(strategy: tf.distribute.Strategy) -> int:
-    """How many input pipelines (workers) feed the replicas: one per machine."""
-    resolver = strategy.cluster_resolver
-    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return 1
-    spec = resolver.cluster_spec().as_dict()
-    return max(1, len(spec.get("chief", [])) + len(spec.get("worker", [])))
-
-
-def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str]:
-    """(is this the chief?, a name for this worker): the chief writes the run's outputs."""
-    resolver = strategy.cluster_resolver
-    if resolver is None or not resolver.task_type:
-        return True, "chief"
-    kind, index = resolver.task_type, int(resolver.task_id or 0)
-    has_chief = bool(resolver.cluster_spec().as_dict().get("chief"))
-    chief = kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
-    return chief, f"{kind}-{index}"
-
-
-def describe_devices(strategy: tf.distribute.Strategy) -> str:
-    gpus = tf.config.list_physical_devices("GPU")
-    kind = f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
-    replicas = strategy.num_replicas_in_sync
-    workers = input_pipelines(strategy)
-    where = f", {workers} workers" if workers > 1 else ""
-    return f"{kind}; strategy {strategy_name(strategy)}, {replicas} replica(s){where}"
-
-
-# ----------------------------------------------------------------------------- precision
-
-
-def select_precision(cfg: Config) -> str:
-    """auto: mixed_float16 on a GPU (float32 variables, float16 maths), float32 elsewhere.
-
-    Sets Keras's global dtype policy; the caller restores the previous one when done. Under
-    mixed_float16, ``model.compile`` wraps the optimizer in a LossScaleOptimizer.
-    """
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
-    keras.mixed_precision.set_global_policy(precision)
-    return precision
-
-
-# ----------------------------------------------------------------------------- input feeds
-
-
-@dataclass
-class Feed:
-    """Per-replica batches for one phase: a dataset factory and the steps of one pass.
-
-    ``make(ctx)`` builds the dataset of one input pipeline (one per worker) for
-    ``strategy.distribute_datasets_from_function``: training feeds repeat forever and
-    ``fit`` takes ``steps`` batches per epoch, so every worker runs the same number of steps;
-    evaluation feeds are padded with masked rows for the same reason.
-    """
-
-    make: Callable[[tf.distribute.InputContext], tf.data.Dataset]
-    steps: int
-    global_batch: int
-
-
-def shard(count: int, ctx: tf.distribute.InputContext) -> np.ndarray:
-    """This input pipeline's share of items 0..count-1 (every worker decodes only its own)."""
-    return np.arange(count)[ctx.input_pipeline_id :: ctx.num_input_pipelines]
-
-
-def train_feed(
-    count: int,
-    global_batch: int,
-    build: Callable[[np.ndarray, int, tf.distribute.InputContext], tf.data.Dataset],
-) -> Feed:
-    """build(indices, per_replica_batch, ctx) -> full batches; repeated here."""
-
-    def make(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        per_replica = ctx.get_per_replica_batch_size(global_batch)
-        return build(shard(count, ctx), per_replica, ctx).repeat()
-
-    return Feed(make, max(1, count // global_batch), global_batch)
-
-
-def eval_feed(
-    count: int,
-    global_batch: int,
-    strategy: tf.distribute.Strategy,
-    build: Callable[[np.ndarray, int], tf.data.Dataset],
-) -> Feed:
-    """build(indices, per_replica_batch) -> (x, y) batches in order; a 0/1 mask is zipped on.
-
-    Each pipeline's share is padded (repeating its first item, masked out) to the same
-    whole number of global batches, so no replica waits for another at the end of a pass.
-    """
-    pipelines = input_pipelines(strategy)
-    per_pipeline_batch = global_batch // pipelines
-    rows_per_pipeline = math.ceil(count / pipelines)
-    steps = max(1, math.ceil(rows_per_pipeline / per_pipeline_batch))
-
-    def make(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        per_replica = ctx.get_per_replica_batch_size(global_batch)
-        indices = shard(count, ctx)
-        padded = steps * per_pipeline_batch
-        mask = np.zeros(padded, np.float32)
-        mask[: len(indices)] = 1.0
-        first = indices[:1] if len(indices) else np.zeros(1, np.int64)
-        indices = np.concatenate([indices, np.repeat(first, padded - len(indices))])
-        masks = tf.data.Dataset.from_tensor_slices(mask).batch(per_replica)
-        return tf.data.Dataset.zip(build(indices, per_replica), masks).map(
-            lambda batch, m: (*batch, m)
+def compile_for_training(
+    model: keras.Model, strategy: tf.distribute.Strategy, lr: float, t: TrainConfig
+) -> None:
+    """Adam at lr, its state built now (saved state = loaded state). With train.ema > 0 it
+    also keeps a moving average of the weights (Polyak averaging), which ``fit`` validates
+    and checkpoints instead of the last step's weights."""
+    ema = {"use_ema": True, "ema_momentum": t.ema} if t.ema > 0 else {}
+    with strategy.scope():
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr, **ema),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
+            metrics=["accuracy"],
         )
-
-    return Feed(make, steps, global_batch)
+        model.optimizer.build(model.trainable_variables)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -288,7 +132,7 @@ def _build_eval_step(
     return _summed_over_replicas(strategy, replica_step)
 
 
-def evaluate(
+def validate(
     model: keras.Model,
     feed: Feed,
     strategy: tf.distribute.Strategy,
@@ -395,7 +239,7 @@ def fit(
         if ema is not None:  # validate, checkpoint and back up the averaged weights
             _swap_ema(ema, strategy)
             ema_in_model = True
-        val_logs = evaluate(model, val, strategy, label_smoothing, eval_step, val_dataset)
+        val_logs = validate(model, val, strategy, label_smoothing, eval_step, val_dataset)
         epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
         epoch_logs["learning_rate"] = _learning_rate(model)
         callback_list.on_epoch_end(epoch, epoch_logs)

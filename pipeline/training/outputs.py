@@ -1,0 +1,263 @@
+"""What a finished run leaves behind: the model, its labels, the SavedModel export, the
+learning curves, summary.json (with memory estimated and measured), and the closing lines
+printed about them.
+
+Everything is written atomically under models/<run>/; a non-chief worker writes only its
+model, labels and summary, in its own sub-folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from pipeline.backbones import Backbone, preprocess
+from pipeline.config import Config
+from pipeline.files import atomic_path, replace_dir, write_json
+from pipeline.model import count_params
+from pipeline.provenance import RUN_DATA_DIR, read_record
+from pipeline.runs import (
+    CONFIG_FILE,
+    CURVES_FILE,
+    HISTORY_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    SAVED_MODEL_DIR,
+    SUMMARY_FILE,
+    TrainSummary,
+    write_summary,
+)
+from pipeline.training.context import TrainingRun
+from pipeline.training.loop import compile_for_training
+from pipeline.training.runtime import describe_devices, input_pipelines, strategy_name
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict[str, Any]  # summary.json as written (TrainSummary.to_dict())
+    files: list[Path] = field(default_factory=list)
+
+
+def finish(
+    run: TrainingRun,
+    phases: dict[str, dict[str, Any]],
+    precision: str,
+    xla: bool,
+    seconds: float,
+    resumed: bool,
+) -> TrainResult:
+    """Write the run's outputs and summary, print what they are, return them."""
+    cfg, model = run.cfg, run.classifier
+    if getattr(model, "optimizer", None) is None:  # only the feature head was compiled
+        lr = cfg.train.fine_tune_lr if phases.get("2", {}).get("epochs") else cfg.train.head_lr
+        compile_for_training(model, run.strategy, lr, cfg.train)
+    # The model holds the last phase's best weights, so its validation metrics are that
+    # epoch's (the tests check them against the saved model).
+    last = [p for p in phases.values() if p.get("epochs")][-1]
+    final = {"loss": last["best_val_loss"], "accuracy": last["best_val_accuracy"]}
+    out = run.work_dir
+    files = [out / CONFIG_FILE, out / HISTORY_FILE]
+    with atomic_path(out / MODEL_FILE, suffix=".keras") as tmp:
+        model.save(tmp)
+    files.append(out / MODEL_FILE)
+    files.append(write_json(out / LABELS_FILE, run.classes))
+    if run.chief:
+        files.append(_export_serving(model, run.backbone, out / SAVED_MODEL_DIR))
+        files.append(_plot_learning_curves(run.history, out / CURVES_FILE))
+    files.extend(p for p in (run.checkpoint_path(1), run.checkpoint_path(2)) if p.is_file())
+    if cfg.train.tensorboard:
+        files.append(out / "logs")
+    summary = TrainSummary(
+        run=cfg.train.run_name,
+        run_dir=str(out),
+        dataset=cfg.data.dataset,
+        data=_provenance(cfg, out),
+        classes=run.classes,
+        train_images=len(run.train_rows),
+        val_images=len(run.val_rows),
+        backbone=cfg.model.backbone,
+        weights=cfg.model.weights,
+        image_size=cfg.image_size,
+        device=describe_devices(run.strategy),
+        strategy=strategy_name(run.strategy),
+        replicas=run.strategy.num_replicas_in_sync,
+        workers=input_pipelines(run.strategy),
+        precision=precision,
+        xla=xla,
+        global_batch=run.global_batch,
+        class_weights=run.class_weights,
+        parameters=count_params(model.weights),
+        resumed=resumed,
+        phases={k: {n: v for n, v in p.items() if n != "history"} for k, p in phases.items()},
+        epochs=len(run.history),
+        seconds=seconds,
+        final={"val_loss": final["loss"], "val_accuracy": final["accuracy"]},
+        memory=_memory_figures(cfg, len(run.classes), run.rss_before),
+        files=[str(p) for p in files],
+    )
+    files.append(write_summary(out, summary))
+    _remove_backups(out)
+    _print_outputs(out, files, summary)
+    return TrainResult(out, summary.to_dict(), files)
+
+
+def _provenance(cfg: Config, out: Path) -> dict[str, Any]:
+    """What the run was trained on: the data set's record and the split kept in the run."""
+    record = read_record(out / RUN_DATA_DIR)
+    return {
+        "manifests_dir": str(cfg.dataset_dir()),
+        "recorded_split": str(out / RUN_DATA_DIR),
+        "fingerprint": record.fingerprint if record else None,
+        "manifests": record.manifests if record else None,
+    }
+
+
+def current_rss_bytes() -> int | None:
+    """Resident memory of this process now (Linux /proc; None elsewhere)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_figures(cfg: Config, num_classes: int, rss_before: int | None) -> dict[str, Any]:
+    """The estimate for this run (pipeline.memory) next to what the run really used."""
+    import resource
+
+    from pipeline.memory import estimate_for_run
+
+    try:
+        estimate = estimate_for_run(cfg, num_classes)
+    except Exception as exc:  # the run is done; a missing estimate must not fail it
+        estimate = {"error": f"memory estimate unavailable: {exc}"}
+    measured: dict[str, Any] = {
+        # Linux reports KiB. The process peak includes the TensorFlow runtime, the input
+        # pipeline and the feature cache, so it exceeds the estimate's model-only figure.
+        "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    if rss_before:
+        measured["process_rss_before_training_bytes"] = rss_before
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        info = tf.config.experimental.get_memory_info(gpus[0].name)
+        measured["gpu_peak_bytes"] = int(info["peak"])
+    return {"estimate": estimate, "measured": measured}
+
+
+def _remove_backups(out: Path) -> None:
+    backup = out / "backup"
+    if backup.is_dir() and not any(backup.iterdir()):
+        backup.rmdir()
+
+
+def _export_serving(model: keras.Model, backbone: Backbone, path: Path) -> Path:
+    """A SavedModel whose `serve` takes RGB pixels in [0, 255] and returns probabilities.
+
+    Preprocessing is inside the export, so a server feeds decoded, resized images.
+    """
+    size = model.input_shape[1]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(pixels):
+        return model(preprocess(pixels, backbone), training=False)
+
+    archive.add_endpoint(
+        "serve",
+        serve,
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
+    )
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    archive.write_out(str(tmp), verbose=False)
+    replace_dir(tmp, path)
+    return path
+
+
+def _plot_learning_curves(history: list[dict[str, Any]], path: Path) -> Path:
+    """Loss and accuracy per epoch, training and validation, both phases, with the
+    phase boundary marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.plots import save_figure
+
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [r[metric] for r in history], "o-", ms=3, label=f"train {metric}")
+        ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", ms=3, label=f"val {metric}")
+        phase_one = [r["epoch"] for r in history if r["phase"] == 1]
+        if phase_one and len(phase_one) < len(history):
+            ax.axvline(max(phase_one) + 0.5, color="grey", ls="--", lw=1)
+            ax.text(
+                max(phase_one) + 0.6,
+                0.98,
+                "fine-tuning",
+                transform=ax.get_xaxis_transform(),
+                va="top",
+                fontsize=8,
+                color="grey",
+            )
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Learning curves (phase 1: frozen base | phase 2: fine-tuning)")
+    return save_figure(fig, path)
+
+
+def _print_outputs(out: Path, files: list[Path], summary: TrainSummary) -> None:
+    final = summary.final
+    print(
+        f"Done in {summary.seconds:.0f}s: val_accuracy {final['val_accuracy']:.4f}, "
+        f"val_loss {final['val_loss']:.4f}. Wrote {out}/:"
+    )
+    notes = {
+        MODEL_FILE: "the trained classifier (keras.models.load_model)",
+        SAVED_MODEL_DIR: "SavedModel for serving: `serve`(RGB pixels 0-255) -> probabilities",
+        LABELS_FILE: "class names, in output order",
+        CONFIG_FILE: "the effective configuration (--config to repeat the run)",
+        HISTORY_FILE: "loss, accuracy, learning rate, time per epoch, both phases",
+        CURVES_FILE: "learning curves, phase boundary marked",
+        SUMMARY_FILE: "time per phase, images/s, best epochs, final validation metrics, "
+        "memory estimated and measured",
+        "logs": "TensorBoard logs (tensorboard --logdir ...)",
+    }
+    for path in files:
+        rel = path.relative_to(out) if path.is_relative_to(out) else path
+        note = notes.get(
+            str(rel), "best weights of that phase" if "checkpoints" in str(rel) else ""
+        )
+        print(f"  {str(rel) + ('/' if path.is_dir() else ''):<32} {note}")
+    from pipeline.memory import phases_run
+
+    memory = summary.memory or {}
+    training = memory.get("estimate", {}).get("training", {})
+    phases = phases_run(training, summary.phases or {})  # only those that trained
+    if phases:
+        estimated = ", ".join(
+            f"{name} {figures['realistic_bytes'] / 2**20:,.0f} MiB"
+            for name, figures in phases.items()
+        )
+        measured = memory["measured"]
+        peak = measured["process_peak_rss_bytes"] / 2**20
+        before = measured.get("process_rss_before_training_bytes")
+        already = (
+            f", {before / 2**20:,.0f} MiB of it in use before training started" if before else ""
+        )
+        print(
+            f"Memory: estimated training ({estimated}); measured process peak {peak:,.0f} MiB"
+            f"{already}. The estimate counts the model's tensors for one batch; the process "
+            "peak adds TensorFlow's runtime, the input pipeline and Python."
+        )

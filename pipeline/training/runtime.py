@@ -1,0 +1,132 @@
+"""Where training runs: the distribution strategy, the numeric precision, and their names.
+
+``select_strategy`` picks one device, several GPUs (``MirroredStrategy``) or several
+machines (``MultiWorkerMirroredStrategy``, from TF_CONFIG); ``select_precision`` sets
+Keras's dtype policy. The rest describe what was chosen, for printing and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from pipeline.config import Config, ConfigError
+
+# ----------------------------------------------------------------------------- strategy
+
+
+def _tf_config() -> dict:
+    text = os.environ.get("TF_CONFIG", "")
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"TF_CONFIG is not valid JSON ({exc}). Received: {text[:200]!r}"
+        ) from None
+
+
+def _cluster_tasks(tf_config: dict) -> int:
+    cluster = tf_config.get("cluster", {})
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def multi_worker_requested(cfg: Config) -> bool:
+    """Whether select_strategy will pick MultiWorkerMirroredStrategy (cheap: reads TF_CONFIG)."""
+    name = cfg.train.strategy
+    return name == "multi_worker" or (name == "auto" and _cluster_tasks(_tf_config()) > 1)
+
+
+def select_strategy(cfg: Config) -> tf.distribute.Strategy:
+    """auto: several machines (TF_CONFIG) > several GPUs > the default single device.
+
+    Must run before any other TensorFlow work: MultiWorkerMirroredStrategy configures the
+    runtime's collectives, which cannot change once TensorFlow has started.
+    """
+    name = cfg.train.strategy
+    tf_config = _tf_config()
+    if multi_worker_requested(cfg):
+        if not tf_config.get("cluster"):
+            raise ConfigError(
+                "train.strategy=multi_worker needs TF_CONFIG (the cluster and this worker's "
+                "task) in the environment of every worker; see README 'Several machines', "
+                "or use train.strategy=auto"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()  # before listing any device
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "default"
+    if name == "mirrored":
+        # Every GPU; without GPUs every logical CPU device (two of them in the tests).
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi_worker"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "mirrored"
+    return "default"
+
+
+def input_pipelines(strategy: tf.distribute.Strategy) -> int:
+    """How many input pipelines (workers) feed the replicas: one per machine."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, len(spec.get("chief", [])) + len(spec.get("worker", [])))
+
+
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str]:
+    """(is this the chief?, a name for this worker): the chief writes the run's outputs."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return True, "chief"
+    kind, index = resolver.task_type, int(resolver.task_id or 0)
+    has_chief = bool(resolver.cluster_spec().as_dict().get("chief"))
+    chief = kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
+    return chief, f"{kind}-{index}"
+
+
+def describe_devices(strategy: tf.distribute.Strategy) -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    kind = f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
+    replicas = strategy.num_replicas_in_sync
+    workers = input_pipelines(strategy)
+    where = f", {workers} workers" if workers > 1 else ""
+    return f"{kind}; strategy {strategy_name(strategy)}, {replicas} replica(s){where}"
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def resolve_precision(precision: str, gpu: bool) -> str:
+    """train.precision with 'auto' decided: mixed_float16 on a GPU, float32 elsewhere.
+
+    >>> resolve_precision("auto", gpu=True), resolve_precision("auto", gpu=False)
+    ('mixed_float16', 'float32')
+    >>> resolve_precision("mixed_bfloat16", gpu=False)
+    'mixed_bfloat16'
+    """
+    if precision != "auto":
+        return precision
+    return "mixed_float16" if gpu else "float32"
+
+
+def select_precision(cfg: Config) -> str:
+    """Sets Keras's global dtype policy to train.precision (``resolve_precision``) and
+    returns its name; the caller restores the previous policy when done. Under
+    mixed_float16 (float32 variables, float16 maths), ``model.compile`` wraps the optimizer
+    in a LossScaleOptimizer.
+    """
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    precision = resolve_precision(cfg.train.precision, gpu)
+    keras.mixed_precision.set_global_policy(precision)
+    return precision
