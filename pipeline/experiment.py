@@ -178,7 +178,7 @@ def _one_run(run_cfg: Config, num_classes_hint: int | None) -> dict[str, Any]:
 def _peak_training_memory(summary: dict[str, Any]) -> Any:
     """The largest realistic training estimate over the phases a run trained, from its
     train summary: summary["memory"]["estimate"]["training"][phase]["realistic_bytes"]
-    (``pipeline.train._memory_figures``); "" when the summary has no estimate."""
+    (``pipeline.training.outputs._memory_figures``); "" when the summary has no estimate."""
     from pipeline.memory import phases_run
 
     training = ((summary.get("memory") or {}).get("estimate") or {}).get("training") or {}

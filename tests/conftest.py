@@ -66,7 +66,7 @@ def trained_run(flowers_prepared, mobilenet_weights):
     Shared by the evaluate and predict tests: (config used, run folder).
     """
     from pipeline.config import with_overrides
-    from pipeline.train import train
+    from pipeline.training import train
 
     cfg, _ = flowers_prepared
     cfg = with_overrides(

@@ -23,14 +23,15 @@ def configured_overhead(cfg: Config) -> float:
 
 
 def resolve_precision(precision: str, gpu: bool | None = None) -> str:
-    """'auto' is mixed_float16 on a GPU and float32 elsewhere, as the train stage decides."""
-    if precision != "auto":
-        return precision
+    """The train stage's own rule (``pipeline.training.runtime.resolve_precision``), on this
+    machine's devices unless ``gpu`` says otherwise."""
+    from pipeline.training.runtime import resolve_precision as train_rule
+
     if gpu is None:
         import tensorflow as tf
 
         gpu = bool(tf.config.list_physical_devices("GPU"))
-    return "mixed_float16" if gpu else "float32"
+    return train_rule(precision, gpu)
 
 
 def model_phases(
