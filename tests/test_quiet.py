@@ -16,6 +16,7 @@ NOISE = re.compile(r"absl::InitializeLog|^[IWE]\d{4} |cpu_feature_guard|oneDNN",
 
 def memory_stage(tmp_path, *flags: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(REPO)
     stage = ["memory", "model.backbone=small_cnn", "--no-table", *flags]
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *stage, f"paths.reports={tmp_path}"],
