@@ -1,16 +1,18 @@
 """Command line: `python -m pipeline <stage> [--config FILE] [section.key=value ...]`.
 
 Stages import TensorFlow only when they run, so `--help` and option errors are instant.
+TensorFlow's C++ start-up lines are hidden unless the stage runs with --verbose
+(pipeline/quiet.py says which line goes how).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 
 from pipeline.config import Config, ConfigError, load_config, valid_keys
+from pipeline.quiet import configure_tensorflow_logging, import_tensorflow_quietly
 
 
 def _run_data(cfg: Config, args: argparse.Namespace) -> None:
@@ -97,6 +99,12 @@ def _run_experiment(cfg: Config, args: argparse.Namespace) -> None:
     summarize([out / RESULTS_FILE, *extra], out, cfg.experiment)
 
 
+def _apply_preset(cfg: Config) -> Config:
+    from pipeline.experiment.presets import with_preset
+
+    return with_preset(cfg)
+
+
 def _experiment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--summarize",
@@ -166,6 +174,14 @@ STAGES: dict[str, tuple[str, Runner, AddArguments | None]] = {
 }
 
 
+# A stage's last word on its configuration, before it is validated: the experiment stage
+# applies experiment.preset (configs/presets/<name>.toml) over the other values.
+PREPARE: dict[str, Callable[[Config], Config]] = {"experiment": _apply_preset}
+
+# Stages that never import TensorFlow (nothing to keep quiet, nothing to wait for).
+WITHOUT_TENSORFLOW = frozenset({"config", "clean"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
@@ -177,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, _, add_arguments) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON config file")
+        p.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show TensorFlow's start-up and C++ log lines (hidden by default)",
+        )
         if add_arguments is not None:
             add_arguments(p)
         p.add_argument(
@@ -189,10 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
+    parser = build_parser()
+    # Overrides may also follow a stage's options (`memory --no-table a.b=1 --batch 8 c.d=2`).
+    args, extra = parser.parse_known_args(argv)
+    options = [a for a in extra if a.startswith("-")]
+    if options:
+        parser.error(f"unrecognized arguments: {' '.join(options)}")
+    args.overrides = [*args.overrides, *extra]
+    configure_tensorflow_logging(args.verbose)  # before anything imports TensorFlow
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, PREPARE.get(args.stage))
+        if not args.verbose and args.stage not in WITHOUT_TENSORFLOW:
+            import_tensorflow_quietly()
         STAGES[args.stage][1](cfg, args)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

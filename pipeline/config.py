@@ -14,6 +14,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,8 @@ class ExperimentConfig:
     name: str = ""  # reports/experiments/<name>/; "" = the preset's name, else required
     grid: str = ""  # "section.key=v1,v2 section.key=v3,v4": every combination is a cell
     repeats: int = 3  # runs per cell, seeds train.seed, train.seed+1, ...
-    preset: str = ""  # width | depth | dropout | epochs (small CNN sweeps); "" = none
-    threshold: float = 0.0  # width/depth presets: the smallest model above this test accuracy
+    preset: str = ""  # a sweep in configs/presets/<preset>.toml (e.g. width); "" = none
+    threshold: float = 0.0  # smallest-first presets (width, depth): smallest model above this
     retry_failed: bool = False  # on resume, run failed runs again
     results: str = (
         ""  # summarise these results.csv files too (comma-separated), e.g. other machines
@@ -305,8 +306,13 @@ def _parse_error(exc: Exception) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def load_config(config_file: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the file, then the overrides; validated before anything runs."""
+def load_config(
+    config_file: str | Path | None = None,
+    overrides: list[str] = (),
+    prepare: Callable[[Config], Config] | None = None,
+) -> Config:
+    """Defaults, then the file, then the overrides, then ``prepare`` (a stage's own last
+    word, e.g. the experiment stage's preset); validated before anything runs."""
     cfg = Config()
     if config_file:
         for section, values in read_config_file(config_file).items():
@@ -315,6 +321,8 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] = ()
     for text in overrides:
         section, key, raw = parse_override(text)
         _apply(cfg, section, key, raw, "the command line")
+    if prepare is not None:
+        cfg = prepare(cfg)
     validate(cfg)
     return cfg
 
@@ -353,8 +361,7 @@ def validate(cfg: Config) -> None:
         )
     from pipeline.backbones import BACKBONES, check_input_size  # imports no TensorFlow
 
-    # Experiment presets run on the small CNN (pipeline.experiment.PRESETS).
-    backbone = BACKBONES.get("small_cnn" if cfg.experiment.preset else cfg.model.backbone)
+    backbone = BACKBONES.get(cfg.model.backbone)
     if backbone is None:
         raise ConfigError(
             f"model.backbone must be one of {', '.join(BACKBONES)}. "
@@ -374,7 +381,6 @@ def validate(cfg: Config) -> None:
         "train.strategy": (t.strategy, ("auto", "default", "mirrored", "multi_worker")),
         "train.class_weights": (t.class_weights, ("auto", "on", "off")),
         "eval.split": (cfg.eval.split, ("test", "val")),
-        "experiment.preset": (cfg.experiment.preset, ("", "width", "depth", "dropout", "epochs")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -400,5 +400,5 @@ def _draw_augmented_samples(cfg, train_rows, classes, reports_dir) -> Path:
     images, labels = sample_augmented(train_rows, cfg, count=16)
     titles = [classes[i] for i in labels]
     return plot_image_grid(
-        images, titles, reports_dir / "augmented_samples.png", title="Augmented training samples"
+        images, titles, reports_dir / "augmented_samples.jpg", title="Augmented training samples"
     )

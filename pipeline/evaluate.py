@@ -187,7 +187,7 @@ def _draw_figures(out, metrics, y_true, probs, rows, clf, gallery_size) -> dict[
         files["mistakes"] = plot_image_grid(
             views,
             titles,
-            out / "mistakes.png",
+            out / "mistakes.jpg",
             title="Most confident mistakes",
             title_colours=["#B22222"] * len(views),
         )
@@ -204,7 +204,7 @@ def _draw_figures(out, metrics, y_true, probs, rows, clf, gallery_size) -> dict[
         files["confused_pairs"] = plot_image_grid(
             _eval_views(clf, [rows[k] for k in examples]),
             titles,
-            out / "confused_pairs.png",
+            out / "confused_pairs.jpg",
             title="Most confused class pairs (true -> predicted)",
         )
     return files

@@ -19,20 +19,6 @@ from typing import Any
 
 import numpy as np
 
-EPS = 1e-12
-
-
-def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
-    k = min(k, probs.shape[1])
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return float(np.mean([t in row for t, row in zip(y_true, top)]))
-
-
-def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Mean categorical cross-entropy, probabilities clipped away from zero."""
-    picked = probs[np.arange(len(y_true)), y_true]
-    return float(-np.mean(np.log(np.clip(picked, EPS, 1.0))))
-
 
 def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict[str, Any]:
     """Confidence against accuracy in equal-width bins, and the expected calibration error."""
@@ -89,7 +75,12 @@ def classification_metrics(
     y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_k: int = 5
 ) -> dict[str, Any]:
     """Everything `make evaluate` reports, JSON-ready (curves excluded: see one_vs_rest_curves)."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import (
+        confusion_matrix,
+        log_loss,
+        precision_recall_fscore_support,
+        top_k_accuracy_score,
+    )
 
     y_true = np.asarray(y_true, dtype=int)
     y_pred = probs.argmax(axis=1)
@@ -115,13 +106,19 @@ def classification_metrics(
     ]
     calibration = reliability(y_true, probs)
     k = max(1, min(top_k, len(classes) - 1))  # top-k over every class is always 1: say k-1
-
+    # labels=: classes absent from this split still count. Two classes: scikit-learn takes
+    # the second class's score alone. log_loss warns unless rows sum to 1 within float64
+    # precision, which a float32 softmax misses by ~1e-7: rows are renormalised in float64
+    # first. It clips to [eps, 1 - eps] (float64: 2.2e-16; a sure mistake costs ~36).
+    scores = probs[:, 1] if len(classes) == 2 else probs
+    probs64 = np.asarray(probs, dtype=np.float64)
+    probs64 = probs64 / probs64.sum(axis=1, keepdims=True)
     return {
         "images": len(y_true),
         "accuracy": float(np.mean(y_pred == y_true)),
-        f"top_{k}_accuracy": top_k_accuracy(y_true, probs, k),
+        f"top_{k}_accuracy": float(top_k_accuracy_score(y_true, scores, k=k, labels=labels)),
         "top_k": k,
-        "loss": log_loss(y_true, probs),
+        "loss": float(log_loss(y_true, probs64, labels=labels)),
         "macro_precision": float(np.mean(precision)),
         "macro_recall": float(np.mean(recall)),
         "macro_f1": float(np.mean(f1)),

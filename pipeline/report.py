@@ -33,8 +33,10 @@ td:first-child, th:first-child { text-align: left; }
 def _img(path: Path | None, alt: str) -> str:
     if path is None or not Path(path).is_file():
         return f'<p class="muted">({html.escape(alt)}: not available)</p>'
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+    path = Path(path)
+    mime = "image/jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "image/png"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:{mime};base64,{data}" alt="{html.escape(alt)}">'
 
 
 def _num(value: Any, key: str, digits: int = 4) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ def run_cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
         cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's pipeline, from any cwd
         capture_output=True,
         text=True,
         timeout=300,
@@ -52,7 +54,7 @@ def test_data_stage_runs_and_says_what_it_found(tmp_path):
     (manifests,) = (tmp_path / "data").glob("photos-*/train.csv")  # named by the source
     name = manifests.parent.name
     assert f"Manifests written to data/{name}/" in result.stdout
-    assert (tmp_path / "reports" / name / "augmented_samples.png").is_file()
+    assert (tmp_path / "reports" / name / "augmented_samples.jpg").is_file()
 
 
 def test_missing_source_error_is_actionable(tmp_path):

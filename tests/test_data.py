@@ -113,7 +113,7 @@ def test_duplicates_are_reported_and_share_a_split(prepared):
 def test_user_files_untouched_and_outputs_written(prepared, photo_folder):
     cfg, result, before = prepared
     assert snapshot(photo_folder) == before
-    for name in ("class_distribution.png", "augmented_samples.png"):
+    for name in ("class_distribution.png", "augmented_samples.jpg"):
         with Image.open(result.reports_dir / name) as img:
             assert img.size[0] > 300
     saved = load_config(result.dataset_dir / "config.json")

@@ -84,6 +84,11 @@ def test_every_artefact_exists_and_agrees(evaluated):
     ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
+    # Photo grids are JPEG, and so is what the self-contained report embeds of them.
+    assert (out / "mistakes.jpg").is_file() == bool(metrics["worst_mistakes"])
+    assert (out / "confused_pairs.jpg").is_file() == bool(metrics["confused_pairs"])
+    assert not list(out.glob("mistakes.png")) and not list(out.glob("confused_pairs.png"))
+    assert (out / "index.html").stat().st_size < 2_000_000
     test_rows = load_split(cfg.dataset_dir(), "test")
     confusion = np.array(metrics["confusion"])
     assert confusion.sum() == len(test_rows) == metrics["images"]

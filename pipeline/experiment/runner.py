@@ -1,0 +1,174 @@
+"""Running an experiment: every cell x repeat trained and evaluated, into results.csv.
+
+Resumable: results.csv is rewritten (atomically) after every run, and a run already in it
+is never repeated. A failed run is recorded with its error and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, with_overrides
+from pipeline.data import ensure_manifests
+from pipeline.experiment.grid import cell_id, cell_label, experiment_plan
+from pipeline.experiment.summary import METRICS, summarize
+from pipeline.files import generated_dir, read_csv, write_csv
+
+RESULTS_FILE = "results.csv"
+RESULT_COLUMNS = (
+    "run",
+    "cell",
+    "overrides",
+    "seed",
+    "status",
+    "error",
+    *METRICS,
+    "parameters",
+    "estimated_train_memory_bytes",
+    "device",
+    "tensorflow",
+    "cpu_threads",
+)
+
+
+@dataclass
+class ExperimentResult:
+    out_dir: Path
+    ran: int
+    skipped: int
+    failed: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def device_label() -> str:
+    """'1x NVIDIA H100 ...' or 'CPU <model> (N threads)': results group by this."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"{len(gpus)}x {details.get('device_name', 'GPU')}"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {model} ({os.cpu_count()} threads)"
+
+
+def _one_run(run_cfg: Config) -> dict[str, Any]:
+    """Train and evaluate one configuration in this process; the numbers for results.csv."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.evaluate import evaluate
+    from pipeline.training import train
+
+    keras.backend.clear_session()
+    trained = train(run_cfg)
+    evaluated = evaluate(run_cfg)
+    summary, metrics = trained.summary, evaluated.metrics
+    phases = summary.get("phases", {}).values()
+    train_images = sum(p.get("epochs", 0) for p in phases) * summary.get("train_images", 0)
+    return {
+        "test_accuracy": metrics["accuracy"],
+        "test_loss": metrics["loss"],
+        "macro_f1": metrics["macro_f1"],
+        "train_seconds": summary["seconds"],
+        "images_per_s": train_images / summary["seconds"] if summary["seconds"] else 0.0,
+        "parameters": summary.get("parameters", ""),
+        "estimated_train_memory_bytes": _peak_training_memory(summary),
+        "tensorflow": tf.__version__,
+    }
+
+
+def _peak_training_memory(summary: dict[str, Any]) -> Any:
+    """The largest realistic training estimate over the phases a run trained, from its
+    train summary: summary["memory"]["estimate"]["training"][phase]["realistic_bytes"]
+    (``pipeline.training.outputs._memory_figures``); "" when the summary has no estimate."""
+    from pipeline.memory import phases_run
+
+    training = ((summary.get("memory") or {}).get("estimate") or {}).get("training") or {}
+    phases = phases_run(training, summary.get("phases") or {})
+    values = [f["realistic_bytes"] for f in phases.values() if f.get("realistic_bytes")]
+    return int(max(values)) if values else ""
+
+
+def _format_eta(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def run_experiment(cfg: Config) -> ExperimentResult:
+    """Every cell x repeats, resumable; then the summary over every results file given."""
+    name, base, cells = experiment_plan(cfg)
+    out = generated_dir(Path(cfg.paths.reports) / "experiments") / name
+    results_path = out / RESULTS_FILE
+    rows = read_csv(results_path) if results_path.is_file() else []
+    done = {
+        (r["cell"], r["seed"])
+        for r in rows
+        if r["status"] == "ok" or not cfg.experiment.retry_failed
+    }
+    rows = [r for r in rows if (r["cell"], r["seed"]) in done]
+    seeds = [cfg.train.seed + i for i in range(cfg.experiment.repeats)]
+    plan = [(c, s) for c in cells for s in seeds]
+    todo = [(c, s) for c, s in plan if (cell_id(c), str(s)) not in done]
+    print(
+        f"Experiment {name}: {len(cells)} cell(s) x {len(seeds)} seed(s) = {len(plan)} runs; "
+        f"{len(plan) - len(todo)} already done, {len(todo)} to run. Results: {results_path}"
+    )
+    ensure_manifests(base)  # one split for every run, made once up front
+    device = device_label()
+    started, ran, failed = time.perf_counter(), 0, 0
+    for index, (cell, seed) in enumerate(todo, start=1):
+        run_name = f"{name}-{cell_id(cell)}-s{seed}"
+        run_cfg = with_overrides(
+            base,
+            {
+                **cell,
+                "train.seed": seed,
+                "train.run_name": run_name,
+                "eval.run": run_name,
+                "paths.reports": str(out / "runs"),
+            },
+        )
+        print(f"[{index}/{len(todo)}] {cell_label(cell)} seed {seed}", flush=True)
+        row = {
+            "run": run_name,
+            "cell": cell_id(cell),
+            "overrides": cell_label(cell),
+            "seed": seed,
+            "device": device,
+            "cpu_threads": os.cpu_count(),
+        }
+        try:
+            row.update(_one_run(run_cfg), status="ok", error="")
+        except Exception as exc:  # recorded, and the other runs go on
+            failed += 1
+            message = " ".join(str(exc).split())[:300]
+            row.update(status="failed", error=f"{type(exc).__name__}: {message}")
+            print(f"    run failed: {row['error']}")
+        ran += 1
+        rows.append({k: row.get(k, "") for k in RESULT_COLUMNS})
+        write_csv(
+            results_path, RESULT_COLUMNS, ([r.get(k, "") for k in RESULT_COLUMNS] for r in rows)
+        )
+        elapsed = time.perf_counter() - started
+        eta = elapsed / index * (len(todo) - index)
+        print(
+            f"    {row['status']}; {_format_eta(elapsed)} so far, about {_format_eta(eta)} left",
+            flush=True,
+        )
+    extra = [Path(p.strip()) for p in cfg.experiment.results.split(",") if p.strip()]
+    summary = summarize([results_path, *extra], out, cfg.experiment)
+    return ExperimentResult(out, ran, len(plan) - len(todo), failed, summary)

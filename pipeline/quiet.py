@@ -1,0 +1,67 @@
+"""Quiet start-up: TensorFlow's C++ start-up lines are hidden unless a stage runs --verbose.
+
+What prints before the pipeline's first line, and what silences it (TensorFlow 2.18-2.21):
+
+- ``I0000 ... cpu_feature_guard.cc ... This TensorFlow binary is optimized to use available
+  CPU instructions ...`` and the oneDNN notice (``oneDNN custom operations are on ...``):
+  INFO lines of TensorFlow's own logging, dropped by TF_CPP_MIN_LOG_LEVEL >= 1. TensorFlow
+  reads the variable when it first logs, so it must be set before TensorFlow is imported
+  (TF_ENABLE_ONEDNN_OPTS=0 would also drop the oneDNN notice, by changing the numerics:
+  not used).
+- ``WARNING: All log messages before absl::InitializeLog() is called are written to
+  STDERR``: abseil prints it once, above the first line anything logs before
+  absl::InitializeLog() (which nothing in Python calls). No variable controls it; it
+  disappears with the line it announces.
+- GPU builds add ``E0000 ... Unable to register cuDNN/cuFFT/cuBLAS factory`` and ``W0000
+  ... computation_placer.cc ... already registered``: XLA logs these through abseil
+  directly while its libraries load, and TF_CPP_MIN_LOG_LEVEL, even 3, does not reach
+  them (tensorflow/tensorflow#100442, #62075). The only cure from Python is to point file
+  descriptor 2 elsewhere while TensorFlow is imported, and back afterwards.
+
+So by default the command line sets TF_CPP_MIN_LOG_LEVEL=2 (INFO and WARNING dropped, C++
+errors still shown) unless the environment sets it, and imports TensorFlow with stderr
+caught (``import_tensorflow_quietly``): what the import printed is replayed only if it
+fails. ``--verbose`` sets TF_CPP_MIN_LOG_LEVEL=0 and imports TensorFlow plainly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
+
+
+def configure_tensorflow_logging(verbose: bool) -> None:
+    """Before TensorFlow is imported: every C++ log line (verbose) or only errors."""
+    if verbose:
+        os.environ[LOG_LEVEL] = "0"
+    else:
+        os.environ.setdefault(LOG_LEVEL, "2")
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 caught in a temporary file, then restored;
+    what the import wrote is written back to stderr only if the import fails."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            _restore(saved)
+            caught.seek(0)
+            sys.stderr.write(caught.read().decode(errors="replace"))
+            sys.stderr.flush()
+            raise
+        _restore(saved)
+
+
+def _restore(saved: int) -> None:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
