@@ -46,7 +46,8 @@ OVERRIDES := \
   $(call override,RESULTS,experiment.results) \
   $(ARGS)
 CONFIG_FLAG := $(if $(value CONFIG),--config $(call quote,$(value CONFIG)))
-RUN_STAGE = $(PY) -m pipeline $(1) $(CONFIG_FLAG) $(OVERRIDES)
+VERBOSE_FLAG := $(if $(VERBOSE),--verbose)
+RUN_STAGE = $(PY) -m pipeline $(1) $(VERBOSE_FLAG) $(CONFIG_FLAG) $(OVERRIDES)
 
 .PHONY: help setup data train bench-train evaluate predict memory experiment experiment-summary config test lint bench-input bench-predict bench-memory lock clean
 help:  ## list the targets
@@ -78,7 +79,7 @@ predict: $(STAMP)  ## classify IN=folder into OUT=predictions.csv (RUN=, SORT_IN
 memory: $(STAMP)  ## per-layer memory/FLOPs for BACKBONE, IMAGE_SIZE, BATCH_SIZE; fit BUDGET=16GiB
 	$(call RUN_STAGE,memory $(MEMORY_ARGS))
 
-experiment: $(STAMP)  ## NAME= GRID="k=a,b k2=c,d" REPEATS=3 (or PRESET=width|depth|dropout|epochs)
+experiment: $(STAMP)  ## NAME= GRID="k=a,b k2=c,d" REPEATS=3 (or PRESET=<a file in configs/presets/>)
 	$(call RUN_STAGE,experiment)
 
 experiment-summary: $(STAMP)  ## re-summarise NAME= with RESULTS=other/results.csv,... (runs nothing)

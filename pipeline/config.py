@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import sys
 import types
 import typing
@@ -171,14 +170,6 @@ class ConfigError(ValueError):
     """A configuration value or name that cannot be used; the message says how to fix it."""
 
 
-# train.run_name becomes a folder name: models/<run_name>/.
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-MULTI_WORKER_NEEDS_RUN_NAME = (
-    "Training on several machines needs train.run_name (RUN_NAME=...), the same on "
-    "every worker, so that all of them write and resume the same run"
-)
-
-
 def dataset_name(dataset: str) -> str:
     """Folder name for a data set spec: 'flowers', 'intel', or the folder's own name."""
     if dataset.startswith("folder:"):
@@ -327,6 +318,13 @@ def load_config(
     return cfg
 
 
+def validate(cfg: Config) -> None:
+    """Every check of option values (``pipeline.validation``); every stage runs it."""
+    from pipeline.validation import check_config
+
+    check_config(cfg)
+
+
 def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """A copy of cfg with {'section.key': value} applied and validated."""
     new = dataclasses.replace(
@@ -337,177 +335,6 @@ def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         _apply(new, section, key, raw, "overrides")
     validate(new)
     return new
-
-
-def validate(cfg: Config) -> None:
-    """Reject values that would fail later, after minutes of work, with the fix in the message."""
-    d, i, t = cfg.data, cfg.input, cfg.train
-    if not (d.dataset in ("flowers", "intel") or d.dataset.startswith("folder:")):
-        raise ConfigError(
-            f"data.dataset must be flowers, intel or folder:PATH. Received: {d.dataset!r}"
-        )
-    if d.dataset.startswith("folder:") and not d.dataset[len("folder:") :].strip():
-        raise ConfigError(
-            "data.dataset=folder: has no path (was DATASET=folder:$(VAR) given an unset "
-            "variable?): name the photos folder, e.g. DATASET=folder:~/photos"
-        )
-    for key, value in (("val_fraction", d.val_fraction), ("test_fraction", d.test_fraction)):
-        if not 0.0 < value < 1.0:
-            raise ConfigError(f"data.{key} must be between 0 and 1 (exclusive). Received: {value}")
-    if d.val_fraction + d.test_fraction >= 1.0:
-        raise ConfigError(
-            "data.val_fraction + data.test_fraction must leave images for training. "
-            f"Received: {d.val_fraction} + {d.test_fraction}"
-        )
-    from pipeline.backbones import BACKBONES, check_input_size  # imports no TensorFlow
-
-    backbone = BACKBONES.get(cfg.model.backbone)
-    if backbone is None:
-        raise ConfigError(
-            f"model.backbone must be one of {', '.join(BACKBONES)}. "
-            f"Received: {cfg.model.backbone!r}"
-        )
-    if i.image_size != 0:  # 0: the backbone's own size
-        try:
-            check_input_size(backbone, i.image_size)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    _validate_data(d)
-    _validate_input(i)
-    _validate_model(cfg.model)
-    _validate_train(t)
-    choices = {
-        "train.precision": (t.precision, ("auto", "float32", "mixed_float16", "mixed_bfloat16")),
-        "train.strategy": (t.strategy, ("auto", "default", "mirrored", "multi_worker")),
-        "train.class_weights": (t.class_weights, ("auto", "on", "off")),
-        "eval.split": (cfg.eval.split, ("test", "val")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}. Received: {value!r}")
-    if cfg.experiment.repeats < 1:
-        raise ConfigError(
-            f"experiment.repeats must be at least 1. Received: {cfg.experiment.repeats}"
-        )
-    for key, value, least in (
-        ("eval.top_k", cfg.eval.top_k, 1),
-        ("eval.gallery_size", cfg.eval.gallery_size, 0),
-        ("predict.top_k", cfg.predict.top_k, 1),
-    ):
-        _at_least(key, value, least)
-    _validate_memory(cfg.memory)
-
-
-def _at_least(key: str, value: float, least: float) -> None:
-    if value < least:
-        raise ConfigError(f"{key} must be {least} or more. Received: {value}")
-
-
-def _validate_data(d: DataConfig) -> None:
-    for key, value, least in (
-        ("min_side", d.min_side, 1),
-        ("max_pixels", d.max_pixels, 1),
-        ("small_class_warning", d.small_class_warning, 0),
-        ("workers", d.workers, 0),  # 0 = one per CPU core
-        ("cache_size", d.cache_size, 0),  # 0 = no cache
-    ):
-        _at_least(f"data.{key}", value, least)
-
-
-def _validate_input(i: InputConfig) -> None:
-    if i.batch_size < 1:
-        raise ConfigError(f"input.batch_size must be at least 1. Received: {i.batch_size}")
-    _at_least("input.shuffle_buffer", i.shuffle_buffer, 1)
-    for key, value in (
-        ("crop_area_min", i.crop_area_min),
-        ("crop_aspect_min", i.crop_aspect_min),
-        ("eval_crop_fraction", i.eval_crop_fraction),
-    ):
-        if not 0.0 < value <= 1.0:
-            raise ConfigError(f"input.{key} must be in (0, 1]. Received: {value}")
-    # The ranges Keras's layers accept for a single factor (keras 3: RandomRotation,
-    # RandomZoom, RandomBrightness [-1, 1], RandomContrast and CutMix [0, 1]); a negative
-    # factor means the same as its absolute value there, so only 0 (off) to 1 is kept.
-    for key, value, layer in (
-        ("rotation", i.rotation, "RandomRotation factor, a fraction of a full turn"),
-        ("zoom", i.zoom, "RandomZoom factor"),
-        ("contrast", i.contrast, "RandomContrast factor"),
-        ("brightness", i.brightness, "RandomBrightness factor"),
-        ("cutmix", i.cutmix, "CutMix factor"),
-    ):
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(
-                f"input.{key} must be in [0, 1] (the Keras {layer}; 0 = off). Received: {value}"
-            )
-    # MixUp's alpha parameterises Beta(alpha, alpha): a negative one gives NaN weights.
-    if not i.mixup >= 0.0:
-        raise ConfigError(
-            f"input.mixup must be 0 (off) or a positive MixUp alpha, e.g. 0.2. Received: {i.mixup}"
-        )
-
-
-def _validate_model(m: ModelConfig) -> None:
-    if not m.alpha > 0.0:
-        raise ConfigError(
-            f"model.alpha must be a positive width multiplier (MobileNet: 0.25 to 1.0). "
-            f"Received: {m.alpha}"
-        )
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1). Received: {m.dropout}")
-    if m.cnn_width < 1 or not 1 <= m.cnn_blocks <= 8:
-        raise ConfigError(
-            "model.cnn_width must be >= 1 and model.cnn_blocks between 1 and 8. Received: "
-            f"{m.cnn_width}, {m.cnn_blocks}"
-        )
-
-
-def _validate_train(t: TrainConfig) -> None:
-    for key, value in (("head_epochs", t.head_epochs), ("fine_tune_epochs", t.fine_tune_epochs)):
-        if value < 0:
-            raise ConfigError(f"train.{key} must be 0 or more. Received: {value}")
-    if t.head_epochs + t.fine_tune_epochs == 0:
-        raise ConfigError(
-            "train.head_epochs and train.fine_tune_epochs are both 0: nothing to train"
-        )
-    for key, value in (("head_lr", t.head_lr), ("fine_tune_lr", t.fine_tune_lr)):
-        if not value > 0:
-            raise ConfigError(f"train.{key} must be a positive learning rate. Received: {value}")
-    for key, value in (("patience", t.patience), ("lr_patience", t.lr_patience)):
-        if value < 1:
-            raise ConfigError(f"train.{key} must be at least 1 epoch. Received: {value}")
-    if not 0.0 <= t.ema < 1.0:
-        raise ConfigError(f"train.ema must be in [0, 1) (0 = off). Received: {t.ema}")
-    if not 0.0 < t.lr_factor < 1.0:
-        raise ConfigError(f"train.lr_factor must be between 0 and 1. Received: {t.lr_factor}")
-    if not 0.0 <= t.label_smoothing < 1.0:
-        raise ConfigError(f"train.label_smoothing must be in [0, 1). Received: {t.label_smoothing}")
-    if t.run_name and not RUN_NAME.match(t.run_name):
-        raise ConfigError(
-            "train.run_name must be a folder name (letters, digits, '.', '_', '-'). "
-            f"Received: {t.run_name!r}"
-        )
-    # multi_worker asked for by name; train also checks TF_CONFIG (strategy=auto) at run time.
-    if t.strategy == "multi_worker" and not t.run_name:
-        raise ConfigError(MULTI_WORKER_NEEDS_RUN_NAME)
-
-
-def _validate_memory(m: MemoryConfig) -> None:
-    from pipeline.units import parse_quantity
-
-    try:
-        if parse_quantity(m.budget) <= 0:
-            raise ValueError(f"memory.budget must be positive, e.g. 16GiB. Received: {m.budget!r}")
-        if m.throughput.strip().lower() not in ("", "measure"):
-            parse_quantity(m.throughput, "memory.throughput")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    for key, value in (
-        ("optimizer_slots", m.optimizer_slots),
-        ("overhead", m.overhead),
-        ("epoch_images", m.epoch_images),
-    ):
-        if value < 0:
-            raise ConfigError(f"memory.{key} must be 0 or more. Received: {value}")
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

@@ -28,7 +28,6 @@ import tensorflow as tf
 from pipeline.backbones import get_backbone
 from pipeline.compat import op_determinism
 from pipeline.config import (
-    MULTI_WORKER_NEEDS_RUN_NAME,
     Config,
     ConfigError,
     save_config,
@@ -58,6 +57,7 @@ from pipeline.training.runtime import (
     worker_role,
 )
 from pipeline.training.trainset import class_balance, global_batch, run_split
+from pipeline.validation import MULTI_WORKER_NEEDS_RUN_NAME
 
 
 def train(cfg: Config) -> TrainResult:
@@ -77,7 +77,7 @@ def train(cfg: Config) -> TrainResult:
 
 def _check_config(cfg: Config) -> None:
     """What only this machine can answer, before anything is loaded. Every check that
-    depends on the configuration alone is in ``config.validate``, which every stage runs;
+    depends on the configuration alone is in ``pipeline.validation``, which every stage runs;
     these depend on the environment, so a run's saved config.json stays loadable (for
     evaluate and predict) on a machine without TensorBoard or TF_CONFIG."""
     t = cfg.train
