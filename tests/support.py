@@ -31,17 +31,29 @@ class TinyData:
         return load_config(None, [*self.overrides, *extra])
 
 
-def make_tiny_data(flowers_mini: Path, root: Path, per_class: int = 16) -> TinyData:
-    """A flowers-mini subset (symlinks) through the real data stage: 16 photos per class
-    give 58 train, 8 val and 14 test images. Random weights, batches of 8."""
-    from pipeline.config import load_config
-    from pipeline.data import prepare_data
+TINY_SPLIT = {"train": 12, "val": 2, "test": 2}  # per class: 60 train, 10 val, 10 test
 
+
+def make_tiny_data(flowers_mini: Path, root: Path) -> TinyData:
+    """A flowers-mini subset (symlinks) through the real data stage, random weights, batches
+    of 8. Per class, the first photos by name that the default split sends to each split
+    (TINY_SPLIT of each), so every class is in every split whatever the photos' bytes."""
+    from pipeline.config import Config, load_config
+    from pipeline.data import prepare_data
+    from pipeline.images import file_sha256
+    from pipeline.split import split_of
+
+    d = Config().data
     folder = root / "flowers-tiny"
     for class_dir in sorted(p for p in flowers_mini.iterdir() if p.is_dir()):
         (folder / class_dir.name).mkdir(parents=True)
-        for image in sorted(class_dir.iterdir())[:per_class]:
-            (folder / class_dir.name / image.name).symlink_to(image)
+        wanted = dict(TINY_SPLIT)
+        for image in sorted(class_dir.iterdir()):
+            split = split_of(file_sha256(image), d.split_seed, d.val_fraction, d.test_fraction)
+            if wanted[split] > 0:
+                wanted[split] -= 1
+                (folder / class_dir.name / image.name).symlink_to(image)
+        assert not any(wanted.values()), f"{class_dir}: too few photos for {TINY_SPLIT}"
     overrides = [
         f"data.dataset=folder:{folder}",
         f"paths.data={root / 'data'}",
@@ -50,7 +62,8 @@ def make_tiny_data(flowers_mini: Path, root: Path, per_class: int = 16) -> TinyD
         "model.weights=none",
         "input.batch_size=8",
     ]
-    prepare_data(load_config(None, overrides), progress=False)
+    result = prepare_data(load_config(None, overrides), progress=False)
+    assert all(c == TINY_SPLIT for c in result.counts.values()), result.counts
     return TinyData(root, overrides)
 
 
