@@ -30,9 +30,8 @@ from pipeline.distribute import (
     train_feed,
 )
 from pipeline.train import train
-from tests.test_train import make_tiny_data
+from tests.support import REPO, make_tiny_data
 
-REPO = Path(__file__).resolve().parents[1]
 MOBILENET = ["model.backbone=mobilenet", "model.alpha=0.25", "input.image_size=64"]
 
 
@@ -73,6 +72,7 @@ def test_auto_strategy_on_one_cpu_is_the_default_one(tiny, monkeypatch):
         select_strategy(tiny.cfg("train.strategy=multi_worker", "train.run_name=x"))
 
 
+@pytest.mark.slow  # about 65 s on 2 cores: two training runs in subprocesses
 def test_mirrored_on_two_logical_cpus_matches_one_device(tiny):
     """Two replicas of 4 images and one device with 8 take the same steps (dropout off),
     weight averaging (train.ema) included."""

@@ -239,6 +239,7 @@ def test_the_feature_cache_is_reused_when_nothing_changed(tiny, cache_pair, caps
 # ----------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow  # about 50 s on 2 cores
 def test_a_killed_run_resumes_from_its_last_epoch(tiny, capsys):
     epochs = 12  # short epochs: the kill lands mid-run, not after the end
     overrides = [
@@ -354,6 +355,7 @@ def test_same_seed_gives_the_same_metrics(tiny):
 # ----------------------------------------------------------------------------- flowers-mini
 
 
+@pytest.mark.slow  # about 50 s on 2 cores
 def test_a_short_run_on_flowers_mini_learns(tmp_path, flowers_mini, capsys):
     """From scratch (the small CNN baseline), on a fresh machine: no manifests yet."""
     cfg = load_config(
