@@ -125,7 +125,7 @@ def trained_run(flowers_prepared, mobilenet_weights):
             "model.weights": str(mobilenet_weights),
             "train.head_epochs": 3,
             "train.fine_tune_epochs": 1,
-            "train.run_name": "shared-run",
+            "train.run_name": "trained-run",
         },
     )
     result = train(cfg)

@@ -71,7 +71,7 @@ def inception_run(tiny) -> TrainResult:
 def cache_pair(tiny, mobilenet_weights) -> tuple[TrainResult, TrainResult]:
     """Phase 1 on cached features and the Keras guide's way (the frozen base runs every
     epoch). Random-weight bases pool to near-zero features, so this comparison uses the
-    shared ImageNet MobileNet, whose features tell the flowers apart."""
+    ImageNet MobileNet fixture, whose features tell the flowers apart."""
     options = [
         "model.backbone=mobilenet",
         "model.alpha=0.25",
@@ -379,7 +379,7 @@ def test_a_short_run_on_flowers_mini_learns(tmp_path, flowers_mini, capsys):
 
 
 def test_the_transfer_recipe_is_a_valid_config():
-    """configs/transfer.toml, shared by the slow test below and benchmarks/train.py."""
+    """configs/transfer.toml, used by the slow test below and by benchmarks/train.py."""
     cfg = load_config(CONFIGS / "transfer.toml")
     assert (cfg.model.backbone, cfg.model.alpha, cfg.image_size) == ("mobilenet", 0.25, 224)
     assert cfg.model.weights == "imagenet"  # the caller passes the file
