@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,9 +11,13 @@ from tests.support import REPO
 
 
 def run_cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS...` from this checkout (PYTHONPATH), whatever cwd is, never
+    from another copy an editable install happens to point at."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,

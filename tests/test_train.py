@@ -390,7 +390,7 @@ def test_imagenet_weights_beat_random_weights_by_30_points(flowers_prepared, mob
     """configs/transfer.toml (Keras's ImageNet MobileNet, alpha 0.25, 224 px) against the
     same runs from random weights, two seeds each: every pretrained run's test accuracy is at
     least 30 points above every random-weights run's (one run moves by about 3 points with
-    the seed on 65 test photos). The bar for the pretrained accuracy itself is issue 15's;
+    the seed on 53 test photos). The bar for the pretrained accuracy itself is issue 15's;
     the transfer section of benchmarks/train.py measures it over splits and seeds."""
     from pipeline.evaluate import scored_rows
     from pipeline.predict import load_classifier
