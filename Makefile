@@ -49,7 +49,7 @@ CONFIG_FLAG := $(if $(value CONFIG),--config $(call quote,$(value CONFIG)))
 VERBOSE_FLAG := $(if $(VERBOSE),--verbose)
 RUN_STAGE = $(PY) -m pipeline $(1) $(VERBOSE_FLAG) $(CONFIG_FLAG) $(OVERRIDES)
 
-.PHONY: help setup data train bench-train evaluate predict memory experiment experiment-summary config test lint bench-input bench-predict bench-memory lock clean
+.PHONY: help setup data train bench-train evaluate predict memory experiment experiment-summary config test test-all lint bench-input bench-predict bench-memory lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -88,7 +88,12 @@ experiment-summary: $(STAMP)  ## re-summarise NAME= with RESULTS=other/results.c
 config: $(STAMP)  ## print the effective configuration
 	$(call RUN_STAGE,config)
 
-test: $(STAMP)  ## run the test suite (PYTEST_ARGS=... to select)
+# `make test` leaves out the tests marked slow (real backbones trained for minutes); a -m in
+# PYTEST_ARGS replaces the marker expression, since pytest keeps the last -m.
+test: $(STAMP)  ## the test suite without the slow tests (PYTEST_ARGS=... to select)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)  ## every test, the slow ones included (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff

@@ -12,8 +12,7 @@ from pathlib import Path
 from pipeline.clean import CleanResult, clean
 from pipeline.config import load_config
 from pipeline.files import GENERATED_MARKER, generated_dir
-from tests.test_make import pytestmark as needs_make
-from tests.test_make import run_make
+from tests.support import needs_make, run_make
 
 
 def _write(path: Path, data: bytes | None = None) -> Path:

@@ -6,15 +6,18 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
 from tests.imagegen import make_image
+from tests.support import REPO
 
 
 def run_cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS...` from this checkout (PYTHONPATH), whatever cwd is, never
+    from another copy an editable install happens to point at."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's pipeline, from any cwd
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,

@@ -26,9 +26,8 @@ from pipeline.training import train
 from pipeline.training.feeds import eval_feed, train_feed
 from pipeline.training.loop import NonFiniteLossError, fit
 from pipeline.training.runtime import select_strategy, strategy_name
-from tests.test_train import make_tiny_data
+from tests.support import REPO, make_tiny_data
 
-REPO = Path(__file__).resolve().parents[1]
 MOBILENET = ["model.backbone=mobilenet", "model.alpha=0.25", "input.image_size=64"]
 
 
@@ -69,6 +68,7 @@ def test_auto_strategy_on_one_cpu_is_the_default_one(tiny, monkeypatch):
         select_strategy(tiny.cfg("train.strategy=multi_worker", "train.run_name=x"))
 
 
+@pytest.mark.slow  # about 65 s on 2 cores: two training runs in subprocesses
 def test_mirrored_on_two_logical_cpus_matches_one_device(tiny):
     """Two replicas of 4 images and one device with 8 take the same steps (dropout off),
     weight averaging (train.ema) included."""

@@ -8,7 +8,7 @@ output the issue asked for. The cases that need a trained run share one tiny run
 (MobileNet 0.25 with random weights at 32 px, one phase-1 epoch on 32 generated photos),
 trained once for the module. Section D reproduces the data cases: a run trained or scored
 on the wrong data (manifests found by folder name, data options ignored, test images that
-were training images, replaced archives, deleted photos). Nothing here needs ../shared.
+were training images, replaced archives, deleted photos).
 """
 
 from __future__ import annotations

@@ -6,44 +6,12 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support import needs_make, run_make
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-
-# The Make variables that become overrides, read from the Makefile: unset in the tests'
-# environment, so that a NAME or RUN the caller happens to export cannot leak in.
-MAKE_VARIABLES = {
-    *re.findall(r"\$\(call override,(\w+),", (REPO / "Makefile").read_text(encoding="utf-8")),
-    *("ARGS", "CONFIG", "MEMORY_ARGS"),
-}
-
-
-def run_make(*args: str, venv: Path | None = None, python: str | None = None):
-    """`make -C <repo> ARGS...` with this interpreter's environment as VENV; never installs.
-
-    VENV is this interpreter's prefix (the repository's .venv under `make test`), and `-o`
-    tells make the install stamp is up to date, so a test never starts pip.
-    """
-    venv = Path(sys.prefix) if venv is None else venv
-    env = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES}
-    for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):  # under `make test`
-        env.pop(k, None)
-    cmd = ["make", "-s", "--no-print-directory", "-C", str(REPO), "ACCEL=cpu", f"VENV={venv}"]
-    cmd += ["-o", f"{venv}/.installed-cpu"]
-    if python is not None:
-        cmd.append(f"PYTHON={python}")
-    return subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, encoding="utf-8", env=env, timeout=120
-    )
+pytestmark = needs_make
 
 
 def make_config(*assignments: str) -> dict:

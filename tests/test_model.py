@@ -178,7 +178,7 @@ def test_a_cached_imagenet_file_is_used_by_path(tmp_path, monkeypatch, mobilenet
 
 
 @pytest.mark.parametrize("size", [128, 150, 224])
-def test_shared_mobilenet_weights_load_by_path_at_any_size(size, mobilenet_weights):
+def test_imagenet_mobilenet_weights_load_by_path_at_any_size(size, mobilenet_weights):
     cfg = make_cfg("mobilenet", **{"input.image_size": size})
     loaded = build_base(cfg, str(mobilenet_weights))
     reference = build_base(

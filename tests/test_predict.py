@@ -15,8 +15,8 @@ from pipeline.files import read_csv
 from pipeline.images import check_image
 from pipeline.inputs import build_eval_dataset
 from pipeline.predict import load_classifier, predict, rows_from_checks
-from tests.conftest import REPO
 from tests.imagegen import make_image
+from tests.support import REPO
 
 
 @pytest.fixture(scope="module")
