@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.support import REPO
 
 # Lines TensorFlow's C++ side prints while it starts: abseil's notice and glog-style lines
 # ("I0000 00:00:... cpu_feature_guard.cc:227] ...", "E0000 ... cuda_dnn.cc", oneDNN).
