@@ -28,7 +28,7 @@ from pipeline.provenance import (
     load_run_data,
     read_record,
 )
-from pipeline.runs import CURVES_FILE, SUMMARY_FILE
+from pipeline.runs import CURVES_FILE, read_summary
 
 METRICS_FILE = "metrics.json"
 PER_CLASS_CSV = "per_class.csv"
@@ -216,8 +216,8 @@ def _run_extras(clf: Classifier) -> dict[str, Any]:
     The memory estimate is the one the training run recorded (same configuration); it is
     computed here only for runs that predate it.
     """
-    training = read_json(clf.run_dir / SUMMARY_FILE) or {}
-    recorded = training.get("memory") or {}
+    summary = read_summary(clf.run_dir)
+    recorded = (summary.memory if summary else None) or {}
     memory = recorded.get("estimate")
     if memory is None:
         from pipeline.memory import estimate_for_run
@@ -228,7 +228,7 @@ def _run_extras(clf: Classifier) -> dict[str, Any]:
             memory = {"error": f"memory estimate unavailable: {exc}"}
     return {
         "data": read_json(clf.run_dir / RUN_DATA_DIR / DATA_SUMMARY_FILE),
-        "training": training,
+        "training": summary.to_dict() if summary else {},
         "curves": clf.run_dir / CURVES_FILE,
         "memory": memory,
         "memory_measured": recorded.get("measured"),

@@ -18,6 +18,7 @@ from pipeline.data import ensure_manifests
 from pipeline.experiment.grid import cell_id, cell_label, experiment_plan
 from pipeline.experiment.summary import METRICS, summarize
 from pipeline.files import generated_dir, read_csv, write_csv
+from pipeline.runs import TrainSummary
 
 RESULTS_FILE = "results.csv"
 RESULT_COLUMNS = (
@@ -75,29 +76,29 @@ def _one_run(run_cfg: Config) -> dict[str, Any]:
     keras.backend.clear_session()
     trained = train(run_cfg)
     evaluated = evaluate(run_cfg)
-    summary, metrics = trained.summary, evaluated.metrics
-    phases = summary.get("phases", {}).values()
-    train_images = sum(p.get("epochs", 0) for p in phases) * summary.get("train_images", 0)
+    summary, metrics = TrainSummary.from_dict(trained.summary), evaluated.metrics
+    phases = (summary.phases or {}).values()
+    train_images = sum(p.get("epochs", 0) for p in phases) * (summary.train_images or 0)
     return {
         "test_accuracy": metrics["accuracy"],
         "test_loss": metrics["loss"],
         "macro_f1": metrics["macro_f1"],
-        "train_seconds": summary["seconds"],
-        "images_per_s": train_images / summary["seconds"] if summary["seconds"] else 0.0,
-        "parameters": summary.get("parameters", ""),
+        "train_seconds": summary.seconds,
+        "images_per_s": train_images / summary.seconds if summary.seconds else 0.0,
+        "parameters": summary.parameters or "",
         "estimated_train_memory_bytes": _peak_training_memory(summary),
         "tensorflow": tf.__version__,
     }
 
 
-def _peak_training_memory(summary: dict[str, Any]) -> Any:
+def _peak_training_memory(summary: TrainSummary) -> Any:
     """The largest realistic training estimate over the phases a run trained, from its
-    train summary: summary["memory"]["estimate"]["training"][phase]["realistic_bytes"]
+    train summary: memory.estimate.training[phase].realistic_bytes
     (``pipeline.training.outputs._memory_figures``); "" when the summary has no estimate."""
     from pipeline.memory import phases_run
 
-    training = ((summary.get("memory") or {}).get("estimate") or {}).get("training") or {}
-    phases = phases_run(training, summary.get("phases") or {})
+    training = ((summary.memory or {}).get("estimate") or {}).get("training") or {}
+    phases = phases_run(training, summary.phases or {})
     values = [f["realistic_bytes"] for f in phases.values() if f.get("realistic_bytes")]
     return int(max(values)) if values else ""
 
