@@ -115,14 +115,14 @@ def phase_one(cfg: Config, epochs: int) -> dict:
     ]
     out = {}
     for name, result in runs.items():
-        p = result.summary["phases"]["1"]
+        p = result.summary.phases["1"]
         out[name] = {
             "phase_seconds": p["seconds"] + p.get("feature_seconds", 0.0),
             "feature_seconds": p.get("feature_seconds", 0.0),
             "epoch_seconds": p["seconds"] / p["epochs"],
             "epochs": p["epochs"],
             "best_val_accuracy": p["best_val_accuracy"],
-            "stage_seconds": result.summary["seconds"],
+            "stage_seconds": result.summary.seconds,
         }
     out["speedup"] = out["plain"]["phase_seconds"] / out["cached"]["phase_seconds"]
     out["max_head_weight_difference"] = float(
@@ -185,11 +185,11 @@ def peak_flops(n: int = 4096, repeats: int = 5) -> float:
 
 
 def throughput(cfg: Config, batch: int, steps: int) -> dict:
-    flops = estimate_for_run(cfg, 5)["flops_per_image"]
-    phase2_flops = next(v for k, v in flops["train"].items() if k.startswith("phase 2"))
-    full_flops = 3 * flops["forward"]  # forward + two backward products per layer
+    flops = estimate_for_run(cfg, 5).flops_per_image
+    phase2_flops = next(v for k, v in flops.train.items() if k.startswith("phase 2"))
+    full_flops = 3 * flops.forward  # forward + two backward products per layer
     peak = peak_flops()
-    out = {"forward_flops_per_image": flops["forward"], "peak_flops_per_s": peak}
+    out = {"forward_flops_per_image": flops.forward, "peak_flops_per_s": peak}
     for name, per_image in (("phase2", phase2_flops), ("full", full_flops)):
         print(f"\n== training step, {name} ==", flush=True)
         rate = step_rate(cfg, name, batch, steps)
@@ -216,10 +216,10 @@ def augmentation(cfg: Config) -> dict:
             },
         )
         result = train(run_cfg)
-        phase2 = result.summary["phases"]["2"]
+        phase2 = result.summary.phases["2"]
         out[name] = {
             "test_accuracy": held_out_accuracy(result.run_dir),
-            "val_accuracy": result.summary["final"]["val_accuracy"],
+            "val_accuracy": result.summary.final["val_accuracy"],
             "phase2_epochs": phase2["epochs"],
             "phase2_images_per_s": phase2["train_images_per_s"],
         }

@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.config import Config, with_overrides
 from pipeline.memory.estimate import CPU_OVERHEAD, estimate_layers
 from pipeline.memory.keras_graph import layers_from_model
-from pipeline.memory.record import MemoryEstimate
+from pipeline.memory.record import UNAVAILABLE, MemoryEstimate, RunMemory
 from pipeline.memory.spec import Layer
 from pipeline.units import parse_quantity
 
@@ -80,13 +80,21 @@ def measure_throughput(
     return train_flops_per_image * batch * steps / (time.perf_counter() - start)
 
 
-def estimate_for_run(cfg: Config, num_classes: int) -> dict[str, Any]:
+def estimate_for_run(cfg: Config, num_classes: int) -> MemoryEstimate:
     """The estimate for a configured run, for the training summary and evaluation report:
     parameters, per-phase training memory at the configured batch, inference memory and
-    FLOPs per image, as ``MemoryEstimate``'s JSON. Builds the model (without weights) but
-    runs nothing."""
+    FLOPs per image. Builds the model (without weights) but runs nothing."""
     est = estimate_classifier(cfg, num_classes, head=True, dtype="float32")[0]
-    return MemoryEstimate.from_estimate(est).to_json()
+    return MemoryEstimate.from_estimate(est)
+
+
+def run_memory_estimate(cfg: Config, num_classes: int) -> RunMemory:
+    """``estimate_for_run``, or why it could not be made: a finished run, or a report, goes
+    on without it (nothing measured yet)."""
+    try:
+        return RunMemory(estimate_for_run(cfg, num_classes))
+    except Exception as exc:
+        return RunMemory(error=f"{UNAVAILABLE}: {exc}")
 
 
 def estimate_classifier(
