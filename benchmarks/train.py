@@ -63,6 +63,7 @@ from pipeline.manifest import load_split, read_classes  # noqa: E402
 from pipeline.memory import estimate_for_run  # noqa: E402
 from pipeline.model import build_classifier, freeze_for_phase, training_forward  # noqa: E402
 from pipeline.predict import load_classifier  # noqa: E402
+from pipeline.recipes import configs_dir  # noqa: E402
 from pipeline.training import train  # noqa: E402
 from pipeline.training.features import extract_features  # noqa: E402
 from pipeline.training.feeds import Feed  # noqa: E402
@@ -74,7 +75,7 @@ MOBILENET = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 # The transfer test's recipe (tests/test_train.py loads the same file), as overrides.
 TRANSFER_RECIPE = {
     f"{section}.{key}": value
-    for section, values in read_config_file(REPO / "configs" / "transfer.toml").items()
+    for section, values in read_config_file(configs_dir() / "transfer.toml").items()
     for key, value in values.items()
 }
 GUIDE_AUGMENTATION = {

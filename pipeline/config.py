@@ -23,6 +23,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
+from pipeline.recipes import config_path
+
 
 @dataclass
 class PathsConfig:
@@ -127,7 +129,7 @@ class ExperimentConfig:
     name: str = ""  # reports/experiments/<name>/; "" = the preset's name, else required
     grid: str = ""  # "section.key=v1,v2 section.key=v3,v4": every combination is a cell
     repeats: int = 3  # runs per cell, seeds train.seed, train.seed+1, ...
-    preset: str = ""  # a sweep in configs/presets/<preset>.toml (e.g. width); "" = none
+    preset: str = ""  # a sweep, pipeline/configs/presets/<preset>.toml (e.g. width); "" = none
     threshold: float = 0.0  # smallest-first presets (width, depth): smallest model above this
     retry_failed: bool = False  # on resume, run failed runs again
     results: str = (
@@ -306,7 +308,7 @@ def load_config(
     word, e.g. the experiment stage's preset); validated before anything runs."""
     cfg = Config()
     if config_file:
-        for section, values in read_config_file(config_file).items():
+        for section, values in read_config_file(config_path(config_file)).items():
             for key, raw in values.items():
                 _apply(cfg, section, key, raw, str(config_file))
     for text in overrides:

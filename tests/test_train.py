@@ -384,7 +384,7 @@ def test_a_short_run_on_flowers_mini_learns(tmp_path, flowers_mini, capsys):
 
 
 def test_the_transfer_recipe_is_a_valid_config():
-    """configs/transfer.toml, used by the slow test below and by benchmarks/train.py."""
+    """pipeline/configs/transfer.toml, used by the slow test below and by benchmarks/train.py."""
     cfg = load_config(CONFIGS / "transfer.toml")
     assert (cfg.model.backbone, cfg.model.alpha, cfg.image_size) == ("mobilenet", 0.25, 224)
     assert cfg.model.weights == "imagenet"  # the caller passes the file
@@ -392,7 +392,7 @@ def test_the_transfer_recipe_is_a_valid_config():
 
 @pytest.mark.slow
 def test_imagenet_weights_beat_random_weights_by_30_points(flowers_prepared, mobilenet_weights):
-    """configs/transfer.toml (Keras's ImageNet MobileNet, alpha 0.25, 224 px) against the
+    """pipeline/configs/transfer.toml (Keras's ImageNet MobileNet, alpha 0.25, 224 px) against the
     same runs from random weights, two seeds each: every pretrained run's test accuracy is at
     least 30 points above every random-weights run's (one run moves by about 3 points with
     the seed on 53 test photos). The bar for the pretrained accuracy itself is issue 15's;
