@@ -522,7 +522,7 @@ def test_evaluate_scores_the_runs_own_split_whatever_make_data_did_since(seed42_
     cfg = config(tmp, photos, "eval.run=seed42", "data.split_seed=7")
     metrics = evaluate(cfg).metrics
     out = capsys.readouterr().out
-    assert "data.split_seed 42 -> 7" in out and "scoring the run's own test split" in out
+    assert "data.split_seed was 42, now 7" in out and "scoring the run's own test split" in out
     trained = {r["sha256"] for r in read_csv(result.run_dir / RUN_DATA_DIR / "train.csv")}
     scored = [r["path"] for r in read_csv(tmp / "reports" / "seed42" / "predictions.csv")]
     recorded = load_split(result.run_dir / RUN_DATA_DIR, "test")
