@@ -151,6 +151,22 @@ def cached_rows(rows: list[ManifestRow], dataset_dir: Path, size: int) -> list[M
 
 
 @dataclass
+class Listing:
+    """A source resolved and listed once: every candidate file, and its size and modification
+    time taken before any check (so that an edit during the check shows as a change)."""
+
+    source: Source
+    candidates: list[Candidate]
+    stats: list[FileStat]
+
+
+def list_source(cfg: Config, out_dir: Path) -> Listing:
+    source = _resolve(cfg, out_dir)
+    candidates = list_candidates(source)
+    return Listing(source, candidates, [FileStat.of(c.path) for c in candidates])
+
+
+@dataclass
 class Inventory:
     """Every file found, its check, and the split of each usable image."""
 
@@ -166,17 +182,15 @@ class Inventory:
     warnings: list[str]
 
 
-def take_inventory(cfg: Config, source: Source, progress: bool = True) -> Inventory:
+def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inventory:
     """Check every candidate file, then split the usable ones; raises on unusable splits."""
-    d = cfg.data
-    candidates = list_candidates(source)
+    d, source, candidates = cfg.data, listing.source, listing.candidates
     classes_found = sorted({c.label for c in candidates if c.label})
     print(
         f"Found {len(candidates)} files in {len(classes_found)} class folders under {source.origin}"
     )
     if not candidates:
         raise ValueError(f"{source.origin}: no files found; expected <class>/<image> folders")
-    stats = [FileStat.of(c.path) for c in candidates]  # before the check: a later edit shows
     checks = check_images(
         [c.path for c in candidates], d.min_side, d.max_pixels, d.workers, progress=progress
     )
@@ -221,7 +235,7 @@ def take_inventory(cfg: Config, source: Source, progress: bool = True) -> Invent
     return Inventory(
         source,
         candidates,
-        stats,
+        listing.stats,
         checks,
         classes,
         counts,
@@ -232,12 +246,12 @@ def take_inventory(cfg: Config, source: Source, progress: bool = True) -> Invent
     )
 
 
-def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
-    """Resolve the source, check every image, split, write manifests and reports."""
+def prepare_data(cfg: Config, progress: bool = True, listing: Listing | None = None) -> DataResult:
+    """Resolve and list the source (unless ``listing`` is that, already made), check every
+    image, split, write manifests and reports."""
     out_dir = cfg.dataset_dir()
     reports_dir = generated_dir(Path(cfg.paths.reports) / out_dir.name)
-    source = _resolve(cfg, out_dir)
-    inv = take_inventory(cfg, source, progress)
+    inv = take_inventory(cfg, listing or list_source(cfg, out_dir), progress)
     files = _write_outputs(cfg, out_dir, inv)
     if cfg.data.cache_size:
         all_rows = [r for s in SPLITS for r in inv.by_split[s]]
@@ -247,7 +261,7 @@ def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
     result = DataResult(
         out_dir, reports_dir, inv.classes, inv.counts, dict(skipped), inv.warnings, files
     )
-    _print_summary(result, source)
+    _print_summary(result, inv.source)
     from pipeline.plots import plot_class_distribution
 
     result.files.append(plot_class_distribution(inv.counts, reports_dir / "class_distribution.png"))
@@ -266,19 +280,20 @@ def ensure_manifests(cfg: Config) -> Path:
     """
     out_dir = cfg.dataset_dir()
     record = read_record(out_dir)
+    listing = None  # listed once: the data stage reuses it
     if record is None:
         reasons = [f"no manifests for {cfg.data.dataset} in {out_dir}/ yet"]
     else:
-        source = _resolve(cfg, out_dir)
-        stats = [FileStat.of(c.path) for c in list_candidates(source)]
+        listing = list_source(cfg, out_dir)
         previous = [
             FileStat(r["path"], int(r["size"]), int(r["mtime_ns"]))
             for r in read_csv(out_dir / CHECK_REPORT)
         ]
-        reasons = stale_reasons(out_dir, record, split_options(cfg.data), stats, previous)
+        options = split_options(cfg.data)
+        reasons = stale_reasons(out_dir, record, options, listing.stats, previous)
     if reasons:
         print(f"Running the data stage first: {'; '.join(reasons)}")
-        prepare_data(cfg)
+        prepare_data(cfg, listing=listing)
     return out_dir
 
 

@@ -503,11 +503,19 @@ def test_two_folders_with_one_name_never_share_manifests(tmp_path):
     assert labels == ["irises", "tulips"]
 
 
-def test_changed_split_options_rebuild_the_manifests_and_say_so(seed42_run, capsys):
+def test_changed_split_options_rebuild_the_manifests_and_say_so(seed42_run, capsys, monkeypatch):
+    import pipeline.data
+
     tmp, photos, _ = seed42_run
     cfg = config(tmp, photos, "data.split_seed=7")
+    listed = []
+    list_candidates = pipeline.data.list_candidates
+    monkeypatch.setattr(
+        pipeline.data, "list_candidates", lambda s: listed.append(s) or list_candidates(s)
+    )
     folder = ensure_manifests(cfg)
     assert "data.split_seed was 42, now 7" in capsys.readouterr().out
+    assert len(listed) == 1  # the data stage reuses the listing the check made
     rows = load_split(folder, "train")
     assert {split_of(r.sha256, 7, 0.25, 0.25) for r in rows} == {"train"}
     assert read_record(folder).options["split_seed"] == 7
