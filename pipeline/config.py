@@ -24,6 +24,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 from pipeline.recipes import config_path
+from pipeline.validation import ConfigError, check_config
 
 
 @dataclass
@@ -168,16 +169,26 @@ class Config:
         return Path(self.paths.data) / dataset_id(self.data.dataset)
 
 
-class ConfigError(ValueError):
-    """A configuration value or name that cannot be used; the message says how to fix it."""
-
-
 def dataset_name(dataset: str) -> str:
     """Folder name for a data set spec: 'flowers', 'intel', or the folder's own name."""
     if dataset.startswith("folder:"):
         name = Path(dataset[len("folder:") :].rstrip("/\\")).name
         return name or "folder"
     return dataset
+
+
+def resolve_precision(precision: str, gpu: bool) -> str:
+    """train.precision with 'auto' decided: mixed_float16 on a GPU, float32 elsewhere. The one
+    rule, for the train stage and the memory estimate alike.
+
+    >>> resolve_precision("auto", gpu=True), resolve_precision("auto", gpu=False)
+    ('mixed_float16', 'float32')
+    >>> resolve_precision("mixed_bfloat16", gpu=False)
+    'mixed_bfloat16'
+    """
+    if precision != "auto":
+        return precision
+    return "mixed_float16" if gpu else "float32"
 
 
 def _sections() -> dict[str, type]:
@@ -322,8 +333,6 @@ def load_config(
 
 def validate(cfg: Config) -> None:
     """Every check of option values (``pipeline.validation``); every stage runs it."""
-    from pipeline.validation import check_config
-
     check_config(cfg)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import Config, with_overrides
+from pipeline.config import resolve_precision as train_rule
 from pipeline.memory.estimate import CPU_OVERHEAD, estimate_layers
 from pipeline.memory.keras_graph import layers_from_model
 from pipeline.memory.record import UNAVAILABLE, MemoryEstimate, RunMemory
@@ -23,10 +24,8 @@ def configured_overhead(cfg: Config) -> float:
 
 
 def resolve_precision(precision: str, gpu: bool | None = None) -> str:
-    """The train stage's own rule (``pipeline.training.runtime.resolve_precision``), on this
-    machine's devices unless ``gpu`` says otherwise."""
-    from pipeline.training.runtime import resolve_precision as train_rule
-
+    """The train stage's own rule (``pipeline.config.resolve_precision``), on this machine's
+    devices unless ``gpu`` says otherwise."""
     if gpu is None:
         import tensorflow as tf
 
