@@ -79,7 +79,7 @@ predict: $(STAMP)  ## classify IN=folder into OUT=predictions.csv (RUN=, SORT_IN
 memory: $(STAMP)  ## per-layer memory/FLOPs for BACKBONE, IMAGE_SIZE, BATCH_SIZE; fit BUDGET=16GiB
 	$(call RUN_STAGE,memory $(MEMORY_ARGS))
 
-experiment: $(STAMP)  ## NAME= GRID="k=a,b k2=c,d" REPEATS=3 (or PRESET=<a file in configs/presets/>)
+experiment: $(STAMP)  ## NAME= GRID="k=a,b k2=c,d" REPEATS=3 (or PRESET=<a file in pipeline/configs/presets/>)
 	$(call RUN_STAGE,experiment)
 
 experiment-summary: $(STAMP)  ## re-summarise NAME= with RESULTS=other/results.csv,... (runs nothing)

@@ -63,6 +63,7 @@ from pipeline.manifest import load_split, read_classes  # noqa: E402
 from pipeline.memory import estimate_for_run  # noqa: E402
 from pipeline.model import build_classifier, freeze_for_phase, training_forward  # noqa: E402
 from pipeline.predict import load_classifier  # noqa: E402
+from pipeline.recipes import configs_dir  # noqa: E402
 from pipeline.training import train  # noqa: E402
 from pipeline.training.features import extract_features  # noqa: E402
 from pipeline.training.feeds import Feed  # noqa: E402
@@ -74,7 +75,7 @@ MOBILENET = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 # The transfer test's recipe (tests/test_train.py loads the same file), as overrides.
 TRANSFER_RECIPE = {
     f"{section}.{key}": value
-    for section, values in read_config_file(REPO / "configs" / "transfer.toml").items()
+    for section, values in read_config_file(configs_dir() / "transfer.toml").items()
     for key, value in values.items()
 }
 GUIDE_AUGMENTATION = {
@@ -115,14 +116,14 @@ def phase_one(cfg: Config, epochs: int) -> dict:
     ]
     out = {}
     for name, result in runs.items():
-        p = result.summary["phases"]["1"]
+        p = result.summary.phases["1"]
         out[name] = {
             "phase_seconds": p["seconds"] + p.get("feature_seconds", 0.0),
             "feature_seconds": p.get("feature_seconds", 0.0),
             "epoch_seconds": p["seconds"] / p["epochs"],
             "epochs": p["epochs"],
             "best_val_accuracy": p["best_val_accuracy"],
-            "stage_seconds": result.summary["seconds"],
+            "stage_seconds": result.summary.seconds,
         }
     out["speedup"] = out["plain"]["phase_seconds"] / out["cached"]["phase_seconds"]
     out["max_head_weight_difference"] = float(
@@ -185,11 +186,11 @@ def peak_flops(n: int = 4096, repeats: int = 5) -> float:
 
 
 def throughput(cfg: Config, batch: int, steps: int) -> dict:
-    flops = estimate_for_run(cfg, 5)["flops_per_image"]
-    phase2_flops = next(v for k, v in flops["train"].items() if k.startswith("phase 2"))
-    full_flops = 3 * flops["forward"]  # forward + two backward products per layer
+    flops = estimate_for_run(cfg, 5).flops_per_image
+    phase2_flops = next(v for k, v in flops.train.items() if k.startswith("phase 2"))
+    full_flops = 3 * flops.forward  # forward + two backward products per layer
     peak = peak_flops()
-    out = {"forward_flops_per_image": flops["forward"], "peak_flops_per_s": peak}
+    out = {"forward_flops_per_image": flops.forward, "peak_flops_per_s": peak}
     for name, per_image in (("phase2", phase2_flops), ("full", full_flops)):
         print(f"\n== training step, {name} ==", flush=True)
         rate = step_rate(cfg, name, batch, steps)
@@ -216,10 +217,10 @@ def augmentation(cfg: Config) -> dict:
             },
         )
         result = train(run_cfg)
-        phase2 = result.summary["phases"]["2"]
+        phase2 = result.summary.phases["2"]
         out[name] = {
             "test_accuracy": held_out_accuracy(result.run_dir),
-            "val_accuracy": result.summary["final"]["val_accuracy"],
+            "val_accuracy": result.summary.final["val_accuracy"],
             "phase2_epochs": phase2["epochs"],
             "phase2_images_per_s": phase2["train_images_per_s"],
         }

@@ -175,7 +175,7 @@ STAGES: dict[str, tuple[str, Runner, AddArguments | None]] = {
 
 
 # A stage's last word on its configuration, before it is validated: the experiment stage
-# applies experiment.preset (configs/presets/<name>.toml) over the other values.
+# applies experiment.preset (pipeline/configs/presets/<name>.toml) over the other values.
 PREPARE: dict[str, Callable[[Config], Config]] = {"experiment": _apply_preset}
 
 # Stages that never import TensorFlow (nothing to keep quiet, nothing to wait for).

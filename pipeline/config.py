@@ -23,6 +23,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
+from pipeline.recipes import config_path
+from pipeline.validation import ConfigError, check_config
+
 
 @dataclass
 class PathsConfig:
@@ -127,7 +130,7 @@ class ExperimentConfig:
     name: str = ""  # reports/experiments/<name>/; "" = the preset's name, else required
     grid: str = ""  # "section.key=v1,v2 section.key=v3,v4": every combination is a cell
     repeats: int = 3  # runs per cell, seeds train.seed, train.seed+1, ...
-    preset: str = ""  # a sweep in configs/presets/<preset>.toml (e.g. width); "" = none
+    preset: str = ""  # a sweep, pipeline/configs/presets/<preset>.toml (e.g. width); "" = none
     threshold: float = 0.0  # smallest-first presets (width, depth): smallest model above this
     retry_failed: bool = False  # on resume, run failed runs again
     results: str = (
@@ -166,16 +169,26 @@ class Config:
         return Path(self.paths.data) / dataset_id(self.data.dataset)
 
 
-class ConfigError(ValueError):
-    """A configuration value or name that cannot be used; the message says how to fix it."""
-
-
 def dataset_name(dataset: str) -> str:
     """Folder name for a data set spec: 'flowers', 'intel', or the folder's own name."""
     if dataset.startswith("folder:"):
         name = Path(dataset[len("folder:") :].rstrip("/\\")).name
         return name or "folder"
     return dataset
+
+
+def resolve_precision(precision: str, gpu: bool) -> str:
+    """train.precision with 'auto' decided: mixed_float16 on a GPU, float32 elsewhere. The one
+    rule, for the train stage and the memory estimate alike.
+
+    >>> resolve_precision("auto", gpu=True), resolve_precision("auto", gpu=False)
+    ('mixed_float16', 'float32')
+    >>> resolve_precision("mixed_bfloat16", gpu=False)
+    'mixed_bfloat16'
+    """
+    if precision != "auto":
+        return precision
+    return "mixed_float16" if gpu else "float32"
 
 
 def _sections() -> dict[str, type]:
@@ -306,7 +319,7 @@ def load_config(
     word, e.g. the experiment stage's preset); validated before anything runs."""
     cfg = Config()
     if config_file:
-        for section, values in read_config_file(config_file).items():
+        for section, values in read_config_file(config_path(config_file)).items():
             for key, raw in values.items():
                 _apply(cfg, section, key, raw, str(config_file))
     for text in overrides:
@@ -320,8 +333,6 @@ def load_config(
 
 def validate(cfg: Config) -> None:
     """Every check of option values (``pipeline.validation``); every stage runs it."""
-    from pipeline.validation import check_config
-
     check_config(cfg)
 
 

@@ -9,31 +9,26 @@ reports/<dataset id>/.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 from pipeline.config import Config, save_config
 from pipeline.files import (
     GENERATED_MARKER,
-    atomic_path,
     generated_dir,
     read_csv,
     write_csv,
     write_json,
 )
+from pipeline.image_cache import build_image_cache
 from pipeline.images import (
-    DECODE_JPEG,
     ImageCheck,
     check_images,
     has_image_extension,
     is_ignored,
     iter_files,
-    load_rgb,
     reason_key,
 )
 from pipeline.manifest import (
@@ -91,63 +86,20 @@ def list_candidates(source: Source) -> list[Candidate]:
     return found
 
 
-def cache_path(dataset_dir: Path, size: int, sha256: str) -> Path:
-    return dataset_dir / f"cache-{size}" / sha256[:2] / f"{sha256}.jpg"
+@dataclass
+class Listing:
+    """A source resolved and listed once: every candidate file, and its size and modification
+    time taken before any check (so that an edit during the check shows as a change)."""
+
+    source: Source
+    candidates: list[Candidate]
+    stats: list[FileStat]
 
 
-def _cache_one(args: tuple[str, str, int]) -> None:
-    from PIL import Image
-
-    src, dest, size = args
-    dest_path = Path(dest)
-    if dest_path.exists():
-        return
-    img = Image.fromarray(load_rgb(src))
-    scale = size / min(img.size)
-    if scale < 1.0:
-        new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        img = img.resize(new, Image.BICUBIC, reducing_gap=3.0)
-    with atomic_path(dest_path) as tmp:
-        img.save(tmp, "JPEG", quality=95)
-
-
-def build_image_cache(
-    rows: list[ManifestRow], dataset_dir: Path, size: int, workers: int = 0
-) -> Path:
-    """Decoded, oriented, down-sized JPEG copies (shorter side = size), built once by hash."""
-    from tqdm import tqdm
-
-    jobs = [
-        (r.path, str(cache_path(dataset_dir, size, r.sha256)), size)
-        for r in rows
-        if not cache_path(dataset_dir, size, r.sha256).exists()
-    ]
-    if jobs:
-        workers = workers or os.cpu_count() or 1
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            bar = tqdm(total=len(jobs), desc=f"Caching at {size}px", unit="img", leave=False)
-            for _ in pool.map(_cache_one, jobs, chunksize=16):
-                bar.update()
-            bar.close()
-    return dataset_dir / f"cache-{size}"
-
-
-def cached_rows(rows: list[ManifestRow], dataset_dir: Path, size: int) -> list[ManifestRow]:
-    """The same rows pointing at the decoded cache; fails if `make data` did not build it."""
-    out = []
-    for r in rows:
-        path = cache_path(dataset_dir, size, r.sha256)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} is missing from the image cache: run `make data DATA_CACHE={size}` "
-                "(data.cache_size) first, or set data.cache_size=0"
-            )
-        out.append(
-            ManifestRow(
-                str(path), r.label, r.label_index, r.sha256, r.width, r.height, 1, DECODE_JPEG
-            )
-        )
-    return out
+def list_source(cfg: Config, out_dir: Path) -> Listing:
+    source = _resolve(cfg, out_dir)
+    candidates = list_candidates(source)
+    return Listing(source, candidates, [FileStat.of(c.path) for c in candidates])
 
 
 @dataclass
@@ -166,17 +118,15 @@ class Inventory:
     warnings: list[str]
 
 
-def take_inventory(cfg: Config, source: Source, progress: bool = True) -> Inventory:
+def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inventory:
     """Check every candidate file, then split the usable ones; raises on unusable splits."""
-    d = cfg.data
-    candidates = list_candidates(source)
+    d, source, candidates = cfg.data, listing.source, listing.candidates
     classes_found = sorted({c.label for c in candidates if c.label})
     print(
         f"Found {len(candidates)} files in {len(classes_found)} class folders under {source.origin}"
     )
     if not candidates:
         raise ValueError(f"{source.origin}: no files found; expected <class>/<image> folders")
-    stats = [FileStat.of(c.path) for c in candidates]  # before the check: a later edit shows
     checks = check_images(
         [c.path for c in candidates], d.min_side, d.max_pixels, d.workers, progress=progress
     )
@@ -221,7 +171,7 @@ def take_inventory(cfg: Config, source: Source, progress: bool = True) -> Invent
     return Inventory(
         source,
         candidates,
-        stats,
+        listing.stats,
         checks,
         classes,
         counts,
@@ -232,12 +182,12 @@ def take_inventory(cfg: Config, source: Source, progress: bool = True) -> Invent
     )
 
 
-def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
-    """Resolve the source, check every image, split, write manifests and reports."""
+def prepare_data(cfg: Config, progress: bool = True, listing: Listing | None = None) -> DataResult:
+    """Resolve and list the source (unless ``listing`` is that, already made), check every
+    image, split, write manifests and reports."""
     out_dir = cfg.dataset_dir()
     reports_dir = generated_dir(Path(cfg.paths.reports) / out_dir.name)
-    source = _resolve(cfg, out_dir)
-    inv = take_inventory(cfg, source, progress)
+    inv = take_inventory(cfg, listing or list_source(cfg, out_dir), progress)
     files = _write_outputs(cfg, out_dir, inv)
     if cfg.data.cache_size:
         all_rows = [r for s in SPLITS for r in inv.by_split[s]]
@@ -247,7 +197,7 @@ def prepare_data(cfg: Config, progress: bool = True) -> DataResult:
     result = DataResult(
         out_dir, reports_dir, inv.classes, inv.counts, dict(skipped), inv.warnings, files
     )
-    _print_summary(result, source)
+    _print_summary(result, inv.source)
     from pipeline.plots import plot_class_distribution
 
     result.files.append(plot_class_distribution(inv.counts, reports_dir / "class_distribution.png"))
@@ -266,19 +216,20 @@ def ensure_manifests(cfg: Config) -> Path:
     """
     out_dir = cfg.dataset_dir()
     record = read_record(out_dir)
+    listing = None  # listed once: the data stage reuses it
     if record is None:
         reasons = [f"no manifests for {cfg.data.dataset} in {out_dir}/ yet"]
     else:
-        source = _resolve(cfg, out_dir)
-        stats = [FileStat.of(c.path) for c in list_candidates(source)]
+        listing = list_source(cfg, out_dir)
         previous = [
             FileStat(r["path"], int(r["size"]), int(r["mtime_ns"]))
             for r in read_csv(out_dir / CHECK_REPORT)
         ]
-        reasons = stale_reasons(out_dir, record, split_options(cfg.data), stats, previous)
+        options = split_options(cfg.data)
+        reasons = stale_reasons(out_dir, record, options, listing.stats, previous)
     if reasons:
         print(f"Running the data stage first: {'; '.join(reasons)}")
-        prepare_data(cfg)
+        prepare_data(cfg, listing=listing)
     return out_dir
 
 

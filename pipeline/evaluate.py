@@ -7,7 +7,7 @@ Outputs go to reports/<run>/ (written atomically); index.html gathers them all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.files import atomic_write_text, generated_dir, read_json, write_csv, write_json
 from pipeline.manifest import ManifestRow
+from pipeline.memory.record import RunMemory
 from pipeline.metrics import classification_metrics, confused_pairs, worst_mistakes
 from pipeline.predict import Classifier, load_classifier
 from pipeline.provenance import (
@@ -60,7 +61,8 @@ def evaluate(cfg: Config) -> EvalResult:
     files.update(_draw_figures(out, metrics, y_true, probs, rows, clf, cfg.eval.gallery_size))
     extras = _run_extras(clf)
     files["report"] = _write_report(out, metrics, files, clf, extras)
-    files["metrics"] = write_json(out / METRICS_FILE, {**metrics, "memory": extras["memory"]})
+    memory = extras["memory"].estimate_json()
+    files["metrics"] = write_json(out / METRICS_FILE, {**metrics, "memory": memory})
     _print_summary(metrics, out)
     return EvalResult(out, metrics, files)
 
@@ -217,21 +219,17 @@ def _run_extras(clf: Classifier) -> dict[str, Any]:
     computed here only for runs that predate it.
     """
     summary = read_summary(clf.run_dir)
-    recorded = (summary.memory if summary else None) or {}
-    memory = recorded.get("estimate")
-    if memory is None:
-        from pipeline.memory import estimate_for_run
+    memory = summary.memory if summary else RunMemory()
+    if memory.estimate is None and memory.error is None:
+        from pipeline.memory import run_memory_estimate
 
-        try:
-            memory = estimate_for_run(clf.cfg, len(clf.labels))
-        except Exception as exc:  # the report is still useful without it; say why
-            memory = {"error": f"memory estimate unavailable: {exc}"}
+        # The report is still useful without it; the error says why.
+        memory = replace(run_memory_estimate(clf.cfg, len(clf.labels)), measured=memory.measured)
     return {
         "data": read_json(clf.run_dir / RUN_DATA_DIR / DATA_SUMMARY_FILE),
-        "training": summary.to_dict() if summary else {},
+        "training": summary,
         "curves": clf.run_dir / CURVES_FILE,
         "memory": memory,
-        "memory_measured": recorded.get("measured"),
     }
 
 

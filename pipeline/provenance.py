@@ -137,16 +137,26 @@ def stale_reasons(
 ) -> list[str]:
     """Why the manifests in ``folder`` cannot be used with these options and these files
     (``previous``: the files as the data stage saw them); [] when they can."""
-    reasons = [
-        f"data.{key} was {record.options.get(key)!r}, now {value!r}"
-        for key, value in options.items()
-        if record.options.get(key) != value
-    ]
+    reasons = option_changes(record.options, options)
     if listing_digest(stats) != record.files_digest:
         reasons.append(f"the files changed since `make data` ({listing_changes(previous, stats)})")
     if manifest_digests(folder) != record.manifests:
         reasons.append(f"the manifests in {folder}/ were edited or half-written")
     return reasons
+
+
+def option_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """How split options differ, in the one wording of the data stage's rebuild reasons and
+    of evaluate's note.
+
+    >>> option_changes({"split_seed": 42, "min_side": 32}, {"split_seed": 7, "min_side": 32})
+    ['data.split_seed was 42, now 7']
+    """
+    return [
+        f"data.{key} was {before.get(key)!r}, now {value!r}"
+        for key, value in after.items()
+        if before.get(key) != value
+    ]
 
 
 def listing_changes(before: list[FileStat], after: list[FileStat]) -> str:
@@ -252,11 +262,7 @@ def describe_difference(run: RunData, current: DatasetRecord | None) -> str | No
         return None
     if run.record.fingerprint == current.fingerprint:
         return None
-    changes = [
-        f"data.{key} {run.record.options.get(key)!r} -> {value!r}"
-        for key, value in current.options.items()
-        if run.record.options.get(key) != value
-    ]
+    changes = option_changes(run.record.options, current.options)
     if current.files_digest != run.record.files_digest:
         changes.append(f"files {run.record.files} -> {current.files}")
     return ", ".join(changes) or "manifests rebuilt"

@@ -10,10 +10,13 @@ import base64
 import datetime as dt
 import html
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.memory.record import RunMemory
+from pipeline.runs import TrainSummary
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222;
@@ -117,22 +120,25 @@ def _data_section(data: dict[str, Any] | None) -> str:
     return note + _table(["class", *splits, "all"], rows)
 
 
-def _training_section(training: dict[str, Any] | None) -> str:
-    if not training:
+def _training_section(summary: TrainSummary | None) -> str:
+    """The summary's plain values (run, backbone, device, seconds, ...), one row each."""
+    if summary is None:
         return '<p class="muted">(training summary not found)</p>'
     flat = []
-    for key, value in training.items():
+    for f in fields(summary):
+        value = getattr(summary, f.name)
         if isinstance(value, (str, int, float, bool)) or value is None:
-            flat.append([html.escape(key), html.escape(str(value))])
+            flat.append([html.escape(f.name), html.escape(str(value))])
     return _table(["", "value"], flat) if flat else ""
 
 
-def _memory_section(memory: dict[str, Any] | None, measured: dict[str, Any] | None) -> str:
+def _memory_section(memory: RunMemory | None) -> str:
     """The estimate per training phase, next to what the training run really used."""
-    if not memory:
+    if memory is None or (memory.estimate is None and memory.error is None):
         return '<p class="muted">(no memory estimate)</p>'
-    if "error" in memory:
-        return f'<p class="muted">{html.escape(memory["error"])}</p>'
+    if memory.estimate is None:
+        return f'<p class="muted">{html.escape(memory.error)}</p>'
+    estimate, measured = memory.estimate, memory.measured
 
     def mib(value: float) -> str:
         return f"{value / 2**20:,.1f} MiB"
@@ -140,18 +146,18 @@ def _memory_section(memory: dict[str, Any] | None, measured: dict[str, Any] | No
     rows = [
         [
             html.escape(name),
-            f"{f['trainable']:,}",
-            mib(f["textbook_bytes"]),
-            mib(f["realistic_bytes"]),
-            str(f["max_batch"]),
-            "yes" if f["fits"] else "no",
+            f"{f.trainable:,}",
+            mib(f.textbook_bytes),
+            mib(f.realistic_bytes),
+            str(f.max_batch),
+            "yes" if f.fits else "no",
         ]
-        for name, f in memory.get("training", {}).items()
+        for name, f in estimate.training.items()
     ]
     parts = [
-        f"<p>{memory['params']:,} parameters; inference on one image needs "
-        f"{mib(memory['inference_bytes'])}; batch {memory['batch_size']}, "
-        f"{html.escape(str(memory['precision']))}.</p>",
+        f"<p>{estimate.params:,} parameters; inference on one image needs "
+        f"{mib(estimate.inference_bytes)}; batch {estimate.batch_size}, "
+        f"{html.escape(str(estimate.precision))}.</p>",
         _table(
             [
                 "phase",
@@ -170,7 +176,7 @@ def _memory_section(memory: dict[str, Any] | None, measured: dict[str, Any] | No
             f"<p>Measured during training: {html.escape(items)} (the process peak "
             "includes the TensorFlow runtime and the input pipeline).</p>"
         )
-    details = html.escape(json.dumps(memory, indent=2, default=str))
+    details = html.escape(json.dumps(estimate.to_json(), indent=2, default=str))
     parts.append(f"<details><summary>full estimate</summary><pre>{details}</pre></details>")
     return "\n".join(parts)
 
@@ -239,7 +245,7 @@ def render_report(
         _img(files.get("mistakes"), "most confident mistakes"),
         _mistakes_table(metrics),
         "<h2>Memory estimate</h2>",
-        _memory_section(extras.get("memory"), extras.get("memory_measured")),
+        _memory_section(extras.get("memory")),
         f"<h2>Configuration</h2><details><summary>config.json</summary><pre>{config}</pre>"
         "</details>",
     ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.config import Config, ConfigError, dataset_name, with_overrides
 from pipeline.files import read_json, write_json
+from pipeline.memory.record import RunMemory
 
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
@@ -87,16 +88,18 @@ class TrainSummary:
     epochs: int
     seconds: float
     final: dict[str, float]  # val_loss, val_accuracy of the last phase's best epoch
-    memory: dict[str, Any]  # estimate (pipeline.memory) and measured peaks
+    memory: RunMemory  # the estimate (pipeline.memory) and the measured peaks
     files: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "memory": self.memory.to_json()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSummary:
-        """Unknown keys are ignored; keys an older run did not write read as None."""
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+        """Unknown keys are ignored; keys an older run did not write read as None (memory
+        as an empty ``RunMemory``)."""
+        values = {f.name: data.get(f.name) for f in fields(cls)}
+        return cls(**{**values, "memory": RunMemory.from_json(values["memory"])})
 
 
 def write_summary(run_dir: str | Path, summary: TrainSummary) -> Path:

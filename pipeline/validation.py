@@ -1,21 +1,30 @@
 """Checks of option values: what would fail later, after minutes of work, is refused here
 with the fix in the message. ``pipeline.config.validate`` runs them for every stage
 (``make config`` included), so every stage accepts and refuses alike. No TensorFlow.
+
+``ConfigError`` lives here (``pipeline.config`` imports it from here, and so may everyone
+else), so that this module needs nothing from ``pipeline.config`` at run time.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from pipeline.config import (
-    Config,
-    ConfigError,
-    DataConfig,
-    InputConfig,
-    MemoryConfig,
-    ModelConfig,
-    TrainConfig,
-)
+if TYPE_CHECKING:  # annotations only: config imports this module
+    from pipeline.config import (
+        Config,
+        DataConfig,
+        InputConfig,
+        MemoryConfig,
+        ModelConfig,
+        TrainConfig,
+    )
+
+
+class ConfigError(ValueError):
+    """A configuration value or name that cannot be used; the message says how to fix it."""
+
 
 # train.run_name becomes a folder name: models/<run_name>/.
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.recipes import configs_dir
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
-CONFIGS = REPO / "configs"
+CONFIGS = configs_dir()  # pipeline/configs/, as the package finds it
 
 
 # ----------------------------------------------------------------------------- tiny data

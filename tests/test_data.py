@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_config
-from pipeline.data import CHECK_REPORT, build_image_cache, cached_rows, prepare_data
+from pipeline.data import CHECK_REPORT, prepare_data
 from pipeline.files import read_csv
+from pipeline.image_cache import build_image_cache, cached_rows
 from pipeline.manifest import load_split, read_classes
 from pipeline.split import SPLITS
 from tests.imagegen import BAD_KINDS, GOOD_KINDS, make_image

@@ -22,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import ConfigError, load_config
+from pipeline.runs import read_summary
 from pipeline.training import train
 from pipeline.training.feeds import eval_feed, train_feed
 from pipeline.training.loop import NonFiniteLossError, fit
@@ -92,7 +93,7 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(tiny):
         one = train(load_config(None, base + ["train.run_name=one", "input.batch_size=8"]))
         two = train(load_config(None, base + ["train.run_name=two", "input.batch_size=4",
                                               "train.strategy=mirrored"]))
-        print("RESULT", json.dumps([one.summary, two.summary]))
+        print("RESULT", json.dumps([one.summary.to_dict(), two.summary.to_dict()]))
     """)
     done = run_python(code, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -218,9 +219,9 @@ def test_two_workers_on_localhost_end_with_identical_weights(tiny):
     for proc, out in zip(procs, outputs):
         assert proc.returncode == 0, out[-3000:]
     run_dir = tiny.root / "models" / "workers"
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert (summary["strategy"], summary["workers"], summary["replicas"]) == ("multi_worker", 2, 2)
-    assert summary["global_batch"] == 8
+    summary = read_summary(run_dir)
+    assert (summary.strategy, summary.workers, summary.replicas) == ("multi_worker", 2, 2)
+    assert summary.global_batch == 8
     chief = model_weights(run_dir / "model.keras")
     other = model_weights(run_dir / "workers" / "worker-1" / "model.keras")
     assert len(chief) == len(other)
@@ -243,12 +244,12 @@ def test_mixed_precision_on_a_tiny_model(tiny, precision):
             f"train.run_name=precision-{precision}",
         )
     )
-    assert result.summary["precision"] == precision
-    assert np.isfinite(result.summary["final"]["val_loss"])
+    assert result.summary.precision == precision
+    assert np.isfinite(result.summary.final["val_loss"])
     model = keras.models.load_model(result.run_dir / "model.keras")
     assert model.get_layer("base").layers[1].compute_dtype == precision.split("_")[1]
     assert model(np.zeros((1, 32, 32, 3), "float32")).dtype == "float32"
-    optimizer = result.summary["phases"]["1"]["optimizer"]
+    optimizer = result.summary.phases["1"]["optimizer"]
     assert optimizer == ("LossScaleOptimizer" if precision == "mixed_float16" else "Adam")
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
 
@@ -263,8 +264,8 @@ def test_xla_on_the_cached_head(tiny):
             "train.run_name=xla",
         )
     )
-    assert result.summary["xla"] is True
-    assert np.isfinite(result.summary["final"]["val_loss"])
+    assert result.summary.xla is True
+    assert np.isfinite(result.summary.final["val_loss"])
 
 
 def test_tensorboard_logs_hold_each_epochs_losses(tiny):

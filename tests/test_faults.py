@@ -51,7 +51,7 @@ class TinyRun:
     root: Path
     overrides: list[str]
     run_dir: Path
-    summary: dict
+    summary: TrainSummary
     stdout: str  # what `make train` printed
 
 
@@ -411,10 +411,10 @@ def test_the_image_check_bar_stays_out_of_logs_and_ends_its_line(capsys, tmp_pat
 def test_experiment_results_get_the_estimate_of_the_phases_that_ran(tiny):
     from pipeline.experiment import _peak_training_memory
 
-    training = tiny.summary["memory"]["estimate"]["training"]
+    training = tiny.summary.memory.estimate.training
     assert [name.split(":")[0] for name in training] == ["phase 1", "phase 2"]
-    phase_one = next(iter(training.values()))["realistic_bytes"]
-    assert _peak_training_memory(TrainSummary.from_dict(tiny.summary)) == phase_one  # no phase 2
+    phase_one = next(iter(training.values())).realistic_bytes
+    assert _peak_training_memory(tiny.summary) == phase_one  # no phase 2
     assert _peak_training_memory(TrainSummary.from_dict({})) == ""
 
 
@@ -503,11 +503,19 @@ def test_two_folders_with_one_name_never_share_manifests(tmp_path):
     assert labels == ["irises", "tulips"]
 
 
-def test_changed_split_options_rebuild_the_manifests_and_say_so(seed42_run, capsys):
+def test_changed_split_options_rebuild_the_manifests_and_say_so(seed42_run, capsys, monkeypatch):
+    import pipeline.data
+
     tmp, photos, _ = seed42_run
     cfg = config(tmp, photos, "data.split_seed=7")
+    listed = []
+    list_candidates = pipeline.data.list_candidates
+    monkeypatch.setattr(
+        pipeline.data, "list_candidates", lambda s: listed.append(s) or list_candidates(s)
+    )
     folder = ensure_manifests(cfg)
     assert "data.split_seed was 42, now 7" in capsys.readouterr().out
+    assert len(listed) == 1  # the data stage reuses the listing the check made
     rows = load_split(folder, "train")
     assert {split_of(r.sha256, 7, 0.25, 0.25) for r in rows} == {"train"}
     assert read_record(folder).options["split_seed"] == 7
@@ -522,7 +530,7 @@ def test_evaluate_scores_the_runs_own_split_whatever_make_data_did_since(seed42_
     cfg = config(tmp, photos, "eval.run=seed42", "data.split_seed=7")
     metrics = evaluate(cfg).metrics
     out = capsys.readouterr().out
-    assert "data.split_seed 42 -> 7" in out and "scoring the run's own test split" in out
+    assert "data.split_seed was 42, now 7" in out and "scoring the run's own test split" in out
     trained = {r["sha256"] for r in read_csv(result.run_dir / RUN_DATA_DIR / "train.csv")}
     scored = [r["path"] for r in read_csv(tmp / "reports" / "seed42" / "predictions.csv")]
     recorded = load_split(result.run_dir / RUN_DATA_DIR, "test")
@@ -631,8 +639,8 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_started_again(tmp_path,
     assert (tmp_path / "models" / "again" / "config.json").is_file()
     result = train(config(tmp_path, photos, *mobilenet, "model.weights=none"))
     assert "stopped before its first epoch; starting afresh" in capsys.readouterr().out
-    assert result.summary["weights"] == "none"
+    assert result.summary.weights == "none"
     assert (
-        result.summary["data"]["fingerprint"]
+        result.summary.data["fingerprint"]
         == read_record(config(tmp_path, photos).dataset_dir()).fingerprint
     )

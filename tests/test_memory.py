@@ -14,6 +14,7 @@ from pipeline.backbones import BACKBONES
 from pipeline.cli import main
 from pipeline.config import Config, ConfigError, with_overrides
 from pipeline.memory import (
+    MemoryEstimate,
     estimate_for_run,
     estimate_layers,
     estimate_memory,
@@ -207,16 +208,16 @@ def test_parameters_match_keras_for_every_backbone(name):
 def test_phase_one_and_two_differ_for_inception():
     cfg = _cfg("inception_v3", **{"input.batch_size": 8})
     est = estimate_for_run(cfg, 5)
-    json.dumps(est)  # JSON-able as it is
-    p1, p2 = est["training"].values()
-    assert p1["trainable"] == 2048 * 5 + 5  # phase 1: only the softmax head trains
-    assert p2["trainable"] > p1["trainable"]
-    assert p2["realistic_bytes"] > p1["realistic_bytes"]
-    assert p1["textbook_bytes"] == p2["textbook_bytes"]  # the textbook keeps everything anyway
-    assert est["params"] == build_classifier(cfg, 5).count_params()
+    assert MemoryEstimate.from_json(json.loads(json.dumps(est.to_json()))) == est
+    p1, p2 = est.training.values()
+    assert p1.trainable == 2048 * 5 + 5  # phase 1: only the softmax head trains
+    assert p2.trainable > p1.trainable
+    assert p2.realistic_bytes > p1.realistic_bytes
+    assert p1.textbook_bytes == p2.textbook_bytes  # the textbook keeps everything anyway
+    assert est.params == build_classifier(cfg, 5).count_params()
     assert (
-        est["flops_per_image"]["train"]["phase 2: layers after mixed8 train"]
-        > (est["flops_per_image"]["forward"])
+        est.flops_per_image.train["phase 2: layers after mixed8 train"]
+        > est.flops_per_image.forward
     )
 
 

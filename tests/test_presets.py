@@ -1,8 +1,15 @@
-"""Experiment presets are data (configs/presets/*.toml): each one loads, applies and plans."""
+"""Experiment presets are data (pipeline/configs/presets/*.toml): each one loads, applies and
+plans, and ships with the package."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +17,7 @@ from pipeline.cli import PREPARE
 from pipeline.config import ConfigError, load_config
 from pipeline.experiment import experiment_plan, load_preset, parse_grid, preset_names
 from pipeline.experiment.presets import PRESETS_DIR, apply_preset, with_preset
+from tests.support import REPO
 
 
 def test_the_preset_folder_holds_the_classic_sweeps():
@@ -65,3 +73,38 @@ def test_a_new_preset_is_just_a_file(tmp_path):
     (tmp_path / "bad.toml").write_text('[preset]\ngrid = "x"\nsteps = 3\n')
     with pytest.raises(ConfigError, match="Received: steps"):
         load_preset("bad", tmp_path)
+
+
+def test_presets_and_recipes_ship_in_the_installed_package(tmp_path):
+    """A non-editable install (the wheel pip builds from pyproject.toml) carries
+    pipeline/configs/; from another folder, the presets and `--config configs/transfer.toml`
+    are found in the installed package."""
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO / "pipeline", src / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
+    pip += ["--no-build-isolation", "--target", str(site), str(src)]  # setuptools: a dev extra
+    installed = subprocess.run(pip, capture_output=True, text=True, timeout=120)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    code = (
+        "import json, pipeline\n"
+        "from pipeline.config import load_config\n"
+        "from pipeline.experiment.presets import PRESETS_DIR, preset_names\n"
+        "cfg = load_config('configs/transfer.toml')\n"
+        "print(json.dumps([pipeline.__file__, str(PRESETS_DIR), preset_names(), cfg.image_size]))"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    init, presets, names, image_size = json.loads(done.stdout.splitlines()[-1])
+    assert Path(init) == site / "pipeline" / "__init__.py"
+    assert Path(presets) == site / "pipeline" / "configs" / "presets"
+    assert {"width", "depth", "dropout", "epochs"} <= set(names) and image_size == 224

@@ -24,6 +24,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.files import GENERATED_MARKER
 from pipeline.manifest import load_split, read_classes
 from pipeline.model import build_classifier, get_base
+from pipeline.runs import read_summary
 from pipeline.training import TrainResult, train
 from pipeline.training.trainset import class_weights
 from tests.support import CONFIGS, REPO, TinyData, make_tiny_data
@@ -109,37 +110,40 @@ def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
         "checkpoints/phase2.weights.h5",
     ):
         assert (run_dir / name).exists(), name
-    assert all(Path(p).exists() for p in summary["files"])
+    assert all(Path(p).exists() for p in summary.files)
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert read_summary(run_dir).to_dict() == on_disk  # read back as written
+    assert list(on_disk["memory"]) == ["estimate", "measured"]
     leftovers = [p for p in run_dir.rglob(".*") if p.name != GENERATED_MARKER]
     leftovers += list(run_dir.glob("backup"))
     assert leftovers == [], "temporary files or backups left behind"
     assert (run_dir / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     cfg = load_config(run_dir / "config.json")
-    assert cfg.train.run_name == summary["run"] == "inception"
+    assert cfg.train.run_name == summary.run == "inception"
     classes = json.loads((run_dir / "labels.json").read_text())
-    assert classes == read_classes(cfg.dataset_dir() / "classes.json") == summary["classes"]
+    assert classes == read_classes(cfg.dataset_dir() / "classes.json") == summary.classes
 
     history = read_history(run_dir)
-    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and summary["epochs"] == 4
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and summary.epochs == 4
     for phase in ("1", "2"):
         rows = [r for r in history if r["phase"] == int(phase)]
         best = min(rows, key=lambda r: r["val_loss"])
-        info = summary["phases"][phase]
+        info = summary.phases[phase]
         assert info["epochs"] == len(rows) == 2
         assert info["best_epoch"] == best["phase_epoch"]
         assert info["best_val_loss"] == pytest.approx(best["val_loss"])
         assert info["seconds"] > 0 and info["train_images_per_s"] > 0
-    assert summary["phases"]["1"]["cached_features"] is True
+    assert summary.phases["1"]["cached_features"] is True
 
     # The saved model scores on the validation images what the summary says it scored.
     model = keras.models.load_model(run_dir / "model.keras")
     val_rows = load_split(cfg.dataset_dir(), "val")
     probs = model.predict(build_eval_dataset(val_rows, cfg), verbose=0)
     accuracy = np.mean(probs.argmax(1) == [r.label_index for r in val_rows])
-    assert summary["final"]["val_accuracy"] == pytest.approx(accuracy)
-    assert summary["final"]["val_loss"] == pytest.approx(
-        summary["phases"]["2"]["best_val_loss"], rel=1e-4
+    assert summary.final["val_accuracy"] == pytest.approx(accuracy)
+    assert summary.final["val_loss"] == pytest.approx(
+        summary.phases["2"]["best_val_loss"], rel=1e-4
     )
 
     # The SavedModel takes raw pixels and gives the Keras model's probabilities.
@@ -181,7 +185,7 @@ def test_phase_two_changes_only_the_unfrozen_blocks(tiny, inception_run):
 
 
 def summary_phase(result: TrainResult, phase: str) -> dict:
-    return result.summary["phases"][phase]
+    return result.summary.phases[phase]
 
 
 def test_head_on_cached_features_is_the_head_the_plain_way_trains(tiny, cache_pair):
@@ -223,7 +227,7 @@ def test_the_feature_cache_is_reused_when_nothing_changed(tiny, cache_pair, caps
         "model.backbone=mobilenet",
         "model.alpha=0.25",
         "input.image_size=96",
-        f"model.weights={cache_pair[0].summary['weights']}",
+        f"model.weights={cache_pair[0].summary.weights}",
         "train.head_epochs=1",
         "train.fine_tune_epochs=0",
         "train.run_name=cached-again",
@@ -376,11 +380,11 @@ def test_a_short_run_on_flowers_mini_learns(tmp_path, flowers_mini, capsys):
     )
     result = train(cfg)
     assert "Running the data stage first: no manifests" in capsys.readouterr().out
-    assert result.summary["final"]["val_accuracy"] >= 0.4  # chance: 0.2
+    assert result.summary.final["val_accuracy"] >= 0.4  # chance: 0.2
 
 
 def test_the_transfer_recipe_is_a_valid_config():
-    """configs/transfer.toml, used by the slow test below and by benchmarks/train.py."""
+    """pipeline/configs/transfer.toml, used by the slow test below and by benchmarks/train.py."""
     cfg = load_config(CONFIGS / "transfer.toml")
     assert (cfg.model.backbone, cfg.model.alpha, cfg.image_size) == ("mobilenet", 0.25, 224)
     assert cfg.model.weights == "imagenet"  # the caller passes the file
@@ -388,7 +392,7 @@ def test_the_transfer_recipe_is_a_valid_config():
 
 @pytest.mark.slow
 def test_imagenet_weights_beat_random_weights_by_30_points(flowers_prepared, mobilenet_weights):
-    """configs/transfer.toml (Keras's ImageNet MobileNet, alpha 0.25, 224 px) against the
+    """pipeline/configs/transfer.toml (Keras's ImageNet MobileNet, alpha 0.25, 224 px) against the
     same runs from random weights, two seeds each: every pretrained run's test accuracy is at
     least 30 points above every random-weights run's (one run moves by about 3 points with
     the seed on 53 test photos). The bar for the pretrained accuracy itself is issue 15's;

@@ -8,7 +8,7 @@ distinguishable from the runner-up.
 
 One responsibility per module:
 
-- ``presets``: named sweeps stored as data (configs/presets/<name>.toml), loaded by name.
+- ``presets``: named sweeps stored as data (pipeline/configs/presets/<name>.toml), loaded by name.
 - ``grid``: parse and expand experiment.grid, name its cells, validate the whole plan.
 - ``runner``: run every cell x repeat, resumably, into results.csv.
 - ``stats``: mean and confidence interval, Welch's noise test, the verdicts.

@@ -1,4 +1,5 @@
-"""Experiment presets: named sweeps stored as data, one file each in configs/presets/.
+"""Experiment presets: named sweeps stored as data, one file each in pipeline/configs/presets/
+(package data: ``pipeline.recipes.presets_dir``).
 
 A preset file has the sections of a config file (``pipeline config`` lists them) plus a
 ``[preset]`` table:
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, ConfigError, read_config_file, with_overrides
+from pipeline.recipes import presets_dir
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "presets"
+PRESETS_DIR = presets_dir()  # in the installed package, wherever the current folder is
 PRESET_KEYS = ("about", "grid", "smallest_first")
 
 
@@ -38,7 +40,7 @@ def preset_names(folder: Path = PRESETS_DIR) -> list[str]:
 
 
 def load_preset(name: str, folder: Path = PRESETS_DIR) -> Preset:
-    """configs/presets/<name>.toml, read and checked; an unknown name lists the known ones."""
+    """presets/<name>.toml, read and checked; an unknown name lists the known ones."""
     path = folder / f"{name}.toml"
     if not name or Path(name).name != name or not path.is_file():
         raise ConfigError(

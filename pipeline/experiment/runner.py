@@ -18,6 +18,7 @@ from pipeline.data import ensure_manifests
 from pipeline.experiment.grid import cell_id, cell_label, experiment_plan
 from pipeline.experiment.summary import METRICS, summarize
 from pipeline.files import generated_dir, read_csv, write_csv
+from pipeline.memory.record import phases_run
 from pipeline.runs import TrainSummary
 
 RESULTS_FILE = "results.csv"
@@ -76,7 +77,7 @@ def _one_run(run_cfg: Config) -> dict[str, Any]:
     keras.backend.clear_session()
     trained = train(run_cfg)
     evaluated = evaluate(run_cfg)
-    summary, metrics = TrainSummary.from_dict(trained.summary), evaluated.metrics
+    summary, metrics = trained.summary, evaluated.metrics
     phases = (summary.phases or {}).values()
     train_images = sum(p.get("epochs", 0) for p in phases) * (summary.train_images or 0)
     return {
@@ -93,13 +94,12 @@ def _one_run(run_cfg: Config) -> dict[str, Any]:
 
 def _peak_training_memory(summary: TrainSummary) -> Any:
     """The largest realistic training estimate over the phases a run trained, from its
-    train summary: memory.estimate.training[phase].realistic_bytes
-    (``pipeline.training.outputs._memory_figures``); "" when the summary has no estimate."""
-    from pipeline.memory import phases_run
-
-    training = ((summary.memory or {}).get("estimate") or {}).get("training") or {}
-    phases = phases_run(training, summary.phases or {})
-    values = [f["realistic_bytes"] for f in phases.values() if f.get("realistic_bytes")]
+    train summary's recorded ``MemoryEstimate``; "" when the summary has no estimate."""
+    estimate = summary.memory.estimate
+    if estimate is None:
+        return ""
+    phases = phases_run(estimate.training, summary.phases or {})
+    values = [f.realistic_bytes for f in phases.values() if f.realistic_bytes]
     return int(max(values)) if values else ""
 
 

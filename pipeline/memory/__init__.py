@@ -6,7 +6,7 @@ Read in this order; each module depends only on those above it:
     liveness.py     which tensors are alive when: inference/training peaks, FLOPs, checkpointing
     keras_graph.py  a Keras model -> ``Layer`` rows
     estimate.py     the arithmetic: bytes for inference and training, max batch, remedies
-    record.py       ``MemoryEstimate``, the figures train records for evaluate/report/experiment
+    record.py       ``MemoryEstimate``, ``RunMemory``: what train records for evaluate/report
     classifier.py   the configured classifier: rows per training phase, ``estimate_for_run``
     render.py       the Markdown report
     stage.py        ``estimate_memory``, the ``memory`` stage
@@ -14,7 +14,7 @@ Read in this order; each module depends only on those above it:
 Importing this package does not import Keras or TensorFlow; building a model does.
 """
 
-from pipeline.memory.classifier import estimate_for_run, model_phases
+from pipeline.memory.classifier import estimate_for_run, model_phases, run_memory_estimate
 from pipeline.memory.estimate import (
     CPU_OVERHEAD,
     estimate_layers,
@@ -23,12 +23,13 @@ from pipeline.memory.estimate import (
     realistic_training,
     textbook_training,
 )
-from pipeline.memory.record import MemoryEstimate, phases_run
+from pipeline.memory.record import MemoryEstimate, RunMemory, phases_run
 from pipeline.memory.stage import estimate_memory
 
 __all__ = [
     "CPU_OVERHEAD",
     "MemoryEstimate",
+    "RunMemory",
     "estimate_for_run",
     "estimate_layers",
     "estimate_memory",
@@ -37,5 +38,6 @@ __all__ = [
     "phases_run",
     "rank_remedies",
     "realistic_training",
+    "run_memory_estimate",
     "textbook_training",
 ]

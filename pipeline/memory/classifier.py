@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import Config, with_overrides
+from pipeline.config import resolve_precision as train_rule
 from pipeline.memory.estimate import CPU_OVERHEAD, estimate_layers
 from pipeline.memory.keras_graph import layers_from_model
-from pipeline.memory.record import MemoryEstimate
+from pipeline.memory.record import UNAVAILABLE, MemoryEstimate, RunMemory
 from pipeline.memory.spec import Layer
 from pipeline.units import parse_quantity
 
@@ -23,10 +24,8 @@ def configured_overhead(cfg: Config) -> float:
 
 
 def resolve_precision(precision: str, gpu: bool | None = None) -> str:
-    """The train stage's own rule (``pipeline.training.runtime.resolve_precision``), on this
-    machine's devices unless ``gpu`` says otherwise."""
-    from pipeline.training.runtime import resolve_precision as train_rule
-
+    """The train stage's own rule (``pipeline.config.resolve_precision``), on this machine's
+    devices unless ``gpu`` says otherwise."""
     if gpu is None:
         import tensorflow as tf
 
@@ -80,13 +79,21 @@ def measure_throughput(
     return train_flops_per_image * batch * steps / (time.perf_counter() - start)
 
 
-def estimate_for_run(cfg: Config, num_classes: int) -> dict[str, Any]:
+def estimate_for_run(cfg: Config, num_classes: int) -> MemoryEstimate:
     """The estimate for a configured run, for the training summary and evaluation report:
     parameters, per-phase training memory at the configured batch, inference memory and
-    FLOPs per image, as ``MemoryEstimate``'s JSON. Builds the model (without weights) but
-    runs nothing."""
+    FLOPs per image. Builds the model (without weights) but runs nothing."""
     est = estimate_classifier(cfg, num_classes, head=True, dtype="float32")[0]
-    return MemoryEstimate.from_estimate(est).to_json()
+    return MemoryEstimate.from_estimate(est)
+
+
+def run_memory_estimate(cfg: Config, num_classes: int) -> RunMemory:
+    """``estimate_for_run``, or why it could not be made: a finished run, or a report, goes
+    on without it (nothing measured yet)."""
+    try:
+        return RunMemory(estimate_for_run(cfg, num_classes))
+    except Exception as exc:
+        return RunMemory(error=f"{UNAVAILABLE}: {exc}")
 
 
 def estimate_classifier(

@@ -1,8 +1,9 @@
 """``MemoryEstimate``: the compact figures that cross stage boundaries, and their JSON.
 
-Train records one under ``memory.estimate`` in a run's summary.json; evaluate (for runs that
-predate it), the HTML report and the experiment table read it back. ``to_json`` and
-``from_json`` are the one place it becomes JSON and back; the field names are the JSON keys.
+Train records one under ``memory.estimate`` in a run's summary.json, next to what the run
+measured (``RunMemory``, the summary's ``memory``); evaluate (for runs that predate it), the
+HTML report and the experiment table read it back. ``to_json`` and ``from_json`` are the one
+place each becomes JSON and back; the field names are the JSON keys.
 
 >>> figures = PhaseFigures(5, 400, 300, 100, 25, 8, True)
 >>> est = MemoryEstimate(
@@ -13,11 +14,16 @@ predate it), the HTML report and the experiment table read it back. ``to_json`` 
 300
 >>> MemoryEstimate.from_json(est.to_json()) == est
 True
+>>> memory = RunMemory(est, measured={"process_peak_rss_bytes": 900})
+>>> RunMemory.from_json(memory.to_json()) == memory
+True
+>>> RunMemory.from_json({"estimate": {"error": "memory estimate unavailable: no"}}).error
+'memory estimate unavailable: no'
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -100,9 +106,52 @@ class MemoryEstimate:
         )
 
 
+UNAVAILABLE = "memory estimate unavailable"  # how an error in the estimate's place begins
+
+
+@dataclass(frozen=True)
+class RunMemory:
+    """A train summary's ``memory``: the estimate for the run, or why there is none
+    (``error``, when it could not be made), next to what the run measured (process peak,
+    resident memory before training, GPU peak; bytes by name). Its JSON is summary.json's
+    ``{"estimate": MemoryEstimate.to_json() or {"error": ...}, "measured": {...}}``; a
+    summary that records neither (an older run) reads as ``RunMemory()``."""
+
+    estimate: MemoryEstimate | None = None
+    error: str | None = None
+    measured: dict[str, int] = field(default_factory=dict)
+
+    def estimate_json(self) -> dict[str, Any] | None:
+        """What stands under ``estimate``: the estimate's JSON, the error, or None."""
+        if self.estimate is not None:
+            return self.estimate.to_json()
+        return None if self.error is None else {"error": self.error}
+
+    def to_json(self) -> dict[str, Any]:
+        estimate = self.estimate_json()
+        return {
+            **({} if estimate is None else {"estimate": estimate}),
+            "measured": dict(self.measured),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> RunMemory:
+        data = data or {}
+        recorded = data.get("estimate")
+        measured = dict(data.get("measured") or {})
+        if not recorded:
+            return cls(measured=measured)
+        if "error" in recorded:
+            return cls(error=str(recorded["error"]), measured=measured)
+        try:
+            return cls(MemoryEstimate.from_json(recorded), measured=measured)
+        except (KeyError, TypeError) as exc:  # recorded by a version with other fields
+            return cls(error=f"{UNAVAILABLE}: unreadable record ({exc})", measured=measured)
+
+
 def phases_run(training: dict[str, Any], run_phases: dict[str, Any]) -> dict[str, Any]:
-    """The per-phase figures of an estimate (``MemoryEstimate.to_json()["training"]``, keyed
-    by ``model_phases``'s labels) for the phases a run really trained, by its summary's
+    """The per-phase figures of an estimate (``MemoryEstimate.training``, keyed by
+    ``model_phases``'s labels) for the phases a run really trained, by its summary's
     ``phases`` ({"1": {"epochs": 3, ...}, "2": ...}): EPOCHS=0 drops phase 2."""
     ran = {number for number, phase in run_phases.items() if phase.get("epochs")}
     return {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import tensorflow as tf
 from pipeline.backbones import Backbone, preprocess
 from pipeline.config import Config
 from pipeline.files import atomic_path, replace_dir, write_json
+from pipeline.memory.record import RunMemory, phases_run
 from pipeline.model import count_params
 from pipeline.provenance import RUN_DATA_DIR, read_record
 from pipeline.runs import (
@@ -41,7 +42,7 @@ from pipeline.training.runtime import describe_devices, input_pipelines, strateg
 @dataclass
 class TrainResult:
     run_dir: Path
-    summary: dict[str, Any]  # summary.json as written (TrainSummary.to_dict())
+    summary: TrainSummary  # summary.json as written
     files: list[Path] = field(default_factory=list)
 
 
@@ -105,7 +106,7 @@ def finish(
     files.append(write_summary(out, summary))
     _remove_backups(out)
     _print_outputs(out, files, summary)
-    return TrainResult(out, summary.to_dict(), files)
+    return TrainResult(out, summary, files)
 
 
 def _provenance(cfg: Config, out: Path) -> dict[str, Any]:
@@ -128,17 +129,15 @@ def current_rss_bytes() -> int | None:
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def _memory_figures(cfg: Config, num_classes: int, rss_before: int | None) -> dict[str, Any]:
+def _memory_figures(cfg: Config, num_classes: int, rss_before: int | None) -> RunMemory:
     """The estimate for this run (pipeline.memory) next to what the run really used."""
     import resource
 
-    from pipeline.memory import estimate_for_run
+    from pipeline.memory import run_memory_estimate
 
-    try:
-        estimate = estimate_for_run(cfg, num_classes)
-    except Exception as exc:  # the run is done; a missing estimate must not fail it
-        estimate = {"error": f"memory estimate unavailable: {exc}"}
-    measured: dict[str, Any] = {
+    # The run is done; an estimate that cannot be made is recorded as an error, not raised.
+    memory = run_memory_estimate(cfg, num_classes)
+    measured: dict[str, int] = {
         # Linux reports KiB. The process peak includes the TensorFlow runtime, the input
         # pipeline and the feature cache, so it exceeds the estimate's model-only figure.
         "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -149,7 +148,7 @@ def _memory_figures(cfg: Config, num_classes: int, rss_before: int | None) -> di
     if gpus:
         info = tf.config.experimental.get_memory_info(gpus[0].name)
         measured["gpu_peak_bytes"] = int(info["peak"])
-    return {"estimate": estimate, "measured": measured}
+    return replace(memory, measured=measured)
 
 
 def _remove_backups(out: Path) -> None:
@@ -240,17 +239,14 @@ def _print_outputs(out: Path, files: list[Path], summary: TrainSummary) -> None:
             str(rel), "best weights of that phase" if "checkpoints" in str(rel) else ""
         )
         print(f"  {str(rel) + ('/' if path.is_dir() else ''):<32} {note}")
-    from pipeline.memory import phases_run
-
-    memory = summary.memory or {}
-    training = memory.get("estimate", {}).get("training", {})
+    memory = summary.memory
+    training = memory.estimate.training if memory.estimate else {}
     phases = phases_run(training, summary.phases or {})  # only those that trained
     if phases:
         estimated = ", ".join(
-            f"{name} {figures['realistic_bytes'] / 2**20:,.0f} MiB"
-            for name, figures in phases.items()
+            f"{name} {figures.realistic_bytes / 2**20:,.0f} MiB" for name, figures in phases.items()
         )
-        measured = memory["measured"]
+        measured = memory.measured
         peak = measured["process_peak_rss_bytes"] / 2**20
         before = measured.get("process_rss_before_training_bytes")
         already = (

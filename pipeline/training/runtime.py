@@ -13,7 +13,7 @@ import os
 import keras
 import tensorflow as tf
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, resolve_precision
 
 # ----------------------------------------------------------------------------- strategy
 
@@ -107,21 +107,8 @@ def describe_devices(strategy: tf.distribute.Strategy) -> str:
 # ----------------------------------------------------------------------------- precision
 
 
-def resolve_precision(precision: str, gpu: bool) -> str:
-    """train.precision with 'auto' decided: mixed_float16 on a GPU, float32 elsewhere.
-
-    >>> resolve_precision("auto", gpu=True), resolve_precision("auto", gpu=False)
-    ('mixed_float16', 'float32')
-    >>> resolve_precision("mixed_bfloat16", gpu=False)
-    'mixed_bfloat16'
-    """
-    if precision != "auto":
-        return precision
-    return "mixed_float16" if gpu else "float32"
-
-
 def select_precision(cfg: Config) -> str:
-    """Sets Keras's global dtype policy to train.precision (``resolve_precision``) and
+    """Sets Keras's global dtype policy to train.precision (``config.resolve_precision``) and
     returns its name; the caller restores the previous policy when done. Under
     mixed_float16 (float32 variables, float16 maths), ``model.compile`` wraps the optimizer
     in a LossScaleOptimizer.
