@@ -4,6 +4,7 @@ test-time flip averaging."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -50,8 +51,8 @@ def test_warmup_then_cosine_decay():
     rates = [float(schedule(step)) for step in range(50)]
     assert rates[0] == pytest.approx(0.0)
     assert rates[10] == pytest.approx(1e-3)  # the peak after one epoch
-    assert all(a < b for a, b in zip(rates[:10], rates[1:11]))  # rising
-    assert all(a > b for a, b in zip(rates[10:49], rates[11:50]))  # then falling
+    assert all(a < b for a, b in itertools.pairwise(rates[:11]))  # rising
+    assert all(a > b for a, b in itertools.pairwise(rates[10:]))  # then falling
     assert rates[49] < 1e-5
 
 
