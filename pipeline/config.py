@@ -64,6 +64,7 @@ class InputConfig:
     cutmix: float = 0.0  # keras CutMix alpha; 0 = off
     shuffle_buffer: int = 2048  # training shuffle buffer (elements are file paths: cheap)
     deterministic: bool = True  # fixed element order in parallel maps (reproducible; cost ~0)
+    tta: str = "none"  # evaluate and predict: none | flip (average with the mirror image)
 
 
 @dataclass
@@ -81,12 +82,15 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 42  # initialisation, shuffling, augmentation
     run_name: str = ""  # models/<run_name>/; "" = <dataset>-<backbone>-<timestamp>
-    head_epochs: int = 10  # phase 1: frozen base, new head
+    head_fit: str = "exact"  # phase 1: exact (logistic regression, C chosen on val) | gradient
+    head_epochs: int = 10  # phase 1 with head_fit=gradient: frozen base, new head, Adam
     head_lr: float = 1e-3
     fine_tune_epochs: int = 10  # phase 2: top of the base unfrozen; 0 skips phase 2
-    fine_tune_lr: float = 1e-5
+    fine_tune_lr: float = 1e-4  # phase 2: the peak learning rate
+    fine_tune_schedule: str = "cosine"  # cosine (warm-up, then cosine decay) | plateau
+    warmup_epochs: float = 1.0  # cosine: linear warm-up from 0 to fine_tune_lr
     patience: int = 3  # early stopping on validation loss, best weights restored
-    lr_patience: int = 2  # reduce the learning rate after this many flat epochs
+    lr_patience: int = 2  # plateau schedule: reduce the learning rate after this many flat epochs
     lr_factor: float = 0.2
     label_smoothing: float = 0.0
     ema: float = 0.0  # momentum of a moving average of the weights, validated and kept; 0 = off

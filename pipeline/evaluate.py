@@ -52,11 +52,13 @@ def evaluate(cfg: Config) -> EvalResult:
     split = cfg.eval.split
     rows = scored_rows(clf, split)
     out = generated_dir(Path(cfg.paths.reports) / clf.run_dir.name)
-    print(f"Evaluating {clf.run_dir} on the {split} split ({len(rows)} images)")
-    probs = clf.probabilities(rows)
+    tta = cfg.input.tta
+    flip = ", each averaged with its mirror image (input.tta=flip)" if tta == "flip" else ""
+    print(f"Evaluating {clf.run_dir} on the {split} split ({len(rows)} images{flip})")
+    probs = clf.probabilities(rows, tta=tta)
     y_true = np.array([r.label_index for r in rows])
     metrics = classification_metrics(y_true, probs, clf.labels, cfg.eval.top_k)
-    metrics.update({"run": clf.run_dir.name, "split": split})
+    metrics.update({"run": clf.run_dir.name, "split": split, "tta": tta})
     files = _write_tables(out, metrics, rows, probs, clf.labels)
     files.update(_draw_figures(out, metrics, y_true, probs, rows, clf, cfg.eval.gallery_size))
     extras = _run_extras(clf)

@@ -44,10 +44,14 @@ class Classifier:
     labels: list[str]
     model: Any = field(repr=False)
 
-    def probabilities(self, rows: list[ManifestRow], batch_size: int | None = None) -> np.ndarray:
+    def probabilities(
+        self, rows: list[ManifestRow], batch_size: int | None = None, tta: str = "none"
+    ) -> np.ndarray:
         """Softmax outputs for checked rows, in row order, through the evaluation pipeline.
 
-        Shows a progress bar on stderr when that is a terminal; otherwise (a log) one line.
+        ``tta="flip"`` averages each image's probabilities with its mirror image's (twice
+        the model's work). Shows a progress bar on stderr when that is a terminal;
+        otherwise (a log) one line.
         """
         from tqdm import tqdm
 
@@ -74,16 +78,22 @@ class Classifier:
         outputs = []
         with bar:
             for x in ds:
-                outputs.append(self.model.predict_on_batch(x))
+                probs = self.model.predict_on_batch(x)
+                if tta == "flip":
+                    mirrored = x[:, :, ::-1]  # (batch, height, width, channels)
+                    probs = (probs + self.model.predict_on_batch(mirrored)) / 2
+                outputs.append(probs)
                 bar.update(len(outputs[-1]))
         return np.concatenate(outputs).astype(np.float64)
 
-    def classify(self, paths: list[str | Path], top_k: int = 3) -> list[dict[str, Any]]:
+    def classify(
+        self, paths: list[str | Path], top_k: int = 3, tta: str = "none"
+    ) -> list[dict[str, Any]]:
         """One row per path, like the CSV: unreadable files come back with their reason."""
         checks = check_images(
             paths, self.cfg.data.min_side, self.cfg.data.max_pixels, progress=False
         )
-        return classify_checked(self, checks, top_k)
+        return classify_checked(self, checks, top_k, tta)
 
 
 def load_classifier(run: str | Path = "", models_dir: str | Path = "models") -> Classifier:
@@ -152,10 +162,12 @@ def top_k_columns(k: int) -> list[str]:
     return [name for i in range(1, k + 1) for name in (f"top{i}_label", f"top{i}_probability")]
 
 
-def classify_checked(clf: Classifier, checks: list[ImageCheck], top_k: int) -> list[dict]:
+def classify_checked(
+    clf: Classifier, checks: list[ImageCheck], top_k: int, tta: str = "none"
+) -> list[dict]:
     top_k = min(top_k, len(clf.labels))
     ok = [c for c in checks if c.status == "ok"]
-    probs = clf.probabilities(rows_from_checks(ok))
+    probs = clf.probabilities(rows_from_checks(ok), tta=tta)
     by_path = {c.path: p for c, p in zip(ok, probs)}
     out = []
     for check in checks:
@@ -271,7 +283,7 @@ def predict(cfg: Config) -> PredictResult:
             "(JPEG, PNG, GIF, BMP or WebP), or replace the damaged files"
         )
     clf = load_classifier(run_dir, cfg.paths.models)
-    rows = classify_checked(clf, checks, p.top_k)
+    rows = classify_checked(clf, checks, p.top_k, cfg.input.tta)
     output = write_csv(output, header, ([r.get(h, "") for h in header] for r in rows))
     skipped = sum(r["status"] != "ok" for r in rows)
     result = PredictResult(output, len(rows) - skipped, skipped)

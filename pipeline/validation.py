@@ -75,6 +75,9 @@ def check_config(cfg: Config) -> None:
         "train.precision": (t.precision, ("auto", "float32", "mixed_float16", "mixed_bfloat16")),
         "train.strategy": (t.strategy, ("auto", "default", "mirrored", "multi_worker")),
         "train.class_weights": (t.class_weights, ("auto", "on", "off")),
+        "train.head_fit": (t.head_fit, ("exact", "gradient")),
+        "train.fine_tune_schedule": (t.fine_tune_schedule, ("cosine", "plateau")),
+        "input.tta": (i.tta, ("none", "flip")),
         "eval.split": (cfg.eval.split, ("test", "val")),
     }
     for key, (value, allowed) in choices.items():
@@ -170,6 +173,13 @@ def _validate_train(t: TrainConfig) -> None:
     for key, value in (("patience", t.patience), ("lr_patience", t.lr_patience)):
         if value < 1:
             raise ConfigError(f"train.{key} must be at least 1 epoch. Received: {value}")
+    if t.warmup_epochs < 0:
+        raise ConfigError(f"train.warmup_epochs must be 0 or more. Received: {t.warmup_epochs}")
+    if t.head_fit == "exact" and t.head_augment:
+        raise ConfigError(
+            "train.head_fit=exact fits the head on cached features, which cannot be augmented: "
+            "use train.head_augment=false, or train.head_fit=gradient to augment in phase 1"
+        )
     if not 0.0 <= t.ema < 1.0:
         raise ConfigError(f"train.ema must be in [0, 1) (0 = off). Received: {t.ema}")
     if not 0.0 < t.lr_factor < 1.0:

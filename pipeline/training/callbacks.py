@@ -119,11 +119,11 @@ class PhaseCallbacks:
 
 
 def phase_callbacks(
-    run: TrainingRun, phase: int, lr: float, images_per_epoch: int
+    run: TrainingRun, phase: int, lr: float, images_per_epoch: int, plateau: bool = True
 ) -> PhaseCallbacks:
-    """history.csv, the best checkpoint, early stopping and plateau reduction on val_loss,
-    TensorBoard when asked, and the backup last, so that on_train_begin restores the
-    others' state after they reset it."""
+    """history.csv, the best checkpoint, early stopping and (``plateau``: for a fixed rate,
+    not a schedule) plateau reduction on val_loss, TensorBoard when asked, and the backup
+    last, so that on_train_begin restores the others' state after they reset it."""
     t, verbose = run.cfg.train, run.verbose
     history = HistoryWriter(run.work_dir / HISTORY_FILE, phase, run.history, images_per_epoch)
     best = BestCheckpoint(run.classifier, run.checkpoint_path(phase))
@@ -133,14 +133,18 @@ def phase_callbacks(
         restore_best_weights=False,
         verbose=min(verbose, 1),
     )
-    plateau = keras.callbacks.ReduceLROnPlateau(
-        monitor="val_loss",
-        factor=t.lr_factor,
-        patience=t.lr_patience,
-        min_lr=lr * 1e-3,
-        verbose=min(verbose, 1),
-    )
-    callbacks: list[keras.callbacks.Callback] = [history, best, stop, plateau]
+    tracked: list[keras.callbacks.Callback] = [history, best, stop]
+    if plateau:
+        tracked.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=t.lr_factor,
+                patience=t.lr_patience,
+                min_lr=lr * 1e-3,
+                verbose=min(verbose, 1),
+            )
+        )
+    callbacks = list(tracked)
     if t.tensorboard:
         callbacks.append(
             keras.callbacks.TensorBoard(
@@ -149,6 +153,5 @@ def phase_callbacks(
                 profile_batch=0,
             )
         )
-    tracked = [history, best, stop, plateau]
     callbacks.append(StatefulBackup(run.backup_dir(phase), tracked, resumable_fields))
     return PhaseCallbacks(history, best, stop, callbacks)

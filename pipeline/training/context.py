@@ -25,6 +25,7 @@ class TrainingRun:
     classes: list[str]
     train_rows: list[ManifestRow]
     val_rows: list[ManifestRow]
+    test_rows: list[ManifestRow]  # scored for the summary only, never trained or selected on
     classifier: keras.Model
     global_batch: int
     class_weights: list[float] | None

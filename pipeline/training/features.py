@@ -91,6 +91,8 @@ def extract_features(
     from tqdm import tqdm
 
     extractor = build_feature_extractor(model)
+    if not rows:  # a split with no images (a data set without a test split)
+        return np.zeros((0, extractor.output.shape[-1]), np.float32)
     size = cfg.image_size
     run = tf.function(  # one trace for every batch size, the last partial one included
         lambda images: extractor(images, training=False),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import keras
 import numpy as np
@@ -22,6 +21,7 @@ from pipeline.inputs import build_eval_dataset, build_train_dataset
 from pipeline.model import build_feature_head
 from pipeline.training.context import TrainingRun
 from pipeline.training.features import (
+    CachedFeatures,
     feature_loader,
     frozen_train_dataset,
     image_loader,
@@ -118,7 +118,12 @@ def image_train_feed(run: TrainingRun, augment: bool) -> Feed:
 
 def val_feed(run: TrainingRun) -> Feed:
     """The validation images' evaluation view, in order."""
-    rows, cfg, k = run.val_rows, run.cfg, run.num_classes
+    return eval_rows_feed(run, run.val_rows)
+
+
+def eval_rows_feed(run: TrainingRun, rows: list) -> Feed:
+    """These images' evaluation view, in order."""
+    cfg, k = run.cfg, run.num_classes
 
     def build(indices: np.ndarray, batch: int) -> tf.data.Dataset:
         return build_eval_dataset([rows[i] for i in indices], cfg, k, batch_size=batch)
@@ -126,18 +131,29 @@ def val_feed(run: TrainingRun) -> Feed:
     return eval_feed(len(rows), run.global_batch, run.strategy, build)
 
 
-def feature_feeds(run: TrainingRun) -> tuple[keras.Model, Feed, Feed, dict[str, Any]]:
-    """The head model and feeds of cached features (extracted once, then reused), and the
-    cache's figures for the phase's summary."""
-    cfg, k = run.cfg, run.num_classes
+def cached_features(run: TrainingRun) -> dict[str, CachedFeatures]:
+    """The frozen base's pooled features of every train, val and test image (extracted
+    once, then reused from data/<dataset>/features/)."""
     fingerprint = weights_fingerprint(run.classifier)
     cached = {
-        split: load_or_extract(run.classifier, rows, cfg, run.global_batch, fingerprint, split)
-        for split, rows in (("train", run.train_rows), ("val", run.val_rows))
+        split: load_or_extract(run.classifier, rows, run.cfg, run.global_batch, fingerprint, split)
+        for split, rows in (
+            ("train", run.train_rows),
+            ("val", run.val_rows),
+            ("test", run.test_rows),
+        )
     }
     for split, c in cached.items():
         how = "reused" if c.reused else f"extracted in {c.seconds:.1f}s"
         print(f"Features of {len(c.features)} {split} images {how}: {c.path}")
+    return cached
+
+
+def feature_feeds(
+    run: TrainingRun, cached: dict[str, CachedFeatures]
+) -> tuple[keras.Model, Feed, Feed]:
+    """The head model, and feeds of the cached train and val features."""
+    cfg, k = run.cfg, run.num_classes
     train_load = feature_loader(
         cached["train"].features, np.array([r.label_index for r in run.train_rows]), k
     )
@@ -160,9 +176,4 @@ def feature_feeds(run: TrainingRun) -> tuple[keras.Model, Feed, Feed, dict[str, 
     )
     with run.strategy.scope():
         head = build_feature_head(run.classifier)
-    extra = {
-        "feature_cache": {s: str(c.path) for s, c in cached.items()},
-        "feature_cache_reused": all(c.reused for c in cached.values()),
-        "feature_seconds": sum(c.seconds for c in cached.values()),
-    }
-    return head, train, val, extra
+    return head, train, val

@@ -45,11 +45,14 @@ class NonFiniteLossError(RuntimeError):
 
 
 def compile_for_training(
-    model: keras.Model, strategy: tf.distribute.Strategy, lr: float, t: TrainConfig
+    model: keras.Model,
+    strategy: tf.distribute.Strategy,
+    lr: float | keras.optimizers.schedules.LearningRateSchedule,
+    t: TrainConfig,
 ) -> None:
-    """Adam at lr, its state built now (saved state = loaded state). With train.ema > 0 it
-    also keeps a moving average of the weights (Polyak averaging), which ``fit`` validates
-    and checkpoints instead of the last step's weights."""
+    """Adam at lr (a rate or a schedule of the step), its state built now (saved state =
+    loaded state). With train.ema > 0 it also keeps a moving average of the weights (Polyak
+    averaging), which ``fit`` validates and checkpoints instead of the last step's weights."""
     ema = {"use_ema": True, "ema_momentum": t.ema} if t.ema > 0 else {}
     with strategy.scope():
         model.compile(

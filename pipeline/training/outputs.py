@@ -35,7 +35,8 @@ from pipeline.runs import (
     write_summary,
 )
 from pipeline.training.context import TrainingRun
-from pipeline.training.loop import compile_for_training
+from pipeline.training.feeds import eval_rows_feed
+from pipeline.training.loop import compile_for_training, validate
 from pipeline.training.runtime import describe_devices, input_pipelines, strategy_name
 
 
@@ -49,6 +50,7 @@ class TrainResult:
 def finish(
     run: TrainingRun,
     phases: dict[str, dict[str, Any]],
+    kept: str,
     precision: str,
     xla: bool,
     seconds: float,
@@ -59,10 +61,10 @@ def finish(
     if getattr(model, "optimizer", None) is None:  # only the feature head was compiled
         lr = cfg.train.fine_tune_lr if phases.get("2", {}).get("epochs") else cfg.train.head_lr
         compile_for_training(model, run.strategy, lr, cfg.train)
-    # The model holds the last phase's best weights, so its validation metrics are that
+    # The model holds the kept phase's best weights, so its validation metrics are that
     # epoch's (the tests check them against the saved model).
-    last = [p for p in phases.values() if p.get("epochs")][-1]
-    final = {"loss": last["best_val_loss"], "accuracy": last["best_val_accuracy"]}
+    final = {"loss": phases[kept]["best_val_loss"], "accuracy": phases[kept]["best_val_accuracy"]}
+    test = _test_scores(run)
     out = run.work_dir
     files = [out / CONFIG_FILE, out / HISTORY_FILE]
     with atomic_path(out / MODEL_FILE, suffix=".keras") as tmp:
@@ -100,6 +102,9 @@ def finish(
         epochs=len(run.history),
         seconds=seconds,
         final={"val_loss": final["loss"], "val_accuracy": final["accuracy"]},
+        kept_phase=kept,
+        test=test,
+        baseline=phases["1"].get("baseline"),
         memory=_memory_figures(cfg, len(run.classes), run.rss_before),
         files=[str(p) for p in files],
     )
@@ -107,6 +112,18 @@ def finish(
     _remove_backups(out)
     _print_outputs(out, files, summary)
     return TrainResult(out, summary, files)
+
+
+def _test_scores(run: TrainingRun) -> dict[str, float] | None:
+    """The kept model's loss and accuracy on the run's test split (None without one).
+
+    Reported beside the baseline's, never used to choose anything; ``make evaluate`` gives
+    the full account.
+    """
+    if not run.test_rows:
+        return None
+    scores = validate(run.classifier, eval_rows_feed(run, run.test_rows), run.strategy)
+    return {**scores, "images": len(run.test_rows)}
 
 
 def _provenance(cfg: Config, out: Path) -> dict[str, Any]:
@@ -233,6 +250,8 @@ def _print_outputs(out: Path, files: list[Path], summary: TrainSummary) -> None:
         "memory estimated and measured",
         "logs": "TensorBoard logs (tensorboard --logdir ...)",
     }
+    for line in comparison_lines(summary):
+        print(line)
     for path in files:
         rel = path.relative_to(out) if path.is_relative_to(out) else path
         note = notes.get(
@@ -257,3 +276,23 @@ def _print_outputs(out: Path, files: list[Path], summary: TrainSummary) -> None:
             f"{already}. The estimate counts the model's tensors for one batch; the process "
             "peak adds TensorFlow's runtime, the input pipeline and Python."
         )
+
+
+def comparison_lines(summary: TrainSummary) -> list[str]:
+    """What fine-tuning added over the frozen-feature baseline, on validation and test."""
+    baseline = summary.baseline
+    if not baseline:
+        return []
+    kept = {"1": "phase 1 (frozen base, fitted head)", "2": "phase 2 (fine-tuned)"}
+    lines = [f"Kept: {kept.get(summary.kept_phase, summary.kept_phase)}."]
+    model = {"val": summary.final.get("val_accuracy"), "test": (summary.test or {}).get("accuracy")}
+    for split in ("val", "test"):
+        theirs = baseline.get(split, {}).get("accuracy")
+        ours = model[split]
+        if theirs is None or ours is None:
+            continue
+        lines.append(
+            f"  {split:<4} accuracy {ours:.4f}; frozen-feature baseline {theirs:.4f} "
+            f"({100 * (ours - theirs):+.1f} points, {baseline[split]['images']} images)"
+        )
+    return lines

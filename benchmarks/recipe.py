@@ -1,0 +1,205 @@
+"""The default recipe against the frozen-feature baseline, on real photo sets, over splits.
+
+    python benchmarks/recipe.py [--datasets flowers-2k,intel-mini,flowers-mini]
+        [--splits 1,2,3] [--set SECTION.KEY=VALUE ...] [--output benchmarks/results/recipe.json]
+
+For every data set (a folder under ../shared/datasets/) and split seed, the whole train
+stage as `make train` runs it (`python -m pipeline train`, the data stage and the feature
+extraction included, in a fresh folder), timed, with BACKBONE=mobilenet, alpha 0.25 and the
+shared ImageNet weights; every other option is the default (``--set`` changes one). Then,
+on the run's own test split:
+  recipe     the kept model's test accuracy (summary.json, as make evaluate scores it)
+  baseline   the frozen-feature logistic regression the run fitted itself (C chosen on
+             validation): what the photos give without fine-tuning
+  probe C=1  the issue's reference: scikit-learn's LogisticRegression(C=1) on the raw
+             pooled features of all training photos (the run's cached features)
+  flip       the kept model with test-time flip averaging (input.tta=flip), and how much
+             longer its pass over the test photos takes
+Mean and 95% t interval over the splits, of each and of the paired differences. Prints a
+table and writes benchmarks/results/recipe.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from pipeline.evaluate import scored_rows  # noqa: E402
+from pipeline.experiment import mean_ci  # noqa: E402
+from pipeline.files import write_json  # noqa: E402
+from pipeline.manifest import load_split  # noqa: E402
+from pipeline.predict import load_classifier  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "recipe.json"
+SHARED = REPO.parent / "shared"
+MOBILENET = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+METHODS = ("recipe", "baseline", "probe_c1", "flip")
+
+
+def train_timed(
+    folder: Path, work: Path, split_seed: int, changes: list[str]
+) -> tuple[Path, float]:
+    """One whole train stage in its own process, as `make train` runs it; (run, seconds)."""
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "train",
+        f"data.dataset=folder:{folder}",
+        f"data.split_seed={split_seed}",
+        "model.backbone=mobilenet",
+        "model.alpha=0.25",
+        f"model.weights={MOBILENET}",
+        f"paths.data={work / 'data'}",
+        f"paths.models={work / 'models'}",
+        f"paths.reports={work / 'reports'}",
+        "train.run_name=run",
+        *changes,
+    ]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return work / "models" / "run", time.perf_counter() - start
+
+
+def probe_c1(run_dir: Path, summary: dict) -> float:
+    """LogisticRegression(C=1) on the raw cached features of the run's training photos."""
+    from sklearn.linear_model import LogisticRegression
+
+    caches = summary["phases"]["1"]["feature_cache"]
+    data = {
+        split: (
+            np.load(caches[split]),
+            [r.label_index for r in load_split(run_dir / "data", split)],
+        )
+        for split in ("train", "test")
+    }
+    model = LogisticRegression(C=1.0, max_iter=5000).fit(*data["train"])
+    return float(model.score(*data["test"]))
+
+
+def flip_figures(run_dir: Path) -> tuple[float, float]:
+    """Test accuracy with flip averaging, and its pass's time over the plain pass's."""
+    clf = load_classifier(run_dir)
+    rows = scored_rows(clf, "test")
+    labels = np.array([r.label_index for r in rows])
+    seconds = {}
+    accuracy = {}
+    for tta in ("none", "flip", "none", "flip"):  # interleaved; the second of each counts
+        start = time.perf_counter()
+        probs = clf.probabilities(rows, tta=tta)
+        seconds[tta] = time.perf_counter() - start
+        accuracy[tta] = float(np.mean(probs.argmax(1) == labels))
+    return accuracy["flip"], seconds["flip"] / seconds["none"]
+
+
+def measure(folder: Path, split_seed: int, changes: list[str]) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-recipe-{folder.name}-{split_seed}-"))
+    print(f"\n== {folder.name}, split seed {split_seed} ({work}) ==", flush=True)
+    run_dir, seconds = train_timed(folder, work, split_seed, changes)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    flip, flip_cost = flip_figures(run_dir)
+    phases = summary["phases"]
+    return {
+        "dataset": folder.name,
+        "split_seed": split_seed,
+        "train_images": summary["train_images"],
+        "test_images": summary["test"]["images"],
+        "train_seconds": seconds,
+        "phase2_epochs": phases.get("2", {}).get("epochs", 0),
+        "kept_phase": summary["kept_phase"],
+        "baseline_C": summary["baseline"]["C"],
+        "recipe": summary["test"]["accuracy"],
+        "baseline": summary["baseline"]["test"]["accuracy"],
+        "probe_c1": probe_c1(run_dir, summary),
+        "flip": flip,
+        "flip_time_ratio": flip_cost,
+        "val": {
+            "recipe": summary["final"]["val_accuracy"],
+            "baseline": summary["baseline"]["val"]["accuracy"],
+        },
+    }
+
+
+def summarise(runs: list[dict]) -> dict:
+    out = {m: mean_ci([r[m] for r in runs]) for m in METHODS}
+    out["train_seconds"] = mean_ci([r["train_seconds"] for r in runs])
+    out["max_train_seconds"] = max(r["train_seconds"] for r in runs)
+    for other in ("baseline", "probe_c1"):
+        out[f"recipe_minus_{other}"] = mean_ci([r["recipe"] - r[other] for r in runs])
+    out["flip_minus_recipe"] = mean_ci([r["flip"] - r["recipe"] for r in runs])
+    out["flip_time_ratio"] = mean_ci([r["flip_time_ratio"] for r in runs])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default="flowers-2k,intel-mini,flowers-mini")
+    parser.add_argument("--splits", default="1,2,3", help="data.split_seed values")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if not MOBILENET.is_file():
+        sys.exit(f"{MOBILENET} is missing: this benchmark needs the shared ImageNet weights")
+    folders = [SHARED / "datasets" / name for name in args.datasets.split(",")]
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        sys.exit(f"no such data set folder: {', '.join(missing)} (see ../shared/README.md)")
+    splits = [int(s) for s in args.splits.split(",")]
+    runs = [measure(folder, seed, args.set) for folder in folders for seed in splits]
+    by_dataset = {f.name: summarise([r for r in runs if r["dataset"] == f.name]) for f in folders}
+    print(
+        f"\nMobileNet 0.25 at 224 px, default recipe {' '.join(args.set)}; "
+        f"{os.cpu_count()} cores; test accuracy"
+    )
+    header = (
+        f"{'data set':13s} {'split':>5s} {'train':>6s} {'test':>5s} {'seconds':>8s} "
+        + " ".join(f"{m:>9s}" for m in METHODS)
+        + "  kept"
+    )
+    print(header)
+    for r in runs:
+        print(
+            f"{r['dataset']:13s} {r['split_seed']:5d} {r['train_images']:6d} {r['test_images']:5d} "
+            f"{r['train_seconds']:8.0f} "
+            + " ".join(f"{r[m]:9.3f}" for m in METHODS)
+            + f"  phase {r['kept_phase']}"
+        )
+    for name, s in by_dataset.items():
+        print(f"{name}: mean over {s['recipe']['n']} splits (95% interval)")
+        for key in (
+            *METHODS,
+            "recipe_minus_baseline",
+            "recipe_minus_probe_c1",
+            "flip_minus_recipe",
+        ):
+            print(f"  {key:24s} {s[key]['mean']:+.3f} ± {s[key]['ci95']:.3f}")
+        print(
+            f"  {'train seconds':24s} {s['train_seconds']['mean']:.0f} "
+            f"(max {s['max_train_seconds']:.0f}); flip costs "
+            f"{s['flip_time_ratio']['mean']:.2f}x the plain test pass"
+        )
+    payload = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "cores": os.cpu_count(),
+        "changes": args.set,
+        "runs": runs,
+        "summary": by_dataset,
+    }
+    write_json(args.output, payload)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

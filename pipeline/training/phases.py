@@ -1,0 +1,354 @@
+"""The two phases of a run, and which one's model is kept.
+
+Phase 1 gives the pretrained base a head. By default (``train.head_fit=exact``) the head is
+the multinomial logistic regression on the frozen base's cached pooled features, fitted to
+its optimum with C chosen on validation (``pipeline.training.head``); ``gradient`` trains it
+with Adam for ``head_epochs`` (on cached features, or on augmented images with
+``head_augment``). A from-scratch network trains whole here. Phase 2 unfreezes the base
+after its cut point, BatchNorm still frozen, and trains on augmented images from the
+phase-1 weights: Adam's rate warms up linearly from 0 to ``fine_tune_lr`` over
+``warmup_epochs`` (so its first steps, with empty moment estimates, cannot undo phase 1),
+then decays along a cosine. Phase 2 is kept only if its best validation loss beats phase
+1's; otherwise the run keeps the phase-1 model and says so.
+
+Every run of a pretrained base also scores the frozen-feature logistic regression (the
+baseline: what the photos give without fine-tuning) on validation and test, so that the
+summary can say what fine-tuning added. Each phase is recorded in state.json when it ends,
+so a resumed run skips it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+import keras
+import numpy as np
+
+from pipeline.files import atomic_path, write_csv, write_json
+from pipeline.model import (
+    HEAD_NAME,
+    count_params,
+    fine_tune_cut,
+    freeze_for_phase,
+    get_base,
+    training_forward,
+)
+from pipeline.runs import HISTORY_FILE, STATE_FILE
+from pipeline.training.callbacks import HISTORY_COLUMNS, phase_callbacks
+from pipeline.training.context import TrainingRun
+from pipeline.training.features import CachedFeatures
+from pipeline.training.feeds import (
+    Feed,
+    cached_features,
+    feature_feeds,
+    image_train_feed,
+    val_feed,
+)
+from pipeline.training.head import LogisticHead, fit_logistic_head
+from pipeline.training.loop import compile_for_training, fit, validate
+
+
+def phase_one(run: TrainingRun, xla: bool) -> dict[str, Any]:
+    """Frozen base, new head; a from-scratch network trains whole here."""
+    cfg, t = run.cfg, run.cfg.train
+    done = run.state["phases"].get("1")
+    freeze_for_phase(run.classifier, cfg, 1)
+    if done is not None:
+        restore_finished_phase(run, 1, done)
+        return done
+    if run.backbone.pretrained and t.head_fit == "exact":
+        return record_phase(run, 1, _exact_head(run))
+    epochs = t.head_epochs
+    if not run.backbone.pretrained:
+        epochs = t.head_epochs + t.fine_tune_epochs
+    if epochs == 0:
+        return {"epochs": 0, "skipped": True}
+    cached = run.backbone.pretrained and t.cache_features and not t.head_augment
+    extra: dict[str, Any] = {}
+    if run.backbone.pretrained:  # the baseline needs the frozen features whatever phase 1 does
+        features = cached_features(run)
+        extra["baseline"] = _baseline(run, features)
+    if cached:
+        model, train, val = feature_feeds(run, features)
+        what = "new head (Adam) on cached features"
+    elif run.backbone.pretrained:
+        model, train, val = run.classifier, image_train_feed(run, t.head_augment), val_feed(run)
+        what = "new head (Adam), " + (
+            "augmented images" if t.head_augment else "the frozen base runs every epoch"
+        )
+    else:
+        model, train, val = run.classifier, image_train_feed(run, True), val_feed(run)
+        what = "the whole network from scratch, augmented images"
+    trainable = count_params(run.classifier.trainable_variables)
+    print(
+        f"Phase 1: {what}; {trainable:,} trainable parameters, lr {t.head_lr:g}, "
+        f"up to {epochs} epochs"
+    )
+    result = run_phase(run, 1, model, train, val, epochs, t.head_lr, xla)
+    result.update(extra, cached_features=cached)
+    return record_phase(run, 1, result)
+
+
+def _labels(rows) -> np.ndarray:
+    return np.array([r.label_index for r in rows], np.int64)
+
+
+def _exact_head(run: TrainingRun) -> dict[str, Any]:
+    """The logistic regression on the cached features, loaded into the classifier's head."""
+    features = cached_features(run)
+    print(
+        f"Phase 1: new head fitted exactly (multinomial logistic regression, L-BFGS) on "
+        f"{len(run.train_rows)} cached feature vectors; C chosen on validation"
+    )
+    start = time.perf_counter()
+    head = _fit(run, features)
+    run.classifier.get_layer(HEAD_NAME).set_weights(
+        [head.kernel.astype(np.float32), head.bias.astype(np.float32)]
+    )
+    path = run.checkpoint_path(1)
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        run.classifier.save_weights(tmp)
+    # Validation scored by the training loop's own pass (its loss, label smoothing
+    # included), so phase 2's figures compare with these like for like.
+    model, _, val = feature_feeds(run, features)
+    compile_for_training(model, run.strategy, run.cfg.train.head_lr, run.cfg.train)
+    scores = validate(model, val, run.strategy, run.cfg.train.label_smoothing)
+    train_scores = head.scores(features["train"].features, _labels(run.train_rows))
+    seconds = time.perf_counter() - start
+    row = {
+        "epoch": len(run.history) + 1,
+        "phase": 1,
+        "phase_epoch": 1,
+        "loss": train_scores["loss"],
+        "accuracy": train_scores["accuracy"],
+        "val_loss": scores["loss"],
+        "val_accuracy": scores["accuracy"],
+        "learning_rate": 0.0,  # a solver, not a learning rate
+        "seconds": seconds,
+        "images_per_s": len(run.train_rows) / max(seconds, 1e-9),
+    }
+    run.history.append(row)
+    write_csv(
+        run.work_dir / HISTORY_FILE,
+        HISTORY_COLUMNS,
+        ([r[c] for c in HISTORY_COLUMNS] for r in run.history),
+    )
+    print(
+        f"Phase 1: C = {head.C:g}, val_loss {scores['loss']:.4f}, val_accuracy "
+        f"{scores['accuracy']:.4f} ({seconds:.1f}s)"
+    )
+    return {
+        "method": "exact",
+        "epochs": 1,
+        "best_epoch": 1,
+        "best_val_loss": scores["loss"],
+        "best_val_accuracy": scores["accuracy"],
+        "stopped_early": False,
+        "resumed": False,
+        "optimizer": "LogisticRegression(lbfgs)",
+        "learning_rate": 0.0,
+        "final_learning_rate": 0.0,
+        "seconds": seconds,
+        "train_images_per_s": row["images_per_s"],
+        "checkpoint": str(path),
+        "history": [row],
+        "cached_features": True,
+        "C": head.C,
+        "C_grid": head.grid,
+        "baseline": _baseline(run, features, head),
+        **_cache_figures(features),
+    }
+
+
+def _fit(run: TrainingRun, features: dict[str, CachedFeatures]) -> LogisticHead:
+    return fit_logistic_head(
+        features["train"].features,
+        _labels(run.train_rows),
+        features["val"].features,
+        _labels(run.val_rows),
+        run.num_classes,
+        run.class_weights,
+    )
+
+
+def _baseline(
+    run: TrainingRun, features: dict[str, CachedFeatures], head: LogisticHead | None = None
+) -> dict[str, Any]:
+    """The frozen-feature logistic regression's figures on validation and test."""
+    head = head or _fit(run, features)
+    return {
+        "method": "logistic regression on frozen pooled features, C chosen on validation",
+        "C": head.C,
+        "seconds": head.seconds,
+        "val": head.scores(features["val"].features, _labels(run.val_rows)),
+        "test": head.scores(features["test"].features, _labels(run.test_rows)),
+    }
+
+
+def _cache_figures(features: dict[str, CachedFeatures]) -> dict[str, Any]:
+    return {
+        "feature_cache": {s: str(c.path) for s, c in features.items()},
+        "feature_cache_reused": all(c.reused for c in features.values()),
+        "feature_seconds": sum(c.seconds for c in features.values()),
+    }
+
+
+def phase_two(run: TrainingRun, xla: bool) -> dict[str, Any]:
+    """Top of the base unfrozen from the cut, BatchNorm frozen, augmented images."""
+    cfg, t = run.cfg, run.cfg.train
+    freeze_for_phase(run.classifier, cfg, 2)
+    done = run.state["phases"].get("2")
+    if done is not None:
+        restore_finished_phase(run, 2, done)
+        return done
+    base = get_base(run.classifier)
+    trainable_layers = [layer.name for layer in base.layers if layer.trainable and layer.weights]
+    train, val = image_train_feed(run, True), val_feed(run)
+    schedule = (
+        f"warm-up over {t.warmup_epochs:g} epoch(s) to {t.fine_tune_lr:g}, cosine decay"
+        if t.fine_tune_schedule == "cosine"
+        else f"lr {t.fine_tune_lr:g}, reduced on plateaus"
+    )
+    print(
+        f"Phase 2: fine-tuning the base after {fine_tune_cut(cfg)} ({len(trainable_layers)} "
+        f"layers with weights, BatchNorm frozen): "
+        f"{count_params(base.trainable_variables):,} of {count_params(base.weights):,} base "
+        f"parameters train; {schedule}, up to {t.fine_tune_epochs} epochs"
+    )
+    result = run_phase(run, 2, run.classifier, train, val, t.fine_tune_epochs, t.fine_tune_lr, xla)
+    result["first_trainable_layer"] = trainable_layers[0] if trainable_layers else None
+    result["schedule"] = t.fine_tune_schedule
+    return record_phase(run, 2, result)
+
+
+def warmup_cosine(
+    peak: float, steps_per_epoch: int, epochs: int, warmup_epochs: float
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up from 0 to ``peak``, then cosine decay to 0 by the last step."""
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(total - 1, round(warmup_epochs * steps_per_epoch))
+    if warmup <= 0:
+        return keras.optimizers.schedules.CosineDecay(peak, total)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, total - warmup, warmup_target=peak, warmup_steps=warmup
+    )
+
+
+def kept_phase(phases: dict[str, dict[str, Any]]) -> str:
+    """The phase whose model the run keeps: phase 2 only if it lowered the validation loss."""
+    trained = [k for k, p in phases.items() if p.get("epochs")]
+    if "2" in trained and "1" in trained:
+        return "2" if phases["2"]["best_val_loss"] < phases["1"]["best_val_loss"] else "1"
+    return trained[-1]
+
+
+def keep_better_phase(run: TrainingRun, phases: dict[str, dict[str, Any]]) -> str:
+    """Load the kept phase's weights (phase 1's when phase 2 did not beat it) and say so."""
+    kept = kept_phase(phases)
+    if kept == "1" and "2" in phases and phases["2"].get("epochs"):
+        one, two = phases["1"]["best_val_loss"], phases["2"]["best_val_loss"]
+        print(
+            f"Phase 2 did not beat phase 1 on validation (val_loss {two:.4f} against "
+            f"{one:.4f}): the phase-1 model is kept"
+        )
+        run.classifier.load_weights(run.checkpoint_path(1))
+    return kept
+
+
+def run_phase(
+    run: TrainingRun,
+    phase: int,
+    model: keras.Model,
+    train: Feed,
+    val: Feed,
+    epochs: int,
+    lr: float,
+    xla: bool,
+) -> dict[str, Any]:
+    """Train one phase to its best epoch (resuming from its backup), then load that
+    epoch's weights; the phase's figures for state.json and summary.json."""
+    cfg = run.cfg
+    cosine = phase == 2 and cfg.train.fine_tune_schedule == "cosine"
+    rate = warmup_cosine(lr, train.steps, epochs, cfg.train.warmup_epochs) if cosine else lr
+    compile_for_training(model, run.strategy, rate, cfg.train)
+    images_per_epoch = train.steps * train.global_batch
+    callbacks = phase_callbacks(run, phase, lr, images_per_epoch, plateau=not cosine)
+    history, best, stop = callbacks.history, callbacks.best, callbacks.stop
+    backup_dir = run.backup_dir(phase)
+    resuming = (backup_dir / "training_metadata.json").is_file()
+    if resuming:
+        print(f"Phase {phase}: resuming from its backup in {backup_dir}")
+    with run.strategy.scope():
+        forward = training_forward(model, cfg) if model is run.classifier else None
+    fit(
+        model,
+        train,
+        val,
+        epochs,
+        callbacks.all,
+        run.strategy,
+        class_weights=run.class_weights,
+        label_smoothing=cfg.train.label_smoothing,
+        jit_compile=xla,
+        verbose=run.verbose,
+        label=f"phase {phase}",
+        forward=forward,
+    )
+    if best.best_epoch < 0:
+        raise RuntimeError(f"Phase {phase} ended without a finite validation loss to keep")
+    run.classifier.load_weights(best.path)  # the best epoch's weights, kept on disk
+    rows = history.rows
+    best_row = rows[best.best_epoch]
+    train_seconds = sum(images_per_epoch / r["images_per_s"] for r in rows)
+    print(
+        f"Phase {phase}: best epoch {best.best_epoch + 1} of {len(rows)} "
+        f"(val_loss {best_row['val_loss']:.4f}, val_accuracy {best_row['val_accuracy']:.4f})"
+        + ("; stopped early" if stop.stopped_epoch > 0 else "")
+    )
+    run.history.extend(rows)
+    return {
+        "method": "gradient",
+        "epochs": len(rows),
+        "best_epoch": best.best_epoch + 1,
+        "best_val_loss": best_row["val_loss"],
+        "best_val_accuracy": best_row["val_accuracy"],
+        "stopped_early": stop.stopped_epoch > 0,
+        "resumed": resuming,
+        "optimizer": type(model.optimizer).__name__,  # LossScaleOptimizer under float16
+        "learning_rate": lr,
+        "final_learning_rate": rows[-1]["learning_rate"],
+        "seconds": sum(r["seconds"] for r in rows),
+        "train_images_per_s": len(rows) * images_per_epoch / max(train_seconds, 1e-9),
+        "checkpoint": str(best.path),
+        "history": rows,
+    }
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def record_phase(run: TrainingRun, phase: int, result: dict[str, Any]) -> dict[str, Any]:
+    """Mark the phase finished, then drop its backup (in this order: a kill in between
+    leaves a finished phase, never a phase to redo from scratch)."""
+    run.state["phases"][str(phase)] = result
+    write_json(run.work_dir / STATE_FILE, run.state)
+    shutil.rmtree(run.backup_dir(phase), ignore_errors=True)
+    return result
+
+
+def restore_finished_phase(run: TrainingRun, phase: int, done: dict[str, Any]) -> None:
+    """A resumed run skips a finished phase: its best weights and history come back."""
+    path = run.checkpoint_path(phase)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing but {run.work_dir / STATE_FILE} says phase {phase} finished; "
+            "delete the run folder to start it again"
+        )
+    run.classifier.load_weights(path)
+    run.history.extend(done["history"])
+    print(
+        f"Phase {phase} finished earlier (best epoch {done['best_epoch']}); its best weights "
+        "are loaded"
+    )
