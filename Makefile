@@ -35,6 +35,7 @@ OVERRIDES := \
   $(call override,BUDGET,memory.budget) \
   $(call override,RUN,eval.run) \
   $(call override,SPLIT,eval.split) \
+  $(call override,TTA,input.tta) \
   $(call override,IN,predict.input) \
   $(call override,OUT,predict.output) \
   $(call override,SORT_INTO,predict.sort_into) \
@@ -49,7 +50,7 @@ CONFIG_FLAG := $(if $(value CONFIG),--config $(call quote,$(value CONFIG)))
 VERBOSE_FLAG := $(if $(VERBOSE),--verbose)
 RUN_STAGE = $(PY) -m pipeline $(1) $(VERBOSE_FLAG) $(CONFIG_FLAG) $(OVERRIDES)
 
-.PHONY: help setup data train bench-train evaluate predict memory experiment experiment-summary config test test-all lint bench-input bench-predict bench-memory lock clean
+.PHONY: help setup data train bench-train evaluate predict memory experiment experiment-summary config test test-all lint bench-input bench-predict bench-memory bench-recipe lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -70,10 +71,10 @@ data: $(STAMP)  ## fetch/read DATASET, check every image, split, write data/<dat
 train: $(STAMP)  ## two-phase fine-tuning into models/<run>/ (runs `data` first if needed; resumable)
 	$(call RUN_STAGE,train)
 
-evaluate: $(STAMP)  ## metrics, figures, reports/<run>/index.html (RUN=latest, SPLIT=test|val)
+evaluate: $(STAMP)  ## metrics, figures, reports/<run>/index.html (RUN=latest, SPLIT=test|val, TTA=flip)
 	$(call RUN_STAGE,evaluate)
 
-predict: $(STAMP)  ## classify IN=folder into OUT=predictions.csv (RUN=, SORT_INTO=dir)
+predict: $(STAMP)  ## classify IN=folder into OUT=predictions.csv (RUN=, SORT_INTO=dir, TTA=flip)
 	$(call RUN_STAGE,predict)
 
 memory: $(STAMP)  ## per-layer memory/FLOPs for BACKBONE, IMAGE_SIZE, BATCH_SIZE; fit BUDGET=16GiB
@@ -105,6 +106,9 @@ bench-input: $(STAMP)  ## input pipeline benchmark (images/s, JSON under benchma
 
 bench-train: $(STAMP)  ## cached vs plain phase 1, images/s at 299, FLOPs, % of peak, augmentation, transfer (JSON)
 	$(PY) benchmarks/train.py $(BENCH_ARGS)
+
+bench-recipe: $(STAMP)  ## default recipe vs the frozen-feature baseline, 3 photo sets x 3 splits (~45 min, JSON)
+	$(PY) benchmarks/recipe.py $(BENCH_ARGS)
 
 bench-memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)
 	$(PY) benchmarks/memory.py $(BENCH_ARGS)

@@ -29,7 +29,7 @@ from pipeline.provenance import (
     load_run_data,
     read_record,
 )
-from pipeline.runs import CURVES_FILE, read_summary
+from pipeline.runs import CURVES_FILE, TrainSummary, read_summary
 
 METRICS_FILE = "metrics.json"
 PER_CLASS_CSV = "per_class.csv"
@@ -59,6 +59,7 @@ def evaluate(cfg: Config) -> EvalResult:
     y_true = np.array([r.label_index for r in rows])
     metrics = classification_metrics(y_true, probs, clf.labels, cfg.eval.top_k)
     metrics.update({"run": clf.run_dir.name, "split": split, "tta": tta})
+    metrics["baseline"] = baseline_comparison(read_summary(clf.run_dir), split, metrics)
     files = _write_tables(out, metrics, rows, probs, clf.labels)
     files.update(_draw_figures(out, metrics, y_true, probs, rows, clf, cfg.eval.gallery_size))
     extras = _run_extras(clf)
@@ -242,6 +243,30 @@ def _write_report(out, metrics, files, clf, extras) -> Path:
     return atomic_write_text(out / REPORT_FILE, html)
 
 
+def baseline_comparison(
+    summary: TrainSummary | None, split: str, metrics: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The run's frozen-feature baseline on this split beside the model's figures, or None
+    for a run without one (from scratch, or trained before baselines were recorded).
+
+    The baseline was scored by the train stage on the same recorded split (``scored_rows``
+    checks the split is the run's own), so the difference is paired photo for photo.
+    """
+    scores = ((summary.baseline or {}).get(split) or {}) if summary else {}
+    if not scores:
+        return None
+    return {
+        "method": summary.baseline["method"],
+        "C": summary.baseline["C"],
+        "kept_phase": summary.kept_phase,
+        "accuracy": scores["accuracy"],
+        "macro_f1": scores["macro_f1"],
+        "images": scores["images"],
+        "accuracy_points_over_baseline": 100 * (metrics["accuracy"] - scores["accuracy"]),
+        "macro_f1_points_over_baseline": 100 * (metrics["macro_f1"] - scores["macro_f1"]),
+    }
+
+
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     k = metrics["top_k"]
     print(
@@ -249,5 +274,12 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         f"loss {metrics['loss']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
         f"ECE {metrics['expected_calibration_error']:.4f}"
     )
+    baseline = metrics.get("baseline")
+    if baseline:
+        print(
+            f"Frozen-feature baseline (logistic regression on the pretrained base's features): "
+            f"accuracy {baseline['accuracy']:.4f}, macro-F1 {baseline['macro_f1']:.4f}; "
+            f"fine-tuning adds {baseline['accuracy_points_over_baseline']:+.1f} points"
+        )
     print(per_class_markdown(metrics), end="")
     print(f"Report: {out / REPORT_FILE} (open it in a browser; everything is embedded)")

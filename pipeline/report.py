@@ -29,6 +29,7 @@ td:first-child, th:first-child { text-align: left; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6rem 1rem; min-width: 9rem; }
 .card .value { font-size: 1.6rem; font-weight: 600; }
 .muted { color: #777; } img { max-width: 100%; border: 1px solid #eee; margin: 0.3rem 0; }
+.headline { font-size: 1.1rem; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 1rem; }
 """
 
@@ -132,6 +133,35 @@ def _training_section(summary: TrainSummary | None) -> str:
     return _table(["", "value"], flat) if flat else ""
 
 
+def _baseline_section(metrics: dict[str, Any]) -> str:
+    """What fine-tuning added over the frozen-feature logistic regression, on this split."""
+    b = metrics.get("baseline")
+    if not b:
+        return (
+            '<p class="muted">No frozen-feature baseline for this run (a network trained '
+            "from scratch, or a run from before baselines were recorded).</p>"
+        )
+    points = b["accuracy_points_over_baseline"]
+    kept = (
+        "the fine-tuned model (phase 2)"
+        if b["kept_phase"] == "2"
+        else ("the phase-1 model: fine-tuning did not lower the validation loss")
+    )
+    rows = [
+        ["this model", f"{metrics['accuracy']:.4f}", f"{metrics['macro_f1']:.4f}"],
+        [
+            f"frozen features, logistic regression (C = {b['C']:g})",
+            _num(b["accuracy"], "baseline.accuracy"),
+            _num(b["macro_f1"], "baseline.macro_f1"),
+        ],
+    ]
+    return (
+        f'<p class="headline">Fine-tuning adds <b>{points:+.1f} points</b> of accuracy over '
+        f"frozen features on the {html.escape(metrics['split'])} split ({b['images']} images, "
+        f"the same photos). The run kept {kept}.</p>" + _table(["", "accuracy", "macro F1"], rows)
+    )
+
+
 def _memory_section(memory: RunMemory | None) -> str:
     """The estimate per training phase, next to what the training run really used."""
     if memory is None or (memory.estimate is None and memory.error is None):
@@ -221,6 +251,7 @@ def render_report(
         f"{html.escape(cfg.data.dataset)}; report made {when}</p>",
         "<h2>Summary</h2>",
         _cards(metrics),
+        _baseline_section(metrics),
         "<h2>Data</h2>",
         _data_section(extras.get("data")),
         "<h2>Training</h2>",

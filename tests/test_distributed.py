@@ -261,6 +261,7 @@ def test_xla_on_the_cached_head(tiny):
             "train.head_epochs=2",
             "train.fine_tune_epochs=0",
             "train.xla=true",
+            "train.head_fit=gradient",
             "train.run_name=xla",
         )
     )
@@ -276,6 +277,7 @@ def test_tensorboard_logs_hold_each_epochs_losses(tiny):
         "train.head_epochs=2",
         "train.fine_tune_epochs=0",
         "train.tensorboard=true",
+        "train.head_fit=gradient",
         "train.run_name=tensorboard",
     )
     result = train(cfg)
@@ -291,6 +293,7 @@ def test_a_non_finite_loss_stops_training_with_a_clear_message(tiny):
         "train.head_epochs=3",
         "train.fine_tune_epochs=0",
         "train.head_lr=1e38",
+        "train.head_fit=gradient",
         "train.run_name=nan",
     )
     with pytest.raises(NonFiniteLossError) as info:

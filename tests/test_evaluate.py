@@ -14,6 +14,7 @@ from pipeline.evaluate import evaluate
 from pipeline.files import read_csv
 from pipeline.manifest import load_split
 from pipeline.metrics import classification_metrics, reliability, worst_mistakes
+from pipeline.runs import read_summary
 
 
 def random_probs(n: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -148,9 +149,25 @@ def test_html_report_renders_in_a_real_browser(evaluated, tmp_path):
         4 + (c["roc_auc"] is not None) + (c["average_precision"] is not None)
         for c in metrics["per_class"]
     )
-    assert len(shown) == 6 + per_class_values  # the summary cards and the per-class table
+    baseline_values = 2 if metrics["baseline"] else 0  # its accuracy and macro-F1
+    assert len(shown) == 6 + per_class_values + baseline_values  # cards, tables
     for key, text in shown:
         value = metrics
         for part in key.split("."):
             value = value[int(part)] if isinstance(value, list) else value[part]
         assert float(text) == pytest.approx(value, abs=6e-5), key
+
+
+def test_the_report_says_what_fine_tuning_added_over_frozen_features(evaluated):
+    """evaluate scores the same test photos the train stage scored the baseline on: the
+    model's accuracy there equals the train summary's, and the difference is reported."""
+    cfg, result = evaluated
+    summary = read_summary(cfg.paths.models + "/" + result.metrics["run"])
+    baseline = result.metrics["baseline"]
+    assert baseline["accuracy"] == summary.baseline["test"]["accuracy"]
+    assert result.metrics["accuracy"] == pytest.approx(summary.test["accuracy"], abs=1e-6)
+    points = 100 * (result.metrics["accuracy"] - baseline["accuracy"])
+    assert baseline["accuracy_points_over_baseline"] == pytest.approx(points)
+    html = (result.report_dir / "index.html").read_text()
+    assert f"Fine-tuning adds <b>{points:+.1f} points</b>" in html
+    assert f'data-metric="baseline.accuracy" data-value="{baseline["accuracy"]!r}"' in html

@@ -26,6 +26,7 @@ from pipeline.manifest import load_split, read_classes
 from pipeline.model import build_classifier, get_base
 from pipeline.runs import read_summary
 from pipeline.training import TrainResult, train
+from pipeline.training.phases import warmup_cosine
 from pipeline.training.trainset import class_weights
 from tests.support import CONFIGS, REPO, TinyData, make_tiny_data
 
@@ -79,6 +80,7 @@ def cache_pair(tiny, mobilenet_weights) -> tuple[TrainResult, TrainResult]:
         "model.alpha=0.25",
         "input.image_size=96",
         f"model.weights={mobilenet_weights}",
+        "train.head_fit=gradient",
         "train.head_epochs=4",
         "train.head_lr=1e-2",
         "train.fine_tune_epochs=0",
@@ -124,17 +126,18 @@ def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
     classes = json.loads((run_dir / "labels.json").read_text())
     assert classes == read_classes(cfg.dataset_dir() / "classes.json") == summary.classes
 
-    history = read_history(run_dir)
-    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and summary.epochs == 4
-    for phase in ("1", "2"):
+    history = read_history(run_dir)  # the exact head's row, then phase 2's two epochs
+    assert [r["epoch"] for r in history] == [1, 2, 3] and summary.epochs == 3
+    for phase, epochs in (("1", 1), ("2", 2)):
         rows = [r for r in history if r["phase"] == int(phase)]
         best = min(rows, key=lambda r: r["val_loss"])
         info = summary.phases[phase]
-        assert info["epochs"] == len(rows) == 2
+        assert info["epochs"] == len(rows) == epochs
         assert info["best_epoch"] == best["phase_epoch"]
         assert info["best_val_loss"] == pytest.approx(best["val_loss"])
         assert info["seconds"] > 0 and info["train_images_per_s"] > 0
     assert summary.phases["1"]["cached_features"] is True
+    assert summary.phases["1"]["method"] == "exact"
 
     # The saved model scores on the validation images what the summary says it scored.
     model = keras.models.load_model(run_dir / "model.keras")
@@ -143,7 +146,7 @@ def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
     accuracy = np.mean(probs.argmax(1) == [r.label_index for r in val_rows])
     assert summary.final["val_accuracy"] == pytest.approx(accuracy)
     assert summary.final["val_loss"] == pytest.approx(
-        summary.phases["2"]["best_val_loss"], rel=1e-4
+        summary.phases[summary.kept_phase]["best_val_loss"], rel=1e-4
     )
 
     # The SavedModel takes raw pixels and gives the Keras model's probabilities.
@@ -169,7 +172,7 @@ def test_phase_two_changes_only_the_unfrozen_blocks(tiny, inception_run):
     run_dir = inception_run.run_dir
     cfg = load_config(run_dir / "config.json")
     before = get_base(load_into(cfg, run_dir / "checkpoints/phase1.weights.h5", 5))
-    after = get_base(keras.models.load_model(run_dir / "model.keras"))
+    after = get_base(load_into(cfg, run_dir / "checkpoints/phase2.weights.h5", 5))
     names = [layer.name for layer in before.layers]
     cut = names.index("mixed8")
     changed_top = 0
@@ -251,7 +254,6 @@ def test_a_killed_run_resumes_from_its_last_epoch(tiny, capsys):
         *tiny.overrides,
         *MOBILENET,
         "train.run_name=killed",
-        "train.head_epochs=2",
         f"train.fine_tune_epochs={epochs}",
         "train.patience=100",
     ]
@@ -285,11 +287,21 @@ def test_a_killed_run_resumes_from_its_last_epoch(tiny, capsys):
     assert f"Resuming: {run_dir}" in out and "Phase 1 finished earlier" in out
     assert "Phase 2: resuming from its backup" in out
     after = read_history(run_dir)
-    assert [(r["phase"], r["phase_epoch"]) for r in after] == [(1, 1), (1, 2)] + [
+    assert [(r["phase"], r["phase_epoch"]) for r in after] == [(1, 1)] + [
         (2, e) for e in range(1, epochs + 1)
     ]
-    kept = 2 + saved_epoch  # phase-1 epochs and the phase-2 epochs backed up before the kill
+    kept = 1 + saved_epoch  # the exact head's row and the phase-2 epochs backed up
     assert saved_epoch < epochs and after[:kept] == before[:kept]
+    # The warm-up and cosine schedule continued from the restored step, not from zero.
+    cfg = load_config(None, overrides)
+    steps = len(load_split(run_dir / "data", "train")) // cfg.input.batch_size
+    schedule = warmup_cosine(cfg.train.fine_tune_lr, steps, epochs, cfg.train.warmup_epochs)
+    np.testing.assert_allclose(
+        [r["learning_rate"] for r in after[1:]],
+        [float(schedule(e * steps)) for e in range(1, epochs + 1)],
+        rtol=1e-5,
+        atol=1e-12,
+    )
     assert summary_phase(result, "2")["resumed"] is True
     assert not (run_dir / "backup").exists()
 
@@ -384,26 +396,32 @@ def test_a_short_run_on_flowers_mini_learns(tmp_path, flowers_mini, capsys):
 
 
 def test_the_transfer_recipe_is_a_valid_config():
-    """pipeline/configs/transfer.toml, used by the slow test below and by benchmarks/train.py."""
+    """pipeline/configs/transfer.toml: the slow test below and benchmarks/train.py load it."""
     cfg = load_config(CONFIGS / "transfer.toml")
     assert (cfg.model.backbone, cfg.model.alpha, cfg.image_size) == ("mobilenet", 0.25, 224)
     assert cfg.model.weights == "imagenet"  # the caller passes the file
 
 
-@pytest.mark.slow
-def test_imagenet_weights_beat_random_weights_by_30_points(flowers_prepared, mobilenet_weights):
-    """pipeline/configs/transfer.toml (Keras's ImageNet MobileNet, alpha 0.25, 224 px) against the
-    same runs from random weights, two seeds each: every pretrained run's test accuracy is at
-    least 30 points above every random-weights run's (one run moves by about 3 points with
-    the seed on 53 test photos). The bar for the pretrained accuracy itself is issue 15's;
-    the transfer section of benchmarks/train.py measures it over splits and seeds."""
-    from pipeline.evaluate import scored_rows
-    from pipeline.predict import load_classifier
+@pytest.mark.slow  # about 5 minutes on 2 cores: five runs at 224 px
+def test_the_default_recipe_transfers_and_keeps_up_with_frozen_features(
+    flowers_prepared, mobilenet_weights
+):
+    """pipeline/configs/transfer.toml (the default recipe on Keras's ImageNet MobileNet,
+    alpha 0.25, 224 px) on flowers-mini, three training seeds, against two runs from random
+    weights: the mean test accuracy is at least 30 points above random weights', and the
+    mean paired difference from each run's own frozen-feature baseline is not below zero by
+    more than its 95% interval. (53 test photos: one photo is 1.9 points. The margin over
+    the baseline on larger sets is measured by benchmarks/recipe.py.)"""
+    from pipeline.experiment import mean_ci
 
     base, _ = flowers_prepared
     accuracy: dict[str, list[float]] = {"pretrained": [], "random": []}
-    for seed in (42, 43):
-        for name, weights in (("pretrained", str(mobilenet_weights)), ("random", "none")):
+    over_baseline = []
+    for name, weights, seeds in (
+        ("pretrained", str(mobilenet_weights), (1, 2, 3)),
+        ("random", "none", (1, 2)),
+    ):
+        for seed in seeds:
             cfg = load_config(
                 CONFIGS / "transfer.toml",
                 [
@@ -416,9 +434,13 @@ def test_imagenet_weights_beat_random_weights_by_30_points(flowers_prepared, mob
                     f"train.run_name=transfer-{name}-s{seed}",
                 ],
             )
-            classifier = load_classifier(train(cfg).run_dir)
-            rows = scored_rows(classifier, "test")
-            predicted = classifier.probabilities(rows).argmax(1)
-            accuracy[name].append(float(np.mean(predicted == [r.label_index for r in rows])))
-    print(f"test accuracy per seed: {accuracy}")
-    assert min(accuracy["pretrained"]) - max(accuracy["random"]) >= 0.3, accuracy
+            summary = train(cfg).summary
+            accuracy[name].append(summary.test["accuracy"])
+            if name == "pretrained":
+                over_baseline.append(
+                    summary.test["accuracy"] - summary.baseline["test"]["accuracy"]
+                )
+    margin = mean_ci(over_baseline)
+    print(f"test accuracy per seed: {accuracy}; over the baseline: {over_baseline}")
+    assert np.mean(accuracy["pretrained"]) - np.mean(accuracy["random"]) >= 0.3, accuracy
+    assert margin["mean"] + margin["ci95"] >= 0, over_baseline

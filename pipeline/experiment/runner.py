@@ -6,6 +6,7 @@ is never repeated. A failed run is recorded with its error and the others go on.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -78,12 +79,16 @@ def _one_run(run_cfg: Config) -> dict[str, Any]:
     trained = train(run_cfg)
     evaluated = evaluate(run_cfg)
     summary, metrics = trained.summary, evaluated.metrics
+    baseline = metrics.get("baseline")
     phases = (summary.phases or {}).values()
     train_images = sum(p.get("epochs", 0) for p in phases) * (summary.train_images or 0)
     return {
         "test_accuracy": metrics["accuracy"],
         "test_loss": metrics["loss"],
         "macro_f1": metrics["macro_f1"],
+        # nan for a network trained from scratch: it has no frozen features to compare with
+        "baseline_accuracy": baseline["accuracy"] if baseline else math.nan,
+        "over_baseline": metrics["accuracy"] - baseline["accuracy"] if baseline else math.nan,
         "train_seconds": summary.seconds,
         "images_per_s": train_images / summary.seconds if summary.seconds else 0.0,
         "parameters": summary.parameters or "",

@@ -6,6 +6,7 @@ machines, earlier sweeps) can be summarised together.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ from pipeline.files import atomic_write_text, read_csv, write_json
 
 SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
-METRICS = ("test_accuracy", "test_loss", "macro_f1", "train_seconds", "images_per_s")
+METRICS = (
+    "test_accuracy",
+    "test_loss",
+    "macro_f1",
+    "baseline_accuracy",  # the run's frozen-feature logistic regression, same test photos
+    "over_baseline",  # test_accuracy - baseline_accuracy
+    "train_seconds",
+    "images_per_s",
+)
 
 
 def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, Any]:
@@ -33,7 +42,7 @@ def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, A
     configs = []
     for (device, overrides), members in groups.items():
         ok = [m for m in members if m["status"] == "ok"]
-        stats_ = {m: mean_ci([float(r[m]) for r in ok]) for m in METRICS}
+        stats_ = {m: mean_ci(_values(ok, m)) for m in METRICS}
         configs.append(
             {
                 "device": device,
@@ -68,6 +77,13 @@ def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, A
     return summary
 
 
+def _values(rows: list[dict[str, str]], metric: str) -> list[float]:
+    """The metric's values, leaving out runs without one (no baseline from scratch; results
+    files written before the column existed)."""
+    values = (float(r.get(metric) or "nan") for r in rows)
+    return [v for v in values if not math.isnan(v)]
+
+
 def _fmt(s: dict[str, float], scale: float = 1.0, digits: int = 4) -> str:
     if not s["n"]:
         return "n/a"
@@ -89,16 +105,18 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
         lines += [
             f"## {device}",
             "",
-            "| configuration | runs | failed | test accuracy | test loss | macro F1 | "
-            "training s | images/s |",
-            "|---|---:|---:|---|---|---|---|---|",
+            "| configuration | runs | failed | test accuracy | frozen-feature baseline | "
+            "over the baseline (points) | test loss | macro F1 | training s | images/s |",
+            "|---|---:|---:|---|---|---|---|---|---|---|",
         ]
         for c in (c for c in summary["configurations"] if c["device"] == device):
             mark = " **(best)**" if c["overrides"] == verdict_.get("best") else ""
             m = c["metrics"]
             lines.append(
                 f"| {c['overrides']}{mark} | {c['runs']} | {c['failed']} | "
-                f"{_fmt(m['test_accuracy'])} | {_fmt(m['test_loss'])} | {_fmt(m['macro_f1'])} | "
+                f"{_fmt(m['test_accuracy'])} | {_fmt(m['baseline_accuracy'])} | "
+                f"{_fmt(m['over_baseline'], scale=100, digits=1)} | "
+                f"{_fmt(m['test_loss'])} | {_fmt(m['macro_f1'])} | "
                 f"{_fmt(m['train_seconds'], digits=1)} | {_fmt(m['images_per_s'], digits=1)} |"
             )
         lines += ["", verdict_["sentence"], ""]

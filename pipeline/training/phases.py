@@ -69,7 +69,7 @@ def phase_one(run: TrainingRun, xla: bool) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if run.backbone.pretrained:  # the baseline needs the frozen features whatever phase 1 does
         features = cached_features(run)
-        extra["baseline"] = _baseline(run, features)
+        extra = {"baseline": _baseline(run, features), **_cache_figures(features)}
     if cached:
         model, train, val = feature_feeds(run, features)
         what = "new head (Adam) on cached features"
