@@ -71,21 +71,12 @@ def export(cfg: Config) -> ExportResult:
     predictors = {fmt: _predictor(fmt, path) for fmt, path in files.items()}
     print(f"Scoring on the run's test split ({len(rows)} images) against {MODEL_FILE}")
     scores = score(clf, rows, predictors, cfg.export.latency_images)
-    keras_accuracy = scores["keras"]["accuracy"]
-    warnings = []
     for fmt, path in files.items():
-        scores[fmt]["file"] = path.name
-        scores[fmt]["size_bytes"] = _size(path)
-        drop = keras_accuracy - scores[fmt]["accuracy"]
-        if drop > cfg.export.max_drop:
-            warnings.append(
-                f"warning: {path.name} scores {scores[fmt]['accuracy']:.4f} on the test split, "
-                f"{100 * drop:.1f} points below the Keras model's {keras_accuracy:.4f} "
-                f"(export.max_drop={cfg.export.max_drop}); the file is written: calibrate on "
-                "more images (export.calibration_images) or use model_fp16.tflite"
-            )
+        scores[fmt].update(file=path.name, size_bytes=_size(path))
     scores["keras"].update(file=MODEL_FILE, size_bytes=_size(run_dir / MODEL_FILE))
-    figures = _export_json(clf, out, len(rows), cfg.export, scores, files, warnings)
+    figures = _export_json(clf, out, len(rows), cfg.export, scores, files)
+    warnings = accuracy_warnings(figures, cfg.export.max_drop)
+    figures["warnings"] = warnings
     write_json(out / EXPORT_JSON, figures)
     print(format_table(figures))
     for line in warnings:
@@ -262,7 +253,6 @@ def _export_json(
     options: ExportConfig,
     scores: dict[str, dict[str, Any]],
     files: dict[str, Path],
-    warnings: list[str],
 ) -> dict[str, Any]:
     """This export's figures, keeping those of earlier variants whose files remain (an
     int8-only export after a full one leaves the float32 figures in place)."""
@@ -290,8 +280,25 @@ def _export_json(
         "max_drop": options.max_drop,
         "keras": scores["keras"],
         "variants": dict(sorted(variants.items(), key=lambda kv: list(VARIANT_FILES).index(kv[0]))),
-        "warnings": warnings,
+        "warnings": [],
     }
+
+
+def accuracy_warnings(figures: dict[str, Any], max_drop: float) -> list[str]:
+    """One line per exported file whose test accuracy is more than ``max_drop`` below the
+    Keras model's, with both figures: the file is kept, the user decides."""
+    keras_accuracy = figures["keras"]["accuracy"]
+    lines = []
+    for variant in figures["variants"].values():
+        drop = keras_accuracy - variant["accuracy"]
+        if drop > max_drop:
+            lines.append(
+                f"warning: {variant['file']} scores {variant['accuracy']:.4f} on the test split, "
+                f"{100 * drop:.1f} points below the Keras model's {keras_accuracy:.4f} "
+                f"(export.max_drop={max_drop}); the file is written: calibrate on more images "
+                "(export.calibration_images) or use model_fp16.tflite"
+            )
+    return lines
 
 
 def format_table(figures: dict[str, Any]) -> str:
