@@ -175,8 +175,8 @@ def _predictor(fmt: str, path: Path) -> Predictor:
     if fmt == "saved_model":
         import tensorflow as tf
 
-        serve = tf.saved_model.load(str(path)).serve
-        return lambda pixels: serve(tf.constant(pixels, tf.float32)).numpy()
+        loaded = tf.saved_model.load(str(path))  # referenced: its variables must stay alive
+        return lambda pixels: loaded.serve(tf.constant(pixels, tf.float32)).numpy()
     from pipeline.tflite import TFLiteModel
 
     return TFLiteModel(path)

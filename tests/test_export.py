@@ -51,7 +51,8 @@ def test_export_writes_every_tflite_file_and_its_figures(exported):
     names = {p.name for p in result.files.values()}
     assert names == {"model_fp32.tflite", "model_fp16.tflite", "model_int8.tflite"}
     assert all((out / n).is_file() for n in names)
-    assert read_json(out / EXPORT_JSON) == result.figures
+    written = read_json(out / EXPORT_JSON)
+    assert all(written["variants"][f] == result.figures["variants"][f] for f in result.files)
     v = result.figures["variants"]
     # float16 weights halve the file, int8 quarters the weights.
     assert v["tflite-int8"]["size_bytes"] < v["tflite-fp16"]["size_bytes"]
@@ -155,3 +156,16 @@ def test_a_tflite_file_of_another_run_is_refused(exported, size, classes, compla
 def test_a_missing_tflite_file_is_refused_with_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="make export RUN="):
         load_classifier(tmp_path / "model_int8.tflite")
+
+
+def test_saved_model_export_joins_the_earlier_figures(exported):
+    """FORMAT=saved_model after the TFLite export: its folder scores as Keras does, and
+    export.json keeps the TFLite files' figures, whose files are still there."""
+    cfg, run_dir, _ = exported
+    result = export(with_overrides(cfg, {"export.format": "saved_model"}))
+    assert set(result.files) == {"saved_model"} and (run_dir / "export/saved_model").is_dir()
+    variants = read_json(run_dir / "export" / EXPORT_JSON)["variants"]
+    assert set(variants) == {"tflite", "tflite-fp16", "tflite-int8", "saved_model"}
+    assert variants["saved_model"]["top1_agreement"] == 1.0
+    assert variants["saved_model"]["max_probability_difference"] < 1e-4
+    assert not [p for p in (run_dir / "export").iterdir() if p.name.startswith(".")]
