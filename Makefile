@@ -39,6 +39,8 @@ OVERRIDES := \
   $(call override,IN,predict.input) \
   $(call override,OUT,predict.output) \
   $(call override,SORT_INTO,predict.sort_into) \
+  $(call override,MODEL,predict.model) \
+  $(call override,FORMAT,export.format) \
   $(call override,NAME,experiment.name) \
   $(call override,GRID,experiment.grid) \
   $(call override,REPEATS,experiment.repeats) \
@@ -50,7 +52,7 @@ CONFIG_FLAG := $(if $(value CONFIG),--config $(call quote,$(value CONFIG)))
 VERBOSE_FLAG := $(if $(VERBOSE),--verbose)
 RUN_STAGE = $(PY) -m pipeline $(1) $(VERBOSE_FLAG) $(CONFIG_FLAG) $(OVERRIDES)
 
-.PHONY: help setup data train bench-train evaluate predict memory experiment experiment-summary config test test-all lint bench-input bench-predict bench-memory bench-recipe lock clean
+.PHONY: help setup data train bench-train evaluate predict export memory experiment experiment-summary config test test-all lint bench-input bench-predict bench-memory bench-recipe lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -74,8 +76,11 @@ train: $(STAMP)  ## two-phase fine-tuning into models/<run>/ (runs `data` first 
 evaluate: $(STAMP)  ## metrics, figures, reports/<run>/index.html (RUN=latest, SPLIT=test|val, TTA=flip)
 	$(call RUN_STAGE,evaluate)
 
-predict: $(STAMP)  ## classify IN=folder into OUT=predictions.csv (RUN=, SORT_INTO=dir, TTA=flip)
+predict: $(STAMP)  ## classify IN=folder into OUT=predictions.csv (RUN= or MODEL=x.tflite, SORT_INTO=dir, TTA=flip)
 	$(call RUN_STAGE,predict)
+
+export: $(STAMP)  ## TFLite fp32/fp16/int8 into models/<run>/export/, scored on the test split (RUN=, FORMAT=)
+	$(call RUN_STAGE,export)
 
 memory: $(STAMP)  ## per-layer memory/FLOPs for BACKBONE, IMAGE_SIZE, BATCH_SIZE; fit BUDGET=16GiB
 	$(call RUN_STAGE,memory $(MEMORY_ARGS))
@@ -110,7 +115,10 @@ bench-train: $(STAMP)  ## cached vs plain phase 1, images/s at 299, FLOPs, % of 
 bench-recipe: $(STAMP)  ## default recipe vs the frozen-feature baseline, 3 photo sets x 3 splits (~45 min, JSON)
 	$(PY) benchmarks/recipe.py $(BENCH_ARGS)
 
-bench-memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)
+bench-export: $(STAMP)  ## TFLite fp32/fp16/int8 into models/<run>/export/, scored on the test split (RUN=, FORMAT=)
+	$(call RUN_STAGE,export)
+
+memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)
 	$(PY) benchmarks/memory.py $(BENCH_ARGS)
 
 bench-predict: $(STAMP)  ## make predict against a naive loop (JSON under benchmarks/results/)

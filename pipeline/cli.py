@@ -85,6 +85,12 @@ def _run_predict(cfg: Config, args: argparse.Namespace) -> None:
     predict(cfg)
 
 
+def _run_export(cfg: Config, args: argparse.Namespace) -> None:
+    from pipeline.export import export
+
+    export(cfg)
+
+
 def _run_experiment(cfg: Config, args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -149,6 +155,11 @@ STAGES: dict[str, tuple[str, Runner, AddArguments | None]] = {
     "predict": (
         "classify every image below predict.input into a CSV (optionally sort copies)",
         _run_predict,
+        None,
+    ),
+    "export": (
+        "TFLite float32/float16/int8 (or SavedModel) into models/<run>/export/, each scored",
+        _run_export,
         None,
     ),
     "experiment": (

@@ -118,6 +118,17 @@ class PredictConfig:
     output: str = "predictions.csv"
     top_k: int = 3
     sort_into: str = ""  # copy (never move) each image into <sort_into>/<predicted class>/
+    model: str = ""  # an exported models/<run>/export/*.tflite instead of the run's model.keras
+
+
+@dataclass
+class ExportConfig:
+    format: str = (
+        "all"  # all (the three TFLite files) | tflite | tflite-fp16 | tflite-int8 | saved_model
+    )
+    max_drop: float = 0.02  # warn when an export's test accuracy is this far below Keras's
+    calibration_images: int = 200  # int8: training images that calibrate the quantisation
+    latency_images: int = 20  # batch-1 CPU latency averaged over this many test images
 
 
 @dataclass
@@ -151,6 +162,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 

@@ -5,7 +5,9 @@
     clf.classify(["photo.jpg"])[0]["predicted"]                     # -> 'tulips'
 
 Every image goes through the same check, decoding and preprocessing as evaluation
-(``pipeline.inputs.build_eval_dataset``), so a photo gets the same answer in both.
+(``pipeline.inputs.build_eval_dataset``), so a photo gets the same answer in both. An
+exported file works too, ``load_classifier("models/<run>/export/model_int8.tflite")``: it
+takes the same crops as raw pixels, its preprocessing being inside.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,16 +36,23 @@ from pipeline.images import (
 )
 from pipeline.manifest import ManifestRow
 from pipeline.runs import CONFIG_FILE, LABELS_FILE, MODEL_FILE, resolve_run
+from pipeline.tflite import TFLITE_SUFFIX
 
 
 @dataclass
 class Classifier:
-    """A trained run, ready to classify files: its model, labels and input configuration."""
+    """A trained run, ready to classify files: its model, labels and input configuration.
+
+    ``predict_batch`` maps a batch of evaluation crops to probabilities; they come
+    preprocessed for the Keras model, as raw pixels (``raw_pixels``) for an exported file.
+    """
 
     run_dir: Path
     cfg: Config
     labels: list[str]
-    model: Any = field(repr=False)
+    model: Any = field(repr=False)  # keras.Model, or a pipeline.tflite.TFLiteModel
+    predict_batch: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    raw_pixels: bool = False
 
     def probabilities(
         self, rows: list[ManifestRow], batch_size: int | None = None, tta: str = "none"
@@ -60,7 +70,9 @@ class Classifier:
         if not rows:
             return np.zeros((0, len(self.labels)), np.float32)
         batch = batch_size or self.cfg.input.batch_size
-        ds = build_eval_dataset(rows, self.cfg, None, batch_size=batch)
+        ds = build_eval_dataset(
+            rows, self.cfg, None, batch_size=batch, apply_preprocessing=not self.raw_pixels
+        )
         bar = tqdm(
             total=len(rows),
             desc="Running the model",
@@ -77,11 +89,12 @@ class Classifier:
             )
         outputs = []
         with bar:
-            for x in ds:
-                probs = self.model.predict_on_batch(x)
+            for batch_images in ds:
+                x = batch_images.numpy()
+                probs = np.asarray(self.predict_batch(x))
                 if tta == "flip":
                     mirrored = x[:, :, ::-1]  # (batch, height, width, channels)
-                    probs = (probs + self.model.predict_on_batch(mirrored)) / 2
+                    probs = (probs + np.asarray(self.predict_batch(mirrored))) / 2
                 outputs.append(probs)
                 bar.update(len(outputs[-1]))
         return np.concatenate(outputs).astype(np.float64)
@@ -97,6 +110,9 @@ class Classifier:
 
 
 def load_classifier(run: str | Path = "", models_dir: str | Path = "models") -> Classifier:
+    """A run by name or folder (newest when empty), or an exported models/<run>/export/*.tflite."""
+    if str(run).endswith(TFLITE_SUFFIX):
+        return _load_exported(Path(run))
     run_dir, cfg, labels = read_run(run, models_dir)
     model = _load_model(run_dir / MODEL_FILE)
     outputs = model.output_shape[-1]
@@ -106,7 +122,46 @@ def load_classifier(run: str | Path = "", models_dir: str | Path = "models") -> 
             f"outputs {outputs}: they are not from the same run. Restore the run's own "
             f"{LABELS_FILE} (its class names, in output order) or retrain the run"
         )
-    return Classifier(run_dir, cfg, labels, model)
+    return Classifier(run_dir, cfg, labels, model, model.predict_on_batch)
+
+
+def run_of_export(path: Path) -> Path:
+    """The run an exported file belongs to: models/<run>/export/<file> -> models/<run>."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MODEL={path}: no such file; export the run first: make export RUN=<run> "
+            "(it writes models/<run>/export/model_*.tflite)"
+        )
+    run_dir = path.absolute().parent.parent
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"MODEL={path}: no {CONFIG_FILE} in {run_dir}; keep the file where `make export` "
+            "wrote it, models/<run>/export/, inside its run folder"
+        )
+    return run_dir
+
+
+def _load_exported(path: Path) -> Classifier:
+    """An exported .tflite file, checked against its run: image size and class count."""
+    from pipeline.tflite import TFLiteModel
+
+    run_dir, cfg, labels = read_run(run_of_export(path))
+    model = TFLiteModel(path)
+    size = cfg.image_size
+    if model.input_shape != (size, size, 3):
+        h, w, c = model.input_shape
+        raise ValueError(
+            f"{path} takes {h}x{w}x{c} images but its run {run_dir.name} was trained at "
+            f"{size}x{size}x3: it was exported from another run; export this one again with "
+            f"make export RUN={run_dir.name}"
+        )
+    if model.outputs != len(labels):
+        raise ValueError(
+            f"{path} outputs {model.outputs} classes but {run_dir / LABELS_FILE} lists "
+            f"{len(labels)}: it was exported from another run; export this one again with "
+            f"make export RUN={run_dir.name}"
+        )
+    return Classifier(run_dir, cfg, labels, model, model, raw_pixels=True)
 
 
 def read_run(run: str | Path = "", models_dir: str | Path = "models") -> tuple[Path, Config, list]:
@@ -262,8 +317,20 @@ def predict(cfg: Config) -> PredictResult:
         Path(p.sort_into).expanduser(), "SORT_INTO", folder=True
     )
     # The run's options and labels first: the images are checked before the model loads.
-    run_dir, run_cfg, labels = read_run(cfg.eval.run, cfg.paths.models)
-    print(f"Classifying {len(files)} files under {p.input} with {run_dir}")
+    if p.model:
+        run_dir, run_cfg, labels = read_run(run_of_export(Path(p.model).expanduser()))
+        if (
+            cfg.eval.run
+            and resolve_run(cfg.paths.models, cfg.eval.run).resolve() != run_dir.resolve()
+        ):
+            raise ValueError(
+                f"RUN={cfg.eval.run} and MODEL={p.model} (exported from {run_dir}) name "
+                "different runs; give one of them"
+            )
+    else:
+        run_dir, run_cfg, labels = read_run(cfg.eval.run, cfg.paths.models)
+    source = Path(p.model).expanduser() if p.model else run_dir
+    print(f"Classifying {len(files)} files under {p.input} with {source}")
     checks = check_images(
         files, run_cfg.data.min_side, run_cfg.data.max_pixels, desc="Reading images"
     )
@@ -282,7 +349,7 @@ def predict(cfg: Config) -> PredictResult:
             + f"; each file's reason is in {written}); give a folder of photos "
             "(JPEG, PNG, GIF, BMP or WebP), or replace the damaged files"
         )
-    clf = load_classifier(run_dir, cfg.paths.models)
+    clf = load_classifier(source, cfg.paths.models)
     rows = classify_checked(clf, checks, p.top_k, cfg.input.tta)
     output = write_csv(output, header, ([r.get(h, "") for h in header] for r in rows))
     skipped = sum(r["status"] != "ok" for r in rows)

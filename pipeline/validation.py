@@ -22,6 +22,10 @@ if TYPE_CHECKING:  # annotations only: config imports this module
     )
 
 
+# export.format: "all" is the three TFLite variants; "tflite" is float32.
+EXPORT_FORMATS = ("all", "tflite", "tflite-fp16", "tflite-int8", "saved_model")
+
+
 class ConfigError(ValueError):
     """A configuration value or name that cannot be used; the message says how to fix it."""
 
@@ -79,6 +83,7 @@ def check_config(cfg: Config) -> None:
         "train.fine_tune_schedule": (t.fine_tune_schedule, ("cosine", "plateau")),
         "input.tta": (i.tta, ("none", "flip")),
         "eval.split": (cfg.eval.split, ("test", "val")),
+        "export.format": (cfg.export.format, EXPORT_FORMATS),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -91,8 +96,21 @@ def check_config(cfg: Config) -> None:
         ("eval.top_k", cfg.eval.top_k, 1),
         ("eval.gallery_size", cfg.eval.gallery_size, 0),
         ("predict.top_k", cfg.predict.top_k, 1),
+        ("export.calibration_images", cfg.export.calibration_images, 1),
+        ("export.latency_images", cfg.export.latency_images, 1),
     ):
         _at_least(key, value, least)
+    if not 0.0 <= cfg.export.max_drop <= 1.0:
+        raise ConfigError(
+            "export.max_drop must be in [0, 1] (0.02 = 2 points of accuracy). "
+            f"Received: {cfg.export.max_drop}"
+        )
+    model = cfg.predict.model
+    if model and not model.endswith(".tflite"):
+        raise ConfigError(
+            f"predict.model must be an exported .tflite file (make export). Received: {model!r}; "
+            "for the run's own model give RUN=<run> instead"
+        )
     _validate_memory(cfg.memory)
 
 

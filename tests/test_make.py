@@ -41,6 +41,7 @@ def test_path_variables_reach_the_pipeline_exactly(value):
         f"WEIGHTS={value}",
         f"NAME={value}",
         f"RESULTS={value}",
+        f"MODEL={value}.tflite",
     )
     assert cfg["data"]["dataset"] == f"folder:{value}"
     assert cfg["predict"]["input"] == value
@@ -50,6 +51,11 @@ def test_path_variables_reach_the_pipeline_exactly(value):
     assert cfg["model"]["weights"] == value
     assert cfg["experiment"]["name"] == value
     assert cfg["experiment"]["results"] == value
+    assert cfg["predict"]["model"] == f"{value}.tflite"
+
+
+def test_format_reaches_the_export_stage():
+    assert make_config("FORMAT=tflite-int8")["export"]["format"] == "tflite-int8"
 
 
 def test_a_value_the_pipeline_refuses_arrives_whole():

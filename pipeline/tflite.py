@@ -1,0 +1,86 @@
+"""Running an exported .tflite classifier: raw RGB pixels in [0, 255] in, probabilities out.
+
+Shared by the export stage (scoring what it wrote) and predict (``MODEL=...tflite``). Uses
+``tf.lite.Interpreter``, which ships with the pinned TensorFlow (the README's Export
+section says why not ai-edge-litert); its deprecation notice is silenced here, once.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+TFLITE_SUFFIX = ".tflite"
+
+
+def cpu_threads() -> int:
+    """Every core this process may use: the interpreter defaults to fewer."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class TFLiteModel:
+    """One interpreter over a .tflite file or its bytes; callable on a batch of raw pixels.
+
+    The input's batch dimension is resized to each batch, so any batch size works.
+    """
+
+    def __init__(self, path: str | Path | None = None, content: bytes | None = None) -> None:
+        import tensorflow as tf
+
+        self.path = Path(path) if path is not None else None
+        with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated": README, Export
+            warnings.simplefilter("ignore")
+            try:
+                self._interpreter = tf.lite.Interpreter(
+                    model_path=str(path) if content is None else None,
+                    model_content=content,
+                    num_threads=cpu_threads(),
+                )
+            except (ValueError, RuntimeError) as exc:
+                cause = " ".join(str(exc).split())[:160]
+                raise ValueError(
+                    f"{path} is not a readable TFLite model ({cause}); export it again with "
+                    "`make export RUN=<run>`"
+                ) from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(
+                f"{path} has {len(inputs)} inputs and {len(outputs)} outputs, not one image "
+                "input and one probability output; export it with `make export RUN=<run>`"
+            )
+        self._input, self._output = inputs[0], outputs[0]
+        if self._input["dtype"] != np.float32:
+            raise ValueError(
+                f"{path} takes {np.dtype(self._input['dtype']).name} input, not float pixels; "
+                "export it with `make export RUN=<run>` (float input and output)"
+            )
+        self._batch = -1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(height, width, channels) of one image."""
+        return tuple(int(d) for d in self._input["shape"][1:])
+
+    @property
+    def outputs(self) -> int:
+        return int(self._output["shape"][-1])
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities (batch, classes) for float pixels (batch, h, w, 3) in [0, 255]."""
+        pixels = np.asarray(pixels, np.float32)
+        if len(pixels) != self._batch:
+            self._interpreter.resize_tensor_input(
+                self._input["index"], [len(pixels), *pixels.shape[1:]]
+            )
+            self._interpreter.allocate_tensors()
+            self._batch = len(pixels)
+        self._interpreter.set_tensor(self._input["index"], pixels)
+        self._interpreter.invoke()
+        return np.array(self._interpreter.get_tensor(self._output["index"]))
