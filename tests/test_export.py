@@ -45,6 +45,7 @@ def test_probabilities(exported):
     return probs
 
 
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
 def test_export_writes_every_tflite_file_and_its_figures(exported):
     _, run_dir, result = exported
     out = run_dir / "export"
@@ -61,12 +62,14 @@ def test_export_writes_every_tflite_file_and_its_figures(exported):
     assert all(f["latency_ms"] > 0 for f in v.values())
 
 
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
 def test_fp32_file_agrees_with_the_keras_model_on_real_photos(test_probabilities):
     keras_probs, fp32 = test_probabilities["keras"], test_probabilities["tflite"]
     np.testing.assert_allclose(fp32, keras_probs, atol=1e-4)
     assert (fp32.argmax(axis=1) == keras_probs.argmax(axis=1)).all()
 
 
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
 def test_int8_file_agrees_with_keras_where_keras_is_decided(test_probabilities, exported):
     """Full-integer int8 of MobileNet 0.25 at 128 px: measured 47 of 53 test photos (0.887)
     on this fixture run, whose kept phase-1 head is unsure (median margin 0.47); every
@@ -83,6 +86,7 @@ def test_int8_file_agrees_with_keras_where_keras_is_decided(test_probabilities, 
     assert recorded == pytest.approx(same.mean())
 
 
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
 def test_accuracy_drop_beyond_max_drop_is_a_warning_with_the_figures(exported):
     figures = exported[2].figures
     keras_accuracy = figures["keras"]["accuracy"]
@@ -94,6 +98,7 @@ def test_accuracy_drop_beyond_max_drop_is_a_warning_with_the_figures(exported):
     assert all("\n" not in line for line in lines)
 
 
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
 def test_predict_through_the_int8_file_writes_the_same_csv(exported, flowers_mini, tmp_path):
     cfg, run_dir, result = exported
     photos = tmp_path / "photos"
@@ -117,6 +122,7 @@ def test_predict_through_the_int8_file_writes_the_same_csv(exported, flowers_min
     assert all(r["status"] == "ok" for r in through["int8"][1])
 
 
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
 def test_export_of_a_missing_run_fails_in_one_line(exported, capsys):
     cfg = exported[0]
     code = main(["export", f"paths.models={cfg.paths.models}", "eval.run=no-such-run"])
@@ -140,6 +146,7 @@ def _tiny_tflite(size: int, classes: int) -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
 @pytest.mark.parametrize(
     ("size", "classes", "complaint"),
     [(64, 5, "takes 64x64x3 images"), (128, 3, "outputs 3 classes")],
@@ -158,6 +165,7 @@ def test_a_missing_tflite_file_is_refused_with_the_fix(tmp_path):
         load_classifier(tmp_path / "model_int8.tflite")
 
 
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
 def test_saved_model_export_joins_the_earlier_figures(exported):
     """FORMAT=saved_model after the TFLite export: its folder scores as Keras does, and
     export.json keeps the TFLite files' figures, whose files are still there."""

@@ -109,6 +109,7 @@ def test_the_baseline_is_recomputed_from_the_runs_own_features(trained_run):
     assert summary["test"]["images"] == len(_labels(run_dir, "test"))
 
 
+@pytest.mark.slow  # a whole-base phase 2 at 128 px, about 30 s
 def test_a_phase_two_that_does_worse_is_not_kept(trained_run, capsys):
     """A learning rate far too high for fine-tuning the whole base: phase 2 ends worse than
     the exact head, and the run keeps (and saves) the phase-1 model."""
