@@ -280,6 +280,11 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
             f"Frozen-feature baseline (logistic regression on the pretrained base's features): "
             f"accuracy {baseline['accuracy']:.4f}, macro-F1 {baseline['macro_f1']:.4f}; "
             f"fine-tuning adds {baseline['accuracy_points_over_baseline']:+.1f} points"
+            + (
+                " (the model with flip averaging, the baseline without)"
+                if metrics["tta"] == "flip"
+                else ""
+            )
         )
     print(per_class_markdown(metrics), end="")
     print(f"Report: {out / REPORT_FILE} (open it in a browser; everything is embedded)")

@@ -142,6 +142,12 @@ def _baseline_section(metrics: dict[str, Any]) -> str:
             "from scratch, or a run from before baselines were recorded).</p>"
         )
     points = b["accuracy_points_over_baseline"]
+    flip = (
+        " The model's figures average each photo with its mirror image (input.tta=flip); "
+        "the baseline's do not."
+        if metrics.get("tta") == "flip"
+        else ""
+    )
     kept = (
         "the fine-tuned model (phase 2)"
         if b["kept_phase"] == "2"
@@ -158,7 +164,8 @@ def _baseline_section(metrics: dict[str, Any]) -> str:
     return (
         f'<p class="headline">Fine-tuning adds <b>{points:+.1f} points</b> of accuracy over '
         f"frozen features on the {html.escape(metrics['split'])} split ({b['images']} images, "
-        f"the same photos). The run kept {kept}.</p>" + _table(["", "accuracy", "macro F1"], rows)
+        f"the same photos). The run kept {kept}.{flip}</p>"
+        + _table(["", "accuracy", "macro F1"], rows)
     )
 
 
