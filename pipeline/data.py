@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.check_cache import CACHE_FILE, check_with_cache
 from pipeline.config import Config, save_config
 from pipeline.files import (
     GENERATED_MARKER,
@@ -25,7 +26,6 @@ from pipeline.files import (
 from pipeline.image_cache import build_image_cache
 from pipeline.images import (
     ImageCheck,
-    check_images,
     has_image_extension,
     is_ignored,
     iter_files,
@@ -72,6 +72,8 @@ class DataResult:
     skipped: dict[str, int]
     warnings: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    checked: int = 0  # files opened and checked in this run
+    reused: int = 0  # files whose remembered check was reused (pipeline.check_cache)
 
 
 def list_candidates(source: Source) -> list[Candidate]:
@@ -116,6 +118,7 @@ class Inventory:
     split_of_path: dict[str, str]
     duplicates: list[list[tuple[str, str, str]]]
     warnings: list[str]
+    checked: int = 0  # of the candidates, how many were checked afresh (the rest reused)
 
 
 def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inventory:
@@ -127,9 +130,19 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
     )
     if not candidates:
         raise ValueError(f"{source.origin}: no files found; expected <class>/<image> folders")
-    checks = check_images(
-        [c.path for c in candidates], d.min_side, d.max_pixels, d.workers, progress=progress
+    checked = check_with_cache(
+        listing.stats,
+        cfg.dataset_dir() / CACHE_FILE,
+        d.min_side,
+        d.max_pixels,
+        d.workers,
+        progress,
+        recheck=d.recheck,
     )
+    if checked.note:
+        print(f"note: {checked.note}")
+    print(checked.summary(cfg.dataset_dir() / CACHE_FILE))
+    checks = checked.checks
     for cand, check in zip(candidates, checks):
         if check.status == "ok" and cand.label is None:
             check.status, check.reason = "skipped", "not inside a class folder"
@@ -179,6 +192,7 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
         split_of_path,
         duplicates,
         warnings,
+        checked.checked,
     )
 
 
@@ -197,6 +211,7 @@ def prepare_data(cfg: Config, progress: bool = True, listing: Listing | None = N
     result = DataResult(
         out_dir, reports_dir, inv.classes, inv.counts, dict(skipped), inv.warnings, files
     )
+    result.checked, result.reused = inv.checked, len(inv.candidates) - inv.checked
     _print_summary(result, inv.source)
     from pipeline.plots import plot_class_distribution
 

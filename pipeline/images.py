@@ -32,6 +32,10 @@ DECODE_JPEG = "jpeg"  # tf.io.decode_and_crop_jpeg: only the crop is decoded
 DECODE_TF = "tf"  # tf.io.decode_image: PNG/WebP that need no conversion
 DECODE_PIL = "pil"  # load_rgb: anything TensorFlow would decode differently
 
+# Bump whenever check_image's outcome for a given file can change (new reason, format,
+# decoder rule...): `make data` then drops its remembered checks (pipeline/check_cache.py).
+CHECK_VERSION = 1
+
 
 @dataclass
 class ImageCheck:
