@@ -82,8 +82,10 @@ def load_cache(path: Path, key: dict[str, Any]) -> tuple[Entries, str | None]:
         if hashlib.sha256(body).hexdigest() != header["sha256"]:
             raise ValueError("its content does not match its recorded digest")
         entries: Entries = {}
-        for line in body.splitlines():
-            size, mtime_ns, *row = json.loads(line)
+        # One parse of all lines as one array: 20,000 json.loads calls cost several times more.
+        # (A line never holds a raw newline: JSON escapes those inside strings.)
+        rows = json.loads(b"[" + body.rstrip(b"\n").replace(b"\n", b",") + b"]") if body else []
+        for size, mtime_ns, *row in rows:
             if type(size) is not int or type(mtime_ns) is not int:
                 raise ValueError("an entry without an integer size and mtime")
             if [type(v) for v in row] != _TYPES:
@@ -102,13 +104,10 @@ def save_cache(
 ) -> Path:
     """Write the checks of exactly these files (atomically), leaving out very recent ones."""
     recent = time.time_ns() - RACY_SECONDS * 1_000_000_000
-    lines = [
-        json.dumps([s.size, s.mtime_ns, *c.row()], ensure_ascii=False)
-        for s, c in zip(stats, checks)
-        if s.mtime_ns < recent
-    ]
-    body = "".join(line + "\n" for line in lines).encode("utf-8")
-    header = {"key": key, "rows": len(lines), "sha256": hashlib.sha256(body).hexdigest()}
+    kept = [(s, c) for s, c in zip(stats, checks) if s.mtime_ns < recent]
+    # ASCII JSON: a path that is not valid UTF-8 (surrogate escapes) round-trips as \udcxx.
+    body = "".join(json.dumps([s.size, s.mtime_ns, *c.row()]) + "\n" for s, c in kept).encode()
+    header = {"key": key, "rows": len(kept), "sha256": hashlib.sha256(body).hexdigest()}
     return atomic_write_bytes(path, json.dumps(header).encode("utf-8") + b"\n" + body)
 
 

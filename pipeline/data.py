@@ -9,6 +9,7 @@ reports/<dataset id>/.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from pipeline.check_cache import CACHE_FILE, check_with_cache
 from pipeline.config import Config, save_config
+from pipeline.data_reports import draw_data_reports
 from pipeline.files import (
     GENERATED_MARKER,
     generated_dir,
@@ -166,9 +168,10 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
     index = {label: i for i, label in enumerate(classes)}
     by_split: dict[str, list[ManifestRow]] = {s: [] for s in SPLITS}
     split_of_path: dict[str, str] = {}
+    real_dirs: dict[Path, str] = {}
     for (cand, check), split in zip(usable, splits):
         row = ManifestRow(
-            str(cand.path.resolve()),
+            _real_path(cand.path, real_dirs),
             cand.label,
             index[cand.label],
             check.sha256,
@@ -213,11 +216,8 @@ def prepare_data(cfg: Config, progress: bool = True, listing: Listing | None = N
     )
     result.checked, result.reused = inv.checked, len(inv.candidates) - inv.checked
     _print_summary(result, inv.source)
-    from pipeline.plots import plot_class_distribution
-
-    result.files.append(plot_class_distribution(inv.counts, reports_dir / "class_distribution.png"))
-    result.files.append(
-        _draw_augmented_samples(cfg, inv.by_split["train"], inv.classes, reports_dir)
+    result.files += draw_data_reports(
+        cfg, out_dir, reports_dir, inv.counts, inv.by_split["train"], inv.classes
     )
     return result
 
@@ -258,6 +258,15 @@ def _resolve(cfg: Config, out_dir: Path) -> Source:
         if created and [p.name for p in out_dir.iterdir()] == [GENERATED_MARKER]:
             shutil.rmtree(out_dir)
         raise
+
+
+def _real_path(path: Path, real_dirs: dict[Path, str]) -> str:
+    """str(path.resolve()), resolving each folder once rather than every folder of every path
+    (a syscall per path component: seconds for 20,000 files)."""
+    real_dir = real_dirs.get(path.parent)
+    if real_dir is None:
+        real_dir = real_dirs[path.parent] = os.path.realpath(path.parent)
+    return os.path.realpath(path) if os.path.islink(path) else os.path.join(real_dir, path.name)
 
 
 def _duplicate_groups(usable, split_of_path) -> list[list[tuple[str, str, str]]]:
@@ -356,15 +365,3 @@ def _print_summary(result: DataResult, source: Source) -> None:
     if source.unlabelled:
         print(f"Unlabelled images for prediction: {source.unlabelled}")
     print(f"Manifests written to {result.dataset_dir}/")
-
-
-def _draw_augmented_samples(cfg, train_rows, classes, reports_dir) -> Path:
-    """What the model is fed: a grid of augmented training images with their labels."""
-    from pipeline.inputs import sample_augmented
-    from pipeline.plots import plot_image_grid
-
-    images, labels = sample_augmented(train_rows, cfg, count=16)
-    titles = [classes[i] for i in labels]
-    return plot_image_grid(
-        images, titles, reports_dir / "augmented_samples.jpg", title="Augmented training samples"
-    )

@@ -14,7 +14,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -57,7 +57,8 @@ class ImageCheck:
         return [f.name for f in fields(cls)]
 
     def row(self) -> list[object]:
-        return list(asdict(self).values())
+        # Not asdict(): its deep copy made writing 20,000 rows take seconds.
+        return [getattr(self, f.name) for f in fields(self)]
 
 
 def is_ignored(path: Path) -> bool:
