@@ -15,6 +15,8 @@ check workers, from wait4) per run:
              touched (same bytes, new mtime), 40% added; and a tenth as many removed
   fresh      the changed folder into another data/ folder (cold): its manifests, check
              report, duplicates, summary and record must equal `changed`'s byte for byte
+  figures    drawing the two figures alone (what a run whose manifests changed adds to
+             an unchanged rerun besides the checks: TensorFlow's import, mostly)
 
 Prints a table with the speed-ups and writes benchmarks/results/data.json.
 """
@@ -54,34 +56,63 @@ COMPARED = (
 CHECKED = re.compile(r"Checked (\d+) file\(s\), reused (\d+)")
 
 
-def run_stage(photos: Path, out: Path) -> dict:
-    """One `python -m pipeline data` in its own process: wall time, peak RSS, what it did."""
+def timed(command: list[str]) -> tuple[str, float, float]:
+    """Run a command from this checkout: its output, wall seconds, peak RSS in MiB (the largest
+    of the process and its children, from wait4)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "data",
-        f"data.dataset=folder:{photos}",
-        f"paths.data={out / 'data'}",
-        f"paths.reports={out / 'reports'}",
-    ]
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = proc.stdout.read().decode()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"make data failed ({proc.returncode}):\n{output[-3000:]}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        sys.exit(f"{' '.join(command[:4])} failed ({code}):\n{output[-3000:]}")
+    return output, round(wall, 2), round(usage.ru_maxrss / 1024, 1)  # ru_maxrss: KiB (Linux)
+
+
+def run_stage(photos: Path, out: Path) -> dict:
+    """One `python -m pipeline data` in its own process: wall time, peak RSS, what it did."""
+    output, wall, rss = timed(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "data",
+            f"data.dataset=folder:{photos}",
+            f"paths.data={out / 'data'}",
+            f"paths.reports={out / 'reports'}",
+        ]
+    )
     found = CHECKED.search(output)
     return {
-        "wall_s": round(wall, 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # KiB on Linux
+        "wall_s": wall,
+        "peak_rss_mib": rss,
         "checked": int(found.group(1)) if found else None,
         "reused": int(found.group(2)) if found else None,
         "figures_kept": "kept: nothing they show changed" in output,
     }
+
+
+# The part of a run whose manifests changed that is not checking: drawing the two figures
+# (importing TensorFlow, tracing the input pipeline, matplotlib), alone in a process.
+FIGURES = """
+import json, sys
+from pathlib import Path
+from pipeline.config import load_config
+from pipeline.data_reports import draw_data_reports
+from pipeline.manifest import load_split, read_classes
+folder, reports = Path(sys.argv[1]), Path(sys.argv[2])
+counts = json.loads((folder / "summary.json").read_text())["counts"]
+rows, classes = load_split(folder, "train"), read_classes(folder / "classes.json")
+draw_data_reports(load_config(folder / "config.json"), folder, reports, counts, rows, classes)
+"""
+
+
+def run_figures(out: Path) -> dict:
+    (folder,) = (p.parent for p in (out / "data").glob("*/dataset.json"))
+    _, wall, rss = timed([sys.executable, "-c", FIGURES, str(folder), str(out / "figures")])
+    return {"wall_s": wall, "peak_rss_mib": rss}
 
 
 def change_folder(photos: Path, fraction: float, seed: int = 1) -> dict[str, int]:
@@ -146,6 +177,8 @@ def main() -> None:
         runs["fresh"] = run_stage(photos, work / "b")
         print(f"fresh: {runs['fresh']}", flush=True)
         differ = differing(work / "a", work / "b")
+        figures = run_figures(work / "b")
+        print(f"figures alone: {figures}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -163,6 +196,10 @@ def main() -> None:
             f"{name:10s} {r['wall_s']:8.2f} {r['peak_rss_mib']:13.1f} "
             f"{r['checked']:8d} {r['reused']:8d}"
         )
+    print(
+        f"of which drawing the figures (TensorFlow import, sample grid, class plot), alone: "
+        f"{figures['wall_s']:.2f} s, peak RSS {figures['peak_rss_mib']:.1f} MiB"
+    )
     for name, ratio in speedups.items():
         print(f"speed-up {name.replace('_vs_', ' vs ')}: {ratio:.1f}x")
     print(f"files checked by `changed`: {runs['changed']['checked']} ({expected} changed or added)")
@@ -179,6 +216,7 @@ def main() -> None:
             "changes": changes,
             "runs": runs,
             "unchanged_rounds": unchanged,
+            "figures_alone": figures,
             "speedups": {k: round(v, 2) for k, v in speedups.items()},
             "expected_checked": expected,
             "checked_as_expected": as_expected,
