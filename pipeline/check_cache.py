@@ -22,10 +22,11 @@ a one-line note and rebuilt: its header carries the sha256 and row count of its 
 a truncated or edited file is noticed rather than half-trusted.
 
 Why JSON lines, not SQLite or CSV: the cache is rewritten whole and atomically on every run
-(``pipeline.files``: 20,000 entries are ~4 MB and a few tens of milliseconds), so SQLite's
-in-place updates buy nothing and would bring journal side files and partial-write states;
-a header line holding the key and digest is natural in JSON lines and awkward in CSV, and
-JSON keeps each field's type (int stays int) without a schema.
+(``pipeline.files``; 20,000 entries are 4.4 MB, written or read in under a second on 2 busy
+cores, a small part of a rerun), so SQLite's in-place updates buy nothing and would bring
+journal side files and partial-write states; a header line holding the key and digest is
+natural in JSON lines and awkward in CSV, and JSON keeps each field's type (int stays int)
+without a schema.
 """
 
 from __future__ import annotations
