@@ -1,5 +1,9 @@
 """The data stage (`make data`): find the images, check every one, split, write manifests.
 
+A file checked by an earlier run, unchanged since (same path, size and modification time),
+is not opened again: its result is remembered in data/<dataset id>/checks.jsonl
+(pipeline.check_cache).
+
 Public entries: ``prepare_data(cfg)`` (the stage) and ``ensure_manifests(cfg)`` (what
 every other stage calls: the manifests for cfg's data set and options, rebuilt first when
 they are missing or were made from other files or under other options). It never
@@ -212,9 +216,16 @@ def prepare_data(cfg: Config, progress: bool = True, listing: Listing | None = N
 
     skipped = Counter(reason_key(k.reason) for k in inv.checks if k.status != "ok")
     result = DataResult(
-        out_dir, reports_dir, inv.classes, inv.counts, dict(skipped), inv.warnings, files
+        out_dir,
+        reports_dir,
+        inv.classes,
+        inv.counts,
+        dict(skipped),
+        inv.warnings,
+        files,
+        checked=inv.checked,
+        reused=len(inv.candidates) - inv.checked,
     )
-    result.checked, result.reused = inv.checked, len(inv.candidates) - inv.checked
     _print_summary(result, inv.source)
     result.files += draw_data_reports(
         cfg, out_dir, reports_dir, inv.counts, inv.by_split["train"], inv.classes

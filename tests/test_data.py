@@ -155,8 +155,13 @@ def test_an_incremental_run_checks_only_the_changes_and_writes_what_a_fresh_run_
     (photos / "owls" / "img5.jpg").unlink()
     again = prepare_data(cfg, progress=False)
     assert (again.checked, again.reused) == (4, total - 3)
-    fresh = prepare_data(make_config(tmp_path / "b", f"folder:{photos}"), progress=False)
-    assert fresh.checked == total + 1
+    redrawn = figure.stat().st_mtime_ns
+    assert redrawn != drawn  # the split changed: what the figures show changed
+    # A cold cache in another data folder; the same reports folder, so its figures (the same
+    # manifests, the same options) are kept rather than drawn a third time.
+    reports = f"paths.reports={tmp_path / 'a' / 'reports'}"
+    fresh = prepare_data(make_config(tmp_path / "b", f"folder:{photos}", reports), progress=False)
+    assert fresh.checked == total + 1 and figure.stat().st_mtime_ns == redrawn
     outputs = [*SPLIT_FILES.values(), "classes.json", CHECK_REPORT, "duplicates.csv"]
     for name in (*outputs, "summary.json", "dataset.json"):
         assert (again.dataset_dir / name).read_bytes() == (fresh.dataset_dir / name).read_bytes()
