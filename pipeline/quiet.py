@@ -61,6 +61,13 @@ def import_tensorflow_quietly() -> None:
         _restore(saved)
 
 
+def import_tensorflow_unless_verbose() -> None:
+    """For a stage that needs TensorFlow only sometimes (the data stage's sample grid): the
+    quiet import, unless --verbose (TF_CPP_MIN_LOG_LEVEL=0) asked for TensorFlow's lines."""
+    if os.environ.get(LOG_LEVEL) != "0":
+        import_tensorflow_quietly()
+
+
 def _restore(saved: int) -> None:
     sys.stderr.flush()
     os.dup2(saved, 2)
