@@ -43,10 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 RESULTS = REPO / "benchmarks" / "results" / "gpu.json"
-PHOTOS = (
-    REPO.parent / "shared" / "datasets" / "flowers-2k",
-    REPO / "tests" / "fixtures" / "flowers-mini",
-)
+FIXTURE_PHOTOS = REPO / "tests" / "fixtures" / "flowers-mini"  # 400 photos, 160 px
+SHARED_PHOTOS = REPO.parent / "shared" / "datasets" / "flowers-2k"  # full-size photos
 NUM_CLASSES = 5
 PRECISIONS = ("float32", "mixed_float16")
 
@@ -88,7 +86,8 @@ def configure(args: argparse.Namespace) -> dict[str, Any]:
     chosen = {
         n: getattr(args, n) if getattr(args, n) is not None else d for n, d in zip(names, defaults)
     }
-    photos = args.photos or next((p for p in PHOTOS if p.is_dir()), PHOTOS[-1])
+    real = SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else FIXTURE_PHOTOS
+    photos = args.photos or (FIXTURE_PHOTOS if dry else real)
     out = args.out or (RESULTS if not dry else Path("/tmp") / "gpu-dry-run.json")
     return {**chosen, "dry_run": dry, "gpus": len(gpus), "photos": photos, "out": out}
 
@@ -109,25 +108,32 @@ def pipeline_config(setup: dict[str, Any], precision: str, xla: bool) -> Any:
     )
 
 
-def peak_memory(gpu: bool) -> int:
-    """Peak bytes since the last reset: the largest GPU's allocator peak, else peak RSS."""
-    import tensorflow as tf
-
-    if gpu:
-        n = len(tf.config.list_physical_devices("GPU"))
-        return max(tf.config.experimental.get_memory_info(f"GPU:{i}")["peak"] for i in range(n))
+def _proc_status(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
 
-def reset_peaks(gpu: bool) -> None:
+def memory_now(gpu: bool, key: str) -> int:
+    """Bytes on the busiest GPU (``key`` "current" or "peak" since the last reset of
+    ``get_memory_info``), else resident memory (VmRSS) or its peak (VmHWM, never reset)."""
+    import tensorflow as tf
+
+    if gpu:
+        n = len(tf.config.list_physical_devices("GPU"))
+        return max(tf.config.experimental.get_memory_info(f"GPU:{i}")[key] for i in range(n))
+    return _proc_status("VmRSS" if key == "current" else "VmHWM")
+
+
+def reset_peaks(gpu: bool) -> int:
+    """Start a fresh peak; returns the bytes already in use (left by earlier models)."""
     import tensorflow as tf
 
     if gpu:
         for i in range(len(tf.config.list_physical_devices("GPU"))):
             tf.config.experimental.reset_memory_stats(f"GPU:{i}")
+    return memory_now(gpu, "current")
 
 
 def train_rate(setup: dict[str, Any], precision: str, xla: bool, mirrored: bool) -> dict:
@@ -159,7 +165,7 @@ def train_rate(setup: dict[str, Any], precision: str, xla: bool, mirrored: bool)
     keras.mixed_precision.set_global_policy(precision)
     compute_dtype = keras.mixed_precision.global_policy().compute_dtype
     try:
-        reset_peaks(gpu)
+        before = reset_peaks(gpu)
         with strategy.scope():
             model = build_classifier(cfg, NUM_CLASSES)
             freeze_for_phase(model, cfg, 2)
@@ -181,7 +187,7 @@ def train_rate(setup: dict[str, Any], precision: str, xla: bool, mirrored: bool)
             loss = step(next(batches))[0]
         float(loss)  # wait for the last step
         seconds = time.perf_counter() - start
-        peak = peak_memory(gpu)
+        peak = memory_now(gpu, "peak") - before
         simulated = realistic_training(
             layers_from_model(model), setup["batch"], precision, overhead=1.0
         )
@@ -201,12 +207,17 @@ def train_rate(setup: dict[str, Any], precision: str, xla: bool, mirrored: bool)
         "images_per_second": setup["steps"] * batch / seconds,
         "seconds_per_step": seconds / setup["steps"],
         "memory": {
-            "measured": "GPU allocator peak (get_memory_info)" if gpu else "peak RSS (VmHWM)",
+            "measured": "GPU allocator peak (get_memory_info)"
+            if gpu
+            else "peak RSS (VmHWM, whole process; meaningless but for the code path)",
+            "in_use_before_bytes": before,
             "peak_bytes": peak,
             "estimate_bytes": estimate["total"],
             "estimate_over_peak": estimate["total"] / peak if peak else None,
             "simulated_fixed": simulated["fixed"],
             "simulated_per_image": simulated["per_image"],
+            # What memory.overhead should be on this GPU: measured per-image bytes over the
+            # simulated ones (one batch size, so the fixed part is the estimate's).
             "implied_overhead": (peak - simulated["fixed"])
             / (setup["batch"] * simulated["per_image"])
             if peak and not mirrored

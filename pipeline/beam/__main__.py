@@ -59,13 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
     """(ours, Beam's): after ``--`` everything is Beam's; before it, unknown --options are."""
+    after: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, beam_args = argv[:cut], argv[cut + 1 :]
-    else:
-        beam_args = []
+        argv, after = argv[:cut], argv[cut + 1 :]
     known = {"--config", "--output", "--shards", "--verbose", "-h", "--help"}
     ours: list[str] = []
+    beam_args: list[str] = []
     args = iter(argv)
     for arg in args:
         name = arg.split("=", 1)[0]
@@ -75,11 +75,19 @@ def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
         ours.append(arg)
         if name in {"--config", "--output", "--shards"} and "=" not in arg:
             ours.append(next(args, ""))
+    beam_args += after
     return ours, beam_args
+
+
+# Beam's workers log every bundle at INFO and RunInference warns once per bundle that it
+# cannot read memory usage; errors still show. --default_sdk_harness_log_level=INFO undoes it.
+QUIET_WORKERS = "--default_sdk_harness_log_level=ERROR"
 
 
 def main(argv: list[str] | None = None) -> int:
     ours, beam_args = split_arguments(sys.argv[1:] if argv is None else argv)
+    if not any(a.startswith(QUIET_WORKERS.split("=")[0]) for a in beam_args):
+        beam_args.append(QUIET_WORKERS)
     args = build_parser().parse_args(ours)
     configure_tensorflow_logging(args.verbose)  # the worker processes inherit it
     try:
