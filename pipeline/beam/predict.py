@@ -25,6 +25,7 @@ from pipeline.config import Config
 from pipeline.images import ImageCheck, check_image
 
 beam = require_beam()
+BATCHES_PER_CALL = 8
 
 from apache_beam.ml.inference.base import (  # noqa: E402
     ModelHandler,
@@ -33,31 +34,39 @@ from apache_beam.ml.inference.base import (  # noqa: E402
 )
 
 
-def classifier_probabilities(clf: Any, checks: Sequence[ImageCheck], tta: str) -> np.ndarray:
-    """Probabilities (float64, one row per check) of checked images, one model call (two
-    with tta=flip), through the evaluation pipeline, as ``Classifier.probabilities``."""
+def classifier_probabilities(
+    clf: Any, checks: Sequence[ImageCheck], tta: str, batch_size: int
+) -> np.ndarray:
+    """Probabilities (float64, one row per check) of checked images through the evaluation
+    pipeline in model batches of ``batch_size``, as ``Classifier.probabilities`` computes
+    them (mirrored images averaged in with tta=flip)."""
     from pipeline.inputs import build_eval_dataset
     from pipeline.predict import rows_from_checks
 
     rows = rows_from_checks(list(checks))
     ds = build_eval_dataset(
-        rows, clf.cfg, None, batch_size=len(rows), apply_preprocessing=not clf.raw_pixels
+        rows, clf.cfg, None, batch_size=batch_size, apply_preprocessing=not clf.raw_pixels
     )
-    x = next(iter(ds)).numpy()
-    probs = np.asarray(clf.predict_batch(x))
-    if tta == "flip":
-        probs = (probs + np.asarray(clf.predict_batch(x[:, :, ::-1]))) / 2
-    return probs.astype(np.float64)
+    outputs = []
+    for images in ds:
+        x = images.numpy()
+        probs = np.asarray(clf.predict_batch(x))
+        if tta == "flip":
+            probs = (probs + np.asarray(clf.predict_batch(x[:, :, ::-1]))) / 2
+        outputs.append(probs)
+    return np.concatenate(outputs).astype(np.float64)
 
 
 class ClassifierHandler(ModelHandler):
     """RunInference's model handler for a trained run (or its exported .tflite file)."""
 
     def __init__(self, source: str, models_dir: str, batch_size: int, tta: str = "none"):
-        # Full batches of the run's batch size, as the local path runs them (the last
-        # batch of a bundle may be smaller).
-        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        # Beam hands over up to BATCHES_PER_CALL model batches at once: one input pipeline
+        # is built per call (about half a second), the model still sees the run's batch
+        # size, as on the local path (a call's last batch may be smaller).
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size * BATCHES_PER_CALL)
         self._source, self._models_dir, self._tta = source, models_dir, tta
+        self._batch_size = batch_size
 
     def load_model(self) -> Any:
         from pipeline.predict import load_classifier
@@ -69,7 +78,7 @@ class ClassifierHandler(ModelHandler):
     def run_inference(
         self, batch: Sequence[ImageCheck], model: Any, inference_args: dict | None = None
     ) -> Iterable[PredictionResult]:
-        probs = classifier_probabilities(model, batch, self._tta)
+        probs = classifier_probabilities(model, batch, self._tta, self._batch_size)
         return [PredictionResult(check, p) for check, p in zip(batch, probs)]
 
 
@@ -181,6 +190,11 @@ def run_predict(
     if len(rows) != len(files):
         raise RuntimeError(f"the Beam pipeline returned {len(rows)} rows for {len(files)} files")
     skipped = sum(r[1] != "ok" for r in rows)
+    if skipped == len(rows):  # as make predict: the CSV holds each file's reason
+        raise ValueError(
+            f"IN={p.input}: none of the {len(rows)} file(s) is a readable image (each file's "
+            f"reason is in {written}); give a folder of photos (JPEG, PNG, GIF, BMP or WebP)"
+        )
     result = BeamPredictRun(
         written, len(rows) - skipped, skipped, count, time.perf_counter() - start
     )

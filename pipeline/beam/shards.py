@@ -4,7 +4,8 @@ Each element becomes one CSV record formatted by the csv module, so a path holdi
 a quote or even a newline round-trips; the merge reads every shard with the csv module
 (``apache_beam.io.filesystems``, so shards may live on gs:// or s3://), sorts the records
 and writes the final file atomically with ``pipeline.files.write_csv``, the writer of the
-local stages, so equal records give byte-identical files. Shards are deleted once merged.
+local stages, so equal records give byte-identical files. Shards (and their folder, when
+local and left empty) are deleted once merged.
 """
 
 from __future__ import annotations
@@ -64,4 +65,7 @@ def merge_shards(
     written = write_csv(output, header, rows)
     if names:
         FileSystems.delete(names)
+    folder = Path(prefix).parent
+    if "://" not in prefix and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()  # the shard folder this run made, now empty
     return written, rows, len(names)
