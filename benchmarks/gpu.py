@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=None, help="MobileNet width (dry run: 0.25)")
     p.add_argument("--size", type=int, default=None, help="default 299 (dry run: 32)")
     p.add_argument("--batch", type=int, default=None, help="per replica; default 64 (dry run: 4)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps; default 30 (dry run: 3)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps; default 30 (dry run: 2)")
     p.add_argument("--photos", type=Path, default=None, help="<class>/<image> folder for input")
     p.add_argument("--max-photos", type=int, default=None, help="default 2000 (dry run: 48)")
     return p.parse_args(argv)
@@ -84,8 +84,10 @@ def configure(args: argparse.Namespace) -> dict[str, Any]:
         )
     # The dry run's network is built and trained the way InceptionV3 is (a pretrained-style
     # base in inference mode, layers after its cut point training), only tiny: MobileNet
-    # 0.25 at 32 px. (small_cnn, trained from scratch, would run its BatchNorm in training
-    # mode, which the train stage's XLA step cannot do under MirroredStrategy; README.)
+    # 0.25 at 32 px. (small_cnn, trained from scratch, runs its BatchNorm in training mode,
+    # and the train stage's XLA step fails on that under MirroredStrategy: "merge_call
+    # called while defining a new graph", the moving-average update inside the jit-compiled
+    # gradients.)
     defaults = ("mobilenet", 32, 4, 2, 48) if dry else ("inception_v3", 299, 64, 30, 2000)
     names = ("backbone", "size", "batch", "steps", "max_photos")
     chosen = {
@@ -204,14 +206,11 @@ def train_rate(setup: dict[str, Any], precision: str, xla: bool, mirrored: bool)
         float(loss)  # wait for the last step
         seconds = time.perf_counter() - start
         peak = memory_now(gpu, "peak") - before
-        simulated = realistic_training(
-            layers_from_model(model), setup["batch"], precision, overhead=1.0
-        )
+        rows = layers_from_model(model)
+        simulated = realistic_training(rows, setup["batch"], precision, overhead=1.0)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    estimate = realistic_training(
-        layers_from_model(model), setup["batch"], precision, overhead=CPU_OVERHEAD
-    )
+    estimate = realistic_training(rows, setup["batch"], precision, overhead=CPU_OVERHEAD)
     return {
         "precision": precision,
         "xla": xla,
