@@ -53,7 +53,7 @@ CONFIG_FLAG := $(if $(value CONFIG),--config $(call quote,$(value CONFIG)))
 VERBOSE_FLAG := $(if $(VERBOSE),--verbose)
 RUN_STAGE = $(PY) -m pipeline $(1) $(VERBOSE_FLAG) $(CONFIG_FLAG) $(OVERRIDES)
 
-.PHONY: help setup data train bench-train evaluate predict export memory experiment experiment-summary config test test-all lint bench-input bench-data bench-predict bench-memory bench-recipe lock clean
+.PHONY: help setup setup-beam beam-check beam-predict test-beam lock-beam data train bench-train evaluate predict export memory experiment experiment-summary config test test-all lint bench-input bench-data bench-predict bench-memory bench-recipe lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -130,6 +130,39 @@ bench-predict: $(STAMP)  ## make predict against a naive loop (JSON under benchm
 
 lock: $(STAMP)  ## regenerate constraints.txt from the current environment
 	$(PY) -m pip freeze --exclude-editable | sed 's/^tensorflow_cpu @.*/tensorflow-cpu==2.21.0/' > constraints.txt
+
+# Apache Beam (pipeline/beam/) lives in its own venv: apache-beam 2.77 needs older pins than
+# constraints.txt's (pillow<13, protobuf<7, pyarrow<26, python-dateutil<3), so `make setup`
+# stays as it is and constraints-beam.txt pins this one. BEAM_ARGS are Beam's own options.
+BEAM_VENV ?= .venv-beam
+BEAM_PY := $(BEAM_VENV)/bin/python
+BEAM_STAMP := $(BEAM_VENV)/.installed-$(ACCEL)
+BEAM_ARGS ?= --runner=DirectRunner --direct_num_workers=0 --direct_running_mode=multi_processing
+
+$(BEAM_STAMP): pyproject.toml constraints-beam.txt
+	@echo "setup-beam: installing TensorFlow (ACCEL=$(ACCEL)) and apache-beam into $(BEAM_VENV)/ ..."
+	test -d $(BEAM_VENV) || $(PYTHON) -m venv $(BEAM_VENV)
+	$(BEAM_PY) -m pip install --quiet --upgrade pip
+	$(BEAM_PY) -m pip install --quiet -c constraints-beam.txt -e ".[$(ACCEL),dev,beam]"
+	rm -f $(BEAM_VENV)/.installed-*
+	touch $@
+	@echo "setup-beam: done; $(BEAM_VENV)/ is ready"
+
+setup-beam: $(BEAM_STAMP)  ## create .venv-beam with apache-beam (pins: constraints-beam.txt)
+
+beam-check: $(BEAM_STAMP)  ## make data's per-image check on Beam: check_report.csv (BEAM_ARGS=runner options)
+	$(BEAM_PY) -m pipeline.beam check $(VERBOSE_FLAG) $(CONFIG_FLAG) $(OVERRIDES) -- $(BEAM_ARGS)
+
+beam-predict: $(BEAM_STAMP)  ## make predict on Beam: IN= RUN= OUT= (BEAM_ARGS=runner options)
+	$(BEAM_PY) -m pipeline.beam predict $(VERBOSE_FLAG) $(CONFIG_FLAG) $(OVERRIDES) -- $(BEAM_ARGS)
+
+test-beam: $(BEAM_STAMP)  ## the Beam pipelines' tests, in .venv-beam (CI runs it after test-all)
+	$(BEAM_PY) -m pytest tests/test_beam.py tests/test_beam_cli.py $(PYTEST_ARGS)
+
+lock-beam: $(BEAM_STAMP)  ## regenerate constraints-beam.txt from .venv-beam
+	{ sed -n '1,3p' constraints-beam.txt; $(BEAM_PY) -m pip freeze --exclude-editable \
+	  | sed -e 's/^tensorflow_cpu @.*/tensorflow-cpu==2.21.0/' -e 's/^tensorflow_cpu==/tensorflow-cpu==/'; \
+	  echo "tensorflow==2.21.0"; } > constraints-beam.txt.new && mv constraints-beam.txt.new constraints-beam.txt
 
 # No $(STAMP): clean needs only the standard library, so it runs before (or without) setup.
 clean:  ## remove only the folders the pipeline made under data/ models/ reports/

@@ -1,0 +1,146 @@
+"""The Beam pipelines, on the DirectRunner in multi-process mode with two workers, give the
+local stages' CSVs: check_report.csv byte for byte, make predict's within float rounding.
+
+Needs apache-beam (`make test-beam`, its own venv .venv-beam/); without it the root
+conftest.py leaves this file out of collection, and `make test-beam` installs it first.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import apache_beam  # noqa: F401  (make test-beam installs it: fail loudly without it)
+import pytest
+
+from pipeline.config import with_overrides
+from pipeline.data import CHECK_REPORT, prepare_data
+from pipeline.files import read_csv
+from pipeline.predict import predict
+from tests.imagegen import BAD_KINDS, GOOD_KINDS, make_image
+from tests.support import REPO
+
+pytestmark = pytest.mark.slow  # worker processes that import TensorFlow: minutes in all
+
+TWO_PROCESSES = [
+    "--runner=DirectRunner",
+    "--direct_num_workers=2",
+    "--direct_running_mode=multi_processing",
+]
+# Probabilities: the local path runs the model on batches in path order, Beam on whatever
+# batch each worker filled, and oneDNN's float32 sums depend on the batch; the largest
+# difference measured was 3e-7 (a few float32 ulps). A wrong crop or preprocessing moves
+# them by 1e-2 and more. Labels, their order, paths, statuses and reasons must be equal.
+PROBABILITY_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, flowers_mini) -> Path:
+    """flowers-mini's 400 photos in class folders, a generated file of every kind the check
+    handles (good ones for every decoder, bad ones for every reason), a stray file outside
+    the class folders, and a duplicate with a comma, a quote and unicode in its name."""
+    root = tmp_path_factory.mktemp("beam") / "photo folder"
+    shutil.copytree(flowers_mini, root)
+    for i, kind in enumerate([*GOOD_KINDS, *BAD_KINDS]):
+        make_image(root / ("daisy", "roses", "tulips")[i % 3] / f"made {kind}", kind, seed=i)
+    first = sorted((root / "daisy").glob("*.jpg"))[0]
+    shutil.copy(first, root / "sunflowers" / 'copy, "quoted" ü.jpg')
+    shutil.copy(first, root / "stray.jpg")
+    return root
+
+
+def run_beam(stage: str, *arguments: str) -> str:
+    """`python -m pipeline.beam STAGE ...` with two worker processes; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.beam", stage, *arguments, "--", *TWO_PROCESSES],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def shards_merged(stdout: str) -> int:
+    return int(re.search(r"\((\d+) shards merged\)", stdout).group(1))
+
+
+def test_check_report_equals_make_data_byte_for_byte(photos, tmp_path):
+    overrides = [
+        f"data.dataset=folder:{photos}",
+        f"paths.data={tmp_path / 'data'}",
+        f"paths.reports={tmp_path / 'reports'}",
+    ]
+    from pipeline.config import load_config
+
+    local = prepare_data(load_config(None, overrides), progress=False).dataset_dir / CHECK_REPORT
+    beam = tmp_path / "beam" / CHECK_REPORT
+    stdout = run_beam("check", *overrides, "--output", str(beam))
+    assert beam.read_bytes() == local.read_bytes()
+    assert shards_merged(stdout) == 2  # both workers wrote a share
+    rows = {Path(r["path"]).name: r for r in read_csv(beam)}
+    assert len(rows) == 400 + len(GOOD_KINDS) + len(BAD_KINDS) + 2
+    assert rows["stray.jpg"]["reason"] == "not inside a class folder"
+    assert rows['copy, "quoted" ü.jpg']["split"] in ("train", "val", "test")
+    for kind, reason in BAD_KINDS.items():
+        found = [r for name, r in rows.items() if name.startswith(f"made {kind}")]
+        assert found and found[0]["reason"].startswith(reason)
+    assert not list((tmp_path / "beam" / "shards").glob("*")), "merged shards are deleted"
+
+
+def test_predict_csv_equals_make_predict(photos, trained_run, tmp_path):
+    cfg, run_dir = trained_run
+    cfg = with_overrides(
+        cfg,
+        {
+            "eval.run": str(run_dir),
+            "predict.input": str(photos),
+            "predict.output": str(tmp_path / "local.csv"),
+        },
+    )
+    predict(cfg)
+    stdout = run_beam(
+        "predict",
+        f"eval.run={run_dir}",
+        f"predict.input={photos}",
+        f"predict.output={tmp_path / 'beam.csv'}",
+    )
+    assert shards_merged(stdout) == 2
+    header = (tmp_path / "local.csv").read_text().splitlines()[0]
+    assert (tmp_path / "beam.csv").read_text().splitlines()[0] == header
+    local, beam = read_csv(tmp_path / "local.csv"), read_csv(tmp_path / "beam.csv")
+    assert [r["path"] for r in beam] == [r["path"] for r in local]
+    assert sum(r["status"] == "ok" for r in beam) == 400 + len(GOOD_KINDS) + 2
+    worst = 0.0
+    for ours, theirs in zip(beam, local):
+        for column, value in theirs.items():
+            if column.endswith("probability") and value:
+                worst = max(worst, abs(float(ours[column]) - float(value)))
+            else:
+                assert ours[column] == value, (ours["path"], column)
+    assert worst <= PROBABILITY_TOLERANCE
+
+
+def test_beam_options_reach_beam(photos, tmp_path):
+    """An invalid option is Beam's error, not ours: the options are passed through."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.beam",
+            "check",
+            f"data.dataset=folder:{photos}",
+            f"paths.data={tmp_path}",
+            "--direct_running_mode=no_such_mode",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "no_such_mode" in done.stderr
