@@ -119,10 +119,7 @@ bench-train: $(STAMP)  ## cached vs plain phase 1, images/s at 299, FLOPs, % of 
 bench-recipe: $(STAMP)  ## default recipe vs the frozen-feature baseline, 3 photo sets x 3 splits (~45 min, JSON)
 	$(PY) benchmarks/recipe.py $(BENCH_ARGS)
 
-bench-export: $(STAMP)  ## TFLite fp32/fp16/int8 into models/<run>/export/, scored on the test split (RUN=, FORMAT=)
-	$(call RUN_STAGE,export)
-
-memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)
+bench-memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)
 	$(PY) benchmarks/memory.py $(BENCH_ARGS)
 
 bench-predict: $(STAMP)  ## make predict against a naive loop (JSON under benchmarks/results/)
