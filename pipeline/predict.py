@@ -142,7 +142,9 @@ def run_of_export(path: Path) -> Path:
 
 
 def _load_exported(path: Path) -> Classifier:
-    """An exported .tflite file, checked against its run: image size and class count."""
+    """An exported .tflite file, checked against its run: image size and class count, then
+    export.json's record of it (its sha256 and the labels it was exported with)."""
+    from pipeline.export_record import verify_exported
     from pipeline.tflite import TFLiteModel
 
     run_dir, cfg, labels = read_run(run_of_export(path))
@@ -161,6 +163,7 @@ def _load_exported(path: Path) -> Classifier:
             f"{len(labels)}: it was exported from another run; export this one again with "
             f"make export RUN={run_dir.name}"
         )
+    verify_exported(path, run_dir, labels, size)  # the same shape is not the same labels
     return Classifier(run_dir, cfg, labels, model, model, raw_pixels=True)
 
 
