@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.quiet import stderr_without
 from tests.support import REPO
 
@@ -40,24 +42,29 @@ def test_start_up_noise_is_hidden_by_default_and_shown_with_verbose(tmp_path):
 
 
 TFLITE_RUN = """
-import keras, numpy as np, tensorflow as tf
+import sys, numpy as np
 from pipeline.tflite import TFLiteModel
-inputs = keras.Input((8, 8, 3))
-pooled = keras.layers.GlobalAveragePooling2D()(inputs)
-model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
-print(TFLiteModel(content=tf.lite.TFLiteConverter.from_keras_model(model).convert())(
-    np.zeros((1, 8, 8, 3), np.float32)).shape)
+print(TFLiteModel(sys.argv[1])(np.zeros((1, 8, 8, 3), np.float32)).shape)
 """
 
 
-def test_the_xnnpack_notice_is_hidden_unless_verbose():
+@pytest.mark.slow  # two fresh processes that import TensorFlow: 20 s idle, more when loaded
+def test_the_xnnpack_notice_is_hidden_unless_verbose(tmp_path):
     """TFLite's C++ "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." (printed when
     the first interpreter allocates) is gone at the default log level, shown at level 0."""
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    path = tmp_path / "tiny.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     stderr = {}
     for level in ("2", "0"):
         env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": level}
         done = subprocess.run(
-            [sys.executable, "-c", TFLITE_RUN],
+            [sys.executable, "-c", TFLITE_RUN, str(path)],
             cwd=REPO,
             env=env,
             capture_output=True,
