@@ -36,6 +36,7 @@ from pipeline.predict import Classifier, load_classifier, read_run
 from pipeline.runs import MODEL_FILE, read_summary
 
 __all__ = ["EXPORT_JSON", "ExportResult", "accuracy_warnings", "export", "format_table"]
+
 # export.format -> the file (or folder) it writes under models/<run>/export/.
 VARIANT_FILES = {
     "tflite": "model_fp32.tflite",
