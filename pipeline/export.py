@@ -33,6 +33,7 @@ from pipeline.export_scores import (
 )
 from pipeline.files import atomic_write_bytes, read_json, replace_dir, write_json
 from pipeline.predict import Classifier, load_classifier, read_run
+from pipeline.quiet import stderr_without
 from pipeline.runs import MODEL_FILE, read_summary
 
 __all__ = ["EXPORT_JSON", "ExportResult", "accuracy_warnings", "export", "format_table"]
@@ -44,6 +45,7 @@ VARIANT_FILES = {
     "tflite-int8": "model_int8.tflite",
     "saved_model": "saved_model",
 }
+QUANTISER_NOTICE = "fully_quantize: "  # printed by the int8 converter for every conversion
 ALL_TFLITE = ("tflite", "tflite-fp16", "tflite-int8")
 INPUT_NOTE = (
     "float32 RGB pixels in [0, 255], shape (batch, size, size, 3), decoded and centre-cropped "
@@ -172,7 +174,8 @@ def convert(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = calibration
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    with stderr_without(QUANTISER_NOTICE):  # C++ noise: pipeline/quiet.py
+        return converter.convert()
 
 
 def _calibration(clf: Classifier, count: int) -> Callable[[], Iterator[list[np.ndarray]]]:

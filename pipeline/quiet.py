@@ -23,7 +23,9 @@ What prints before the pipeline's first line, and what silences it (TensorFlow 2
   allocates its tensors. It reads no environment variable (TF_CPP_MIN_LOG_LEVEL=3 leaves
   it) and its setter is not exposed to Python; turning the delegate off would hide it by
   making every file slower. So ``pipeline.tflite`` allocates with file descriptor 2 caught
-  (``stderr_without``) and writes back everything else it caught.
+  (``stderr_without``) and writes back everything else it caught. The int8 converter's
+  ``fully_quantize: 0, inference_type: 6, ...`` (MLIR's quantiser, C++, to stderr) is
+  dropped the same way by ``pipeline.export``.
 
 So by default the command line sets TF_CPP_MIN_LOG_LEVEL=2 (INFO and WARNING dropped, C++
 errors still shown) unless the environment sets it, and imports TensorFlow with stderr
@@ -82,9 +84,9 @@ def verbose() -> bool:
 
 
 @contextmanager
-def stderr_without(noise: str) -> Iterator[None]:
+def stderr_without(*noise: str) -> Iterator[None]:
     """Run the block with file descriptor 2 caught; afterwards write back to stderr every
-    caught line but those that start with ``noise``. A no-op when ``verbose()``."""
+    caught line but those that start with one of ``noise``. A no-op when ``verbose()``."""
     if verbose():
         yield
         return
@@ -100,7 +102,7 @@ def stderr_without(noise: str) -> Iterator[None]:
             kept = [
                 line
                 for line in caught.read().decode(errors="replace").splitlines(keepends=True)
-                if not line.startswith(noise)
+                if not line.startswith(noise)  # str.startswith takes a tuple
             ]
             sys.stderr.write("".join(kept))
             sys.stderr.flush()
