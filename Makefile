@@ -76,7 +76,7 @@ train: $(STAMP)  ## two-phase fine-tuning into models/<run>/ (runs `data` first 
 evaluate: $(STAMP)  ## metrics, figures, reports/<run>/index.html (RUN=latest, SPLIT=test|val, TTA=flip)
 	$(call RUN_STAGE,evaluate)
 
-predict: $(STAMP)  ## classify IN=folder into OUT=predictions.csv (RUN= or MODEL=x.tflite, SORT_INTO=dir, TTA=flip)
+predict: $(STAMP)  ## classify IN=folder into OUT=predictions.csv (RUN= [FORMAT=tflite-int8] or MODEL=x.tflite, SORT_INTO=dir, TTA=flip)
 	$(call RUN_STAGE,predict)
 
 export: $(STAMP)  ## TFLite fp32/fp16/int8 into models/<run>/export/, scored on the test split (RUN=, FORMAT=)

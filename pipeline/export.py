@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config, ExportConfig
-from pipeline.export_record import EXPORT_DIR, EXPORT_JSON, file_record, file_sha256
+from pipeline.export_record import (
+    EXPORT_DIR,
+    EXPORT_JSON,
+    VARIANT_FILES,
+    file_record,
+    file_sha256,
+)
 from pipeline.export_scores import (
     Predictor,
     accuracy_warnings,
@@ -38,13 +44,6 @@ from pipeline.runs import MODEL_FILE, read_summary
 
 __all__ = ["EXPORT_JSON", "ExportResult", "accuracy_warnings", "export", "format_table"]
 
-# export.format -> the file (or folder) it writes under models/<run>/export/.
-VARIANT_FILES = {
-    "tflite": "model_fp32.tflite",
-    "tflite-fp16": "model_fp16.tflite",
-    "tflite-int8": "model_int8.tflite",
-    "saved_model": "saved_model",
-}
 QUANTISER_NOTICE = "fully_quantize: "  # printed by the int8 converter for every conversion
 ALL_TFLITE = ("tflite", "tflite-fp16", "tflite-int8")
 INPUT_NOTE = (

@@ -19,6 +19,13 @@ from pipeline.runs import LABELS_FILE
 
 EXPORT_DIR = "export"
 EXPORT_JSON = "export.json"
+# export.format -> the file (or folder) it writes under models/<run>/export/.
+VARIANT_FILES = {
+    "tflite": "model_fp32.tflite",
+    "tflite-fp16": "model_fp16.tflite",
+    "tflite-int8": "model_int8.tflite",
+    "saved_model": "saved_model",
+}
 
 
 def file_sha256(path: Path) -> str:
@@ -45,7 +52,7 @@ def verify_exported(path: Path, run_dir: Path, labels: list[str], image_size: in
     listed = [
         v
         for v in (figures.get("variants") or {}).values()
-        if isinstance(v, dict) and v.get("file") == path.name
+        if isinstance(v, dict) and v.get("file") == path.name and v.get("sha256")
     ]
     if not listed:
         raise ValueError(

@@ -122,6 +122,7 @@ def test_predict_through_the_int8_file_writes_the_same_csv(exported, flowers_min
     for name, extra in (
         ("run", {"eval.run": str(run_dir)}),
         ("int8", {"eval.run": "", "predict.model": str(result.files["tflite-int8"])}),
+        ("run+format", {"eval.run": str(run_dir), "export.format": "tflite-int8"}),
     ):
         out = tmp_path / f"{name}.csv"
         run_cfg = with_overrides(
@@ -133,6 +134,7 @@ def test_predict_through_the_int8_file_writes_the_same_csv(exported, flowers_min
     assert through["int8"][0] == through["run"][0]  # the header
     assert [r["path"] for r in through["int8"][1]] == [r["path"] for r in through["run"][1]]
     assert all(r["status"] == "ok" for r in through["int8"][1])
+    assert through["run+format"] == through["int8"]  # RUN= FORMAT=tflite-int8: the same file
 
 
 @pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
