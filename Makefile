@@ -19,6 +19,7 @@ OVERRIDES := \
   $(call override,DATASET,data.dataset) \
   $(call override,SPLIT_SEED,data.split_seed) \
   $(call override,DATA_CACHE,data.cache_size) \
+  $(call override,RECHECK,data.recheck) \
   $(call override,IMAGE_SIZE,input.image_size) \
   $(call override,BATCH_SIZE,input.batch_size) \
   $(call override,BACKBONE,model.backbone) \
@@ -52,7 +53,7 @@ CONFIG_FLAG := $(if $(value CONFIG),--config $(call quote,$(value CONFIG)))
 VERBOSE_FLAG := $(if $(VERBOSE),--verbose)
 RUN_STAGE = $(PY) -m pipeline $(1) $(VERBOSE_FLAG) $(CONFIG_FLAG) $(OVERRIDES)
 
-.PHONY: help setup data train bench-train evaluate predict export memory experiment experiment-summary config test test-all lint bench-input bench-predict bench-memory bench-recipe bench-export lock clean
+.PHONY: help setup data train bench-train evaluate predict export memory experiment experiment-summary config test test-all lint bench-input bench-data bench-predict bench-memory bench-recipe bench-export lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -108,6 +109,9 @@ lint: $(STAMP)  ## ruff
 
 bench-input: $(STAMP)  ## input pipeline benchmark (images/s, JSON under benchmarks/results/)
 	$(PY) benchmarks/input_pipeline.py $(BENCH_ARGS)
+
+bench-data: $(STAMP)  ## make data on 20,000 photos: first run, unchanged and 1%-changed reruns, peak RSS (JSON)
+	$(PY) benchmarks/data.py $(BENCH_ARGS)
 
 bench-train: $(STAMP)  ## cached vs plain phase 1, images/s at 299, FLOPs, % of peak, augmentation, transfer (JSON)
 	$(PY) benchmarks/train.py $(BENCH_ARGS)

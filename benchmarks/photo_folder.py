@@ -5,9 +5,11 @@
 Every output is a real photograph from ../shared/datasets/ (flowers-2k, flowers-mini and
 intel-mini's labelled scenes), cropped a little, resized to a shorter side drawn from
 160-320 px and re-encoded at JPEG quality 75-95, under a new name in its class folder:
-``<dest>/<class>/<source stem>-<copy>.jpg``. Each copy's bytes differ (so the data stage's
-duplicate check does not drop them) and decoding costs what a small real photo costs.
-The folder is made once per (count, seed) and reused: ``<dest>/.complete`` records both.
+``<dest>/<class>/<source stem>-<n>.jpg`` (n: the photo's number, 0..count-1, so no two share
+a name: flowers-mini's photos carry flowers-2k names). Each copy's bytes differ (so the data
+stage's duplicate check does not drop them) and decoding costs what a small real photo costs.
+The folder is made once per (count, seed, naming) and reused: ``<dest>/.complete`` records
+them (a folder made under the old ``<stem>-<copy>`` naming held 18,000 files for 20,000).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 SOURCES = ("flowers-2k", "flowers-mini", "intel-mini/seg_train/seg_train")
 STAMP = ".complete"
+NAMING = 2  # 1: <stem>-<copy>.jpg (flowers-mini names collided with flowers-2k's); 2: <stem>-<n>
 
 
 def source_photos(shared: Path = SHARED) -> list[tuple[str, Path]]:
@@ -44,7 +47,7 @@ def source_photos(shared: Path = SHARED) -> list[tuple[str, Path]]:
 
 def make_photo_folder(dest: Path, count: int, seed: int = 0, shared: Path = SHARED) -> Path:
     """``dest`` holding ``count`` photos in class folders; reused when already made so."""
-    wanted = {"count": count, "seed": seed}
+    wanted = {"count": count, "seed": seed, "naming": NAMING}
     stamp = dest / STAMP
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return dest
@@ -54,7 +57,6 @@ def make_photo_folder(dest: Path, count: int, seed: int = 0, shared: Path = SHAR
     rng = random.Random(seed)
     for i in range(count):
         label, path = photos[i % len(photos)]
-        copy = i // len(photos)
         with Image.open(path) as image:
             image = image.convert("RGB")
             w, h = image.size
@@ -64,9 +66,12 @@ def make_photo_folder(dest: Path, count: int, seed: int = 0, shared: Path = SHAR
             side = rng.randint(160, 320)
             scale = side / min(image.size)
             image = image.resize((round(image.width * scale), round(image.height * scale)))
-            out = dest / label / f"{path.stem}-{copy}.jpg"
+            out = dest / label / f"{path.stem}-{i}.jpg"
             out.parent.mkdir(parents=True, exist_ok=True)
             image.save(out, "JPEG", quality=rng.randint(75, 95))
+    made = sum(1 for _ in dest.glob("*/*.jpg"))
+    if made != count:  # a name collision would silently shrink the folder
+        raise RuntimeError(f"{dest}: {made} photos made for {count} asked")
     stamp.write_text(json.dumps(wanted))
     return dest
 

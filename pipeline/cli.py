@@ -189,8 +189,10 @@ STAGES: dict[str, tuple[str, Runner, AddArguments | None]] = {
 # applies experiment.preset (pipeline/configs/presets/<name>.toml) over the other values.
 PREPARE: dict[str, Callable[[Config], Config]] = {"experiment": _apply_preset}
 
-# Stages that never import TensorFlow (nothing to keep quiet, nothing to wait for).
-WITHOUT_TENSORFLOW = frozenset({"config", "clean"})
+# Stages that do not import TensorFlow up front (nothing to keep quiet, nothing to wait
+# for): config and clean never do; data only to draw its sample grid, and then itself,
+# quietly (pipeline.data_reports): a rerun with nothing changed never waits for it.
+WITHOUT_TENSORFLOW = frozenset({"config", "clean", "data"})
 
 
 def build_parser() -> argparse.ArgumentParser:

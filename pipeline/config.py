@@ -45,6 +45,7 @@ class DataConfig:
     small_class_warning: int = 100  # warn when a class has fewer images than this
     workers: int = 0  # processes that check images; 0 = one per CPU core
     cache_size: int = 0  # >0: build a cache of decoded images with this shorter side (342 fits 299)
+    recheck: bool = False  # check every file again instead of reusing data/<dataset>/checks.jsonl
 
 
 @dataclass

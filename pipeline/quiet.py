@@ -17,7 +17,6 @@ What prints before the pipeline's first line, and what silences it (TensorFlow 2
   directly while its libraries load, and TF_CPP_MIN_LOG_LEVEL, even 3, does not reach
   them (tensorflow/tensorflow#100442, #62075). The only cure from Python is to point file
   descriptor 2 elsewhere while TensorFlow is imported, and back afterwards.
-
 - ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``: TFLite's own minimal
   logger (not TensorFlow's), printed once per process from C++ when the first interpreter
   allocates its tensors. It reads no environment variable (TF_CPP_MIN_LOG_LEVEL=3 leaves
@@ -70,6 +69,13 @@ def import_tensorflow_quietly() -> None:
             sys.stderr.flush()
             raise
         _restore(saved)
+
+
+def import_tensorflow_unless_verbose() -> None:
+    """For a stage that needs TensorFlow only sometimes (the data stage's sample grid): the
+    quiet import, unless --verbose (TF_CPP_MIN_LOG_LEVEL=0) asked for TensorFlow's lines."""
+    if os.environ.get(LOG_LEVEL) != "0":
+        import_tensorflow_quietly()
 
 
 def _restore(saved: int) -> None:

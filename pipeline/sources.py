@@ -248,6 +248,9 @@ def check_download_reachable(url: str, timeout: float = 10.0) -> None:
 def download_flowers(data_dir: Path, url: str = FLOWERS_URL) -> Path:
     """Fetch flower_photos.tgz with tensorflow-datasets' download manager (checksummed)."""
     check_download_reachable(url)
+    from pipeline.quiet import import_tensorflow_unless_verbose
+
+    import_tensorflow_unless_verbose()  # the data stage does not import it up front
     import tensorflow_datasets as tfds
 
     manager = tfds.download.DownloadManager(download_dir=str(data_dir / "downloads"))

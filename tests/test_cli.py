@@ -8,6 +8,7 @@ import sys
 
 from tests.imagegen import make_image
 from tests.support import REPO
+from tests.test_quiet import NOISE
 
 
 def run_cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
@@ -58,6 +59,8 @@ def test_data_stage_runs_and_says_what_it_found(tmp_path):
     name = manifests.parent.name
     assert f"Manifests written to data/{name}/" in result.stdout
     assert (tmp_path / "reports" / name / "augmented_samples.jpg").is_file()
+    # The stage imports TensorFlow itself, only for its sample grid: quietly all the same.
+    assert not NOISE.search(result.stderr), result.stderr[:2000]
 
 
 def test_missing_source_error_is_actionable(tmp_path):

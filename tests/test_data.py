@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from pipeline.config import load_config
+from pipeline.config import load_config, with_overrides
 from pipeline.data import CHECK_REPORT, prepare_data
+from pipeline.data_reports import AUGMENTED_SAMPLES, draw_data_reports
 from pipeline.files import read_csv
 from pipeline.image_cache import build_image_cache, cached_rows
-from pipeline.manifest import load_split, read_classes
+from pipeline.manifest import SPLIT_FILES, load_split, read_classes
 from pipeline.split import SPLITS
 from tests.imagegen import BAD_KINDS, GOOD_KINDS, make_image
 
@@ -126,6 +129,55 @@ def test_rerun_gives_identical_manifests(prepared):
     first = {s: (result.dataset_dir / f"{s}.csv").read_bytes() for s in SPLITS}
     prepare_data(cfg, progress=False)
     assert first == {s: (result.dataset_dir / f"{s}.csv").read_bytes() for s in SPLITS}
+
+
+def test_an_incremental_run_checks_only_the_changes_and_writes_what_a_fresh_run_writes(
+    photo_folder, tmp_path
+):
+    photos = tmp_path / "photos"
+    shutil.copytree(photo_folder, photos)
+    old = time.time_ns() - 3600 * 10**9  # copied long ago: outside the cache's racy window
+    for path in photos.rglob("*"):
+        os.utime(path, ns=(old, old))
+    cfg = make_config(tmp_path / "a", f"folder:{photos}")
+    first = prepare_data(cfg, progress=False)
+    total = first.checked
+    assert first.reused == 0 and total > 80
+    figure = first.reports_dir / AUGMENTED_SAMPLES
+    drawn = figure.stat().st_mtime_ns
+    same = prepare_data(cfg, progress=False)
+    assert (same.checked, same.reused) == (0, total)
+    assert figure.stat().st_mtime_ns == drawn  # nothing it shows changed: kept
+    make_image(photos / "cats" / "img3", "rgb_jpeg", seed=12345)  # new content
+    os.utime(photos / "dogs" / "img4.jpg", ns=(old, old + 10**9))  # touched only
+    make_image(photos / "owls" / "new", "rgb_jpeg", seed=777)
+    make_image(photos / "dogs" / "new_broken", "truncated_jpeg")
+    (photos / "owls" / "img5.jpg").unlink()
+    again = prepare_data(cfg, progress=False)
+    assert (again.checked, again.reused) == (4, total - 3)
+    redrawn = figure.stat().st_mtime_ns
+    assert redrawn != drawn  # the split changed: what the figures show changed
+    # A cold cache in another data folder; the same reports folder, so its figures (the same
+    # manifests, the same options) are kept rather than drawn a third time.
+    reports = f"paths.reports={tmp_path / 'a' / 'reports'}"
+    fresh = prepare_data(make_config(tmp_path / "b", f"folder:{photos}", reports), progress=False)
+    assert fresh.checked == total + 1 and figure.stat().st_mtime_ns == redrawn
+    outputs = [*SPLIT_FILES.values(), "classes.json", CHECK_REPORT, "duplicates.csv"]
+    for name in (*outputs, "summary.json", "dataset.json"):
+        assert (again.dataset_dir / name).read_bytes() == (fresh.dataset_dir / name).read_bytes()
+
+
+def test_figures_are_redrawn_when_an_option_they_show_changes(prepared, tmp_path):
+    cfg, result, _ = prepared
+    shutil.copytree(result.reports_dir, tmp_path, dirs_exist_ok=True)  # figures and stamp
+    rows, counts = load_split(result.dataset_dir, "train"), result.counts
+    figure = tmp_path / AUGMENTED_SAMPLES
+    drawn = figure.stat().st_mtime_ns
+    draw_data_reports(cfg, result.dataset_dir, tmp_path, counts, rows, result.classes)
+    assert figure.stat().st_mtime_ns == drawn
+    flipless = with_overrides(cfg, {"input.flip": False})
+    draw_data_reports(flipless, result.dataset_dir, tmp_path, counts, rows, result.classes)
+    assert figure.stat().st_mtime_ns != drawn
 
 
 def test_one_class_and_starved_class_stop_with_clear_errors(tmp_path):

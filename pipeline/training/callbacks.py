@@ -31,6 +31,11 @@ HISTORY_COLUMNS = (
 )
 
 
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    """history.csv: one row per epoch of every phase so far (the exact head's counts as one)."""
+    write_csv(path, HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in rows))
+
+
 class HistoryWriter(keras.callbacks.Callback):
     """history.csv with every phase's epochs, rewritten atomically after each epoch."""
 
@@ -70,11 +75,7 @@ class HistoryWriter(keras.callbacks.Callback):
                 "images_per_s": self.images_per_epoch / train_seconds,
             }
         )
-        write_csv(
-            self.path,
-            HISTORY_COLUMNS,
-            ([row[c] for c in HISTORY_COLUMNS] for row in self.earlier + self.rows),
-        )
+        write_history(self.path, self.earlier + self.rows)
 
 
 class BestCheckpoint(keras.callbacks.Callback):

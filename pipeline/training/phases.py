@@ -26,7 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline.files import atomic_path, write_csv, write_json
+from pipeline.files import atomic_path, write_json
 from pipeline.model import (
     HEAD_NAME,
     count_params,
@@ -36,7 +36,7 @@ from pipeline.model import (
     training_forward,
 )
 from pipeline.runs import HISTORY_FILE, STATE_FILE
-from pipeline.training.callbacks import HISTORY_COLUMNS, phase_callbacks
+from pipeline.training.callbacks import phase_callbacks, write_history
 from pipeline.training.context import TrainingRun
 from pipeline.training.features import CachedFeatures
 from pipeline.training.feeds import (
@@ -113,7 +113,6 @@ def _exact_head(run: TrainingRun) -> dict[str, Any]:
     # Validation scored by the training loop's own pass (its loss, label smoothing
     # included), so phase 2's figures compare with these like for like.
     model, _, val = feature_feeds(run, features)
-    compile_for_training(model, run.strategy, run.cfg.train.head_lr, run.cfg.train)
     scores = validate(model, val, run.strategy, run.cfg.train.label_smoothing)
     train_scores = head.scores(features["train"].features, _labels(run.train_rows))
     seconds = time.perf_counter() - start
@@ -130,11 +129,7 @@ def _exact_head(run: TrainingRun) -> dict[str, Any]:
         "images_per_s": len(run.train_rows) / max(seconds, 1e-9),
     }
     run.history.append(row)
-    write_csv(
-        run.work_dir / HISTORY_FILE,
-        HISTORY_COLUMNS,
-        ([r[c] for c in HISTORY_COLUMNS] for r in run.history),
-    )
+    write_history(run.work_dir / HISTORY_FILE, run.history)
     print(
         f"Phase 1: C = {head.C:g}, val_loss {scores['loss']:.4f}, val_accuracy "
         f"{scores['accuracy']:.4f} ({seconds:.1f}s)"
