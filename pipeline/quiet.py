@@ -74,7 +74,7 @@ def import_tensorflow_quietly() -> None:
 def import_tensorflow_unless_verbose() -> None:
     """For a stage that needs TensorFlow only sometimes (the data stage's sample grid): the
     quiet import, unless --verbose (TF_CPP_MIN_LOG_LEVEL=0) asked for TensorFlow's lines."""
-    if os.environ.get(LOG_LEVEL) != "0":
+    if not verbose():
         import_tensorflow_quietly()
 
 
@@ -85,8 +85,8 @@ def _restore(saved: int) -> None:
 
 
 def verbose() -> bool:
-    """Whether C++ INFO lines are wanted (``--verbose`` sets TF_CPP_MIN_LOG_LEVEL=0)."""
-    return os.environ.get(LOG_LEVEL, "0") == "0"
+    """Whether C++ INFO lines are wanted: ``--verbose`` sets TF_CPP_MIN_LOG_LEVEL=0."""
+    return os.environ.get(LOG_LEVEL) == "0"
 
 
 @contextmanager
