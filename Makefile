@@ -119,7 +119,7 @@ bench-train: $(STAMP)  ## cached vs plain phase 1, images/s at 299, FLOPs, % of 
 bench-recipe: $(STAMP)  ## default recipe vs the frozen-feature baseline, 3 photo sets x 3 splits (~45 min, JSON)
 	$(PY) benchmarks/recipe.py $(BENCH_ARGS)
 
-bench-export: $(STAMP)  ## TFLite fp32/fp16/int8: size, accuracy, agreement, latency b1/b32 on MobileNet 0.25 and InceptionV3 (~10 min, JSON)
+bench-export: $(STAMP)  ## TFLite fp32/fp16/int8: size, accuracy, agreement, latency b1/b32 on MobileNet 0.25 and InceptionV3 (34 min on 2 busy cores, JSON)
 	$(PY) benchmarks/export.py $(BENCH_ARGS)
 
 bench-memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)
