@@ -53,7 +53,7 @@ CONFIG_FLAG := $(if $(value CONFIG),--config $(call quote,$(value CONFIG)))
 VERBOSE_FLAG := $(if $(VERBOSE),--verbose)
 RUN_STAGE = $(PY) -m pipeline $(1) $(VERBOSE_FLAG) $(CONFIG_FLAG) $(OVERRIDES)
 
-.PHONY: help setup setup-beam beam-check beam-predict test-beam lock-beam data train bench-train evaluate predict export memory experiment experiment-summary config test test-all lint bench-input bench-data bench-predict bench-memory bench-recipe lock clean
+.PHONY: help setup setup-beam beam-check beam-predict test-beam lock-beam data train bench-train evaluate predict export memory experiment experiment-summary config test test-all lint bench-input bench-data bench-predict bench-memory bench-recipe bench-export lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -77,7 +77,7 @@ train: $(STAMP)  ## two-phase fine-tuning into models/<run>/ (runs `data` first 
 evaluate: $(STAMP)  ## metrics, figures, reports/<run>/index.html (RUN=latest, SPLIT=test|val, TTA=flip)
 	$(call RUN_STAGE,evaluate)
 
-predict: $(STAMP)  ## classify IN=folder into OUT=predictions.csv (RUN= or MODEL=x.tflite, SORT_INTO=dir, TTA=flip)
+predict: $(STAMP)  ## classify IN=folder into OUT=predictions.csv (RUN= [FORMAT=tflite-int8] or MODEL=x.tflite, SORT_INTO=dir, TTA=flip)
 	$(call RUN_STAGE,predict)
 
 export: $(STAMP)  ## TFLite fp32/fp16/int8 into models/<run>/export/, scored on the test split (RUN=, FORMAT=)
@@ -118,6 +118,9 @@ bench-train: $(STAMP)  ## cached vs plain phase 1, images/s at 299, FLOPs, % of 
 
 bench-recipe: $(STAMP)  ## default recipe vs the frozen-feature baseline, 3 photo sets x 3 splits (~45 min, JSON)
 	$(PY) benchmarks/recipe.py $(BENCH_ARGS)
+
+bench-export: $(STAMP)  ## TFLite fp32/fp16/int8: size, accuracy, agreement, latency b1/b32 on MobileNet 0.25 and InceptionV3 (34 min on 2 busy cores, JSON)
+	$(PY) benchmarks/export.py $(BENCH_ARGS)
 
 bench-memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)
 	$(PY) benchmarks/memory.py $(BENCH_ARGS)

@@ -129,7 +129,7 @@ class ExportConfig:
     )
     max_drop: float = 0.02  # warn when an export's test accuracy is this far below Keras's
     calibration_images: int = 200  # int8: training images that calibrate the quantisation
-    latency_images: int = 20  # batch-1 CPU latency averaged over this many test images
+    latency_images: int = 20  # CPU latency: batch 1 over this many images; batch 32, 3+ batches
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.export_record import EXPORT_DIR, EXPORT_JSON
 from pipeline.files import atomic_write_text, generated_dir, read_json, write_csv, write_json
 from pipeline.manifest import ManifestRow
 from pipeline.memory.record import RunMemory
@@ -216,7 +217,8 @@ def _draw_figures(out, metrics, y_true, probs, rows, clf, gallery_size) -> dict[
 
 
 def _run_extras(clf: Classifier) -> dict[str, Any]:
-    """What the report shows beside the metrics: data summary, training summary, memory.
+    """What the report shows beside the metrics: data summary, training summary, memory,
+    and the export table when the run has been exported.
 
     The memory estimate is the one the training run recorded (same configuration); it is
     computed here only for runs that predate it.
@@ -233,6 +235,7 @@ def _run_extras(clf: Classifier) -> dict[str, Any]:
         "training": summary,
         "curves": clf.run_dir / CURVES_FILE,
         "memory": memory,
+        "export": read_json(clf.run_dir / EXPORT_DIR / EXPORT_JSON),  # None until exported
     }
 
 

@@ -5,7 +5,9 @@ models/<run>/export/, TFLite float32, float16-weight and full-integer int8 files
 SavedModel), each taking raw RGB pixels in [0, 255] at the run's size with the backbone's
 preprocessing inside, as the run's own SavedModel does. Each file is then scored on the
 run's recorded test split (the photos `make evaluate` scores) against the Keras model it
-came from: accuracy, macro-F1, agreement, CPU latency. export.json keeps the figures.
+came from (``pipeline.export_scores``). export.json keeps the figures and, per file, what
+vouches for it (``pipeline.export_record``); the run's HTML report, when there is one,
+gets the table too.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,26 +23,33 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config, ExportConfig
+from pipeline.export_record import (
+    EXPORT_DIR,
+    EXPORT_JSON,
+    VARIANT_FILES,
+    file_record,
+    file_sha256,
+)
+from pipeline.export_scores import (
+    Predictor,
+    accuracy_warnings,
+    estimate_figures,
+    format_table,
+    score,
+)
 from pipeline.files import atomic_write_bytes, read_json, replace_dir, write_json
 from pipeline.predict import Classifier, load_classifier, read_run
-from pipeline.runs import MODEL_FILE
+from pipeline.quiet import stderr_without
+from pipeline.runs import MODEL_FILE, read_summary
 
-EXPORT_DIR = "export"
-EXPORT_JSON = "export.json"
-# export.format -> the file (or folder) it writes under models/<run>/export/.
-VARIANT_FILES = {
-    "tflite": "model_fp32.tflite",
-    "tflite-fp16": "model_fp16.tflite",
-    "tflite-int8": "model_int8.tflite",
-    "saved_model": "saved_model",
-}
+__all__ = ["EXPORT_JSON", "ExportResult", "accuracy_warnings", "export", "format_table"]
+
+QUANTISER_NOTICE = "fully_quantize: "  # printed by the int8 converter for every conversion
 ALL_TFLITE = ("tflite", "tflite-fp16", "tflite-int8")
 INPUT_NOTE = (
     "float32 RGB pixels in [0, 255], shape (batch, size, size, 3), decoded and centre-cropped "
     "as make evaluate does; the backbone's preprocessing is inside"
 )
-
-Predictor = Callable[[np.ndarray], np.ndarray]  # raw pixels (batch, h, w, 3) -> probabilities
 
 
 @dataclass
@@ -71,9 +79,14 @@ def export(cfg: Config) -> ExportResult:
     predictors = {fmt: _predictor(fmt, path) for fmt, path in files.items()}
     print(f"Scoring on the run's test split ({len(rows)} images) against {MODEL_FILE}")
     scores = score(clf, rows, predictors, cfg.export.latency_images)
+    estimate = _memory_estimate(clf)
     for fmt, path in files.items():
         scores[fmt].update(file=path.name, size_bytes=_size(path))
+        if path.is_file():  # a .tflite: what load_classifier checks it against
+            scores[fmt].update(file_record(path, clf.labels, clf.cfg.image_size))
+        scores[fmt]["estimate"] = estimate_figures(estimate, fmt)
     scores["keras"].update(file=MODEL_FILE, size_bytes=_size(run_dir / MODEL_FILE))
+    scores["keras"]["estimate"] = estimate_figures(estimate, "keras")
     figures = _export_json(clf, out, len(rows), cfg.export, scores, files)
     warnings = accuracy_warnings(figures, cfg.export.max_drop)
     figures["warnings"] = warnings
@@ -82,7 +95,19 @@ def export(cfg: Config) -> ExportResult:
     for line in warnings:
         print(line, file=sys.stderr)
     print(f"Wrote {out / EXPORT_JSON} and {', '.join(p.name for p in files.values())}")
+    report = refresh_report(Path(cfg.paths.reports) / run_dir.name, figures)
+    if report:
+        print(f"Added the table to the run's report: {report}")
     return ExportResult(out, files, figures, warnings)
+
+
+def _memory_estimate(clf: Classifier) -> Any:
+    """The MemoryEstimate the training run recorded, else one made now; None if neither."""
+    from pipeline.memory import run_memory_estimate
+
+    summary = read_summary(clf.run_dir)
+    recorded = summary.memory.estimate if summary else None
+    return recorded or run_memory_estimate(clf.cfg, len(clf.labels)).estimate
 
 
 # ----------------------------------------------------------------------------- converting
@@ -148,7 +173,8 @@ def convert(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = calibration
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    with stderr_without(QUANTISER_NOTICE):  # C++ noise: pipeline/quiet.py
+        return converter.convert()
 
 
 def _calibration(clf: Classifier, count: int) -> Callable[[], Iterator[list[np.ndarray]]]:
@@ -188,62 +214,7 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-# ----------------------------------------------------------------------------- scoring
-
-
-def score(
-    clf: Classifier, rows: list, predictors: dict[str, Predictor], latency_images: int
-) -> dict[str, dict[str, Any]]:
-    """Per predictor and for the Keras model ("keras"): test accuracy, macro-F1, top-1
-    agreement with Keras, the largest probability difference, and ms per image at batch 1.
-
-    Every model sees the same raw batches; Keras gets them preprocessed, as in training.
-    """
-    from sklearn.metrics import f1_score
-
-    from pipeline.backbones import get_backbone, preprocess
-    from pipeline.inputs import build_eval_dataset
-
-    backbone = get_backbone(clf.cfg.model.backbone)
-
-    def keras_predict(pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(clf.model.predict_on_batch(preprocess(pixels, backbone)))
-
-    every = {"keras": keras_predict, **predictors}
-    probs: dict[str, list[np.ndarray]] = {name: [] for name in every}
-    kept: list[np.ndarray] = []  # the first test images, for the latency runs
-    for batch in build_eval_dataset(rows, clf.cfg, None, apply_preprocessing=False):
-        pixels = batch.numpy()
-        if len(kept) < latency_images:
-            kept.extend(pixels[: latency_images - len(kept)])
-        for name, predict in every.items():
-            probs[name].append(predict(pixels))
-    y_true = np.array([r.label_index for r in rows])
-    labels = list(range(len(clf.labels)))
-    reference = np.concatenate(probs["keras"])
-    scores = {}
-    for name, predict in every.items():
-        p = np.concatenate(probs[name])
-        predicted = p.argmax(axis=1)
-        scores[name] = {
-            "accuracy": float(np.mean(predicted == y_true)),
-            "macro_f1": float(
-                f1_score(y_true, predicted, labels=labels, average="macro", zero_division=0)
-            ),
-            "top1_agreement": float(np.mean(predicted == reference.argmax(axis=1))),
-            "max_probability_difference": float(np.abs(p - reference).max()),
-            "latency_ms": latency_ms(predict, kept),
-        }
-    return scores
-
-
-def latency_ms(predict: Predictor, images: list[np.ndarray]) -> float:
-    """Mean wall time of one image at batch 1, after one warm-up call (milliseconds)."""
-    predict(images[0][None])
-    start = time.perf_counter()
-    for image in images:
-        predict(image[None])
-    return 1000 * (time.perf_counter() - start) / len(images)
+# ----------------------------------------------------------------------------- figures
 
 
 def _export_json(
@@ -262,7 +233,7 @@ def _export_json(
     variants = {
         fmt: figures
         for fmt, figures in (earlier.get("variants") or {}).items()
-        if fmt not in files and (out / figures.get("file", "")).exists()
+        if fmt not in files and _still_there(out, figures)
     }
     variants.update({fmt: scores[fmt] for fmt in files})
     return {
@@ -275,7 +246,8 @@ def _export_json(
         "test_images": test_images,
         "calibration_images": options.calibration_images,
         "latency": (
-            f"CPU, batch 1, mean of {options.latency_images} images, {cpu_threads()} threads"
+            f"CPU, {cpu_threads()} threads; batch 1: mean of {options.latency_images} images, "
+            f"batch 32: mean of {max(3, -(-options.latency_images // 32))} batches"
         ),
         "max_drop": options.max_drop,
         "keras": scores["keras"],
@@ -284,39 +256,24 @@ def _export_json(
     }
 
 
-def accuracy_warnings(figures: dict[str, Any], max_drop: float) -> list[str]:
-    """One line per exported file whose test accuracy is more than ``max_drop`` below the
-    Keras model's, with both figures: the file is kept, the user decides."""
-    keras_accuracy = figures["keras"]["accuracy"]
-    lines = []
-    for variant in figures["variants"].values():
-        drop = keras_accuracy - variant["accuracy"]
-        if drop > max_drop:
-            lines.append(
-                f"warning: {variant['file']} scores {variant['accuracy']:.4f} on the test split, "
-                f"{100 * drop:.1f} points below the Keras model's {keras_accuracy:.4f} "
-                f"(export.max_drop={max_drop}); the file is written: calibrate on more images "
-                "(export.calibration_images) or use model_fp16.tflite"
-            )
-    return lines
+def _still_there(out: Path, figures: dict[str, Any]) -> bool:
+    """An earlier variant's figures stay while its file does, unchanged (its sha256, for a
+    .tflite), and they hold every figure this version records."""
+    path = out / figures.get("file", "")
+    if not figures.get("file") or not path.exists() or "latency_ms_b32" not in figures:
+        return False
+    return path.is_dir() or figures.get("sha256") == file_sha256(path)
 
 
-def format_table(figures: dict[str, Any]) -> str:
-    """The printed table: the Keras model first, then each exported file."""
-    header = (
-        f"{'file':<20} {'size':>10} {'accuracy':>9} {'macro-F1':>9} "
-        f"{'agreement':>10} {'max |dp|':>9} {'ms/image':>9}"
-    )
-    lines = [header, "-" * len(header)]
-    for figures_ in (figures["keras"], *figures["variants"].values()):
-        lines.append(
-            f"{figures_['file']:<20} {figures_['size_bytes'] / 2**20:>6.2f} MiB "
-            f"{figures_['accuracy']:>9.4f} {figures_['macro_f1']:>9.4f} "
-            f"{figures_['top1_agreement']:>10.3f} {figures_['max_probability_difference']:>9.2e} "
-            f"{figures_['latency_ms']:>9.2f}"
-        )
-    lines.append(
-        f"{figures['test_images']} test images of {figures['run']}; agreement: share of the "
-        f"same top-1 as {MODEL_FILE}; latency: {figures['latency']}"
-    )
-    return "\n".join(lines)
+def refresh_report(report_dir: Path, figures: dict[str, Any]) -> Path | None:
+    """Put the export table into the run's existing HTML report (make evaluate's), in place
+    of an earlier one; None when the run has no report yet (evaluate will add it)."""
+    from pipeline.evaluate import REPORT_FILE
+    from pipeline.files import atomic_write_text
+    from pipeline.report import with_export_section
+
+    path = report_dir / REPORT_FILE
+    if not path.is_file():
+        return None
+    atomic_write_text(path, with_export_section(path.read_text(encoding="utf-8"), figures))
+    return path

@@ -141,8 +141,31 @@ def run_of_export(path: Path) -> Path:
     return run_dir
 
 
+def exported_file(run_dir: Path, fmt: str) -> Path:
+    """What `make predict RUN=<run> FORMAT=<fmt>` classifies with: the run itself for the
+    default FORMAT (all), else that format's file under models/<run>/export/."""
+    from pipeline.export_record import EXPORT_DIR, VARIANT_FILES
+
+    if fmt == "all":
+        return run_dir
+    if not VARIANT_FILES[fmt].endswith(TFLITE_SUFFIX):
+        raise ValueError(
+            f"FORMAT={fmt}: predict runs a .tflite file or the run itself; give FORMAT=tflite, "
+            "tflite-fp16 or tflite-int8, or no FORMAT for the run's Keras model"
+        )
+    path = run_dir / EXPORT_DIR / VARIANT_FILES[fmt]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"FORMAT={fmt}: {path} does not exist; export it first: make export "
+            f"RUN={run_dir.name} FORMAT={fmt}"
+        )
+    return path
+
+
 def _load_exported(path: Path) -> Classifier:
-    """An exported .tflite file, checked against its run: image size and class count."""
+    """An exported .tflite file, checked against its run: image size and class count, then
+    export.json's record of it (its sha256 and the labels it was exported with)."""
+    from pipeline.export_record import verify_exported
     from pipeline.tflite import TFLiteModel
 
     run_dir, cfg, labels = read_run(run_of_export(path))
@@ -161,6 +184,7 @@ def _load_exported(path: Path) -> Classifier:
             f"{len(labels)}: it was exported from another run; export this one again with "
             f"make export RUN={run_dir.name}"
         )
+    verify_exported(path, run_dir, labels, size)  # the same shape is not the same labels
     return Classifier(run_dir, cfg, labels, model, model, raw_pixels=True)
 
 
@@ -329,7 +353,7 @@ def predict(cfg: Config) -> PredictResult:
             )
     else:
         run_dir, run_cfg, labels = read_run(cfg.eval.run, cfg.paths.models)
-    source = Path(p.model).expanduser() if p.model else run_dir
+    source = Path(p.model).expanduser() if p.model else exported_file(run_dir, cfg.export.format)
     print(f"Classifying {len(files)} files under {p.input} with {source}")
     checks = check_images(
         files, run_cfg.data.min_side, run_cfg.data.max_pixels, desc="Reading images"

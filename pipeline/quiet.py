@@ -17,6 +17,14 @@ What prints before the pipeline's first line, and what silences it (TensorFlow 2
   directly while its libraries load, and TF_CPP_MIN_LOG_LEVEL, even 3, does not reach
   them (tensorflow/tensorflow#100442, #62075). The only cure from Python is to point file
   descriptor 2 elsewhere while TensorFlow is imported, and back afterwards.
+- ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``: TFLite's own minimal
+  logger (not TensorFlow's), printed once per process from C++ when the first interpreter
+  allocates its tensors. It reads no environment variable (TF_CPP_MIN_LOG_LEVEL=3 leaves
+  it) and its setter is not exposed to Python; turning the delegate off would hide it by
+  making every file slower. So ``pipeline.tflite`` allocates with file descriptor 2 caught
+  (``stderr_without``) and writes back everything else it caught. The int8 converter's
+  ``fully_quantize: 0, inference_type: 6, ...`` (MLIR's quantiser, C++, to stderr) is
+  dropped the same way by ``pipeline.export``.
 
 So by default the command line sets TF_CPP_MIN_LOG_LEVEL=2 (INFO and WARNING dropped, C++
 errors still shown) unless the environment sets it, and imports TensorFlow with stderr
@@ -29,6 +37,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 
@@ -64,7 +74,7 @@ def import_tensorflow_quietly() -> None:
 def import_tensorflow_unless_verbose() -> None:
     """For a stage that needs TensorFlow only sometimes (the data stage's sample grid): the
     quiet import, unless --verbose (TF_CPP_MIN_LOG_LEVEL=0) asked for TensorFlow's lines."""
-    if os.environ.get(LOG_LEVEL) != "0":
+    if not verbose():
         import_tensorflow_quietly()
 
 
@@ -72,3 +82,33 @@ def _restore(saved: int) -> None:
     sys.stderr.flush()
     os.dup2(saved, 2)
     os.close(saved)
+
+
+def verbose() -> bool:
+    """Whether C++ INFO lines are wanted: ``--verbose`` sets TF_CPP_MIN_LOG_LEVEL=0."""
+    return os.environ.get(LOG_LEVEL) == "0"
+
+
+@contextmanager
+def stderr_without(*noise: str) -> Iterator[None]:
+    """Run the block with file descriptor 2 caught; afterwards write back to stderr every
+    caught line but those that start with one of ``noise``. A no-op when ``verbose()``."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            _restore(saved)
+            caught.seek(0)
+            kept = [
+                line
+                for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                if not line.startswith(noise)  # str.startswith takes a tuple
+            ]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()

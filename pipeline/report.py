@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.export_scores import COLUMNS, figure, table_note
 from pipeline.memory.record import RunMemory
 from pipeline.runs import TrainSummary
 
@@ -30,6 +31,7 @@ td:first-child, th:first-child { text-align: left; }
 .card .value { font-size: 1.6rem; font-weight: 600; }
 .muted { color: #777; } img { max-width: 100%; border: 1px solid #eee; margin: 0.3rem 0; }
 .headline { font-size: 1.1rem; }
+.warning { color: #a40; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 1rem; }
 """
 
@@ -218,6 +220,62 @@ def _memory_section(memory: RunMemory | None) -> str:
     return "\n".join(parts)
 
 
+EXPORT_START, EXPORT_END = "<!-- export:start -->", "<!-- export:end -->"
+
+
+def export_section(figures: dict[str, Any] | None) -> str:
+    """export.json's table (make export), between markers so that a later export can
+    replace it in an existing report; a hint when the run has not been exported."""
+    if not figures:
+        body = (
+            '<p class="muted">Not exported yet: <code>make export RUN=&lt;run&gt;</code> adds '
+            "the TFLite files' size, accuracy, agreement and speed here.</p>"
+        )
+    else:
+        rows = [
+            [
+                html.escape(row["file"]),
+                *(
+                    _export_cell(row, key, fmt, f"export.{name}.{key}")
+                    for _, _, key, fmt in COLUMNS
+                ),
+            ]
+            for name, row in (("keras", figures["keras"]), *figures["variants"].items())
+        ]
+        warnings = "".join(
+            f'<p class="warning">{html.escape(line)}</p>' for line in figures.get("warnings", [])
+        )
+        body = (
+            f"<p>Files in models/{html.escape(figures['run'])}/export/, each taking raw RGB "
+            "pixels with the backbone's preprocessing inside.</p>"
+            + _table(["file", *(h for h, _, _, _ in COLUMNS)], rows)
+            + f'<p class="muted">{html.escape(table_note(figures))}</p>'
+            + warnings
+        )
+    return f"{EXPORT_START}\n<h2>Export</h2>\n{body}\n{EXPORT_END}"
+
+
+def _export_cell(row: dict[str, Any], key: str, formatter: Any, metric: str) -> str:
+    value = figure(row, key)
+    if value is None:
+        return '<span class="muted">n/a</span>'
+    return (
+        f'<span data-metric="{html.escape(metric)}" data-value="{value!r}">'
+        f"{html.escape(formatter(value))}</span>"
+    )
+
+
+def with_export_section(page: str, figures: dict[str, Any]) -> str:
+    """``page`` (a rendered report) with its export section replaced by ``figures``'; a
+    report from before export sections gets one above its configuration."""
+    section = export_section(figures)
+    if EXPORT_START in page and EXPORT_END in page:
+        head, rest = page.split(EXPORT_START, 1)
+        return head + section + rest.split(EXPORT_END, 1)[1]
+    anchor = "<h2>Configuration</h2>" if "<h2>Configuration</h2>" in page else "</body>"
+    return page.replace(anchor, section + "\n" + anchor, 1)
+
+
 def _mistakes_table(metrics: dict[str, Any]) -> str:
     rows = [
         [
@@ -284,6 +342,7 @@ def render_report(
         _mistakes_table(metrics),
         "<h2>Memory estimate</h2>",
         _memory_section(extras.get("memory")),
+        export_section(extras.get("export")),
         f"<h2>Configuration</h2><details><summary>config.json</summary><pre>{config}</pre>"
         "</details>",
     ]

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.quiet import stderr_without
+
 TFLITE_SUFFIX = ".tflite"
+XNNPACK_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 
 
 def cpu_threads() -> int:
@@ -79,7 +82,8 @@ class TFLiteModel:
             self._interpreter.resize_tensor_input(
                 self._input["index"], [len(pixels), *pixels.shape[1:]]
             )
-            self._interpreter.allocate_tensors()
+            with stderr_without(XNNPACK_NOTICE):  # printed by C++ once: pipeline/quiet.py
+                self._interpreter.allocate_tensors()
             self._batch = len(pixels)
         self._interpreter.set_tensor(self._input["index"], pixels)
         self._interpreter.invoke()

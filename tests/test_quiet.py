@@ -7,6 +7,9 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+from pipeline.quiet import stderr_without
 from tests.support import REPO
 
 # Lines TensorFlow's C++ side prints while it starts: abseil's notice and glog-style lines
@@ -36,3 +39,46 @@ def test_start_up_noise_is_hidden_by_default_and_shown_with_verbose(tmp_path):
     verbose = memory_stage(tmp_path, "--verbose")
     assert verbose.returncode == 0, verbose.stderr[-2000:]
     assert NOISE.search(verbose.stderr), "--verbose showed no TensorFlow start-up line"
+
+
+TFLITE_RUN = """
+import sys, numpy as np
+from pipeline.tflite import TFLiteModel
+print(TFLiteModel(sys.argv[1])(np.zeros((1, 8, 8, 3), np.float32)).shape)
+"""
+
+
+@pytest.mark.slow  # two fresh processes that import TensorFlow: 20 s idle, more when loaded
+def test_the_xnnpack_notice_is_hidden_unless_verbose(tmp_path):
+    """TFLite's C++ "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." (printed when
+    the first interpreter allocates) is gone at the default log level, shown at level 0."""
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    path = tmp_path / "tiny.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    stderr = {}
+    for level in ("2", "0"):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": level}
+        done = subprocess.run(
+            [sys.executable, "-c", TFLITE_RUN, str(path)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0 and done.stdout.strip() == "(1, 2)", done.stderr[-2000:]
+        stderr[level] = done.stderr
+    assert "XNNPACK delegate" not in stderr["2"]
+    assert "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." in stderr["0"]
+
+
+def test_stderr_without_writes_back_every_other_line(capfd, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    with stderr_without("INFO: noise"):
+        os.write(2, b"kept before\nINFO: noise from C\nkept after\n")
+    assert capfd.readouterr().err == "kept before\nkept after\n"
