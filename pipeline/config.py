@@ -90,6 +90,9 @@ class TrainConfig:
     fine_tune_lr: float = 1e-4  # phase 2: the peak learning rate
     fine_tune_schedule: str = "cosine"  # cosine (warm-up, then cosine decay) | plateau
     warmup_epochs: float = 1.0  # cosine: linear warm-up from 0 to fine_tune_lr
+    # Phase 2 is kept only if its paired per-image val-loss gain over phase 1 is more than
+    # this many standard errors (1.645: one-sided 95%); 0 keeps it on any gain.
+    keep_min_z: float = 1.645
     patience: int = 3  # early stopping on validation loss, best weights restored
     lr_patience: int = 2  # plateau schedule: reduce the learning rate after this many flat epochs
     lr_factor: float = 0.2

@@ -153,7 +153,7 @@ def _baseline_section(metrics: dict[str, Any]) -> str:
     kept = (
         "the fine-tuned model (phase 2)"
         if b["kept_phase"] == "2"
-        else ("the phase-1 model: fine-tuning did not lower the validation loss")
+        else ("the phase-1 model: fine-tuning did not lower the validation loss beyond noise")
     )
     rows = [
         ["this model", f"{metrics['accuracy']:.4f}", f"{metrics['macro_f1']:.4f}"],

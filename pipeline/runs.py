@@ -88,7 +88,7 @@ class TrainSummary:
     epochs: int
     seconds: float
     final: dict[str, float]  # val_loss, val_accuracy of the kept phase's best epoch
-    kept_phase: str  # "2", or "1" when phase 2 did not lower the validation loss
+    kept_phase: str  # "2", or "1" when phase 2 did not lower the validation loss beyond noise
     test: dict[str, float] | None  # the kept model on the test split: accuracy, loss, images
     baseline: dict[str, Any] | None  # frozen-feature logistic regression: C, val, test scores
     memory: RunMemory  # the estimate (pipeline.memory) and the measured peaks

@@ -193,6 +193,8 @@ def _validate_train(t: TrainConfig) -> None:
             raise ConfigError(f"train.{key} must be at least 1 epoch. Received: {value}")
     if t.warmup_epochs < 0:
         raise ConfigError(f"train.warmup_epochs must be 0 or more. Received: {t.warmup_epochs}")
+    if not t.keep_min_z >= 0:
+        raise ConfigError(f"train.keep_min_z must be 0 or more. Received: {t.keep_min_z}")
     if t.head_fit == "exact" and t.head_augment:
         raise ConfigError(
             "train.head_fit=exact fits the head on cached features, which cannot be augmented: "

@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.training.head import C_GRID, fit_logistic_head
-from pipeline.training.phases import kept_phase, warmup_cosine
+from pipeline.training.phases import kept_phase, paired_gain, warmup_cosine
 
 
 def blobs(seed: int, n: int, classes: int, width: int = 12) -> tuple[np.ndarray, np.ndarray]:
@@ -56,11 +56,29 @@ def test_warmup_then_cosine_decay():
     assert rates[49] < 1e-5
 
 
-def test_phase_two_is_kept_only_when_it_lowers_the_validation_loss():
-    one = {"epochs": 1, "best_val_loss": 0.40}
-    assert kept_phase({"1": one, "2": {"epochs": 5, "best_val_loss": 0.39}}) == "2"
-    assert kept_phase({"1": one, "2": {"epochs": 5, "best_val_loss": 0.41}}) == "1"
-    assert kept_phase({"1": one}) == "1"
+def test_phase_two_is_kept_only_when_its_paired_gain_is_beyond_noise():
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0.1, 2.0, 200)  # phase 1's per-image validation losses
+    phase_one = {"epochs": 1, "best_val_loss": float(one.mean())}
+
+    def phases(two: np.ndarray) -> dict:
+        gain = paired_gain(one, two)
+        two_record = {"epochs": 5, "best_val_loss": gain["phase2_loss"], "val_gain": gain}
+        return {"1": phase_one, "2": two_record}
+
+    clear = phases(one - 0.05)  # every image a little better: z is large
+    swings = np.resize([1.0, -1.0], 200)  # half the images much better, half much worse
+    noisy = phases(one - 0.05 + swings)  # better on average, within the noise
+    worse = phases(one + 0.05)
+    assert clear["2"]["val_gain"]["z"] > 10
+    assert noisy["2"]["val_gain"]["mean"] > 0 and noisy["2"]["val_gain"]["z"] < 1.645
+    assert kept_phase(clear, min_z=1.645) == "2"
+    assert kept_phase(noisy, min_z=1.645) == "1"
+    assert kept_phase(noisy, min_z=0) == "2"  # the plain rule keeps any mean gain
+    assert kept_phase(worse, min_z=0) == "1"
+    assert kept_phase({"1": phase_one}) == "1"
+    # A run recorded before the paired gain: its mean losses decide.
+    assert kept_phase({"1": phase_one, "2": {"epochs": 5, "best_val_loss": 0.0}}, 1.645) == "2"
 
 
 # ----------------------------------------------------------------------------- real runs
@@ -107,6 +125,18 @@ def test_the_baseline_is_recomputed_from_the_runs_own_features(trained_run):
         assert baseline[split]["images"] == len(labels)
         assert baseline[split]["accuracy"] == pytest.approx(np.mean(predicted == labels))
     assert summary["test"]["images"] == len(_labels(run_dir, "test"))
+
+
+def test_the_keep_rule_pairs_each_phase_s_own_model_on_every_validation_photo(trained_run):
+    """The per-image losses behind the keep rule come from the right models: their means
+    are the validation losses each phase recorded, over all the validation photos."""
+    _, run_dir = trained_run
+    phases = _summary(run_dir)["phases"]
+    gain = phases["2"]["val_gain"]
+    assert gain["images"] == len(_labels(run_dir, "val"))
+    assert gain["phase1_loss"] == pytest.approx(phases["1"]["best_val_loss"], rel=1e-4)
+    assert gain["phase2_loss"] == pytest.approx(phases["2"]["best_val_loss"], rel=1e-4)
+    assert gain["mean"] == pytest.approx(gain["phase1_loss"] - gain["phase2_loss"], abs=1e-9)
 
 
 @pytest.mark.slow  # a whole-base phase 2 at 128 px, about 30 s

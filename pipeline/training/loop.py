@@ -158,6 +158,35 @@ def validate(
     return {"loss": totals[0] / count, "accuracy": totals[1] / count}
 
 
+def per_example_losses(
+    model: keras.Model,
+    feed: Feed,
+    strategy: tf.distribute.Strategy,
+    label_smoothing: float = 0.0,
+) -> np.ndarray:
+    """Each real (unpadded) example's loss over one pass of an evaluation feed, in the
+    feed's order: comparing two models on the same images, paired, needs more than means."""
+
+    def replica_step(images, labels, mask):
+        probs = model(images, training=False)
+        return _crossentropy(labels, probs, label_smoothing), mask
+
+    @tf.function
+    def step(batch):
+        return strategy.run(replica_step, args=batch)
+
+    iterator = iter(strategy.distribute_datasets_from_function(feed.make))
+    losses = []
+    for _ in range(feed.steps):
+        per_replica, masks = step(next(iterator))
+        for loss, mask in zip(
+            strategy.experimental_local_results(per_replica),
+            strategy.experimental_local_results(masks),
+        ):
+            losses.append(loss.numpy().astype(np.float64)[mask.numpy() > 0])
+    return np.concatenate(losses)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 

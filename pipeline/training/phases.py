@@ -47,7 +47,7 @@ from pipeline.training.feeds import (
     val_feed,
 )
 from pipeline.training.head import LogisticHead, fit_logistic_head
-from pipeline.training.loop import compile_for_training, fit, validate
+from pipeline.training.loop import compile_for_training, fit, per_example_losses, validate
 
 
 def phase_one(run: TrainingRun, xla: bool) -> dict[str, Any]:
@@ -213,6 +213,7 @@ def phase_two(run: TrainingRun, xla: bool) -> dict[str, Any]:
         f"parameters train; {schedule}, up to {t.fine_tune_epochs} epochs"
     )
     result = run_phase(run, 2, run.classifier, train, val, t.fine_tune_epochs, t.fine_tune_lr, xla)
+    result["val_gain"] = val_gain(run, val)
     result["first_trainable_layer"] = trainable_layers[0] if trainable_layers else None
     result["schedule"] = t.fine_tune_schedule
     return record_phase(run, 2, result)
@@ -231,22 +232,65 @@ def warmup_cosine(
     )
 
 
-def kept_phase(phases: dict[str, dict[str, Any]]) -> str:
-    """The phase whose model the run keeps: phase 2 only if it lowered the validation loss."""
+def val_gain(run: TrainingRun, val: Feed) -> dict[str, Any]:
+    """Phase 2's validation-loss gain over phase 1, image by image on the same photos: the
+    evidence the keep rule weighs. Leaves phase 2's best weights loaded."""
+    smoothing = run.cfg.train.label_smoothing
+    two = per_example_losses(run.classifier, val, run.strategy, smoothing)
+    run.classifier.load_weights(run.checkpoint_path(1))
+    one = per_example_losses(run.classifier, val, run.strategy, smoothing)
+    run.classifier.load_weights(run.checkpoint_path(2))
+    return paired_gain(one, two)
+
+
+def paired_gain(one: np.ndarray, two: np.ndarray) -> dict[str, Any]:
+    """Mean of ``one - two`` (per-image losses: positive means two is better), its
+    standard error, their ratio z, and each side's mean loss."""
+    one, two = np.asarray(one, np.float64), np.asarray(two, np.float64)
+    d = one - two
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    z = mean / se if se > 0 else 0.0
+    return {
+        "mean": mean,
+        "se": se,
+        "z": z,
+        "images": len(d),
+        "phase1_loss": float(one.mean()),
+        "phase2_loss": float(two.mean()),
+    }
+
+
+def kept_phase(phases: dict[str, dict[str, Any]], min_z: float = 0.0) -> str:
+    """The phase whose model the run keeps: phase 2 only if it lowered the validation loss
+    by more than ``min_z`` standard errors of its paired per-image gain. A small validation
+    split cannot tell a real gain from luck; then the convex phase-1 optimum is the safer
+    model. A run recorded before the paired gain compares the mean losses."""
     trained = [k for k, p in phases.items() if p.get("epochs")]
     if "2" in trained and "1" in trained:
-        return "2" if phases["2"]["best_val_loss"] < phases["1"]["best_val_loss"] else "1"
+        gain = phases["2"].get("val_gain")
+        if gain is None:
+            return "2" if phases["2"]["best_val_loss"] < phases["1"]["best_val_loss"] else "1"
+        return "2" if gain["mean"] > 0 and gain["z"] > min_z else "1"
     return trained[-1]
 
 
 def keep_better_phase(run: TrainingRun, phases: dict[str, dict[str, Any]]) -> str:
     """Load the kept phase's weights (phase 1's when phase 2 did not beat it) and say so."""
-    kept = kept_phase(phases)
+    min_z = run.cfg.train.keep_min_z
+    kept = kept_phase(phases, min_z)
     if kept == "1" and "2" in phases and phases["2"].get("epochs"):
         one, two = phases["1"]["best_val_loss"], phases["2"]["best_val_loss"]
+        gain = phases["2"].get("val_gain")
+        evidence = (
+            f"; per-image gain {gain['mean']:+.4f} ± {gain['se']:.4f}, z = {gain['z']:.2f}, "
+            f"needs > {min_z:g} (train.keep_min_z)"
+            if gain
+            else ""
+        )
         print(
-            f"Phase 2 did not beat phase 1 on validation (val_loss {two:.4f} against "
-            f"{one:.4f}): the phase-1 model is kept"
+            f"Phase 2 did not beat phase 1 on validation beyond noise (val_loss {two:.4f} "
+            f"against {one:.4f}{evidence}): the phase-1 model is kept"
         )
         run.classifier.load_weights(run.checkpoint_path(1))
     return kept
