@@ -311,3 +311,15 @@ def test_multi_worker_without_a_run_name_is_refused(tiny, monkeypatch):
     )
     with pytest.raises(ConfigError, match=r"needs train\.run_name"):
         train(load_config(None, [*tiny.overrides, *MOBILENET]))
+
+
+def test_xla_over_replicas_refuses_a_network_trained_from_scratch():
+    """TensorFlow fails inside the step (merge_call in an XLA function) when BatchNorm
+    updates over several replicas; the run is refused before any work instead."""
+    from pipeline.training.runtime import check_xla_replicas
+
+    check_xla_replicas(xla=True, replicas=1, pretrained=False)  # one device
+    check_xla_replicas(xla=True, replicas=2, pretrained=True)  # base in inference mode
+    check_xla_replicas(xla=False, replicas=2, pretrained=False)
+    with pytest.raises(ConfigError, match="use XLA=false, or one device"):
+        check_xla_replicas(xla=True, replicas=2, pretrained=False)

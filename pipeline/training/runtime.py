@@ -67,6 +67,19 @@ def select_strategy(cfg: Config) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def check_xla_replicas(xla: bool, replicas: int, pretrained: bool) -> None:
+    """XLA with several replicas cannot train a network whose BatchNorm updates: a mirrored
+    variable's update needs a merge_call, which TensorFlow refuses inside an XLA function.
+    A pretrained base runs in inference mode (no updates), so only from-scratch networks
+    are refused, before any work starts."""
+    if xla and replicas > 1 and not pretrained:
+        raise ConfigError(
+            f"train.xla=true with {replicas} replicas cannot train a network from scratch: "
+            "TensorFlow cannot update its BatchNorm statistics across replicas inside XLA; "
+            "use XLA=false, or one device (STRATEGY=default)"
+        )
+
+
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return "multi_worker"

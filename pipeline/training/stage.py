@@ -38,6 +38,7 @@ from pipeline.training.context import TrainingRun
 from pipeline.training.outputs import TrainResult, current_rss_bytes, finish
 from pipeline.training.phases import keep_better_phase, phase_one, phase_two
 from pipeline.training.runtime import (
+    check_xla_replicas,
     describe_devices,
     multi_worker_requested,
     select_precision,
@@ -92,6 +93,7 @@ def _train(cfg: Config, strategy: tf.distribute.Strategy, rss_before: int | None
             print("train.deterministic: XLA turned off (not every XLA kernel is deterministic)")
             xla = False
     backbone = get_backbone(cfg.model.backbone)
+    check_xla_replicas(xla, strategy.num_replicas_in_sync, backbone.pretrained)
     weights = resolve_weights(backbone, cfg.model.weights, cfg.model.alpha, cfg.image_size)
     chief, role = worker_role(strategy)
     # Each worker writes its own folder; the chief's is the run folder itself.
