@@ -1,0 +1,233 @@
+"""Classifying a sorted list of files as a stream: rows come out in path order, batch by batch.
+
+Each file is read once: ``inspect_image`` checks its header up front (format, size, EXIF
+orientation, decoder; a file that does not end as a complete JPEG or PNG gets the full
+check), then tf.data decodes it exactly as ``build_eval_dataset`` does, in parallel and
+ahead of the model, so decoding and the model overlap. A file that fails in that decode
+is dropped from the stream (``ignore_errors``) and reported with its reason, never fatal.
+Every batch is padded to the full batch size: the model's output for an image then does
+not depend on how many images share its batch, so a resumed run writes the same digits.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.images import check_image, has_image_extension, inspect_image
+
+# A log (stderr not a terminal) gets one progress line this often, in seconds.
+PROGRESS_EVERY_S = 30.0
+
+
+def prediction_columns(labels: Sequence[str], probs: np.ndarray, top_k: int) -> dict[str, Any]:
+    """predicted, probability and the top-k columns of one image's probabilities."""
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    row: dict[str, Any] = {"predicted": labels[order[0]], "probability": float(probs[order[0]])}
+    for i, j in enumerate(order, start=1):
+        row[f"top{i}_label"] = labels[j]
+        row[f"top{i}_probability"] = float(probs[j])
+    return row
+
+
+@dataclass
+class StreamCounts:
+    """What one stream did: files read, classified, skipped (header or decode)."""
+
+    read: int = 0
+    classified: int = 0
+    skipped: int = 0
+    decode_failures: int = 0  # passed the header check, failed in the decode
+    seconds: float = 0.0
+
+
+class _Progress:
+    """tqdm on a terminal; otherwise a line every PROGRESS_EVERY_S with images/s and time left."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.last_line = self.start
+        self.bar = tqdm(
+            total=total,
+            desc="Running the model",
+            unit="img",
+            file=sys.stderr,
+            disable=not sys.stderr.isatty(),
+            leave=True,
+        )
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        now = time.perf_counter()
+        if self.bar.disable and now - self.last_line >= PROGRESS_EVERY_S:
+            self.last_line = now
+            rate = self.done / (now - self.start)
+            left = (self.total - self.done) / rate if rate else float("inf")
+            print(
+                f"  {self.done}/{self.total} files, {rate:.0f} images/s, "
+                f"about {_duration(left)} left",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def classify_stream(
+    clf: Any,
+    paths: Sequence[Path],
+    todo: bytearray,
+    header: Sequence[str],
+    emit: Callable[[list[list[Any]]], None],
+    top_k: int,
+    tta: str = "none",
+    batch_size: int | None = None,
+) -> StreamCounts:
+    """Classify ``paths[i]`` for each ``todo[i]``, handing rows to ``emit`` in path order.
+
+    A row is ``header``'s columns, then the file's size and modification time (ns) as they
+    were before it was read. ``clf`` is a ``pipeline.predict.Classifier``.
+    """
+    import tensorflow as tf
+
+    from pipeline.backbones import get_backbone, preprocess
+    from pipeline.inputs import decode_center
+
+    cfg, labels = clf.cfg, clf.labels
+    top_k = min(top_k, len(labels))
+    batch = batch_size or cfg.input.batch_size
+    size, fraction = cfg.image_size, cfg.input.eval_crop_fraction
+    backbone = get_backbone(cfg.model.backbone)
+    min_side, max_pixels = cfg.data.min_side, cfg.data.max_pixels
+    counts = StreamCounts()
+    skipped: dict[int, tuple[str, int, int]] = {}  # header failures the writer has not reached
+
+    def work():
+        for i, path in enumerate(paths):
+            if not todo[i]:
+                continue
+            try:
+                st = os.stat(path)
+                stamp = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                stamp = (-1, -1)
+            check = inspect_image(path, min_side, max_pixels)
+            if check.status != "ok":
+                skipped[i] = (check.reason, *stamp)
+                continue
+            yield i, str(path), check.decoder, check.orientation, *stamp
+
+    def load(index, path, decoder, orientation, file_size, mtime):
+        # The two steps of build_eval_dataset's map, so predict and evaluate agree.
+        image = decode_center(path, decoder, orientation, size, fraction)
+        if not clf.raw_pixels:
+            image = preprocess(image, backbone)
+        return index, file_size, mtime, image
+
+    scalar = tf.TensorSpec([], tf.int64)
+    text = tf.TensorSpec([], tf.string)
+    signature = (scalar, text, text, tf.TensorSpec([], tf.int32), scalar, scalar)
+    ds = tf.data.Dataset.from_generator(work, output_signature=signature)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors().batch(batch).prefetch(2)
+
+    total = sum(todo)
+    images = sum(1 for i, p in enumerate(paths) if todo[i] and has_image_extension(p))
+    if total:
+        batches = math.ceil(images / batch)
+        print(
+            f"Running the model on {images} images "
+            f"({batches} batch{'es' if batches != 1 else ''} of {batch})",
+            flush=True,
+        )
+    progress = _Progress(total)
+    start = time.perf_counter()
+    cursor = 0  # the next index whose row is due
+
+    def rows_until(limit: int, done: dict[int, tuple[int, int, np.ndarray]]) -> list[list]:
+        nonlocal cursor
+        rows = []
+        while cursor <= limit:
+            i, cursor = cursor, cursor + 1
+            if not todo[i]:
+                continue
+            counts.read += 1
+            row: dict[str, Any] = {"path": str(paths[i]), "status": "ok", "reason": ""}
+            if i in done:
+                file_size, mtime, probs = done[i]
+                row.update(prediction_columns(labels, probs, top_k))
+                counts.classified += 1
+            else:
+                if i in skipped:
+                    reason, file_size, mtime = skipped.pop(i)
+                else:  # passed the header check, failed in tf.data's decode
+                    reason, file_size, mtime = _decode_failure(paths[i], min_side, max_pixels)
+                    counts.decode_failures += 1
+                row.update(status="skipped", reason=reason)
+                counts.skipped += 1
+            rows.append([*(row.get(h, "") for h in header), file_size, mtime])
+        return rows
+
+    try:
+        for index, file_sizes, mtimes, pixels in ds:
+            x = pixels.numpy()
+            probs = _predict_padded(clf.predict_batch, x, batch, tta)
+            done = {
+                int(i): (int(s), int(m), p)
+                for i, s, m, p in zip(index.numpy(), file_sizes.numpy(), mtimes.numpy(), probs)
+            }
+            rows = rows_until(int(index.numpy().max()), done)
+            emit(rows)
+            progress.update(len(rows))
+        rows = rows_until(len(paths) - 1, {})
+        emit(rows)
+        progress.update(len(rows))
+    finally:
+        progress.close()
+    counts.seconds = time.perf_counter() - start
+    return counts
+
+
+def _predict_padded(predict_batch: Callable, x: np.ndarray, batch: int, tta: str) -> np.ndarray:
+    """Probabilities (float64) for a batch, run at the full batch size (zeros pad it).
+
+    CPU kernels give the last bits differently for different batch sizes: padding keeps
+    every image's digits the same wherever a run starts or stops.
+    """
+    n = len(x)
+    if n < batch:
+        x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
+    probs = np.asarray(predict_batch(x))
+    if tta == "flip":
+        mirrored = x[:, :, ::-1]  # (batch, height, width, channels)
+        probs = (probs + np.asarray(predict_batch(mirrored))) / 2
+    return probs[:n].astype(np.float64)
+
+
+def _decode_failure(path: Path, min_side: int, max_pixels: int) -> tuple[str, int, int]:
+    """The reason a file failed in the decode: the full check's, or TensorFlow's refusal."""
+    check = check_image(path, min_side, max_pixels)
+    reason = check.reason or "truncated or corrupt: TensorFlow's decoder cannot read it"
+    try:
+        st = os.stat(path)
+        return reason, st.st_size, st.st_mtime_ns
+    except OSError:
+        return reason, -1, -1
