@@ -157,11 +157,10 @@ def check_image(path: str | Path, min_side: int = 32, max_pixels: int = 178_956_
     return result
 
 
-# The bytes a complete file ends with: a JPEG's EOI marker, a PNG's IEND chunk. A file cut
-# short (the usual damage: an interrupted copy) lacks them, and TensorFlow's crop decode
-# can miss a cut below the crop, so such files get check_image's full decode instead.
+# The bytes a complete JPEG ends with (its EOI marker). A file cut short (the usual damage:
+# an interrupted copy) lacks them, and TensorFlow's crop decode can miss a cut below the
+# crop, so such files get check_image's full decode instead.
 _JPEG_END = b"\xff\xd9"
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 def inspect_image(
@@ -169,10 +168,12 @@ def inspect_image(
 ) -> ImageCheck:
     """check_image without the full decode, for files decoded right after (make predict).
 
-    Reads the header only (format, size, EXIF orientation, decoder) and the file's last
-    bytes; anything that is not a JPEG or PNG ending as a complete one goes through
-    check_image. Damage inside a complete-looking file surfaces in the decode that
-    follows, whose caller reports it. Same fields and reasons as check_image, no sha256.
+    For a JPEG (what cameras write) it reads the header only (format, size, EXIF
+    orientation, decoder) and the file's last bytes; anything else, and a JPEG that does
+    not end as a complete one, goes through check_image (a PNG's EXIF may follow its
+    pixels, so PIL decodes it to read it anyway). Damage inside a complete-looking JPEG
+    surfaces in the decode that follows, whose caller reports it. Same fields and reasons
+    as check_image, without the sha256.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -191,16 +192,13 @@ def inspect_image(
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 return skip("empty file")
-            fh.seek(max(0, size - len(_PNG_END)))
+            fh.seek(max(0, size - len(_JPEG_END)))
             tail = fh.read()
             fh.seek(0)
             with Image.open(fh) as img:
                 result.format, result.mode = img.format or "", img.mode
                 decoder = _choose_decoder(img)
-                complete = (decoder == DECODE_JPEG and tail.endswith(_JPEG_END)) or (
-                    decoder == DECODE_TF and result.format == "PNG" and tail == _PNG_END
-                )
-                if not complete or result.format not in ACCEPTED_FORMATS:
+                if decoder != DECODE_JPEG or tail != _JPEG_END:
                     return check_image(path, min_side, max_pixels)
                 width, height = img.size
                 if width * height > max_pixels:

@@ -302,7 +302,7 @@ def _copy_into(rows: Iterable[dict], destination: Path) -> None:
             partial.replace(target)
 
 
-def _row_key(clf: Classifier, source: Path, header: list[str], tta: str, batch: int) -> str:
+def partial_key(clf: Classifier, source: Path, header: list[str], tta: str, batch: int) -> str:
     """What decides a row's content: the model file (and its size and time), the run's
     configuration (image size, crop, checks), labels, columns, TTA and the batch size."""
     model_file = source if source.is_file() else clf.run_dir / MODEL_FILE
@@ -354,8 +354,8 @@ def predict(cfg: Config) -> PredictResult:
     header = ["path", "status", "predicted", "probability", *top_k_columns(k), "reason"]
     # The run's own batch size (input.batch_size, 32 by default): on CPU, batches of 16 to
     # 64 run MobileNet at the same rate within noise (benchmarks/predict.py, "batch sizes").
-    batch = clf.cfg.input.batch_size
-    saved = PartialRows(output, _row_key(clf, source, header, cfg.input.tta, batch), header)
+    batch = p.batch_size or clf.cfg.input.batch_size
+    saved = PartialRows(output, partial_key(clf, source, header, cfg.input.tta, batch), header)
     for stale in saved.stale():
         print(f"Discarding {stale.name}: left by a run with another model or options")
     todo, reused = saved.start(files)
