@@ -96,12 +96,15 @@ class PartialRows:
 
     # ------------------------------------------------------------------ starting
 
-    def start(self, paths: Sequence[Path]) -> tuple[bytearray, int]:
+    def start(self, paths: Sequence[Path], cell: int) -> tuple[bytearray, int]:
         """Keep the earlier rows whose file is unchanged (size and modification time).
 
-        Returns one flag per path (1: classify it) and the number of rows kept. The kept
-        rows are rewritten into .partial.kept before the old files go, so a kill at any
-        point loses nothing already finished.
+        Rows are kept by whole cells of ``cell`` consecutive paths (the model's batches:
+        pipeline.predict_stream): a cell with any file to classify is classified whole,
+        so each image is computed in the same batch, at the same place, as in a run
+        that was never interrupted. Returns one flag per path (1: classify it) and the
+        number of rows kept. The kept rows are rewritten into .partial.kept before the
+        old files go, so a kill at any point loses nothing already finished.
         """
         for path in self.stale():
             path.unlink()
@@ -114,14 +117,18 @@ class PartialRows:
         with atomic_path(self.kept) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             fh.write(self.key_line)
             writer = csv.writer(fh, lineterminator="\n")
-            for i, path in enumerate(paths):
-                name = str(path)
-                while current is not None and current[0] < name:
-                    current = next(previous, None)
-                if current is not None and current[0] == name and _unchanged(current, path):
-                    writer.writerow(current)
-                    todo[i] = 0
-                    kept += 1
+            for first in range(0, len(paths), cell):
+                rows = []
+                for path in paths[first : first + cell]:
+                    name = str(path)
+                    while current is not None and current[0] < name:
+                        current = next(previous, None)
+                    if current is not None and current[0] == name and _unchanged(current, path):
+                        rows.append(current)
+                if len(rows) == len(paths[first : first + cell]):
+                    writer.writerows(rows)
+                    todo[first : first + cell] = bytes(len(rows))
+                    kept += len(rows)
             fh.flush()
             os.fsync(fh.fileno())
         self.partial.unlink(missing_ok=True)

@@ -358,7 +358,7 @@ def predict(cfg: Config) -> PredictResult:
     saved = PartialRows(output, partial_key(clf, source, header, cfg.input.tta, batch), header)
     for stale in saved.stale():
         print(f"Discarding {stale.name}: left by a run with another model or options")
-    todo, reused = saved.start(files)
+    todo, reused = saved.start(files, batch)
     if reused:
         print(
             f"Resuming: {reused} rows kept from an interrupted run (files unchanged), "

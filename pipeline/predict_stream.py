@@ -5,8 +5,8 @@ orientation, decoder; a file that does not end as a complete JPEG or PNG gets th
 check), then tf.data decodes it exactly as ``build_eval_dataset`` does, in parallel and
 ahead of the model, so decoding and the model overlap. A file that fails in that decode
 is dropped from the stream (``ignore_errors``) and reported with its reason, never fatal.
-Every batch is padded to the full batch size: the model's output for an image then does
-not depend on how many images share its batch, so a resumed run writes the same digits.
+Each image is computed at a fixed place (batch and slot) given by its index in the sorted
+list (``_Cells``), so a resumed run writes the same digits as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -186,18 +186,18 @@ def classify_stream(
             rows.append([*(row.get(h, "") for h in header), file_size, mtime])
         return rows
 
+    cells = _Cells(clf.predict_batch, batch, tta)
     try:
         for index, file_sizes, mtimes, pixels in ds:
-            x = pixels.numpy()
-            probs = _predict_padded(clf.predict_batch, x, batch, tta)
-            done = {
-                int(i): (int(s), int(m), p)
-                for i, s, m, p in zip(index.numpy(), file_sizes.numpy(), mtimes.numpy(), probs)
-            }
-            rows = rows_until(int(index.numpy().max()), done)
+            for cell, done in cells.add(index.numpy(), file_sizes.numpy(), mtimes.numpy(), pixels):
+                rows = rows_until(min((cell + 1) * batch, len(paths)) - 1, done)
+                emit(rows)
+                progress.update(len(rows))
+        for cell, done in cells.finish():
+            rows = rows_until(min((cell + 1) * batch, len(paths)) - 1, done)
             emit(rows)
             progress.update(len(rows))
-        rows = rows_until(len(paths) - 1, {})
+        rows = rows_until(len(paths) - 1, {})  # header failures after the last image
         emit(rows)
         progress.update(len(rows))
     finally:
@@ -206,20 +206,54 @@ def classify_stream(
     return counts
 
 
-def _predict_padded(predict_batch: Callable, x: np.ndarray, batch: int, tta: str) -> np.ndarray:
-    """Probabilities (float64) for a batch, run at the full batch size (zeros pad it).
+class _Cells:
+    """Images regrouped by place: path index i goes to batch i // size, slot i % size.
 
-    CPU kernels give the last bits differently for different batch sizes: padding keeps
-    every image's digits the same wherever a run starts or stops.
+    CPU kernels give an image's last digits differently for different batch sizes and
+    slots, so every image is computed at the place its index gives it (zeros fill the
+    slots of unreadable or already-classified files): the digits then do not depend on
+    where a run started or stopped. A folder of photos has few such holes.
     """
-    n = len(x)
-    if n < batch:
-        x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
-    probs = np.asarray(predict_batch(x))
-    if tta == "flip":
-        mirrored = x[:, :, ::-1]  # (batch, height, width, channels)
-        probs = (probs + np.asarray(predict_batch(mirrored))) / 2
-    return probs[:n].astype(np.float64)
+
+    def __init__(self, predict_batch: Callable, size: int, tta: str) -> None:
+        self.predict_batch, self.size, self.tta = predict_batch, size, tta
+        self.cell = -1
+        self.buffer: np.ndarray | None = None
+        self.stamps: dict[int, tuple[int, int]] = {}
+
+    def add(self, index: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray, pixels: Any):
+        """Yield (cell, {index: (size, mtime, probabilities)}) for each cell completed."""
+        x = pixels.numpy()
+        if self.buffer is None:
+            self.buffer = np.zeros((self.size, *x.shape[1:]), x.dtype)
+        cells = index // self.size
+        for cell in np.unique(cells):
+            if cell != self.cell:
+                if self.stamps:
+                    yield self.cell, self._run()
+                self.cell = int(cell)
+            mine = cells == cell
+            self.buffer[index[mine] % self.size] = x[mine]
+            for i, s, m in zip(index[mine], sizes[mine], mtimes[mine]):
+                self.stamps[int(i)] = (int(s), int(m))
+
+    def finish(self):
+        """Yield the last cell, if images wait in it."""
+        if self.stamps:
+            yield self.cell, self._run()
+
+    def _run(self) -> dict[int, tuple[int, int, np.ndarray]]:
+        filled = np.zeros(self.size, bool)
+        filled[[i % self.size for i in self.stamps]] = True
+        self.buffer[~filled] = 0  # holes: the slots of files not classified here
+        probs = np.asarray(self.predict_batch(self.buffer))
+        if self.tta == "flip":
+            mirrored = self.buffer[:, :, ::-1]  # (batch, height, width, channels)
+            probs = (probs + np.asarray(self.predict_batch(mirrored))) / 2
+        probs = probs.astype(np.float64)
+        done = {i: (*stamp, probs[i % self.size]) for i, stamp in self.stamps.items()}
+        self.stamps = {}
+        return done
 
 
 def _decode_failure(path: Path, min_side: int, max_pixels: int) -> tuple[str, int, int]:

@@ -196,7 +196,7 @@ def test_streamed_rows_equal_the_in_memory_path(predicted, trained_run):
 
 @pytest.fixture(scope="module")
 def many_photos(tmp_path_factory, flowers_mini):
-    """60 fixture photos and one unreadable file: enough batches of 1 for a kill to land."""
+    """60 fixture photos and one unreadable file: enough batches of 2 for a kill to land."""
     root = tmp_path_factory.mktemp("many")
     for photo in sorted(flowers_mini.glob("*/*.jpg"))[:60]:
         shutil.copy(photo, root / f"{photo.parent.name}-{photo.name}")
@@ -207,7 +207,7 @@ def many_photos(tmp_path_factory, flowers_mini):
 @pytest.fixture(scope="module")
 def uninterrupted(trained_run, many_photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole") / "whole.csv"
-    predict(_predict_cfg(trained_run, many_photos, out, **{"predict.batch_size": 1}))
+    predict(_predict_cfg(trained_run, many_photos, out, **{"predict.batch_size": 2}))
     return out.read_bytes()
 
 
@@ -231,7 +231,7 @@ def test_kill_9_then_rerun_classifies_only_the_rest_and_writes_the_same_csv(
         f"predict.output={out}",
         f"eval.run={run_dir}",
         f"paths.models={run_dir.parent}",
-        "predict.batch_size=1",
+        "predict.batch_size=2",
     ]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -244,7 +244,7 @@ def test_kill_9_then_rerun_classifies_only_the_rest_and_writes_the_same_csv(
     assert not out.exists() and partial.is_file()
     saved = partial.read_bytes()
 
-    result = predict(_predict_cfg(trained_run, many_photos, out, **{"predict.batch_size": 1}))
+    result = predict(_predict_cfg(trained_run, many_photos, out, **{"predict.batch_size": 2}))
     assert 5 <= result.reused < 61
     assert result.read == 61 - result.reused  # only what the killed run had not finished
     assert out.read_bytes() == uninterrupted
@@ -253,13 +253,14 @@ def test_kill_9_then_rerun_classifies_only_the_rest_and_writes_the_same_csv(
     # A partial file left by another model or other options is never reused.
     key_line, rest = saved.split(b"\n", 1)
     partial.write_bytes(key_line[:-4] + b"0000\n" + rest)
-    result = predict(_predict_cfg(trained_run, many_photos, out, **{"predict.batch_size": 1}))
+    result = predict(_predict_cfg(trained_run, many_photos, out, **{"predict.batch_size": 2}))
     assert (result.reused, result.read) == (0, 61)
     assert out.read_bytes() == uninterrupted
 
 
 def test_rows_of_unchanged_files_are_kept_and_changed_ones_redone(trained_run, tmp_path):
-    """A partial row is reused only while its file keeps its size and modification time."""
+    """A partial row is reused only while its file keeps its size and modification time,
+    by whole batches (batch_size 2 here)."""
     from pipeline.partial import PartialRows
 
     folder = tmp_path / "in"
@@ -277,18 +278,17 @@ def test_rows_of_unchanged_files_are_kept_and_changed_ones_redone(trained_run, t
     clf = load_classifier(trained_run[1])
     key = partial_key(clf, trained_run[1], header, "none", 2)
     saved = PartialRows(out, key, header)
-    rows[0]["predicted"] = "kept-from-before"
+    rows[3]["predicted"] = "kept-from-before"
     saved.append(
         [*r.values(), stamps[r["path"]].st_size, stamps[r["path"]].st_mtime_ns] for r in rows
     )
     saved.close()
-    touched = Path(rows[1]["path"])
-    touched.touch()  # same bytes, new time: classified again
+    Path(rows[1]["path"]).touch()  # same bytes, new time: its batch (t0, t1) is redone
     result = predict(cfg)
-    assert (result.reused, result.read) == (3, 1)
+    assert (result.reused, result.read) == (2, 2)
     again = read_csv(out)
-    assert again[0]["predicted"] == "kept-from-before"  # reused as it was
-    assert again[1:] == read_csv_bytes(whole)[1:]
+    assert again[3]["predicted"] == "kept-from-before"  # reused as it was
+    assert again[:3] == read_csv_bytes(whole)[:3]
 
 
 def read_csv_bytes(data: bytes) -> list[dict]:
@@ -308,5 +308,5 @@ def test_a_torn_last_line_is_dropped(tmp_path):
     with open(saved.partial, "a") as fh:
         fh.write("c,ok,,5,6")  # cut before its newline: a kill -9 mid-write
     assert [r[0] for r in saved.previous()] == ["a", "b"]
-    PartialRows(out, "other", ["path", "status", "reason"]).start([Path("a")])
+    PartialRows(out, "other", ["path", "status", "reason"]).start([Path("a")], 1)
     assert not saved.partial.exists()  # another key: discarded
