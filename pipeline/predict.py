@@ -242,6 +242,7 @@ class PredictResult:
     sorted_into: Path | None = None
     reused: int = 0  # rows kept from an interrupted run (file unchanged)
     read: int = 0  # files this run read and classified or skipped
+    images_per_s: float = 0.0  # files read per second after the first batch
 
 
 def list_input_files(folder: Path) -> list[Path]:
@@ -378,8 +379,11 @@ def predict(cfg: Config) -> PredictResult:
             + f"; each file's reason is in {output}); give a folder of photos "
             "(JPEG, PNG, GIF, BMP or WebP), or replace the damaged files"
         )
-    result = PredictResult(output, classified, skipped, reused=reused, read=counts.read)
-    print(f"Classified {classified} images, skipped {skipped} unreadable: {output}")
+    result = PredictResult(
+        output, classified, skipped, None, reused, counts.read, counts.steady_rate
+    )
+    rate = f" ({counts.steady_rate:.0f} images/s after start-up)" if counts.steady_rate else ""
+    print(f"Classified {classified} images, skipped {skipped} unreadable{rate}: {output}")
     if sort_into:
         result.sorted_into = sort_into
         with open(output, newline="", encoding="utf-8") as fh:

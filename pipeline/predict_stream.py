@@ -47,6 +47,7 @@ class StreamCounts:
     skipped: int = 0
     decode_failures: int = 0  # passed the header check, failed in the decode
     seconds: float = 0.0
+    steady_rate: float = 0.0  # images/s after the first batch (start-up excluded)
 
 
 class _Progress:
@@ -91,34 +92,28 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def classify_stream(
-    clf: Any,
+def decode_dataset(
+    cfg: Any,
     paths: Sequence[Path],
     todo: bytearray,
-    header: Sequence[str],
-    emit: Callable[[list[list[Any]]], None],
-    top_k: int,
-    tta: str = "none",
-    batch_size: int | None = None,
-) -> StreamCounts:
-    """Classify ``paths[i]`` for each ``todo[i]``, handing rows to ``emit`` in path order.
+    skipped: dict[int, tuple[str, int, int]],
+    batch: int,
+    preprocessed: bool = True,
+) -> Any:
+    """Batches of (index, size, mtime_ns, image) for the files ``todo`` flags, in order.
 
-    A row is ``header``'s columns, then the file's size and modification time (ns) as they
-    were before it was read. ``clf`` is a ``pipeline.predict.Classifier``.
+    Header failures go into ``skipped`` (index: reason, size, mtime_ns) instead; files
+    that fail in the decode are left out (their index is missing). The images are what
+    build_eval_dataset gives (raw pixels when not ``preprocessed``).
     """
     import tensorflow as tf
 
     from pipeline.backbones import get_backbone, preprocess
     from pipeline.inputs import decode_center
 
-    cfg, labels = clf.cfg, clf.labels
-    top_k = min(top_k, len(labels))
-    batch = batch_size or cfg.input.batch_size
     size, fraction = cfg.image_size, cfg.input.eval_crop_fraction
     backbone = get_backbone(cfg.model.backbone)
     min_side, max_pixels = cfg.data.min_side, cfg.data.max_pixels
-    counts = StreamCounts()
-    skipped: dict[int, tuple[str, int, int]] = {}  # header failures the writer has not reached
 
     def work():
         for i, path in enumerate(paths):
@@ -138,7 +133,7 @@ def classify_stream(
     def load(index, path, decoder, orientation, file_size, mtime):
         # The two steps of build_eval_dataset's map, so predict and evaluate agree.
         image = decode_center(path, decoder, orientation, size, fraction)
-        if not clf.raw_pixels:
+        if preprocessed:
             image = preprocess(image, backbone)
         return index, file_size, mtime, image
 
@@ -147,7 +142,31 @@ def classify_stream(
     signature = (scalar, text, text, tf.TensorSpec([], tf.int32), scalar, scalar)
     ds = tf.data.Dataset.from_generator(work, output_signature=signature)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors().batch(batch).prefetch(2)
+    return ds.ignore_errors().batch(batch).prefetch(2)
+
+
+def classify_stream(
+    clf: Any,
+    paths: Sequence[Path],
+    todo: bytearray,
+    header: Sequence[str],
+    emit: Callable[[list[list[Any]]], None],
+    top_k: int,
+    tta: str = "none",
+    batch_size: int | None = None,
+) -> StreamCounts:
+    """Classify ``paths[i]`` for each ``todo[i]``, handing rows to ``emit`` in path order.
+
+    A row is ``header``'s columns, then the file's size and modification time (ns) as they
+    were before it was read. ``clf`` is a ``pipeline.predict.Classifier``.
+    """
+    cfg, labels = clf.cfg, clf.labels
+    top_k = min(top_k, len(labels))
+    batch = batch_size or cfg.input.batch_size
+    min_side, max_pixels = cfg.data.min_side, cfg.data.max_pixels
+    counts = StreamCounts()
+    skipped: dict[int, tuple[str, int, int]] = {}  # header failures the writer has not reached
+    ds = decode_dataset(cfg, paths, todo, skipped, batch, preprocessed=not clf.raw_pixels)
 
     total = sum(todo)
     images = sum(1 for i, p in enumerate(paths) if todo[i] and has_image_extension(p))
@@ -187,12 +206,15 @@ def classify_stream(
         return rows
 
     cells = _Cells(clf.predict_batch, batch, tta)
+    first: tuple[float, int] | None = None  # when the first batch was done, files read by then
     try:
         for index, file_sizes, mtimes, pixels in ds:
             for cell, done in cells.add(index.numpy(), file_sizes.numpy(), mtimes.numpy(), pixels):
                 rows = rows_until(min((cell + 1) * batch, len(paths)) - 1, done)
                 emit(rows)
                 progress.update(len(rows))
+                if first is None:
+                    first = (time.perf_counter(), counts.read)
         for cell, done in cells.finish():
             rows = rows_until(min((cell + 1) * batch, len(paths)) - 1, done)
             emit(rows)
@@ -202,7 +224,10 @@ def classify_stream(
         progress.update(len(rows))
     finally:
         progress.close()
-    counts.seconds = time.perf_counter() - start
+    end = time.perf_counter()
+    counts.seconds = end - start
+    if first is not None and end > first[0] and counts.read > first[1]:
+        counts.steady_rate = (counts.read - first[1]) / (end - first[0])
     return counts
 
 
