@@ -222,7 +222,7 @@ def main() -> None:
     small_dir = work / "small"
     for i, path in enumerate(paths[: args.small]):
         (small_dir / path.parent.name).mkdir(parents=True, exist_ok=True)
-        (small_dir / path.parent.name / f"{i:06d}-{path.name}").symlink_to(path)
+        (small_dir / path.parent.name / f"{i:06d}-{path.name}").symlink_to(path.resolve())
     small = run_child(run_dir, small_dir, work / "small.csv")
     print(json.dumps(small), "\n== resume: kill -9 halfway, rerun", flush=True)
     killed = run_child(run_dir, args.folder, work / "resume.csv", len(paths) // 2)

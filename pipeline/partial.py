@@ -73,7 +73,7 @@ class PartialRows:
                     yield pending
                 if len(record) != width or record[0] <= last:
                     return
-                if not (record[-1].isdigit() and record[-2].isdigit()):
+                if not (_is_int(record[-1]) and _is_int(record[-2])):
                     return
                 pending, last = record, record[0]
             if pending is not None and ends_whole:
@@ -191,3 +191,8 @@ def _unchanged(row: list[str], path: Path) -> bool:
     except OSError:
         return False
     return row[-2] == str(st.st_size) and row[-1] == str(st.st_mtime_ns)
+
+
+def _is_int(text: str) -> bool:
+    """A size or time as written (-1 when the file could not be read)."""
+    return text.removeprefix("-").isdigit()

@@ -303,7 +303,7 @@ def test_a_torn_last_line_is_dropped(tmp_path):
 
     out = tmp_path / "o.csv"
     saved = PartialRows(out, "k", ["path", "status", "reason"])
-    saved.append([["a", "ok", "", 1, 2], ["b", "ok", "", 3, 4]])
+    saved.append([["a", "ok", "", 1, 2], ["b", "skipped", "unreadable: gone", -1, -1]])
     saved.close()
     with open(saved.partial, "a") as fh:
         fh.write("c,ok,,5,6")  # cut before its newline: a kill -9 mid-write
