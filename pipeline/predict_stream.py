@@ -26,6 +26,7 @@ from pipeline.images import check_image, has_image_extension, inspect_image
 
 # A log (stderr not a terminal) gets one progress line this often, in seconds.
 PROGRESS_EVERY_S = 30.0
+GENERATOR_CHUNK = 64  # files checked per step of the tf.data generator
 
 
 def prediction_columns(labels: Sequence[str], probs: np.ndarray, top_k: int) -> dict[str, Any]:
@@ -116,6 +117,8 @@ def decode_dataset(
     min_side, max_pixels = cfg.data.min_side, cfg.data.max_pixels
 
     def work():
+        # In chunks: from_generator costs about as much per element as the header check.
+        chunk: list[tuple] = []
         for i, path in enumerate(paths):
             if not todo[i]:
                 continue
@@ -128,7 +131,12 @@ def decode_dataset(
             if check.status != "ok":
                 skipped[i] = (check.reason, *stamp)
                 continue
-            yield i, str(path), check.decoder, check.orientation, *stamp
+            chunk.append((i, str(path), check.decoder, check.orientation, *stamp))
+            if len(chunk) == GENERATOR_CHUNK:
+                yield tuple(np.array(column) for column in zip(*chunk))
+                chunk = []
+        if chunk:
+            yield tuple(np.array(column) for column in zip(*chunk))
 
     def load(index, path, decoder, orientation, file_size, mtime):
         # The two steps of build_eval_dataset's map, so predict and evaluate agree.
@@ -137,10 +145,10 @@ def decode_dataset(
             image = preprocess(image, backbone)
         return index, file_size, mtime, image
 
-    scalar = tf.TensorSpec([], tf.int64)
-    text = tf.TensorSpec([], tf.string)
-    signature = (scalar, text, text, tf.TensorSpec([], tf.int32), scalar, scalar)
-    ds = tf.data.Dataset.from_generator(work, output_signature=signature)
+    number = tf.TensorSpec([None], tf.int64)
+    text = tf.TensorSpec([None], tf.string)
+    signature = (number, text, text, tf.TensorSpec([None], tf.int32), number, number)
+    ds = tf.data.Dataset.from_generator(work, output_signature=signature).unbatch()
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.ignore_errors().batch(batch).prefetch(2)
 
