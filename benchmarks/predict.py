@@ -10,8 +10,8 @@ small --train-folder: speed does not depend on accuracy), then measures, in one 
   predict   `python -m pipeline predict`'s stage in a child process on the whole folder:
             images/s after start-up (model load and first batch excluded), peak memory
   small     the same on the first --small photos (memory must not grow with the folder)
-  resume    a child killed (SIGKILL) halfway, then the rerun: its time against the
-            remaining share of the uninterrupted run's
+  resume    on the small folder, a child killed (SIGKILL) halfway, then the rerun: its
+            time against the remaining share of the uninterrupted run's
   decode    the predict stream without the model (header check + tf.data decode)
   naive     for each file: PIL load, centre crop, resize, preprocess, model(1 image)
   batches   the forward rate at several batch sizes (the default's reason)
@@ -224,11 +224,11 @@ def main() -> None:
         (small_dir / path.parent.name).mkdir(parents=True, exist_ok=True)
         (small_dir / path.parent.name / f"{i:06d}-{path.name}").symlink_to(path.resolve())
     small = run_child(run_dir, small_dir, work / "small.csv")
-    print(json.dumps(small), "\n== resume: kill -9 halfway, rerun", flush=True)
-    killed = run_child(run_dir, args.folder, work / "resume.csv", len(paths) // 2)
-    rerun = run_child(run_dir, args.folder, work / "resume.csv")
-    identical = (work / "resume.csv").read_bytes() == (work / "full.csv").read_bytes()
-    share = rerun["read"] / len(paths)
+    print(json.dumps(small), f"\n== resume on the {args.small}: kill -9 halfway, rerun", flush=True)
+    killed = run_child(run_dir, small_dir, work / "resume.csv", args.small // 2)
+    rerun = run_child(run_dir, small_dir, work / "resume.csv")
+    identical = (work / "resume.csv").read_bytes() == (work / "small.csv").read_bytes()
+    share = rerun["read"] / args.small
     print(json.dumps({**killed, **rerun, "identical": identical}), flush=True)
     print("== decode without the model; naive loop; batch sizes", flush=True)
     decode = decode_rate(clf, paths[:4000], batch)
@@ -260,8 +260,9 @@ def main() -> None:
             "rerun_read": rerun["read"],
             "rerun_reused": rerun["reused"],
             "rerun_seconds": rerun["seconds"],
-            "remaining_share_of_full_seconds": full["seconds"] * share,
-            "rerun_over_remaining": rerun["seconds"] / (full["seconds"] * share),
+            "photos": args.small,
+            "remaining_share_of_uninterrupted_seconds": small["seconds"] * share,
+            "rerun_over_remaining": rerun["seconds"] / (small["seconds"] * share),
             "csv_identical_to_uninterrupted": identical,
         },
         "forward_by_batch_size": sweep,
@@ -291,7 +292,7 @@ def main() -> None:
         (f"peak RSS, {len(paths)} photos", f"{full['peak_rss_bytes'] / mib:.0f} MiB", ""),
         (f"peak RSS, {args.small} photos", f"{small['peak_rss_bytes'] / mib:.0f} MiB", ""),
         (
-            "resume after kill -9 at half",
+            f"resume after kill -9 at half of {args.small}",
             f"{rerun['seconds']:.1f} s",
             f"{figures['resume']['rerun_over_remaining']:.2f}x the remaining share; "
             f"CSV identical: {identical}",
