@@ -12,6 +12,8 @@ small --train-folder: speed does not depend on accuracy), then measures, in one 
   small     the same on the first --small photos (memory must not grow with the folder)
   resume    on the small folder, a child killed (SIGKILL) halfway, then the rerun: its
             time against the remaining share of the uninterrupted run's
+  pairs     predict's stream and the forward pass alternated on slices of the folder,
+            back to back (the headline ratio, robust to a load that changes meanwhile)
   decode    the predict stream without the model (header check + tf.data decode)
   naive     for each file: PIL load, centre crop, resize, preprocess, model(1 image)
   batches   the forward rate at several batch sizes (the default's reason)
@@ -66,7 +68,7 @@ def child(run_dir: Path, folder: Path, output: Path) -> None:
     start = time.perf_counter()
     result = predict(predict_cfg(run_dir, folder, output))
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    peak = peak_rss()
     line = {
         "classified": result.classified,
         "skipped": result.skipped,
@@ -77,6 +79,16 @@ def child(run_dir: Path, folder: Path, output: Path) -> None:
         "peak_rss_bytes": peak,
     }
     print("RESULT " + json.dumps(line), flush=True)
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM, which starts afresh at exec
+    (ru_maxrss does not: it keeps the forking parent's peak)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_child(run_dir: Path, folder: Path, output: Path, kill_after_rows: int = 0) -> dict:
@@ -123,6 +135,38 @@ def forward_rate(clf, x: np.ndarray, seconds: float) -> float:
         clf.predict_batch(x)
         count += len(x)
     return count / (time.perf_counter() - start)
+
+
+def paired(clf, paths: list[Path], x: np.ndarray, pairs: int, count: int, work: Path):
+    """(predict stream images/s after its first batch, forward images/s) in alternation.
+
+    The machine may be shared: the two rates are measured back to back, pair by pair, so
+    that their ratio holds even when the load changes during the run. The stream is
+    predict's own (classify_stream, rows fsync'd to a partial file), in this process.
+    """
+    from pipeline.partial import PartialRows
+    from pipeline.predict import top_k_columns
+    from pipeline.predict_stream import classify_stream
+
+    k = min(3, len(clf.labels))
+    header = ["path", "status", "predicted", "probability", *top_k_columns(k), "reason"]
+    step = max(1, len(paths) // pairs)
+    out = []
+    for i in range(pairs):
+        chunk = paths[i * step : i * step + count]
+        saved = PartialRows(work / "pairs.csv", f"pair{i}", header)
+        counts = classify_stream(
+            clf, chunk, bytearray(b"\x01") * len(chunk), header, saved.append, k
+        )
+        saved.close()
+        saved.partial.unlink()
+        forward = forward_rate(clf, x, count / max(counts.steady_rate, 1.0) / 3)
+        out.append((counts.steady_rate, forward))
+        print(
+            f"pair {i + 1}: predict {counts.steady_rate:.1f}, forward {forward:.1f} img/s",
+            flush=True,
+        )
+    return out
 
 
 def decode_rate(clf, paths: list[Path], batch: int) -> float:
@@ -196,6 +240,8 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=5000, help="photos for the memory check")
     parser.add_argument("--forward-s", type=float, default=15.0)
     parser.add_argument("--batches", default="16,32,64")
+    parser.add_argument("--pairs", type=int, default=6, help="alternated predict/forward pairs")
+    parser.add_argument("--pair-photos", type=int, default=960)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     for folder in (args.folder, args.train_folder):
@@ -214,7 +260,18 @@ def main() -> None:
 
     print("\n== forward (before)", flush=True)
     forward = [forward_rate(clf, x, args.forward_s)]
-    print(f"{forward[0]:.1f} img/s\n== predict on {len(paths)} photos", flush=True)
+    print(f"{forward[0]:.1f} img/s", flush=True)
+    print("== predict and forward in alternation", flush=True)
+    pairs = paired(clf, paths, x, args.pairs, args.pair_photos, work)
+    pair_ratios = [p / f for p, f in pairs]
+    print("== decode without the model; naive loop; batch sizes", flush=True)
+    decode = decode_rate(clf, paths[:4000], batch)
+    naive = naive_loop(clf, paths[: args.naive])
+    sweep = {}
+    for size in (int(b) for b in args.batches.split(",")):
+        sweep[size] = forward_rate(clf, np.resize(x, (size, *x.shape[1:])), args.forward_s / 3)
+
+    print(f"== predict on {len(paths)} photos", flush=True)
     full = run_child(run_dir, args.folder, work / "full.csv")
     print(json.dumps(full), "\n== forward (after)", flush=True)
     forward.append(forward_rate(clf, x, args.forward_s))
@@ -230,13 +287,6 @@ def main() -> None:
     identical = (work / "resume.csv").read_bytes() == (work / "small.csv").read_bytes()
     share = rerun["read"] / args.small
     print(json.dumps({**killed, **rerun, "identical": identical}), flush=True)
-    print("== decode without the model; naive loop; batch sizes", flush=True)
-    decode = decode_rate(clf, paths[:4000], batch)
-    naive = naive_loop(clf, paths[: args.naive])
-    sweep = {}
-    for size in (int(b) for b in args.batches.split(",")):
-        sweep[size] = forward_rate(clf, np.resize(x, (size, *x.shape[1:])), args.forward_s / 3)
-
     model_rate = float(np.mean(forward))
     figures = {
         "command": " ".join(["benchmarks/predict.py", *sys.argv[1:]]),
@@ -266,6 +316,12 @@ def main() -> None:
             "csv_identical_to_uninterrupted": identical,
         },
         "forward_by_batch_size": sweep,
+        "pairs": {
+            "photos_each": args.pair_photos,
+            "predict_forward_images_per_s": pairs,
+            "ratios": pair_ratios,
+            "median_ratio": float(np.median(pair_ratios)),
+        },
     }
     mib = 1 << 20
     print(
@@ -284,6 +340,11 @@ def main() -> None:
             f"{figures['predict_over_forward']:.2f} of forward (target 0.80)",
         ),
         ("predict stream without model", f"{decode:.0f} img/s", "header check + decode"),
+        (
+            "predict / forward, alternated",
+            f"{np.median(pair_ratios):.2f}",
+            f"median of {len(pairs)} pairs: " + ", ".join(f"{r:.2f}" for r in pair_ratios),
+        ),
         (
             f"naive loop ({args.naive} photos)",
             f"{naive:.1f} img/s",
