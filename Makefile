@@ -125,7 +125,7 @@ bench-export: $(STAMP)  ## TFLite fp32/fp16/int8: size, accuracy, agreement, lat
 bench-memory: $(STAMP)  ## measured vs estimated memory per image (JSON under benchmarks/results/)
 	$(PY) benchmarks/memory.py $(BENCH_ARGS)
 
-bench-predict: $(STAMP)  ## make predict against a naive loop (JSON under benchmarks/results/)
+bench-predict: $(STAMP)  ## make predict against the model alone and a naive loop; memory, resume (JSON under benchmarks/results/)
 	$(PY) benchmarks/predict.py $(BENCH_ARGS)
 
 lock: $(STAMP)  ## regenerate constraints.txt from the current environment

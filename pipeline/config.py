@@ -123,6 +123,7 @@ class PredictConfig:
     top_k: int = 3
     sort_into: str = ""  # copy (never move) each image into <sort_into>/<predicted class>/
     model: str = ""  # an exported models/<run>/export/*.tflite instead of the run's model.keras
+    batch_size: int = 0  # images per model call; 0 = the run's input.batch_size
 
 
 @dataclass

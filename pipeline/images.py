@@ -162,6 +162,68 @@ def check_image(path: str | Path, min_side: int = 32, max_pixels: int = 178_956_
     return result
 
 
+# The bytes a complete JPEG ends with (its EOI marker). A file cut short (the usual damage:
+# an interrupted copy) lacks them, and TensorFlow's crop decode can miss a cut below the
+# crop, so such files get check_image's full decode instead.
+_JPEG_END = b"\xff\xd9"
+
+
+def inspect_image(
+    path: str | Path, min_side: int = 32, max_pixels: int = 178_956_970
+) -> ImageCheck:
+    """check_image without the full decode, for files decoded right after (make predict).
+
+    For a JPEG (what cameras write) it reads the header only (format, size, EXIF
+    orientation, decoder) and the file's last bytes; anything else, and a JPEG that does
+    not end as a complete one, goes through check_image (a PNG's EXIF may follow its
+    pixels, so PIL decodes it to read it anyway). Damage inside a complete-looking JPEG
+    surfaces in the decode that follows, whose caller reports it. Same fields and reasons
+    as check_image, without the sha256.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    result = ImageCheck(path=str(path))
+
+    def skip(reason: str) -> ImageCheck:
+        result.status, result.reason = "skipped", reason
+        return result
+
+    if not has_image_extension(path):
+        return skip(f"unsupported extension {path.suffix or '(none)'}")
+    Image.MAX_IMAGE_PIXELS = None  # our own limit below
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                return skip("empty file")
+            fh.seek(max(0, size - len(_JPEG_END)))
+            tail = fh.read()
+            fh.seek(0)
+            with Image.open(fh) as img:
+                result.format, result.mode = img.format or "", img.mode
+                decoder = _choose_decoder(img)
+                if decoder != DECODE_JPEG or tail != _JPEG_END:
+                    return check_image(path, min_side, max_pixels)
+                width, height = img.size
+                if width * height > max_pixels:
+                    return check_image(path, min_side, max_pixels)  # its reason, unchanged
+                orientation = int(img.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+    except OSError as exc:
+        if isinstance(exc, UnidentifiedImageError) or not exc.strerror:
+            return check_image(path, min_side, max_pixels)  # the reason check_image gives
+        return skip(f"unreadable: {exc.strerror}")
+    except (SyntaxError, ValueError, Image.DecompressionBombError):
+        return check_image(path, min_side, max_pixels)
+    result.orientation = orientation if 1 <= orientation <= 8 else 1
+    if result.orientation >= 5:  # 5..8 swap width and height
+        width, height = height, width
+    result.width, result.height, result.decoder = width, height, decoder
+    if min(width, height) < min_side:
+        return skip(f"too small ({width}x{height}, shorter side < {min_side})")
+    return result
+
+
 def _check_one(args: tuple[str, int, int]) -> ImageCheck:
     return check_image(*args)
 

@@ -96,6 +96,7 @@ def check_config(cfg: Config) -> None:
         ("eval.top_k", cfg.eval.top_k, 1),
         ("eval.gallery_size", cfg.eval.gallery_size, 0),
         ("predict.top_k", cfg.predict.top_k, 1),
+        ("predict.batch_size", cfg.predict.batch_size, 0),
         ("export.calibration_images", cfg.export.calibration_images, 1),
         ("export.latency_images", cfg.export.latency_images, 1),
     ):

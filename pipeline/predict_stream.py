@@ -1,0 +1,300 @@
+"""Classifying a sorted list of files as a stream: rows come out in path order, batch by batch.
+
+Each file is read once: ``inspect_image`` checks its header up front (format, size, EXIF
+orientation, decoder; a file that does not end as a complete JPEG or PNG gets the full
+check), then tf.data decodes it exactly as ``build_eval_dataset`` does, in parallel and
+ahead of the model, so decoding and the model overlap. A file that fails in that decode
+is dropped from the stream (``ignore_errors``) and reported with its reason, never fatal.
+Each image is computed at a fixed place (batch and slot) given by its index in the sorted
+list (``_Cells``), so a resumed run writes the same digits as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.images import check_image, has_image_extension, inspect_image
+
+# A log (stderr not a terminal) gets one progress line this often, in seconds.
+PROGRESS_EVERY_S = 30.0
+GENERATOR_CHUNK = 64  # files checked per step of the tf.data generator
+
+
+def prediction_columns(labels: Sequence[str], probs: np.ndarray, top_k: int) -> dict[str, Any]:
+    """predicted, probability and the top-k columns of one image's probabilities."""
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    row: dict[str, Any] = {"predicted": labels[order[0]], "probability": float(probs[order[0]])}
+    for i, j in enumerate(order, start=1):
+        row[f"top{i}_label"] = labels[j]
+        row[f"top{i}_probability"] = float(probs[j])
+    return row
+
+
+@dataclass
+class StreamCounts:
+    """What one stream did: files read, classified, skipped (header or decode)."""
+
+    read: int = 0
+    classified: int = 0
+    skipped: int = 0
+    decode_failures: int = 0  # passed the header check, failed in the decode
+    seconds: float = 0.0
+    steady_rate: float = 0.0  # images/s after the first batch (start-up excluded)
+
+
+class _Progress:
+    """tqdm on a terminal; otherwise a line every PROGRESS_EVERY_S with images/s and time left."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.last_line = self.start
+        self.bar = tqdm(
+            total=total,
+            desc="Running the model",
+            unit="img",
+            file=sys.stderr,
+            disable=not sys.stderr.isatty(),
+            leave=True,
+        )
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        now = time.perf_counter()
+        if self.bar.disable and now - self.last_line >= PROGRESS_EVERY_S:
+            self.last_line = now
+            rate = self.done / (now - self.start)
+            left = (self.total - self.done) / rate if rate else float("inf")
+            print(
+                f"  {self.done}/{self.total} files, {rate:.0f} images/s, "
+                f"about {_duration(left)} left",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def decode_dataset(
+    cfg: Any,
+    paths: Sequence[Path],
+    todo: bytearray,
+    skipped: dict[int, tuple[str, int, int]],
+    batch: int,
+    preprocessed: bool = True,
+) -> Any:
+    """Batches of (index, size, mtime_ns, image) for the files ``todo`` flags, in order.
+
+    Header failures go into ``skipped`` (index: reason, size, mtime_ns) instead; files
+    that fail in the decode are left out (their index is missing). The images are what
+    build_eval_dataset gives (raw pixels when not ``preprocessed``).
+    """
+    import tensorflow as tf
+
+    from pipeline.backbones import get_backbone, preprocess
+    from pipeline.inputs import decode_center
+
+    size, fraction = cfg.image_size, cfg.input.eval_crop_fraction
+    backbone = get_backbone(cfg.model.backbone)
+    min_side, max_pixels = cfg.data.min_side, cfg.data.max_pixels
+
+    def work():
+        # In chunks: from_generator costs about as much per element as the header check.
+        chunk: list[tuple] = []
+        for i, path in enumerate(paths):
+            if not todo[i]:
+                continue
+            try:
+                st = os.stat(path)
+                stamp = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                stamp = (-1, -1)
+            check = inspect_image(path, min_side, max_pixels)
+            if check.status != "ok":
+                skipped[i] = (check.reason, *stamp)
+                continue
+            chunk.append((i, str(path), check.decoder, check.orientation, *stamp))
+            if len(chunk) == GENERATOR_CHUNK:
+                yield tuple(np.array(column) for column in zip(*chunk))
+                chunk = []
+        if chunk:
+            yield tuple(np.array(column) for column in zip(*chunk))
+
+    def load(index, path, decoder, orientation, file_size, mtime):
+        # The two steps of build_eval_dataset's map, so predict and evaluate agree.
+        image = decode_center(path, decoder, orientation, size, fraction)
+        if preprocessed:
+            image = preprocess(image, backbone)
+        return index, file_size, mtime, image
+
+    number = tf.TensorSpec([None], tf.int64)
+    text = tf.TensorSpec([None], tf.string)
+    signature = (number, text, text, tf.TensorSpec([None], tf.int32), number, number)
+    ds = tf.data.Dataset.from_generator(work, output_signature=signature).unbatch()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.ignore_errors().batch(batch).prefetch(2)
+
+
+def classify_stream(
+    clf: Any,
+    paths: Sequence[Path],
+    todo: bytearray,
+    header: Sequence[str],
+    emit: Callable[[list[list[Any]]], None],
+    top_k: int,
+    tta: str = "none",
+    batch_size: int | None = None,
+) -> StreamCounts:
+    """Classify ``paths[i]`` for each ``todo[i]``, handing rows to ``emit`` in path order.
+
+    A row is ``header``'s columns, then the file's size and modification time (ns) as they
+    were before it was read. ``clf`` is a ``pipeline.predict.Classifier``.
+    """
+    cfg, labels = clf.cfg, clf.labels
+    top_k = min(top_k, len(labels))
+    batch = batch_size or cfg.input.batch_size
+    min_side, max_pixels = cfg.data.min_side, cfg.data.max_pixels
+    counts = StreamCounts()
+    skipped: dict[int, tuple[str, int, int]] = {}  # header failures the writer has not reached
+    ds = decode_dataset(cfg, paths, todo, skipped, batch, preprocessed=not clf.raw_pixels)
+
+    total = sum(todo)
+    images = sum(1 for i, p in enumerate(paths) if todo[i] and has_image_extension(p))
+    if total:
+        batches = math.ceil(images / batch)
+        print(
+            f"Running the model on {images} images "
+            f"({batches} batch{'es' if batches != 1 else ''} of {batch})",
+            flush=True,
+        )
+    progress = _Progress(total)
+    start = time.perf_counter()
+    cursor = 0  # the next index whose row is due
+
+    def rows_until(limit: int, done: dict[int, tuple[int, int, np.ndarray]]) -> list[list]:
+        nonlocal cursor
+        rows = []
+        while cursor <= limit:
+            i, cursor = cursor, cursor + 1
+            if not todo[i]:
+                continue
+            counts.read += 1
+            row: dict[str, Any] = {"path": str(paths[i]), "status": "ok", "reason": ""}
+            if i in done:
+                file_size, mtime, probs = done[i]
+                row.update(prediction_columns(labels, probs, top_k))
+                counts.classified += 1
+            else:
+                if i in skipped:
+                    reason, file_size, mtime = skipped.pop(i)
+                else:  # passed the header check, failed in tf.data's decode
+                    reason, file_size, mtime = _decode_failure(paths[i], min_side, max_pixels)
+                    counts.decode_failures += 1
+                row.update(status="skipped", reason=reason)
+                counts.skipped += 1
+            rows.append([*(row.get(h, "") for h in header), file_size, mtime])
+        return rows
+
+    cells = _Cells(clf.predict_batch, batch, tta)
+    first: tuple[float, int] | None = None  # when the first batch was done, files read by then
+    try:
+        for index, file_sizes, mtimes, pixels in ds:
+            for cell, done in cells.add(index.numpy(), file_sizes.numpy(), mtimes.numpy(), pixels):
+                rows = rows_until(min((cell + 1) * batch, len(paths)) - 1, done)
+                emit(rows)
+                progress.update(len(rows))
+                if first is None:
+                    first = (time.perf_counter(), counts.read)
+        for cell, done in cells.finish():
+            rows = rows_until(min((cell + 1) * batch, len(paths)) - 1, done)
+            emit(rows)
+            progress.update(len(rows))
+        rows = rows_until(len(paths) - 1, {})  # header failures after the last image
+        emit(rows)
+        progress.update(len(rows))
+    finally:
+        progress.close()
+    end = time.perf_counter()
+    counts.seconds = end - start
+    if first is not None and end > first[0] and counts.read > first[1]:
+        counts.steady_rate = (counts.read - first[1]) / (end - first[0])
+    return counts
+
+
+class _Cells:
+    """Images regrouped by place: path index i goes to batch i // size, slot i % size.
+
+    CPU kernels give an image's last digits differently for different batch sizes and
+    slots, so every image is computed at the place its index gives it (zeros fill the
+    slots of unreadable or already-classified files): the digits then do not depend on
+    where a run started or stopped. A folder of photos has few such holes.
+    """
+
+    def __init__(self, predict_batch: Callable, size: int, tta: str) -> None:
+        self.predict_batch, self.size, self.tta = predict_batch, size, tta
+        self.cell = -1
+        self.buffer: np.ndarray | None = None
+        self.stamps: dict[int, tuple[int, int]] = {}
+
+    def add(self, index: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray, pixels: Any):
+        """Yield (cell, {index: (size, mtime, probabilities)}) for each cell completed."""
+        x = pixels.numpy()
+        if self.buffer is None:
+            self.buffer = np.zeros((self.size, *x.shape[1:]), x.dtype)
+        cells = index // self.size
+        for cell in np.unique(cells):
+            if cell != self.cell:
+                if self.stamps:
+                    yield self.cell, self._run()
+                self.cell = int(cell)
+            mine = cells == cell
+            self.buffer[index[mine] % self.size] = x[mine]
+            for i, s, m in zip(index[mine], sizes[mine], mtimes[mine]):
+                self.stamps[int(i)] = (int(s), int(m))
+
+    def finish(self):
+        """Yield the last cell, if images wait in it."""
+        if self.stamps:
+            yield self.cell, self._run()
+
+    def _run(self) -> dict[int, tuple[int, int, np.ndarray]]:
+        filled = np.zeros(self.size, bool)
+        filled[[i % self.size for i in self.stamps]] = True
+        self.buffer[~filled] = 0  # holes: the slots of files not classified here
+        probs = np.asarray(self.predict_batch(self.buffer))
+        if self.tta == "flip":
+            mirrored = self.buffer[:, :, ::-1]  # (batch, height, width, channels)
+            probs = (probs + np.asarray(self.predict_batch(mirrored))) / 2
+        probs = probs.astype(np.float64)
+        done = {i: (*stamp, probs[i % self.size]) for i, stamp in self.stamps.items()}
+        self.stamps = {}
+        return done
+
+
+def _decode_failure(path: Path, min_side: int, max_pixels: int) -> tuple[str, int, int]:
+    """The reason a file failed in the decode: the full check's, or TensorFlow's refusal."""
+    check = check_image(path, min_side, max_pixels)
+    reason = check.reason or "truncated or corrupt: TensorFlow's decoder cannot read it"
+    try:
+        st = os.stat(path)
+        return reason, st.st_size, st.st_mtime_ns
+    except OSError:
+        return reason, -1, -1
