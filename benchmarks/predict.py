@@ -118,9 +118,9 @@ def _lines(path: Path) -> int:
 
 def ready_batch(clf, paths: list[Path], batch: int) -> np.ndarray:
     """``batch`` preprocessed evaluation crops, decoded once, kept in memory."""
+    from pipeline.classifier import rows_from_checks
     from pipeline.images import check_images
     from pipeline.inputs import build_eval_dataset
-    from pipeline.predict import rows_from_checks
 
     rows = rows_from_checks(check_images(paths[:batch], progress=False))
     ds = build_eval_dataset(rows, clf.cfg, batch_size=batch)
@@ -144,8 +144,8 @@ def paired(clf, paths: list[Path], x: np.ndarray, pairs: int, count: int, work: 
     that their ratio holds even when the load changes during the run. The stream is
     predict's own (classify_stream, rows fsync'd to a partial file), in this process.
     """
+    from pipeline.classifier import top_k_columns
     from pipeline.partial import PartialRows
-    from pipeline.predict import top_k_columns
     from pipeline.predict_stream import classify_stream
 
     k = min(3, len(clf.labels))
@@ -248,7 +248,7 @@ def main() -> None:
         if not folder.is_dir():
             sys.exit(f"{folder}: no such folder (benchmarks/photo_folder.py makes --folder)")
 
-    from pipeline.predict import load_classifier
+    from pipeline.classifier import load_classifier
 
     work = Path(tempfile.mkdtemp(prefix="bench-predict-"))
     run_dir = train_run(work, args.train_folder, args.size)

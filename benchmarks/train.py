@@ -48,6 +48,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from pipeline.classifier import load_classifier  # noqa: E402
 from pipeline.config import (  # noqa: E402
     Config,
     load_config,
@@ -62,7 +63,6 @@ from pipeline.files import write_json  # noqa: E402
 from pipeline.manifest import load_split, read_classes  # noqa: E402
 from pipeline.memory import estimate_for_run  # noqa: E402
 from pipeline.model import build_classifier, freeze_for_phase, training_forward  # noqa: E402
-from pipeline.predict import load_classifier  # noqa: E402
 from pipeline.recipes import configs_dir  # noqa: E402
 from pipeline.training import train  # noqa: E402
 from pipeline.training.features import extract_features  # noqa: E402

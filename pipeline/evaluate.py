@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.classifier import Classifier, load_classifier
 from pipeline.config import Config
 from pipeline.export_record import EXPORT_DIR, EXPORT_JSON
 from pipeline.files import atomic_write_text, generated_dir, read_json, write_csv, write_json
 from pipeline.manifest import ManifestRow
 from pipeline.memory.record import RunMemory
 from pipeline.metrics import classification_metrics, confused_pairs, worst_mistakes
-from pipeline.predict import Classifier, load_classifier
 from pipeline.provenance import (
     DATA_SUMMARY_FILE,
     RUN_DATA_DIR,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.classifier import Classifier, load_classifier, read_run
 from pipeline.config import Config, ExportConfig
 from pipeline.export_record import (
     EXPORT_DIR,
@@ -38,7 +39,6 @@ from pipeline.export_scores import (
     score,
 )
 from pipeline.files import atomic_write_bytes, read_json, replace_dir, write_json
-from pipeline.predict import Classifier, load_classifier, read_run
 from pipeline.quiet import stderr_without
 from pipeline.runs import MODEL_FILE, read_summary
 

@@ -1,261 +1,27 @@
-"""Classifying new photos (`make predict`), and the small API behind it and `make evaluate`.
-
-    from pipeline.predict import load_classifier
-    clf = load_classifier("flowers-inception_v3-20261122-101500")   # or () for the newest
-    clf.classify(["photo.jpg"])[0]["predicted"]                     # -> 'tulips'
-
-Every image goes through the same check, decoding and preprocessing as evaluation
-(``pipeline.inputs.build_eval_dataset``), so a photo gets the same answer in both. An
-exported file works too, ``load_classifier("models/<run>/export/model_int8.tflite")``: it
-takes the same crops as raw pixels, its preprocessing being inside.
-"""
+"""Classifying a folder of new photos into a CSV (`make predict`): streamed, resumable,
+optionally copied into class folders. The model side is ``pipeline.classifier``."""
 
 from __future__ import annotations
 
 import csv
-import json
-import math
 import shutil
-import sys
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from pipeline.config import Config, load_config
-from pipeline.images import (
-    IMAGE_EXTENSIONS,
-    ImageCheck,
-    check_images,
-    has_image_extension,
-    iter_files,
+from pipeline.classifier import (
+    Classifier,
+    exported_file,
+    load_classifier,
+    read_run,
+    run_of_export,
+    top_k_columns,
 )
-from pipeline.manifest import ManifestRow
+from pipeline.config import Config
+from pipeline.images import IMAGE_EXTENSIONS, has_image_extension, iter_files
 from pipeline.partial import PartialRows, resume_key
-from pipeline.predict_stream import classify_stream, prediction_columns
-from pipeline.runs import CONFIG_FILE, LABELS_FILE, MODEL_FILE, resolve_run
-from pipeline.tflite import TFLITE_SUFFIX
-
-
-@dataclass
-class Classifier:
-    """A trained run, ready to classify files: its model, labels and input configuration.
-
-    ``predict_batch`` maps a batch of evaluation crops to probabilities; they come
-    preprocessed for the Keras model, as raw pixels (``raw_pixels``) for an exported file.
-    """
-
-    run_dir: Path
-    cfg: Config
-    labels: list[str]
-    model: Any = field(repr=False)  # keras.Model, or a pipeline.tflite.TFLiteModel
-    predict_batch: Callable[[np.ndarray], np.ndarray] = field(repr=False)
-    raw_pixels: bool = False
-
-    def probabilities(
-        self, rows: list[ManifestRow], batch_size: int | None = None, tta: str = "none"
-    ) -> np.ndarray:
-        """Softmax outputs for checked rows, in row order, through the evaluation pipeline.
-
-        ``tta="flip"`` averages each image's probabilities with its mirror image's (twice
-        the model's work). Shows a progress bar on stderr when that is a terminal;
-        otherwise (a log) one line.
-        """
-        from tqdm import tqdm
-
-        from pipeline.inputs import build_eval_dataset
-
-        if not rows:
-            return np.zeros((0, len(self.labels)), np.float32)
-        batch = batch_size or self.cfg.input.batch_size
-        ds = build_eval_dataset(
-            rows, self.cfg, None, batch_size=batch, apply_preprocessing=not self.raw_pixels
-        )
-        bar = tqdm(
-            total=len(rows),
-            desc="Running the model",
-            unit="img",
-            file=sys.stderr,
-            disable=not sys.stderr.isatty(),
-            leave=True,
-        )
-        if bar.disable:
-            batches = math.ceil(len(rows) / batch)
-            print(
-                f"Running the model on {len(rows)} images "
-                f"({batches} batch{'es' if batches != 1 else ''} of {batch})"
-            )
-        outputs = []
-        with bar:
-            for batch_images in ds:
-                x = batch_images.numpy()
-                probs = np.asarray(self.predict_batch(x))
-                if tta == "flip":
-                    mirrored = x[:, :, ::-1]  # (batch, height, width, channels)
-                    probs = (probs + np.asarray(self.predict_batch(mirrored))) / 2
-                outputs.append(probs)
-                bar.update(len(outputs[-1]))
-        return np.concatenate(outputs).astype(np.float64)
-
-    def classify(
-        self, paths: list[str | Path], top_k: int = 3, tta: str = "none"
-    ) -> list[dict[str, Any]]:
-        """One row per path, like the CSV: unreadable files come back with their reason."""
-        checks = check_images(
-            paths, self.cfg.data.min_side, self.cfg.data.max_pixels, progress=False
-        )
-        return classify_checked(self, checks, top_k, tta)
-
-
-def load_classifier(run: str | Path = "", models_dir: str | Path = "models") -> Classifier:
-    """A run by name or folder (newest when empty), or an exported models/<run>/export/*.tflite."""
-    if str(run).endswith(TFLITE_SUFFIX):
-        return _load_exported(Path(run))
-    run_dir, cfg, labels = read_run(run, models_dir)
-    model = _load_model(run_dir / MODEL_FILE)
-    outputs = model.output_shape[-1]
-    if outputs != len(labels):
-        raise ValueError(
-            f"{run_dir / LABELS_FILE} lists {len(labels)} classes but {run_dir / MODEL_FILE} "
-            f"outputs {outputs}: they are not from the same run. Restore the run's own "
-            f"{LABELS_FILE} (its class names, in output order) or retrain the run"
-        )
-    return Classifier(run_dir, cfg, labels, model, model.predict_on_batch)
-
-
-def run_of_export(path: Path) -> Path:
-    """The run an exported file belongs to: models/<run>/export/<file> -> models/<run>."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"MODEL={path}: no such file; export the run first: make export RUN=<run> "
-            "(it writes models/<run>/export/model_*.tflite)"
-        )
-    run_dir = path.absolute().parent.parent
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise FileNotFoundError(
-            f"MODEL={path}: no {CONFIG_FILE} in {run_dir}; keep the file where `make export` "
-            "wrote it, models/<run>/export/, inside its run folder"
-        )
-    return run_dir
-
-
-def exported_file(run_dir: Path, fmt: str) -> Path:
-    """What `make predict RUN=<run> FORMAT=<fmt>` classifies with: the run itself for the
-    default FORMAT (all), else that format's file under models/<run>/export/."""
-    from pipeline.export_record import EXPORT_DIR, VARIANT_FILES
-
-    if fmt == "all":
-        return run_dir
-    if not VARIANT_FILES[fmt].endswith(TFLITE_SUFFIX):
-        raise ValueError(
-            f"FORMAT={fmt}: predict runs a .tflite file or the run itself; give FORMAT=tflite, "
-            "tflite-fp16 or tflite-int8, or no FORMAT for the run's Keras model"
-        )
-    path = run_dir / EXPORT_DIR / VARIANT_FILES[fmt]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"FORMAT={fmt}: {path} does not exist; export it first: make export "
-            f"RUN={run_dir.name} FORMAT={fmt}"
-        )
-    return path
-
-
-def _load_exported(path: Path) -> Classifier:
-    """An exported .tflite file, checked against its run: image size and class count, then
-    export.json's record of it (its sha256 and the labels it was exported with)."""
-    from pipeline.export_record import verify_exported
-    from pipeline.tflite import TFLiteModel
-
-    run_dir, cfg, labels = read_run(run_of_export(path))
-    model = TFLiteModel(path)
-    size = cfg.image_size
-    if model.input_shape != (size, size, 3):
-        h, w, c = model.input_shape
-        raise ValueError(
-            f"{path} takes {h}x{w}x{c} images but its run {run_dir.name} was trained at "
-            f"{size}x{size}x3: it was exported from another run; export this one again with "
-            f"make export RUN={run_dir.name}"
-        )
-    if model.outputs != len(labels):
-        raise ValueError(
-            f"{path} outputs {model.outputs} classes but {run_dir / LABELS_FILE} lists "
-            f"{len(labels)}: it was exported from another run; export this one again with "
-            f"make export RUN={run_dir.name}"
-        )
-    verify_exported(path, run_dir, labels, size)  # the same shape is not the same labels
-    return Classifier(run_dir, cfg, labels, model, model, raw_pixels=True)
-
-
-def read_run(run: str | Path = "", models_dir: str | Path = "models") -> tuple[Path, Config, list]:
-    """A run's folder, configuration and labels: everything but the model (fast, no TF)."""
-    run_dir = resolve_run(models_dir, str(run))
-    cfg = load_config(run_dir / CONFIG_FILE)
-    path = run_dir / LABELS_FILE
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))
-        names = isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)
-        problem = "" if names else "is not a list of class names"
-    except FileNotFoundError:
-        problem = "is missing"
-    except json.JSONDecodeError as exc:
-        problem = f"is not valid JSON ({exc.msg}, line {exc.lineno})"
-    if problem:
-        raise ValueError(
-            f"{path} {problem}; restore the run's own {LABELS_FILE} or retrain the run"
-        )
-    return run_dir, cfg, labels
-
-
-def _load_model(path: Path) -> Any:
-    """keras.saving.load_model, or one line saying the file is damaged (Keras says a
-    truncated .keras file is "File not found", although it is there)."""
-    import zipfile
-
-    import keras
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # anything wrong inside the file: the message says what
-        if not zipfile.is_zipfile(path):
-            cause = "not a complete .keras zip archive"
-        else:
-            cause = " ".join(f"{type(exc).__name__}: {exc}".split())
-            cause = cause if len(cause) <= 200 else cause[:197] + "..."
-        raise ValueError(
-            f"{path} is not a readable Keras model (truncated or corrupt: {cause}); "
-            "retrain the run or restore the file"
-        ) from None
-
-
-def rows_from_checks(checks: list[ImageCheck]) -> list[ManifestRow]:
-    return [
-        ManifestRow(c.path, "", -1, c.sha256, c.width, c.height, c.orientation, c.decoder)
-        for c in checks
-        if c.status == "ok"
-    ]
-
-
-def top_k_columns(k: int) -> list[str]:
-    return [name for i in range(1, k + 1) for name in (f"top{i}_label", f"top{i}_probability")]
-
-
-def classify_checked(
-    clf: Classifier, checks: list[ImageCheck], top_k: int, tta: str = "none"
-) -> list[dict]:
-    top_k = min(top_k, len(clf.labels))
-    ok = [c for c in checks if c.status == "ok"]
-    probs = clf.probabilities(rows_from_checks(ok), tta=tta)
-    by_path = {c.path: p for c, p in zip(ok, probs)}
-    out = []
-    for check in checks:
-        row: dict[str, Any] = {"path": check.path, "status": check.status, "reason": check.reason}
-        p = by_path.get(check.path)
-        if p is not None:
-            row.update(prediction_columns(clf.labels, p, top_k))
-        out.append(row)
-    return sorted(out, key=lambda r: r["path"])
+from pipeline.predict_stream import classify_stream
+from pipeline.runs import MODEL_FILE, resolve_run
 
 
 @dataclass

@@ -166,7 +166,7 @@ def classify_stream(
     """Classify ``paths[i]`` for each ``todo[i]``, handing rows to ``emit`` in path order.
 
     A row is ``header``'s columns, then the file's size and modification time (ns) as they
-    were before it was read. ``clf`` is a ``pipeline.predict.Classifier``.
+    were before it was read. ``clf`` is a ``pipeline.classifier.Classifier``.
     """
     cfg, labels = clf.cfg, clf.labels
     top_k = min(top_k, len(labels))

@@ -352,8 +352,8 @@ def test_a_folder_of_unreadable_images_is_an_error_with_the_reasons_written(caps
 
 def test_running_the_model_shows_progress(capsys, tiny, tmp_path, monkeypatch):
     """A log gets one line (no carriage returns); a terminal gets a bar that ends its line."""
+    from pipeline.classifier import load_classifier, rows_from_checks
     from pipeline.images import check_images
-    from pipeline.predict import load_classifier, rows_from_checks
 
     folder = photos(tmp_path / "in", count=4)
     code, out, err = cli(capsys, *predict_args(tiny, tiny.run_dir, folder, tmp_path / "o.csv"))

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.classifier import load_classifier, rows_from_checks
 from pipeline.config import with_overrides
 from pipeline.files import read_csv
 from pipeline.images import check_image
 from pipeline.inputs import build_eval_dataset
-from pipeline.predict import load_classifier, partial_key, predict, rows_from_checks
+from pipeline.predict import partial_key, predict
 from tests.imagegen import make_image
 from tests.support import REPO
 

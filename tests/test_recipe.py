@@ -176,7 +176,7 @@ def test_flip_averaging_gives_a_photo_and_its_mirror_image_the_same_probabilitie
 ):
     from PIL import Image, ImageOps
 
-    from pipeline.predict import load_classifier
+    from pipeline.classifier import load_classifier
 
     _, run_dir = trained_run
     photo = sorted((flowers_mini / "roses").iterdir())[0]
