@@ -170,17 +170,22 @@ def paired(clf, paths: list[Path], x: np.ndarray, pairs: int, count: int, work: 
 
 
 def decode_rate(clf, paths: list[Path], batch: int) -> float:
-    """Images/s of the predict stream without the model: what the model waits on."""
-    from pipeline.predict_stream import decode_dataset
+    """Images/s of the predict stream without the model (header pass included)."""
+    from pipeline.predict_stream import check_headers, decode_dataset
 
     todo = bytearray(b"\x01") * len(paths)
-    ds = decode_dataset(clf.cfg, paths, todo, {}, batch)
+    cfg = clf.cfg
+    headers = check_headers(paths, todo, {}, cfg.data.min_side, cfg.data.max_pixels)
+    ds = decode_dataset(cfg, headers, batch)
     it = iter(ds)
     first = next(it)[0].shape[0]
     count, start = 0, time.perf_counter()
     for index, *_ in it:
         count += int(index.shape[0])
-    return count / (time.perf_counter() - start) if count else float(first)
+    if not count:
+        return float(first)
+    header_share = headers.seconds * count / (count + first)  # as classify_stream counts it
+    return count / (time.perf_counter() - start + header_share)
 
 
 def naive_loop(clf, paths: list[Path]) -> float:
