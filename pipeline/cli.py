@@ -231,12 +231,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(options)}")
     args.overrides = [*args.overrides, *extra]
     configure_tensorflow_logging(args.verbose)  # before anything imports TensorFlow
-    try:
+
+    def run() -> None:
         cfg = load_config(args.config, args.overrides, PREPARE.get(args.stage))
         if not args.verbose and args.stage not in WITHOUT_TENSORFLOW:
             import_tensorflow_quietly()
         STAGES[args.stage][1](cfg, args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
+
+    return exit_status(run)
+
+
+USER_ERRORS = (
+    ConfigError,
+    FileNotFoundError,
+    ValueError,
+    RuntimeError,
+)
+
+
+def exit_status(run: Callable[[], object]) -> int:
+    """Run a stage: 0; a user's error (its one-line message on stderr): 2; Ctrl-C: 130.
+
+    The stages' errors already name the cause and the fix, so no traceback is shown.
+    """
+    try:
+        run()
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

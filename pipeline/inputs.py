@@ -10,6 +10,7 @@ evaluation and prediction see the same pixels. Batches are ``(images, one-hot la
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,7 +61,7 @@ def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
 
 def _load_rgb_from_tensor(path: np.ndarray | bytes) -> np.ndarray:
     raw = path.item() if isinstance(path, np.ndarray) else path
-    return load_rgb(raw.decode() if isinstance(raw, bytes) else str(raw))
+    return load_rgb(os.fsdecode(raw) if isinstance(raw, bytes) else str(raw))
 
 
 def _decode_pil(path: tf.Tensor) -> tf.Tensor:

@@ -28,7 +28,9 @@ from pipeline.images import check_image, inspect_image
 
 # A log (stderr not a terminal) gets one progress line this often, in seconds.
 PROGRESS_EVERY_S = 30.0
-HEADER_THREADS = 8  # header reads in flight: they wait on the disk, not the CPU
+# Header reads in flight. Measured on 5,000 photos: after the page cache was dropped, 4
+# threads took 2.4 s (1 thread 3.7, 8 threads 2.8); cached, 1 thread 1.4 s, 8 threads 2.0.
+HEADER_THREADS = 4
 HEADER_WINDOW = 4096  # files header-checked per round (bounds the futures in memory)
 
 
@@ -102,8 +104,8 @@ class Headers:
     """The files that passed the header check, in path order: what tf.data decodes."""
 
     index: np.ndarray  # int64, position in the sorted list of paths
-    path: np.ndarray  # str
-    decoder: np.ndarray  # str, pipeline.images.DECODE_*
+    path: np.ndarray  # bytes (os.fsencode)
+    decoder: np.ndarray  # bytes, pipeline.images.DECODE_*
     orientation: np.ndarray  # int32, EXIF 1..8
     size: np.ndarray  # int64, bytes, before the file was read
     mtime: np.ndarray  # int64, ns, before the file was read
@@ -135,7 +137,7 @@ def check_headers(
     """
     start = time.perf_counter()
     wanted = [i for i in range(len(paths)) if todo[i]]
-    columns: list[list] = [[], [], [], [], [], []]
+    windows: list[tuple[np.ndarray, ...]] = []
     progress = _Progress(len(wanted), "Checking headers", "file")
 
     def one(i: int) -> tuple[int, tuple[int, int], Any]:
@@ -144,26 +146,29 @@ def check_headers(
 
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
         for lo in range(0, len(wanted), HEADER_WINDOW):
+            rows = []
             for i, stamp, check in pool.map(one, wanted[lo : lo + HEADER_WINDOW]):
                 if check.status != "ok":
                     skipped[i] = (check.reason, *stamp)
                     continue
-                for column, value in zip(
-                    columns, (i, str(paths[i]), check.decoder, check.orientation, *stamp)
-                ):
-                    column.append(value)
+                path = os.fsencode(paths[i])  # bytes: any file name TensorFlow can open
+                rows.append((i, path, check.decoder, check.orientation, *stamp))
+            windows.append(_columns(rows))
             progress.update(len(wanted[lo : lo + HEADER_WINDOW]))
     progress.close()
-    index, path, decoder, orientation, size, mtime = columns
-    return Headers(
-        np.array(index, np.int64),
-        np.array(path, str),
-        np.array(decoder, str),
-        np.array(orientation, np.int32),
-        np.array(size, np.int64),
-        np.array(mtime, np.int64),
-        time.perf_counter() - start,
+    index, path, decoder, orientation, size, mtime = (
+        np.concatenate(column) for column in zip(*windows or [_columns([])])
     )
+    seconds = time.perf_counter() - start
+    return Headers(index, path, decoder, orientation, size, mtime, seconds)
+
+
+def _columns(rows: list[tuple]) -> tuple[np.ndarray, ...]:
+    """Compact arrays (about 100 bytes a file) of check_headers' rows."""
+    types = (np.int64, np.bytes_, np.bytes_, np.int32, np.int64, np.int64)
+    if not rows:
+        return tuple(np.array([], t) for t in types)
+    return tuple(np.array(column, t) for column, t in zip(zip(*rows), types))
 
 
 def decode_dataset(cfg: Any, headers: Headers, batch: int, preprocessed: bool = True) -> Any:

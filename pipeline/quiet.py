@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
@@ -56,19 +56,8 @@ def import_tensorflow_quietly() -> None:
     what the import wrote is written back to stderr only if the import fails."""
     if "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        except BaseException:
-            _restore(saved)
-            caught.seek(0)
-            sys.stderr.write(caught.read().decode(errors="replace"))
-            sys.stderr.flush()
-            raise
-        _restore(saved)
+    with _fd2_caught(lambda text, failed: text if failed else ""):
+        import tensorflow  # noqa: F401
 
 
 def import_tensorflow_unless_verbose() -> None:
@@ -78,10 +67,25 @@ def import_tensorflow_unless_verbose() -> None:
         import_tensorflow_quietly()
 
 
-def _restore(saved: int) -> None:
+@contextmanager
+def _fd2_caught(kept: Callable[[str, bool], str]) -> Iterator[None]:
+    """Point file descriptor 2 (C++ writes there, below sys.stderr) at a temporary file for
+    the block; afterwards restore it and write back ``kept(caught text, block raised)``."""
     sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
+    saved = os.dup(2)
+    failed = True
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            sys.stderr.write(kept(caught.read().decode(errors="replace"), failed))
+            sys.stderr.flush()
 
 
 def verbose() -> bool:
@@ -96,19 +100,10 @@ def stderr_without(*noise: str) -> Iterator[None]:
     if verbose():
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            yield
-        finally:
-            _restore(saved)
-            caught.seek(0)
-            kept = [
-                line
-                for line in caught.read().decode(errors="replace").splitlines(keepends=True)
-                if not line.startswith(noise)  # str.startswith takes a tuple
-            ]
-            sys.stderr.write("".join(kept))
-            sys.stderr.flush()
+
+    def kept(text: str, failed: bool) -> str:
+        lines = text.splitlines(keepends=True)
+        return "".join(line for line in lines if not line.startswith(noise))  # tuple: any
+
+    with _fd2_caught(kept):
+        yield

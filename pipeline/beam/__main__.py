@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.beam import BeamMissingError
-from pipeline.config import ConfigError, load_config, valid_keys
+from pipeline.cli import exit_status
+from pipeline.config import load_config, valid_keys
 from pipeline.quiet import configure_tensorflow_logging
 
 STAGES = {
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         beam_args.append(QUIET_WORKERS)
     args = build_parser().parse_args(ours)
     configure_tensorflow_logging(args.verbose)  # the worker processes inherit it
-    try:
+
+    def run() -> None:
         cfg = load_config(args.config, args.overrides)
         if args.stage == "check":
             from pipeline.beam.check import run_check
@@ -100,13 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.beam.predict import run_predict
 
             run_predict(cfg, args.output, args.shards, beam_args)
-    except (BeamMissingError, ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    return exit_status(run)  # a missing Beam is a RuntimeError: one line, exit code 2
 
 
 if __name__ == "__main__":
