@@ -196,8 +196,23 @@ def decode_dataset(cfg: Any, headers: Headers, batch: int, preprocessed: bool = 
     ds = tf.data.Dataset.from_tensor_slices(
         (h.index, h.path, h.decoder, h.orientation, h.size, h.mtime)
     )
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.ignore_errors().batch(batch).prefetch(2)
+    ds = ds.map(load, num_parallel_calls=_cores(), deterministic=True)
+    ds = ds.ignore_errors().batch(batch).prefetch(2)
+    # Without autotuning: deleting an autotuned iterator waited for its optimiser thread,
+    # 0.8-2 s on half the iterators measured here (4.7 s with the model running beside
+    # it: as long as a whole 1,000-photo stream). One decode per core keeps ahead of the
+    # model (benchmarks/predict.py: the stream alone is 3-4x the model's rate).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
+def _cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's limit included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def classify_stream(
