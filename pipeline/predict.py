@@ -144,8 +144,8 @@ def predict(cfg: Config) -> PredictResult:
     k = min(p.top_k, len(clf.labels))
     header = ["path", "status", "predicted", "probability", *top_k_columns(k), "reason"]
     # The run's own batch size (input.batch_size, 32 by default) unless predict.batch_size
-    # says otherwise. On 2 idle CPU cores MobileNet 0.25's forward pass was fastest at 32
-    # (218 images/s, against 186 at 16 and 165 at 64: benchmarks/results/predict.json).
+    # says otherwise. On 2 idle CPU cores MobileNet 0.25's forward pass ran as fast at 16 as
+    # at 32 (within noise, two runs) and slower at 64: benchmarks/results/predict.json.
     batch = p.batch_size or clf.cfg.input.batch_size
     saved = PartialRows(output, partial_key(clf, source, header, cfg.input.tta, batch), header)
     for stale in saved.stale():
