@@ -129,11 +129,10 @@ def check_headers(
 ) -> Headers:
     """Header-check the files ``todo`` flags, up front; failures go into ``skipped``.
 
-    Done before the stream rather than inside it: a Python generator feeding tf.data
-    (``from_generator``) halved predict's throughput on half the runs measured here (73
-    against 147 images/s, bimodal, even with the checks precomputed), while a pass over
-    the headers costs about 0.2 ms a file. Threads overlap the reads on a cold disk; the
-    windows bound the futures alive at once.
+    Done before the stream rather than inside it, so that no Python runs in the decode
+    pipeline (a ``from_generator`` source holds the interpreter lock beside the model); a
+    pass over the headers costs about 0.2 ms a file. Threads overlap the reads on a cold
+    disk; the windows bound the futures alive at once.
     """
     start = time.perf_counter()
     wanted = [i for i in range(len(paths)) if todo[i]]
