@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.images import check_image, inspect_image
+from pipeline.tflite import cpu_threads
 
 # A log (stderr not a terminal) gets one progress line this often, in seconds.
 PROGRESS_EVERY_S = 30.0
@@ -145,15 +146,15 @@ def check_headers(
 
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
         for lo in range(0, len(wanted), HEADER_WINDOW):
-            rows = []
-            for i, stamp, check in pool.map(one, wanted[lo : lo + HEADER_WINDOW]):
+            window, rows = wanted[lo : lo + HEADER_WINDOW], []
+            for i, stamp, check in pool.map(one, window):
                 if check.status != "ok":
                     skipped[i] = (check.reason, *stamp)
                     continue
                 path = os.fsencode(paths[i])  # bytes: any file name TensorFlow can open
                 rows.append((i, path, check.decoder, check.orientation, *stamp))
             windows.append(_columns(rows))
-            progress.update(len(wanted[lo : lo + HEADER_WINDOW]))
+            progress.update(len(window))
     progress.close()
     index, path, decoder, orientation, size, mtime = (
         np.concatenate(column) for column in zip(*windows or [_columns([])])
@@ -195,7 +196,7 @@ def decode_dataset(cfg: Any, headers: Headers, batch: int, preprocessed: bool = 
     ds = tf.data.Dataset.from_tensor_slices(
         (h.index, h.path, h.decoder, h.orientation, h.size, h.mtime)
     )
-    ds = ds.map(load, num_parallel_calls=_cores(), deterministic=True)
+    ds = ds.map(load, num_parallel_calls=cpu_threads(), deterministic=True)
     ds = ds.ignore_errors().batch(batch).prefetch(2)
     # Without autotuning: deleting an autotuned iterator waited for its optimiser thread,
     # 0.8-2 s on half the iterators measured here (4.7 s with the model running beside
@@ -204,14 +205,6 @@ def decode_dataset(cfg: Any, headers: Headers, batch: int, preprocessed: bool = 
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
-
-
-def _cores() -> int:
-    """CPU cores this process may run on (a container's or taskset's limit included)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def classify_stream(
@@ -358,8 +351,4 @@ def _decode_failure(path: Path, min_side: int, max_pixels: int) -> tuple[str, in
     """The reason a file failed in the decode: the full check's, or TensorFlow's refusal."""
     check = check_image(path, min_side, max_pixels)
     reason = check.reason or "truncated or corrupt: TensorFlow's decoder cannot read it"
-    try:
-        st = os.stat(path)
-        return reason, st.st_size, st.st_mtime_ns
-    except OSError:
-        return reason, -1, -1
+    return reason, *_stamp(path)
