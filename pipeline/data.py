@@ -31,11 +31,14 @@ from pipeline.files import (
 )
 from pipeline.image_cache import build_image_cache
 from pipeline.images import (
+    NOT_UTF8,
     ImageCheck,
     has_image_extension,
     is_ignored,
+    is_utf8_path,
     iter_files,
     reason_key,
+    text_path,
 )
 from pipeline.manifest import (
     CLASSES_FILE,
@@ -94,6 +97,15 @@ def list_candidates(source: Source) -> list[Candidate]:
     return found
 
 
+def unusable_reason(cand: Candidate) -> str:
+    """Why a file that passed the image check still cannot be trained on ('' if it can)."""
+    if cand.label is None:
+        return "not inside a class folder"
+    if not is_utf8_path(cand.path):
+        return NOT_UTF8
+    return ""
+
+
 @dataclass
 class Listing:
     """A source resolved and listed once: every candidate file, and its size and modification
@@ -150,8 +162,8 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
     print(checked.summary(cfg.dataset_dir() / CACHE_FILE))
     checks = checked.checks
     for cand, check in zip(candidates, checks):
-        if check.status == "ok" and cand.label is None:
-            check.status, check.reason = "skipped", "not inside a class folder"
+        if check.status == "ok" and unusable_reason(cand):
+            check.status, check.reason = "skipped", unusable_reason(cand)
 
     usable = [(c, k) for c, k in zip(candidates, checks) if k.status == "ok"]
     splits = assign_splits(
@@ -312,7 +324,14 @@ def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
             out_dir / CHECK_REPORT,
             ["label", "split", *ImageCheck.columns(), "size", "mtime_ns"],
             (
-                [c.label or "", inv.split_of_path.get(k.path, ""), *k.row(), s.size, s.mtime_ns]
+                [
+                    text_path(c.label or ""),
+                    inv.split_of_path.get(k.path, ""),
+                    text_path(k.path),
+                    *k.row()[1:],
+                    s.size,
+                    s.mtime_ns,
+                ]
                 for c, k, s in zip(inv.candidates, inv.checks, inv.stats)
             ),
         )
@@ -335,7 +354,7 @@ def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
                 "counts": inv.counts,
                 "totals": {s: sum(c[s] for c in inv.counts.values()) for s in SPLITS},
                 "files_found": len(inv.candidates),
-                "skipped": [{"path": k.path, "reason": k.reason} for k in skipped],
+                "skipped": [{"path": text_path(k.path), "reason": k.reason} for k in skipped],
                 "duplicate_groups": len(inv.duplicates),
                 "unlabelled_dir": str(inv.source.unlabelled) if inv.source.unlabelled else None,
                 "warnings": inv.warnings,

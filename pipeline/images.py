@@ -61,6 +61,21 @@ class ImageCheck:
         return [getattr(self, f.name) for f in fields(self)]
 
 
+# The outputs (manifests, reports, predict's CSV) are UTF-8 text and cannot hold such a name.
+NOT_UTF8 = "file name not UTF-8 (rename the file to use it)"
+
+
+def text_path(path: str | os.PathLike) -> str:
+    """A path as UTF-8 text for a CSV or JSON output. A file name written by a system with
+    another encoding holds bytes that are not UTF-8 (Python keeps them as surrogates, which
+    UTF-8 cannot encode); they appear as \\xNN escapes. Any other path is unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8_path(path: str | os.PathLike) -> bool:
+    return text_path(path) == os.fspath(path)
+
+
 def is_ignored(path: Path) -> bool:
     """Hidden files and OS debris are not the user's images; they are not even reported."""
     return path.name.startswith(".") or path.name.lower() in OS_DEBRIS

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.files import atomic_path
-from pipeline.images import reason_key
+from pipeline.images import NOT_UTF8, reason_key, text_path
 
 KEY_PREFIX = "# make predict: rows finished so far, key "
 
@@ -71,7 +71,7 @@ class PartialRows:
             for record in csv.reader(fh):
                 if pending is not None:
                     yield pending
-                if len(record) != width or record[0] <= last:
+                if len(record) != width or record[0] < last:
                     return
                 if not (_is_int(record[-1]) and _is_int(record[-2])):
                     return
@@ -120,10 +120,14 @@ class PartialRows:
             for first in range(0, len(paths), cell):
                 rows = []
                 for path in paths[first : first + cell]:
-                    name = str(path)
+                    name = text_path(path)
                     while current is not None and current[0] < name:
                         current = next(previous, None)
-                    if current is not None and current[0] == name and _unchanged(current, path):
+                    if (
+                        current is not None
+                        and current[0] == name == str(path)  # not a name that is not UTF-8
+                        and _unchanged(current, path)
+                    ):
                         rows.append(current)
                 if len(rows) == len(paths[first : first + cell]):
                     writer.writerows(rows)
@@ -182,9 +186,17 @@ class PartialRows:
         return counts
 
 
+def csv_order(path: Path) -> tuple[str, str]:
+    """The order of the rows: by the path as the CSV writes it (pipeline.images.text_path),
+    so that the file reads sorted. A name that is not UTF-8 can read like another file's
+    (byte 0xE9 and the four characters \\xe9); the second key orders such a pair, and
+    their rows are never kept (it is skipped anyway, and cheap to redo)."""
+    return text_path(path), str(path)
+
+
 def _unchanged(row: list[str], path: Path) -> bool:
     """The file is as it was when the row was made; an unreadable file is tried again."""
-    if row[1] == "skipped" and row[-3].startswith("unreadable"):
+    if row[1] == "skipped" and (row[-3].startswith("unreadable") or row[-3] == NOT_UTF8):
         return False
     try:
         st = os.stat(path)

@@ -19,7 +19,7 @@ from pipeline.classifier import (
 )
 from pipeline.config import Config
 from pipeline.images import IMAGE_EXTENSIONS, has_image_extension, iter_files
-from pipeline.partial import PartialRows, resume_key
+from pipeline.partial import PartialRows, csv_order, resume_key
 from pipeline.predict_stream import classify_stream
 from pipeline.runs import MODEL_FILE, resolve_run
 
@@ -121,7 +121,7 @@ def predict(cfg: Config) -> PredictResult:
     if not p.input:
         raise ValueError("Give the folder to classify: make predict IN=path/to/photos")
     folder = Path(p.input).expanduser()
-    files = sorted(list_input_files(folder), key=str)  # the CSV's order
+    files = sorted(list_input_files(folder), key=csv_order)
     output = check_output_path(Path(p.output).expanduser(), "OUT")
     sort_into = p.sort_into and check_output_path(
         Path(p.sort_into).expanduser(), "SORT_INTO", folder=True
@@ -163,18 +163,19 @@ def predict(cfg: Config) -> PredictResult:
     reasons = saved.finish()
     classified = reasons.pop("ok", 0)
     skipped = sum(reasons.values())
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
     if not classified:
         raise ValueError(
-            f"IN={folder}: none of the {skipped} file(s) is a readable image ("
-            + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
-            + f"; each file's reason is in {output}); give a folder of photos "
+            f"IN={folder}: none of the {skipped} file(s) is a readable image ({why}"
+            f"; each file's reason is in {output}); give a folder of photos "
             "(JPEG, PNG, GIF, BMP or WebP), or replace the damaged files"
         )
     result = PredictResult(
         output, classified, skipped, None, reused, counts.read, counts.steady_rate
     )
     rate = f" ({counts.steady_rate:.0f} images/s after start-up)" if counts.steady_rate else ""
-    print(f"Classified {classified} images, skipped {skipped} unreadable{rate}: {output}")
+    why = f" ({why})" if why else ""
+    print(f"Classified {classified} images, skipped {skipped}{why}{rate}: {output}")
     if sort_into:
         result.sorted_into = sort_into
         with open(output, newline="", encoding="utf-8") as fh:

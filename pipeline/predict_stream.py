@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.images import check_image, inspect_image
+from pipeline.images import (
+    NOT_UTF8,
+    ImageCheck,
+    check_image,
+    inspect_image,
+    is_utf8_path,
+    text_path,
+)
 from pipeline.tflite import cpu_threads
 
 # A log (stderr not a terminal) gets one progress line this often, in seconds.
@@ -142,6 +149,8 @@ def check_headers(
 
     def one(i: int) -> tuple[int, tuple[int, int], Any]:
         stamp = _stamp(paths[i])  # before the read, as the resume key needs
+        if not is_utf8_path(paths[i]):  # the CSV could not name it
+            return i, stamp, ImageCheck(str(paths[i]), "skipped", NOT_UTF8)
         return i, stamp, inspect_image(paths[i], min_side, max_pixels)
 
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
@@ -252,7 +261,7 @@ def classify_stream(
             if not todo[i]:
                 continue
             counts.read += 1
-            row: dict[str, Any] = {"path": str(paths[i]), "status": "ok", "reason": ""}
+            row: dict[str, Any] = {"path": text_path(paths[i]), "status": "ok", "reason": ""}
             if i in done:
                 file_size, mtime, probs = done[i]
                 row.update(prediction_columns(labels, probs, top_k))

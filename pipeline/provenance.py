@@ -58,7 +58,7 @@ def dataset_id(dataset: str) -> str:
     if not dataset.startswith("folder:"):
         return dataset
     path = Path(dataset[len("folder:") :]).expanduser().resolve()
-    digest = hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:8]
+    digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:8]
     return f"{path.name or 'folder'}-{digest}"
 
 
@@ -79,7 +79,8 @@ class FileStat:
 def listing_digest(stats: Iterable[FileStat]) -> str:
     h = hashlib.sha256()
     for s in sorted(stats, key=lambda s: s.path):
-        h.update(f"{s.path}\0{s.size}\0{s.mtime_ns}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 counts by its bytes
+        h.update(f"{s.path}\0{s.size}\0{s.mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 

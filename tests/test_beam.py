@@ -7,6 +7,7 @@ conftest.py leaves this file out of collection, and `make test-beam` installs it
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from pipeline.config import with_overrides
 from pipeline.data import CHECK_REPORT, prepare_data
 from pipeline.files import read_csv
+from pipeline.images import NOT_UTF8
 from pipeline.predict import predict
 from tests.imagegen import BAD_KINDS, GOOD_KINDS, make_image
 from tests.support import REPO
@@ -41,7 +43,8 @@ PROBABILITY_TOLERANCE = 1e-5
 def photos(tmp_path_factory, flowers_mini) -> Path:
     """flowers-mini's 400 photos in class folders, a generated file of every kind the check
     handles (good ones for every decoder, bad ones for every reason), a stray file outside
-    the class folders, and a duplicate with a comma, a quote and unicode in its name."""
+    the class folders, a duplicate with a comma, a quote and unicode in its name, and a
+    copy whose name is not UTF-8."""
     root = tmp_path_factory.mktemp("beam") / "photo folder"
     shutil.copytree(flowers_mini, root)
     for i, kind in enumerate([*GOOD_KINDS, *BAD_KINDS]):
@@ -49,6 +52,7 @@ def photos(tmp_path_factory, flowers_mini) -> Path:
     first = sorted((root / "daisy").glob("*.jpg"))[0]
     shutil.copy(first, root / "sunflowers" / 'copy, "quoted" ü.jpg')
     shutil.copy(first, root / "stray.jpg")
+    shutil.copy(first, os.fsencode(root / "tulips") + b"/caf\xe9.jpg")  # not UTF-8
     return root
 
 
@@ -83,8 +87,9 @@ def test_check_report_equals_make_data_byte_for_byte(photos, tmp_path):
     assert beam.read_bytes() == local.read_bytes()
     assert shards_merged(stdout) == 2  # both workers wrote a share
     rows = {Path(r["path"]).name: r for r in read_csv(beam)}
-    assert len(rows) == 400 + len(GOOD_KINDS) + len(BAD_KINDS) + 2
+    assert len(rows) == 400 + len(GOOD_KINDS) + len(BAD_KINDS) + 3
     assert rows["stray.jpg"]["reason"] == "not inside a class folder"
+    assert rows["caf\\xe9.jpg"]["reason"] == NOT_UTF8
     assert rows['copy, "quoted" ü.jpg']["split"] in ("train", "val", "test")
     for kind, reason in BAD_KINDS.items():
         found = [r for name, r in rows.items() if name.startswith(f"made {kind}")]

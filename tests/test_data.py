@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_config, with_overrides
-from pipeline.data import CHECK_REPORT, prepare_data
+from pipeline.data import CHECK_REPORT, ensure_manifests, prepare_data
 from pipeline.data_reports import AUGMENTED_SAMPLES, draw_data_reports
 from pipeline.files import read_csv
 from pipeline.image_cache import build_image_cache, cached_rows
+from pipeline.images import NOT_UTF8
 from pipeline.manifest import SPLIT_FILES, load_split, read_classes
 from pipeline.split import SPLITS
 from tests.imagegen import BAD_KINDS, GOOD_KINDS, make_image
@@ -59,6 +60,8 @@ def photo_folder(tmp_path_factory) -> Path:
         make_image(root / "cats" / f"bad_{kind}", kind)
     shutil.copy(root / "cats" / "img0.jpg", root / "cats" / "img0 copy.jpg")
     shutil.copy(root / "dogs" / "img1.jpg", root / "owls" / "looks_like_an_owl.jpg")
+    # A name from a system with another encoding (Latin-1 é): not UTF-8.
+    shutil.copy(root / "owls" / "img2.jpg", os.fsencode(root / "owls") + b"/caf\xe9.jpg")
     (root / "cats" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (root / "dogs" / "Thumbs.db").write_bytes(b"\xd0\xcf")
     make_image(root / "owls" / ".hidden", "rgb_jpeg")
@@ -96,10 +99,11 @@ def test_check_report_lists_every_skipped_file_with_its_reason(prepared, photo_f
         row = next(r for name, r in report.items() if name.startswith(f"bad_{kind}"))
         assert row["status"] == "skipped" and row["reason"].startswith(reason), kind
     assert report["stray.jpg"]["reason"] == "not inside a class folder"
+    assert report["caf\\xe9.jpg"]["reason"] == NOT_UTF8  # named in UTF-8 text, escaped
     assert not any(name in report for name in (".DS_Store", "Thumbs.db", ".hidden.jpg"))
-    assert sum(result.skipped.values()) == len(BAD_KINDS) + 1
+    assert sum(result.skipped.values()) == len(BAD_KINDS) + 2
     summary = json.loads((result.dataset_dir / "summary.json").read_text())
-    assert len(summary["skipped"]) == len(BAD_KINDS) + 1
+    assert len(summary["skipped"]) == len(BAD_KINDS) + 2
 
 
 def test_duplicates_are_reported_and_share_a_split(prepared):
@@ -129,6 +133,9 @@ def test_rerun_gives_identical_manifests(prepared):
     first = {s: (result.dataset_dir / f"{s}.csv").read_bytes() for s in SPLITS}
     prepare_data(cfg, progress=False)
     assert first == {s: (result.dataset_dir / f"{s}.csv").read_bytes() for s in SPLITS}
+    written = (result.dataset_dir / CHECK_REPORT).stat().st_mtime_ns
+    ensure_manifests(cfg)  # what a later stage asks: the files are as listed, nothing rebuilt
+    assert (result.dataset_dir / CHECK_REPORT).stat().st_mtime_ns == written
 
 
 def test_an_incremental_run_checks_only_the_changes_and_writes_what_a_fresh_run_writes(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from pipeline.classifier import load_classifier, rows_from_checks
 from pipeline.config import with_overrides
 from pipeline.files import read_csv
-from pipeline.images import check_image
+from pipeline.images import NOT_UTF8, check_image
 from pipeline.inputs import build_eval_dataset
 from pipeline.predict import partial_key, predict
 from tests.imagegen import make_image
@@ -181,6 +182,22 @@ def test_a_file_that_fails_in_the_decode_is_listed_with_its_reason(trained_run, 
     row = next(r for r in rows if r["path"] == str(bad))
     assert row["status"] == "skipped" and row["reason"].startswith("truncated or corrupt")
     assert row["predicted"] == ""
+
+
+def test_a_name_that_is_not_utf8_is_listed_and_the_csv_stays_utf8(trained_run, tmp_path):
+    folder, out = tmp_path / "photos", tmp_path / "out.csv"
+    folder.mkdir()
+    photo = sorted((REPO / "tests/fixtures/flowers-mini/roses").iterdir())[0]
+    shutil.copy(photo, os.fsencode(folder) + b"/caf\xe9.jpg")  # Latin-1: not UTF-8
+    shutil.copy(photo, folder / "caf\\xe9.jpg")  # a UTF-8 name that reads the same
+    shutil.copy(photo, folder / "cafz.jpg")
+    predict(_predict_cfg(trained_run, folder, out))
+    rows = read_csv_bytes(out.read_bytes())  # decodes as UTF-8: any reader can open it
+    assert [(Path(r["path"]).name, r["status"], r["reason"]) for r in rows] == [
+        ("caf\\xe9.jpg", "ok", ""),
+        ("caf\\xe9.jpg", "skipped", NOT_UTF8),
+        ("cafz.jpg", "ok", ""),
+    ]
 
 
 def test_streamed_rows_equal_the_in_memory_path(predicted, trained_run):

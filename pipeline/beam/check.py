@@ -4,14 +4,16 @@ worker per share of the files, written as CSV shards and merged into check_repor
 The driver lists the source exactly as `make data` does (``pipeline.data.list_source``:
 archives extracted, hidden files and OS debris left out, each file's size and modification
 time taken before any check), Beam checks the files, and the merge puts the records back in
-the listing's order and adds what needs the whole table: the label (class folder), "not
-inside a class folder" for stray files, and the split (``pipeline.split.assign_splits``, so
-duplicates share one). The result has check_report.csv's columns and, for the same files
+the listing's order and adds what needs the whole table: the label (class folder), the
+data stage's reasons to skip a usable image (``pipeline.data.unusable_reason``: not inside
+a class folder, a name that is not UTF-8), and the split (``pipeline.split.assign_splits``,
+so duplicates share one). The result has check_report.csv's columns and, for the same files
 and options, its exact bytes.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 from pipeline.beam import require_beam
 from pipeline.beam.shards import SHARD_SUFFIX, csv_record, merge_shards, shard_prefix
 from pipeline.config import Config
-from pipeline.images import ImageCheck, check_image
+from pipeline.images import ImageCheck, check_image, text_path
 from pipeline.split import assign_splits
 
 beam = require_beam()
@@ -38,14 +40,18 @@ class CheckRun:
     seconds: float
 
 
-def check_record(item: tuple[int, str], min_side: int, max_pixels: int) -> str:
-    """(listing index, path) -> one CSV record: the index, then the check's row."""
-    index, path = item
-    return csv_record([index, *check_image(path, min_side, max_pixels).row()])
+def check_record(item: tuple[int, bytes], min_side: int, max_pixels: int) -> str:
+    """(listing index, path) -> one CSV record: the index, then the check's row.
+
+    Paths travel as bytes: Beam's string coder is UTF-8 and cannot carry a file name that
+    is not UTF-8."""
+    index, path = item[0], os.fsdecode(item[1])
+    row = check_image(path, min_side, max_pixels).row()
+    return csv_record([index, text_path(path), *row[1:]])
 
 
 def check_files(
-    items: list[tuple[int, str]], min_side: int, max_pixels: int, prefix: str, argv: list[str]
+    items: list[tuple[int, bytes]], min_side: int, max_pixels: int, prefix: str, argv: list[str]
 ) -> None:
     """Run the Beam pipeline: files -> checks -> CSV shards under ``prefix``."""
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -63,7 +69,7 @@ def check_files(
 
 def run_check(cfg: Config, output: Path | None, shards: str | None, argv: list[str]) -> CheckRun:
     """Check every file of cfg's data set on Beam; write the merged check report."""
-    from pipeline.data import CHECK_REPORT, list_source
+    from pipeline.data import CHECK_REPORT, list_source, unusable_reason
 
     start = time.perf_counter()
     d = cfg.data
@@ -75,7 +81,11 @@ def run_check(cfg: Config, output: Path | None, shards: str | None, argv: list[s
     prefix = shard_prefix(shards or str(output.parent / "shards"), "check")
     print(f"Checking {len(candidates)} files under {listing.source.origin} with Beam")
     check_files(
-        [(i, str(c.path)) for i, c in enumerate(candidates)], d.min_side, d.max_pixels, prefix, argv
+        [(i, os.fsencode(c.path)) for i, c in enumerate(candidates)],
+        d.min_side,
+        d.max_pixels,
+        prefix,
+        argv,
     )
     fixed_test = any(given == "test" for _, given in listing.source.roots)
 
@@ -86,8 +96,8 @@ def run_check(cfg: Config, output: Path | None, shards: str | None, argv: list[s
             )
         checks = [r[1:] for r in records]
         for cand, check in zip(candidates, checks):
-            if check[STATUS] == "ok" and cand.label is None:
-                check[STATUS], check[REASON] = "skipped", "not inside a class folder"
+            if check[STATUS] == "ok" and unusable_reason(cand):
+                check[STATUS], check[REASON] = "skipped", unusable_reason(cand)
         usable = [i for i, k in enumerate(checks) if k[STATUS] == "ok"]
         splits = assign_splits(
             [(checks[i][SHA256], candidates[i].given_split) for i in usable],
@@ -98,7 +108,7 @@ def run_check(cfg: Config, output: Path | None, shards: str | None, argv: list[s
         )
         split_of = dict(zip(usable, splits))
         return [
-            [c.label or "", split_of.get(i, ""), *k, s.size, s.mtime_ns]
+            [text_path(c.label or ""), split_of.get(i, ""), *k, s.size, s.mtime_ns]
             for i, (c, k, s) in enumerate(zip(candidates, checks, stats))
         ]
 

@@ -11,6 +11,7 @@ input.tta=flip. Records have `make predict`'s columns; the merge sorts them by p
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 from pipeline.beam import require_beam
 from pipeline.beam.shards import SHARD_SUFFIX, csv_record, merge_shards, shard_prefix
 from pipeline.config import Config
-from pipeline.images import ImageCheck, check_image
+from pipeline.images import NOT_UTF8, ImageCheck, check_image, is_utf8_path, text_path
 
 beam = require_beam()
 BATCHES_PER_CALL = 8
@@ -82,8 +83,12 @@ class ClassifierHandler(ModelHandler):
         return [PredictionResult(check, p) for check, p in zip(batch, probs)]
 
 
-def checked(item: str, min_side: int, max_pixels: int) -> ImageCheck:
-    return check_image(item, min_side, max_pixels)
+def checked(item: bytes, min_side: int, max_pixels: int) -> ImageCheck:
+    """A path (bytes: Beam's string coder cannot carry a name that is not UTF-8) checked."""
+    path = os.fsdecode(item)
+    if not is_utf8_path(path):  # as make predict: the CSV could not name it
+        return ImageCheck(path, "skipped", NOT_UTF8)
+    return check_image(path, min_side, max_pixels)
 
 
 def usable(check: ImageCheck, partitions: int) -> int:
@@ -94,18 +99,19 @@ def predicted_record(result: PredictionResult, labels: list[str], top_k: int) ->
     """One CSV record of `make predict` (``classify_checked``'s row) for a classified image."""
     check, p = result.example, result.inference
     order = np.argsort(-p, kind="stable")[:top_k]
-    values: list[Any] = [check.path, check.status, labels[order[0]], float(p[order[0]])]
+    values: list[Any] = [text_path(check.path), check.status, labels[order[0]], float(p[order[0]])]
     for j in order:
         values += [labels[j], float(p[j])]
     return csv_record([*values, check.reason])
 
 
 def skipped_record(check: ImageCheck, top_k: int) -> str:
-    return csv_record([check.path, check.status, "", "", *[""] * (2 * top_k), check.reason])
+    row = [text_path(check.path), check.status, "", "", *[""] * (2 * top_k), check.reason]
+    return csv_record(row)
 
 
 def classify_files(
-    files: list[str],
+    files: list[bytes],
     handler: ClassifierHandler,
     labels: list[str],
     top_k: int,
@@ -180,7 +186,7 @@ def run_predict(
     prefix = shard_prefix(shards or str(output.absolute().parent / ".beam-shards"), "predict")
     print(f"Classifying {len(files)} files under {p.input} with {source} on Beam")
     limits = (run_cfg.data.min_side, run_cfg.data.max_pixels)
-    classify_files([str(f) for f in files], handler, labels, k, limits, prefix, argv)
+    classify_files([os.fsencode(f) for f in files], handler, labels, k, limits, prefix, argv)
     written, rows, count = merge_shards(prefix, output, header, lambda r: r[0])
     if len(rows) != len(files):
         raise RuntimeError(f"the Beam pipeline returned {len(rows)} rows for {len(files)} files")
@@ -194,7 +200,7 @@ def run_predict(
         written, len(rows) - skipped, skipped, count, time.perf_counter() - start
     )
     print(
-        f"Classified {result.classified} images, skipped {skipped} unreadable, in "
+        f"Classified {result.classified} images, skipped {skipped}, in "
         f"{result.seconds:.1f} s ({count} shards merged): {written}"
     )
     return result
