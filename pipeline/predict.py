@@ -173,9 +173,9 @@ def predict(cfg: Config) -> PredictResult:
     result = PredictResult(
         output, classified, skipped, None, reused, counts.read, counts.steady_rate
     )
-    rate = f" ({counts.steady_rate:.0f} images/s after start-up)" if counts.steady_rate else ""
+    rate = f" at {counts.steady_rate:.0f} images/s after start-up" if counts.steady_rate else ""
     why = f" ({why})" if why else ""
-    print(f"Classified {classified} images, skipped {skipped}{why}{rate}: {output}")
+    print(f"Classified {classified} images{rate}, skipped {skipped}{why}: {output}")
     if sort_into:
         result.sorted_into = sort_into
         with open(output, newline="", encoding="utf-8") as fh:
