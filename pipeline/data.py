@@ -162,8 +162,8 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
     print(checked.summary(cfg.dataset_dir() / CACHE_FILE))
     checks = checked.checks
     for cand, check in zip(candidates, checks):
-        if check.status == "ok" and unusable_reason(cand):
-            check.status, check.reason = "skipped", unusable_reason(cand)
+        if check.status == "ok" and (reason := unusable_reason(cand)):
+            check.status, check.reason = "skipped", reason
 
     usable = [(c, k) for c, k in zip(candidates, checks) if k.status == "ok"]
     splits = assign_splits(

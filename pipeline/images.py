@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from multiprocessing import get_context
@@ -74,6 +74,14 @@ def text_path(path: str | os.PathLike) -> str:
 
 def is_utf8_path(path: str | os.PathLike) -> bool:
     return text_path(path) == os.fspath(path)
+
+
+def check_named(path: str | Path, check: Callable[..., ImageCheck], *limits: int) -> ImageCheck:
+    """``check(path, *limits)`` for a file the UTF-8 outputs can name; for any other, a
+    skip (NOT_UTF8) without opening it: a row that cannot name its file is of no use."""
+    if not is_utf8_path(path):
+        return ImageCheck(str(path), "skipped", NOT_UTF8)
+    return check(path, *limits)
 
 
 def is_ignored(path: Path) -> bool:

@@ -24,14 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.images import (
-    NOT_UTF8,
-    ImageCheck,
-    check_image,
-    inspect_image,
-    is_utf8_path,
-    text_path,
-)
+from pipeline.images import check_image, check_named, inspect_image, text_path
 from pipeline.tflite import cpu_threads
 
 # A log (stderr not a terminal) gets one progress line this often, in seconds.
@@ -149,9 +142,7 @@ def check_headers(
 
     def one(i: int) -> tuple[int, tuple[int, int], Any]:
         stamp = _stamp(paths[i])  # before the read, as the resume key needs
-        if not is_utf8_path(paths[i]):  # the CSV could not name it
-            return i, stamp, ImageCheck(str(paths[i]), "skipped", NOT_UTF8)
-        return i, stamp, inspect_image(paths[i], min_side, max_pixels)
+        return i, stamp, check_named(paths[i], inspect_image, min_side, max_pixels)
 
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
         for lo in range(0, len(wanted), HEADER_WINDOW):

@@ -96,8 +96,8 @@ def run_check(cfg: Config, output: Path | None, shards: str | None, argv: list[s
             )
         checks = [r[1:] for r in records]
         for cand, check in zip(candidates, checks):
-            if check[STATUS] == "ok" and unusable_reason(cand):
-                check[STATUS], check[REASON] = "skipped", unusable_reason(cand)
+            if check[STATUS] == "ok" and (reason := unusable_reason(cand)):
+                check[STATUS], check[REASON] = "skipped", reason
         usable = [i for i, k in enumerate(checks) if k[STATUS] == "ok"]
         splits = assign_splits(
             [(checks[i][SHA256], candidates[i].given_split) for i in usable],

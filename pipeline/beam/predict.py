@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.beam import require_beam
 from pipeline.beam.shards import SHARD_SUFFIX, csv_record, merge_shards, shard_prefix
 from pipeline.config import Config
-from pipeline.images import NOT_UTF8, ImageCheck, check_image, is_utf8_path, text_path
+from pipeline.images import ImageCheck, check_image, check_named, text_path
 
 beam = require_beam()
 BATCHES_PER_CALL = 8
@@ -85,10 +85,7 @@ class ClassifierHandler(ModelHandler):
 
 def checked(item: bytes, min_side: int, max_pixels: int) -> ImageCheck:
     """A path (bytes: Beam's string coder cannot carry a name that is not UTF-8) checked."""
-    path = os.fsdecode(item)
-    if not is_utf8_path(path):  # as make predict: the CSV could not name it
-        return ImageCheck(path, "skipped", NOT_UTF8)
-    return check_image(path, min_side, max_pixels)
+    return check_named(os.fsdecode(item), check_image, min_side, max_pixels)
 
 
 def usable(check: ImageCheck, partitions: int) -> int:
