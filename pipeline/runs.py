@@ -41,11 +41,13 @@ def find_runs(models_dir: str | Path) -> list[Path]:
 def resolve_run(models_dir: str | Path, run: str = "") -> Path:
     """models/<run>, a path to a run folder, or the newest finished run when run is ''."""
     if run:
-        for candidate in (Path(run), Path(models_dir) / run):
+        # An absolute run is the same folder both ways: the message names it once.
+        candidates = list(dict.fromkeys((Path(run), Path(models_dir) / run)))
+        for candidate in candidates:
             if (candidate / MODEL_FILE).is_file():
                 return candidate
         raise FileNotFoundError(
-            f"Run {run!r}: no {MODEL_FILE} in {Path(models_dir) / run} or {run}; "
+            f"Run {run!r}: no {MODEL_FILE} in {' or '.join(map(str, candidates))}; "
             f"give RUN=<folder under {models_dir}/> of a finished `make train`"
         )
     runs = find_runs(models_dir)

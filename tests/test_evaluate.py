@@ -14,7 +14,7 @@ from pipeline.evaluate import evaluate
 from pipeline.files import read_csv
 from pipeline.manifest import load_split
 from pipeline.metrics import classification_metrics, reliability, worst_mistakes
-from pipeline.runs import read_summary
+from pipeline.runs import read_summary, resolve_run
 
 
 def random_probs(n: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -23,6 +23,16 @@ def random_probs(n: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     logits = rng.normal(size=(n, c)) + 2.0 * np.eye(c)[y] * rng.uniform(0, 1, (n, 1))
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     return y, probs
+
+
+def test_a_missing_run_is_named_once_whether_relative_or_absolute(tmp_path):
+    models = tmp_path / "models"
+    with pytest.raises(FileNotFoundError) as absolute:
+        resolve_run(models, str(tmp_path / "gone"))
+    assert f"no model.keras in {tmp_path / 'gone'};" in str(absolute.value)
+    with pytest.raises(FileNotFoundError) as relative:
+        resolve_run(models, "gone")
+    assert f"no model.keras in gone or {models / 'gone'};" in str(relative.value)
 
 
 def test_metrics_agree_with_each_other():
