@@ -43,12 +43,12 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from pipeline.classifier import load_classifier  # noqa: E402
 from pipeline.config import Config  # noqa: E402
-from pipeline.evaluate import scored_rows  # noqa: E402
+from pipeline.data.manifest import load_split  # noqa: E402
+from pipeline.evaluate.stage import scored_rows  # noqa: E402
 from pipeline.experiment import mean_ci  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
-from pipeline.manifest import load_split  # noqa: E402
+from pipeline.predict.classifier import load_classifier  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "recipe.json"
 SHARED = REPO.parent / "shared"

@@ -16,7 +16,7 @@ from pipeline.quiet import configure_tensorflow_logging, import_tensorflow_quiet
 
 
 def _run_data(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.data import prepare_data
+    from pipeline.data.stage import prepare_data
 
     prepare_data(cfg)
 
@@ -74,19 +74,19 @@ def _run_train(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _run_evaluate(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.stage import evaluate
 
     evaluate(cfg)
 
 
 def _run_predict(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.predict import predict
+    from pipeline.predict.stage import predict
 
     predict(cfg)
 
 
 def _run_export(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.export import export
+    from pipeline.export.stage import export
 
     export(cfg)
 
@@ -120,7 +120,7 @@ def _experiment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_clean(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.clean import clean
+    from pipeline.clean.stage import clean
 
     clean(cfg)
 
@@ -191,7 +191,7 @@ PREPARE: dict[str, Callable[[Config], Config]] = {"experiment": _apply_preset}
 
 # Stages that do not import TensorFlow up front (nothing to keep quiet, nothing to wait
 # for): config and clean never do; data only to draw its sample grid, and then itself,
-# quietly (pipeline.data_reports): a rerun with nothing changed never waits for it.
+# quietly (pipeline.data.reports): a rerun with nothing changed never waits for it.
 WITHOUT_TENSORFLOW = frozenset({"config", "clean", "data"})
 
 

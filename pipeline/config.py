@@ -184,8 +184,8 @@ class Config:
 
     def dataset_dir(self) -> Path:
         """Where this data set's manifests live: data/<dataset id>/, named by the source
-        itself (pipeline.provenance.dataset_id), never by a base name alone."""
-        from pipeline.provenance import dataset_id
+        itself (pipeline.data.provenance.dataset_id), never by a base name alone."""
+        from pipeline.data.provenance import dataset_id
 
         return Path(self.paths.data) / dataset_id(self.data.dataset)
 

@@ -33,7 +33,7 @@ DECODE_TF = "tf"  # tf.io.decode_image: PNG/WebP that need no conversion
 DECODE_PIL = "pil"  # load_rgb: anything TensorFlow would decode differently
 
 # Bump whenever check_image's outcome for a given file can change (new reason, format,
-# decoder rule...): `make data` then drops its remembered checks (pipeline/check_cache.py).
+# decoder rule...): `make data` then drops its remembered checks (pipeline/data/check_cache.py).
 CHECK_VERSION = 1
 
 

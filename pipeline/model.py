@@ -62,7 +62,7 @@ def resolve_weights(
     if cached.is_file():
         return str(cached)
     url = weights_url(backbone, alpha, size)
-    from pipeline.sources import check_download_reachable
+    from pipeline.data.sources import check_download_reachable
 
     try:
         check_download_reachable(url)

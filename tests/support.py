@@ -41,9 +41,9 @@ def make_tiny_data(flowers_mini: Path, root: Path) -> TinyData:
     of 8. Per class, the first photos by name that the default split sends to each split
     (TINY_SPLIT of each), so every class is in every split whatever the photos' bytes."""
     from pipeline.config import Config, load_config
-    from pipeline.data import prepare_data
+    from pipeline.data.split import split_of
+    from pipeline.data.stage import prepare_data
     from pipeline.images import file_sha256
-    from pipeline.split import split_of
 
     d = Config().data
     folder = root / "flowers-tiny"

@@ -12,14 +12,14 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.classifier import load_classifier
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config, with_overrides
-from pipeline.evaluate import evaluate, scored_rows
-from pipeline.export import EXPORT_JSON, accuracy_warnings, export
-from pipeline.export_record import file_sha256
+from pipeline.evaluate.stage import evaluate, scored_rows
+from pipeline.export.record import file_sha256
+from pipeline.export.stage import EXPORT_JSON, accuracy_warnings, export
 from pipeline.files import read_csv, read_json
-from pipeline.predict import predict
+from pipeline.predict.classifier import load_classifier
+from pipeline.predict.stage import predict
 
 
 @pytest.fixture(scope="module")

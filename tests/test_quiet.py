@@ -43,7 +43,7 @@ def test_start_up_noise_is_hidden_by_default_and_shown_with_verbose(tmp_path):
 
 TFLITE_RUN = """
 import sys, numpy as np
-from pipeline.tflite import TFLiteModel
+from pipeline.predict.tflite import TFLiteModel
 print(TFLiteModel(sys.argv[1])(np.zeros((1, 8, 8, 3), np.float32)).shape)
 """
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, with_overrides
-from pipeline.data import ensure_manifests
+from pipeline.data.stage import ensure_manifests
 from pipeline.experiment.grid import cell_id, cell_label, experiment_plan
 from pipeline.experiment.summary import METRICS, summarize
 from pipeline.files import generated_dir, read_csv, write_csv
@@ -72,7 +72,7 @@ def _one_run(run_cfg: Config) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.stage import evaluate
     from pipeline.training import train
 
     keras.backend.clear_session()

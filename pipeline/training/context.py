@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from pipeline.backbones import Backbone
 from pipeline.config import Config
-from pipeline.manifest import ManifestRow
+from pipeline.data.manifest import ManifestRow
 
 
 @dataclass

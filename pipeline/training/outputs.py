@@ -19,10 +19,10 @@ import tensorflow as tf
 
 from pipeline.backbones import Backbone, preprocess
 from pipeline.config import Config
+from pipeline.data.provenance import RUN_DATA_DIR, read_record
 from pipeline.files import atomic_path, replace_dir, write_json
 from pipeline.memory.record import RunMemory, phases_run
 from pipeline.model import count_params
-from pipeline.provenance import RUN_DATA_DIR, read_record
 from pipeline.runs import (
     CONFIG_FILE,
     CURVES_FILE,

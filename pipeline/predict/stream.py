@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.images import check_image, check_named, inspect_image, text_path
-from pipeline.tflite import cpu_threads
+from pipeline.predict.tflite import cpu_threads
 
 # A log (stderr not a terminal) gets one progress line this often, in seconds.
 PROGRESS_EVERY_S = 30.0
@@ -220,7 +220,7 @@ def classify_stream(
     """Classify ``paths[i]`` for each ``todo[i]``, handing rows to ``emit`` in path order.
 
     A row is ``header``'s columns, then the file's size and modification time (ns) as they
-    were before it was read. ``clf`` is a ``pipeline.classifier.Classifier``.
+    were before it was read. ``clf`` is a ``pipeline.predict.classifier.Classifier``.
     """
     cfg, labels = clf.cfg, clf.labels
     top_k = min(top_k, len(labels))
