@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import DataConfig
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp"})
 # PIL format names we accept (MPO: multi-picture JPEG written by many cameras).
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
@@ -134,7 +136,9 @@ def _choose_decoder(img) -> str:
     return DECODE_PIL
 
 
-def check_image(path: str | Path, min_side: int = 32, max_pixels: int = 178_956_970) -> ImageCheck:
+def check_image(
+    path: str | Path, min_side: int = DataConfig.min_side, max_pixels: int = DataConfig.max_pixels
+) -> ImageCheck:
     """Decode a file fully once and say whether it is usable, and why not."""
     from PIL import Image, UnidentifiedImageError
 
@@ -192,7 +196,7 @@ _JPEG_END = b"\xff\xd9"
 
 
 def inspect_image(
-    path: str | Path, min_side: int = 32, max_pixels: int = 178_956_970
+    path: str | Path, min_side: int = DataConfig.min_side, max_pixels: int = DataConfig.max_pixels
 ) -> ImageCheck:
     """check_image without the full decode, for files decoded right after (make predict).
 
@@ -253,8 +257,8 @@ def _check_one(args: tuple[str, int, int]) -> ImageCheck:
 
 def check_images(
     paths: Iterable[str | Path],
-    min_side: int = 32,
-    max_pixels: int = 178_956_970,
+    min_side: int = DataConfig.min_side,
+    max_pixels: int = DataConfig.max_pixels,
     workers: int = 0,
     progress: bool = True,
     desc: str = "Checking images",

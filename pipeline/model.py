@@ -23,6 +23,7 @@ from pipeline.backbones import (
     Backbone,
     check_input_size,
     get_backbone,
+    preprocess,
     weights_file_name,
     weights_url,
 )
@@ -225,6 +226,27 @@ def training_forward(model: keras.Model, cfg: Config) -> Callable[[Any], Any]:
         return lambda images: model(images, training=True)
     extractor, head = build_feature_extractor(model), build_feature_head(model)
     return lambda images: head(extractor(images, training=False), training=True)
+
+
+SERVE_ENDPOINT = "serve"
+
+
+def serving_archive(model: keras.Model, backbone: Backbone) -> keras.export.ExportArchive:
+    """The classifier as a SavedModel archive whose `serve` takes RGB pixels in [0, 255] and
+    returns probabilities: the preprocessing is inside, so a server (and every TFLite file
+    converted from it) feeds decoded, resized images. One definition for the train stage's
+    SavedModel and the export stage's."""
+    import tensorflow as tf
+
+    size = model.input_shape[1]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        SERVE_ENDPOINT,
+        lambda pixels: model(preprocess(pixels, backbone), training=False),
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
+    )
+    return archive
 
 
 def count_params(variables) -> int:

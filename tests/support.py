@@ -4,6 +4,7 @@ each other, and never conftest)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,9 @@ from pipeline.recipes import configs_dir
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 CONFIGS = configs_dir()  # pipeline/configs/, as the package finds it
+# Lines TensorFlow's C++ side prints while it starts: abseil's notice and glog-style lines
+# ("I0000 00:00:... cpu_feature_guard.cc:227] ...", "E0000 ... cuda_dnn.cc", oneDNN).
+NOISE = re.compile(r"absl::InitializeLog|^[IWE]\d{4} |cpu_feature_guard|oneDNN", re.MULTILINE)
 
 
 # ----------------------------------------------------------------------------- tiny data

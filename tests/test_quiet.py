@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 
 from pipeline.quiet import stderr_without
-from tests.support import REPO
-
-# Lines TensorFlow's C++ side prints while it starts: abseil's notice and glog-style lines
-# ("I0000 00:00:... cpu_feature_guard.cc:227] ...", "E0000 ... cuda_dnn.cc", oneDNN).
-NOISE = re.compile(r"absl::InitializeLog|^[IWE]\d{4} |cpu_feature_guard|oneDNN", re.MULTILINE)
+from tests.support import NOISE, REPO
 
 
 def memory_stage(tmp_path, *flags: str) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import Config, save_config
+from pipeline.config import CONFIG_FILE, Config, save_config
 from pipeline.data.check_cache import CACHE_FILE, check_with_cache
 from pipeline.data.image_cache import build_image_cache
 from pipeline.data.manifest import (
@@ -361,7 +361,7 @@ def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
             },
         )
     )
-    files.append(save_config(cfg, out_dir / "config.json"))
+    files.append(save_config(cfg, out_dir / CONFIG_FILE))
     record = DatasetRecord(
         dataset=cfg.data.dataset,
         origin=inv.source.origin,

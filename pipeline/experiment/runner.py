@@ -52,7 +52,9 @@ def device_label() -> str:
     """'1x NVIDIA H100 ...' or 'CPU <model> (N threads)': results group by this."""
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
+    from pipeline.training.runtime import local_gpus
+
+    gpus = local_gpus()
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return f"{len(gpus)}x {details.get('device_name', 'GPU')}"

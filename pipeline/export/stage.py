@@ -140,22 +140,12 @@ def write_variants(
 
 def _write_serving(clf: Classifier, path: Path) -> None:
     """The Keras model behind `serve`(raw pixels), as the train stage's SavedModel."""
-    import keras
-    import tensorflow as tf
+    from pipeline.backbones import get_backbone
+    from pipeline.model import serving_archive
 
-    from pipeline.backbones import get_backbone, preprocess
-
-    model = clf.model
-    size = clf.cfg.image_size
-    backbone = get_backbone(clf.cfg.model.backbone)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serve",
-        lambda pixels: model(preprocess(pixels, backbone), training=False),
-        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
+    serving_archive(clf.model, get_backbone(clf.cfg.model.backbone)).write_out(
+        str(path), verbose=False
     )
-    archive.write_out(str(path), verbose=False)
 
 
 def convert(
@@ -165,7 +155,11 @@ def convert(
     otherwise) with float32 input and output kept, so callers feed pixels as for fp32."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["serve"])
+    from pipeline.model import SERVE_ENDPOINT
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(saved_model), signature_keys=[SERVE_ENDPOINT]
+    )
     if fmt == "tflite-fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
