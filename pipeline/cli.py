@@ -205,21 +205,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (help_text, _, add_arguments) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON config file")
-        p.add_argument(
-            "--verbose",
-            action="store_true",
-            help="show TensorFlow's start-up and C++ log lines (hidden by default)",
-        )
         if add_arguments is not None:
             add_arguments(p)
-        p.add_argument(
-            "overrides",
-            nargs="*",
-            metavar="section.key=value",
-            help="override any option; valid names: " + ", ".join(valid_keys()),
-        )
+        add_config_arguments(p)
     return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config, --verbose and the overrides: the same on every command line."""
+    parser.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON config file")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's start-up and C++ log lines (hidden by default)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="override any option; valid names: " + ", ".join(valid_keys()),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

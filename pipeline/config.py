@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import types
 import typing
@@ -43,136 +44,131 @@ EvalSplit = Literal["test", "val"]
 ExportFormat = Literal["all", "tflite", "tflite-fp16", "tflite-int8", "saved_model"]
 
 
-def opt(default: Any, help: str) -> Any:
-    """A field with its default and its one-line meaning, which `options_markdown` shows."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class PathsConfig:
-    data: str = opt("data", "manifests, downloads, caches: data/<dataset>/")
-    models: str = opt("models", "trained runs: models/<run>/")
-    reports: str = opt("reports", "figures and reports: reports/<dataset or run>/")
+    data: str = "data"  # manifests, downloads, caches: data/<dataset>/
+    models: str = "models"  # trained runs: models/<run>/
+    reports: str = "reports"  # figures and reports: reports/<dataset or run>/
 
 
 @dataclass
 class DataConfig:
-    dataset: str = opt("flowers", "flowers | intel | folder:PATH")
-    val_fraction: float = opt(0.15, "probability that an image lands in validation")
-    test_fraction: float = opt(0.15, "... in test (ignored when the source has its own test set)")
-    split_seed: int = opt(42, "changes every image's split; keep it fixed across experiments")
-    min_side: int = opt(32, "images with a shorter side below this are skipped")
-    max_pixels: int = opt(178_956_970, "larger images are skipped as decompression bombs")
-    small_class_warning: int = opt(100, "warn when a class has fewer images than this")
-    workers: int = opt(0, "processes that check images; 0 = one per CPU core")
-    cache_size: int = opt(0, ">0: a cache of decoded images with this shorter side (342 fits 299)")
-    recheck: bool = opt(False, "check every file again instead of reusing checks.jsonl")
+    dataset: str = "flowers"  # flowers | intel | folder:PATH
+    val_fraction: float = 0.15  # probability that an image lands in validation
+    test_fraction: float = 0.15  # ... in test (ignored when the source has its own test set)
+    split_seed: int = 42  # changes every image's split; keep it fixed across experiments
+    min_side: int = 32  # images with a shorter side below this are skipped
+    max_pixels: int = 178_956_970  # larger images are skipped as decompression bombs
+    small_class_warning: int = 100  # warn when a class has fewer images than this
+    workers: int = 0  # processes that check images; 0 = one per CPU core
+    cache_size: int = 0  # >0: a cache of decoded images with this shorter side (342 fits 299)
+    recheck: bool = False  # check every file again instead of reusing checks.jsonl
 
 
 @dataclass
 class InputConfig:
-    image_size: int = opt(0, "square side the model sees; 0 = the backbone's own")
-    batch_size: int = opt(32, "per replica; the global batch is this x the replicas")
-    crop_area_min: float = opt(0.25, "random resized crop: smallest fraction of the image kept")
-    crop_aspect_min: float = opt(0.75, "... aspect-ratio range [min, 1/min]")
-    eval_crop_fraction: float = opt(0.875, "evaluation: resize to size/fraction, centre-crop")
-    flip: bool = opt(True, "random horizontal flip")
-    rotation: float = opt(0.0, "Keras RandomRotation factor (fraction of a full turn); costly")
-    zoom: float = opt(0.0, "Keras RandomZoom factor; costly")
-    contrast: float = opt(0.0, "Keras RandomContrast factor")
-    brightness: float = opt(0.0, "Keras RandomBrightness factor")
-    randaugment: bool = opt(False, "Keras RandAugment (2 ops, magnitude 0.2)")
-    mixup: float = opt(0.0, "Keras MixUp alpha; 0 = off")
-    cutmix: float = opt(0.0, "Keras CutMix alpha; 0 = off")
-    shuffle_buffer: int = opt(2048, "training shuffle buffer (elements are file paths: cheap)")
-    deterministic: bool = opt(True, "fixed element order in parallel maps (reproducible)")
-    tta: Tta = opt("none", "evaluate and predict: flip averages with the mirror image")
+    image_size: int = 0  # square side the model sees; 0 = the backbone's own
+    batch_size: int = 32  # per replica; the global batch is this x the replicas
+    crop_area_min: float = 0.25  # random resized crop: smallest fraction of the image kept
+    crop_aspect_min: float = 0.75  # ... aspect-ratio range [min, 1/min]
+    eval_crop_fraction: float = 0.875  # evaluation: resize to size/fraction, centre-crop
+    flip: bool = True  # random horizontal flip
+    rotation: float = 0.0  # Keras RandomRotation factor (fraction of a full turn); costly
+    zoom: float = 0.0  # Keras RandomZoom factor; costly
+    contrast: float = 0.0  # Keras RandomContrast factor
+    brightness: float = 0.0  # Keras RandomBrightness factor
+    randaugment: bool = False  # Keras RandAugment (2 ops, magnitude 0.2)
+    mixup: float = 0.0  # Keras MixUp alpha; 0 = off
+    cutmix: float = 0.0  # Keras CutMix alpha; 0 = off
+    shuffle_buffer: int = 2048  # training shuffle buffer (elements are file paths: cheap)
+    deterministic: bool = True  # fixed element order in parallel maps (reproducible)
+    tta: Tta = "none"  # evaluate and predict: flip averages with the mirror image
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = opt("inception_v3", "a name from the backbone table (pipeline/backbones.py)")
-    weights: str = opt("imagenet", "imagenet | none | /path/to/weights.h5")
-    alpha: float = opt(1.0, "width multiplier, MobileNet family only")
-    dropout: float = opt(0.2, "before the softmax head")
-    fine_tune_after: str = opt("", 'last layer frozen in phase 2; "" = the backbone\'s own')
-    cnn_width: int = opt(32, "small_cnn: feature maps of the first block (doubling per block)")
-    cnn_blocks: int = opt(4, "small_cnn: conv-BN-ReLU-pool blocks")
+    backbone: str = "inception_v3"  # a name from the backbone table (pipeline/backbones.py)
+    weights: str = "imagenet"  # imagenet | none | /path/to/weights.h5
+    alpha: float = 1.0  # width multiplier, MobileNet family only
+    dropout: float = 0.2  # before the softmax head
+    fine_tune_after: str = ""  # last layer frozen in phase 2; "" = the backbone's own
+    cnn_width: int = 32  # small_cnn: feature maps of the first block (doubling per block)
+    cnn_blocks: int = 4  # small_cnn: conv-BN-ReLU-pool blocks
 
 
 @dataclass
 class TrainConfig:
-    seed: int = opt(42, "initialisation, shuffling, augmentation")
-    run_name: str = opt("", 'models/<run_name>/; "" = <dataset>-<backbone>-<timestamp>')
-    head_fit: HeadFit = opt("exact", "phase 1: logistic regression (C chosen on val) or Adam")
-    head_epochs: int = opt(10, "phase 1 with head_fit=gradient: frozen base, new head")
-    head_lr: float = opt(1e-3, "phase 1 with head_fit=gradient: Adam's learning rate")
-    fine_tune_epochs: int = opt(10, "phase 2: top of the base unfrozen; 0 skips phase 2")
-    fine_tune_lr: float = opt(1e-4, "phase 2: the peak learning rate")
-    fine_tune_schedule: Schedule = opt("cosine", "phase 2: warm-up then cosine, or on plateau")
-    warmup_epochs: float = opt(1.0, "cosine: linear warm-up from 0 to fine_tune_lr")
+    seed: int = 42  # initialisation, shuffling, augmentation
+    run_name: str = ""  # models/<run_name>/; "" = <dataset>-<backbone>-<timestamp>
+    head_fit: HeadFit = "exact"  # phase 1: logistic regression (C chosen on val) or Adam
+    head_epochs: int = 10  # phase 1 with head_fit=gradient: frozen base, new head
+    head_lr: float = 1e-3  # phase 1 with head_fit=gradient: Adam's learning rate
+    fine_tune_epochs: int = 10  # phase 2: top of the base unfrozen; 0 skips phase 2
+    fine_tune_lr: float = 1e-4  # phase 2: the peak learning rate
+    fine_tune_schedule: Schedule = "cosine"  # phase 2: warm-up then cosine, or on plateau
+    warmup_epochs: float = 1.0  # cosine: linear warm-up from 0 to fine_tune_lr
     # Phase 2 is kept only if its paired per-image val-loss gain over phase 1 is more than
     # this many standard errors (1.645: one-sided 95%); 0 keeps it on any gain.
-    keep_min_z: float = opt(1.645, "keep phase 2 when its paired val gain exceeds this z")
-    patience: int = opt(3, "early stopping on validation loss, best weights restored")
-    lr_patience: int = opt(2, "plateau schedule: epochs without gain before the rate drops")
-    lr_factor: float = opt(0.2, "plateau schedule: factor the rate drops by")
-    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
-    ema: float = opt(0.0, "momentum of a moving average of the weights; 0 = off")
-    class_weights: ClassWeights = opt("auto", "auto weights classes only when imbalanced")
-    cache_features: bool = opt(True, "phase 1 without augmentation trains on cached features")
-    head_augment: bool = opt(False, "augment in phase 1 (then features cannot be cached)")
-    precision: Precision = opt("auto", "auto = mixed_float16 on a GPU, float32 elsewhere")
-    xla: bool = opt(False, "jit_compile the training step")
-    strategy: Strategy = opt("auto", "auto = several machines > several GPUs > one device")
-    deterministic: bool = opt(False, "tf.config.experimental.enable_op_determinism")
-    tensorboard: bool = opt(False, "write TensorBoard logs under the run folder")
+    keep_min_z: float = 1.645  # keep phase 2 when its paired val gain exceeds this z
+    patience: int = 3  # early stopping on validation loss, best weights restored
+    lr_patience: int = 2  # plateau schedule: epochs without gain before the rate drops
+    lr_factor: float = 0.2  # plateau schedule: factor the rate drops by
+    label_smoothing: float = 0.0  # label smoothing of the cross-entropy
+    ema: float = 0.0  # momentum of a moving average of the weights; 0 = off
+    class_weights: ClassWeights = "auto"  # auto weights classes only when imbalanced
+    cache_features: bool = True  # phase 1 without augmentation trains on cached features
+    head_augment: bool = False  # augment in phase 1 (then features cannot be cached)
+    precision: Precision = "auto"  # auto = mixed_float16 on a GPU, float32 elsewhere
+    xla: bool = False  # jit_compile the training step
+    strategy: Strategy = "auto"  # auto = several machines > several GPUs > one device
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism
+    tensorboard: bool = False  # write TensorBoard logs under the run folder
 
 
 @dataclass
 class EvalConfig:
-    run: str = opt("", 'models/<run>; "" = the latest run')
-    split: EvalSplit = opt("test", "the split evaluated")
-    top_k: int = opt(5, "top-k accuracy reported")
-    gallery_size: int = opt(24, "worst mistakes shown")
+    run: str = ""  # models/<run>; "" = the latest run
+    split: EvalSplit = "test"  # the split evaluated
+    top_k: int = 5  # top-k accuracy reported
+    gallery_size: int = 24  # worst mistakes shown
 
 
 @dataclass
 class PredictConfig:
-    input: str = opt("", "folder of images, searched recursively")
-    output: str = opt("predictions.csv", "the CSV written")
-    top_k: int = opt(3, "classes per row")
-    sort_into: str = opt("", "copy (never move) each image into <sort_into>/<class>/")
-    model: str = opt("", "an exported models/<run>/export/*.tflite instead of model.keras")
-    batch_size: int = opt(0, "images per model call; 0 = the run's input.batch_size")
+    input: str = ""  # folder of images, searched recursively
+    output: str = "predictions.csv"  # the CSV written
+    top_k: int = 3  # classes per row
+    sort_into: str = ""  # copy (never move) each image into <sort_into>/<class>/
+    model: str = ""  # an exported models/<run>/export/*.tflite instead of model.keras
+    batch_size: int = 0  # images per model call; 0 = the run's input.batch_size
 
 
 @dataclass
 class ExportConfig:
-    format: ExportFormat = opt("all", "all = the three TFLite files; tflite is float32")
-    max_drop: float = opt(0.02, "warn when an export's test accuracy is this far below Keras's")
-    calibration_images: int = opt(200, "int8: training images that calibrate the quantisation")
-    latency_images: int = opt(20, "CPU latency: batch 1 over this many images")
+    format: ExportFormat = "all"  # all = the three TFLite files; tflite is float32
+    max_drop: float = 0.02  # warn when an export's test accuracy is this far below Keras's
+    calibration_images: int = 200  # int8: training images that calibrate the quantisation
+    latency_images: int = 20  # CPU latency: batch 1 over this many images
 
 
 @dataclass
 class MemoryConfig:
-    budget: str = opt("16GiB", "device memory to fit a training run into")
-    optimizer_slots: int = opt(2, "values per trainable parameter (Adam: 2)")
-    overhead: float = opt(0.0, "framework workspace x per-image memory; 0 = measured")
-    throughput: str = opt("", 'FLOP/s for epoch times: 50T, 2.5e12, measure; "" = none')
-    epoch_images: int = opt(0, "images per epoch for the time estimate; 0 = count train.csv")
+    budget: str = "16GiB"  # device memory to fit a training run into
+    optimizer_slots: int = 2  # values per trainable parameter (Adam: 2)
+    overhead: float = 0.0  # framework workspace x per-image memory; 0 = measured
+    throughput: str = ""  # FLOP/s for epoch times: 50T, 2.5e12, measure; "" = none
+    epoch_images: int = 0  # images per epoch for the time estimate; 0 = count train.csv
 
 
 @dataclass
 class ExperimentConfig:
-    name: str = opt("", 'reports/experiments/<name>/; "" = the preset\'s name, else required')
-    grid: str = opt("", '"section.key=v1,v2 section.key=v3": every combination is a cell')
-    repeats: int = opt(3, "runs per cell, seeds train.seed, train.seed+1, ...")
-    preset: str = opt("", 'a sweep in pipeline/configs/presets/<preset>.toml; "" = none')
-    threshold: float = opt(0.0, "smallest-first presets: the smallest model above this")
-    retry_failed: bool = opt(False, "on resume, run failed runs again")
-    results: str = opt("", "summarise these results.csv files too (comma-separated)")
+    name: str = ""  # reports/experiments/<name>/; "" = the preset's name, else required
+    grid: str = ""  # "section.key=v1,v2 section.key=v3": every combination is a cell
+    repeats: int = 3  # runs per cell, seeds train.seed, train.seed+1, ...
+    preset: str = ""  # a sweep in pipeline/configs/presets/<preset>.toml; "" = none
+    threshold: float = 0.0  # smallest-first presets: the smallest model above this
+    retry_failed: bool = False  # on resume, run failed runs again
+    results: str = ""  # summarise these results.csv files too (comma-separated)
 
 
 @dataclass
@@ -242,16 +238,28 @@ def valid_keys() -> list[str]:
     return [f"{name}.{key}" for name, cls in _sections().items() for key in _field_types(cls)]
 
 
+def _field_help(section_cls: type) -> dict[str, str]:
+    """Each option's meaning: the comment on its line, since every default above sits on one
+    commented line."""
+    import inspect
+
+    found = (FIELD_LINE.match(line) for line in inspect.getsource(section_cls).splitlines())
+    return {m["name"]: m["help"] for m in found if m}
+
+
+FIELD_LINE = re.compile(r"^    (?P<name>\w+): [^=]+ = .*?  # (?P<help>.+)$")
+
+
 def options_markdown() -> str:
     """The README's option table, made from the sections above so that the two cannot
     disagree (tests/test_config.py compares them)."""
     lines = ["| option | default | values | meaning |", "| --- | --- | --- | --- |"]
     for name, cls in _sections().items():
-        hints = _field_types(cls)
+        hints, helps = _field_types(cls), _field_help(cls)
         for f in dataclasses.fields(cls):
             allowed = literal_choices(hints[f.name])
             values = " \\| ".join(allowed) if allowed else hints[f.name].__name__
-            help_text = f.metadata["help"].replace("|", "\\|")
+            help_text = helps[f.name].replace("|", "\\|")
             lines.append(
                 f"| `{name}.{f.name}` | `{json.dumps(f.default)}` | {values} | {help_text} |"
             )

@@ -136,6 +136,17 @@ def _choose_decoder(img) -> str:
     return DECODE_PIL
 
 
+def _start_check(path: Path) -> tuple[ImageCheck, Callable[[str], ImageCheck]]:
+    """An empty check of ``path`` and the function that marks it skipped with a reason."""
+    result = ImageCheck(path=str(path))
+
+    def skip(reason: str) -> ImageCheck:
+        result.status, result.reason = "skipped", reason
+        return result
+
+    return result, skip
+
+
 def check_image(
     path: str | Path, min_side: int = DataConfig.min_side, max_pixels: int = DataConfig.max_pixels
 ) -> ImageCheck:
@@ -143,12 +154,7 @@ def check_image(
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    result = ImageCheck(path=str(path))
-
-    def skip(reason: str) -> ImageCheck:
-        result.status, result.reason = "skipped", reason
-        return result
-
+    result, skip = _start_check(path)
     if not has_image_extension(path):
         return skip(f"unsupported extension {path.suffix or '(none)'}")
     try:
@@ -210,12 +216,7 @@ def inspect_image(
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    result = ImageCheck(path=str(path))
-
-    def skip(reason: str) -> ImageCheck:
-        result.status, result.reason = "skipped", reason
-        return result
-
+    result, skip = _start_check(path)
     if not has_image_extension(path):
         return skip(f"unsupported extension {path.suffix or '(none)'}")
     Image.MAX_IMAGE_PIXELS = None  # our own limit below
