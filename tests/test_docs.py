@@ -28,22 +28,35 @@ def documents() -> list[Path]:
 
 
 def relative_links(text: str) -> list[str]:
-    """The relative link targets of a Markdown text, code blocks and code spans left out."""
+    """The relative link targets of a Markdown text (anchors kept), code left out."""
     prose = CODE_SPAN.sub("", FENCE.sub("", text))
     targets = []
     for target in LINK.findall(prose):
         path = target.split("#", 1)[0]
         if path and ":" not in path and not path.startswith("/"):
-            targets.append(path)
+            targets.append(target)
     return targets
 
 
+def heading_anchors(text: str) -> set[str]:
+    """The anchors a repository host gives a Markdown file's headings (GitHub's rule)."""
+    headings = re.findall(r"^#+ (.+)$", FENCE.sub("", text), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 def missing_targets(document: Path) -> list[str]:
-    return [
-        target
-        for target in relative_links(document.read_text(encoding="utf-8"))
-        if not (document.parent / target).exists()
-    ]
+    """Links to a file that does not exist, or to a heading a Markdown file does not have."""
+    missing = []
+    for target in relative_links(document.read_text(encoding="utf-8")):
+        path, _, anchor = target.partition("#")
+        file = document.parent / path
+        if not file.exists() or (
+            anchor
+            and file.suffix == ".md"
+            and anchor not in heading_anchors(file.read_text(encoding="utf-8"))
+        ):
+            missing.append(target)
+    return missing
 
 
 def test_the_readme_fits_a_first_visit() -> None:
@@ -58,14 +71,14 @@ def test_every_relative_link_points_to_a_file(document: Path) -> None:
 
 
 def test_a_link_to_a_missing_file_is_found(tmp_path: Path) -> None:
-    (tmp_path / "there.md").write_text("x", encoding="utf-8")
+    (tmp_path / "there.md").write_text("# There\n\n## A part: `make x`\n", encoding="utf-8")
     page = tmp_path / "page.md"
     page.write_text(
-        "[a](there.md#part) [b](gone.md) ![c](img/none.png) [d](https://example.com/x.md)\n"
-        "`[e](in-a-span.md)`\n```\n[f](in-a-block.md)\n```\n",
+        "[a](there.md#a-part-make-x) [b](gone.md) ![c](img/none.png) [d](there.md#nowhere)\n"
+        "[e](https://example.com/x.md) `[f](in-a-span.md)`\n```\n[g](in-a-block.md)\n```\n",
         encoding="utf-8",
     )
-    assert missing_targets(page) == ["gone.md", "img/none.png"]
+    assert missing_targets(page) == ["gone.md", "img/none.png", "there.md#nowhere"]
 
 
 def test_every_make_target_is_in_the_readme() -> None:
