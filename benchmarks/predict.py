@@ -17,7 +17,8 @@ small --train-folder: speed does not depend on accuracy), then measures, in one 
   decode    the predict stream without the model (header check + tf.data decode)
   naive     for each file: PIL load, centre crop, resize, preprocess, model(1 image)
   batches   the forward rate at several batch sizes (the default's reason)
-Prints a table and writes benchmarks/results/predict.json (the README's table).
+Prints a table and writes benchmarks/results/predict.json (its table:
+benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ BACKBONES: dict[str, Backbone] = {
             224,
             32,
             1024,
-            "conv1_relu",  # all 13 blocks (measured: benchmarks/recipe.py, README)
+            "conv1_relu",  # all 13 blocks (chosen on validation: benchmarks/README.md)
             "mobilenet_{alpha}_{size}_tf_no_top.h5",
             has_alpha=True,
         ),

@@ -33,13 +33,12 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 MASTER_BYTES = 4  # weights, gradients and optimizer state stay float32 under mixed precision
 # Framework workspace on top of the simulated per-image tensors: allocator rounding, oneDNN
 # scratch and layout copies, gradient temporaries, and tensors kept alive longer because the
-# executor runs independent ops in parallel. Measured with `make bench-memory` on this
-# project's CPU machine (TensorFlow 2.21, 2 cores): the slope of peak RSS against batch size
-# (one process per batch, 4 to 64) divided by the simulated per-image bytes was 1.53
-# (InceptionV3, 128 px, phase 2), 1.24 (InceptionV3, 128 px, every layer training) and 1.20
-# (small CNN, 64 px); this is their geometric mean. A second, independent run gave 1.40,
-# 1.59 and 1.28: with this constant the estimate was off by -6%, -17% and +3% per image
-# (benchmarks/results/memory.json). GPUs (cuDNN workspace) may differ: measure there
+# executor runs independent ops in parallel. None of these follow from the layer graph, so
+# the factor is fitted: `make bench-memory` divides the slope of peak RSS against batch size
+# by the simulated per-image bytes, and this is the geometric mean over its three cases
+# (InceptionV3 at 128 px in phase 2 and fully trained, the small CNN at 64 px) on this
+# project's 2-core CPU machine with TensorFlow 2.21. The figures and the estimate's error
+# are in benchmarks/README.md (Memory). GPUs (cuDNN workspace) may differ: measure there
 # (`make bench-memory` uses the GPU's peak) and set memory.overhead.
 CPU_OVERHEAD = 1.32
 REMEDY_SIDE_STEP = 32  # smaller-input remedy: image sides are tried in steps of this
