@@ -250,19 +250,25 @@ def _field_help(section_cls: type) -> dict[str, str]:
 FIELD_LINE = re.compile(r"^    (?P<name>\w+): [^=]+ = .*?  # (?P<help>.+)$")
 
 
-def options_markdown() -> str:
+def options_markdown(make_variables: dict[str, str] | None = None) -> str:
     """The README's option table, made from the sections above so that the two cannot
-    disagree (tests/test_config.py compares them)."""
-    lines = ["| option | default | values | meaning |", "| --- | --- | --- | --- |"]
+    disagree (tests/test_config.py compares them); ``make_variables`` maps an option to the
+    Make variable that sets it (the Makefile's overrides)."""
+    make = make_variables or {}
+    lines = [
+        "| option | make | default | values | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, cls in _sections().items():
         hints, helps = _field_types(cls), _field_help(cls)
         for f in dataclasses.fields(cls):
+            key = f"{name}.{f.name}"
             allowed = literal_choices(hints[f.name])
             values = " \\| ".join(allowed) if allowed else hints[f.name].__name__
+            variable = f"`{make[key]}`" if key in make else ""
             help_text = helps[f.name].replace("|", "\\|")
-            lines.append(
-                f"| `{name}.{f.name}` | `{json.dumps(f.default)}` | {values} | {help_text} |"
-            )
+            default = json.dumps(f.default)
+            lines.append(f"| `{key}` | {variable} | `{default}` | {values} | {help_text} |")
     return "\n".join(lines)
 
 

@@ -53,7 +53,7 @@ def select_strategy(cfg: Config) -> tf.distribute.Strategy:
         if not tf_config.get("cluster"):
             raise ConfigError(
                 "train.strategy=multi_worker needs TF_CONFIG (the cluster and this worker's "
-                "task) in the environment of every worker; see README 'Several machines', "
+                "task) in the environment of every worker; see docs/distributed.md, "
                 "or use train.strategy=auto"
             )
         return tf.distribute.MultiWorkerMirroredStrategy()  # before listing any device
