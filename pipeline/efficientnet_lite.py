@@ -21,7 +21,7 @@ import hashlib
 import importlib.metadata
 import math
 import os
-import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -399,12 +399,14 @@ def cached_imagenet_weights(variant: str, cache_dir: Path | None = None) -> Path
 
     arrays = keras_arrays_from_torch(load_legacy(data, str(pth)), v.name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # A name of its own ("x": never an existing file) with the usual permissions (mkstemp's
+    # would be owner-only), in the same folder so that the rename is atomic.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return target

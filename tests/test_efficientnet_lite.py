@@ -96,6 +96,10 @@ def test_the_cache_is_written_once_then_reused(cache):
         "efficientnet_lite0_imagenet.npz",
         "efficientnet_lite2_imagenet.npz",
     ]  # no temporary file left behind
+    probe = cache / "probe"
+    probe.touch()  # the cache file has a plain file's permissions (a temporary file's are 0600)
+    assert first.stat().st_mode == probe.stat().st_mode
+    probe.unlink()
 
 
 def test_a_state_dict_of_another_variant_is_refused_by_name():
