@@ -87,7 +87,7 @@ class InputConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "inception_v3"  # a name from the backbone table (pipeline/backbones.py)
+    backbone: str = "inception_v3"  # a name from the table in pipeline/backbones/
     weights: str = "imagenet"  # imagenet | none | /path/to/weights.h5
     alpha: float = 1.0  # width multiplier, MobileNet family only
     dropout: float = 0.2  # before the softmax head

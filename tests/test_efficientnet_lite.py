@@ -10,24 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import exit_status
-from pipeline.config import load_config
-from pipeline.efficientnet_lite import (
-    block_plan,
+from pipeline.backbones.efficientnet_lite import block_plan, efficientnet_lite
+from pipeline.backbones.lite_weights import (
     cached_imagenet_weights,
-    efficientnet_lite,
     find_pth,
     keras_arrays_from_torch,
     weights_source,
 )
-from pipeline.model import WeightsError, build_base
-from pipeline.torch_weights import (
+from pipeline.backbones.torch_weights import (
     MAGIC_NUMBER,
     PROTOCOL_VERSION,
     TorchFileError,
     load_legacy,
     read_legacy_pth,
 )
+from pipeline.cli import exit_status
+from pipeline.config import load_config
+from pipeline.model import WeightsError, build_base
 from tests.support import FIXTURES
 
 REFERENCE = FIXTURES / "efficientnet-lite-reference"

