@@ -7,10 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.backbones import BACKBONES, get_backbone
+from pipeline.backbones import BACKBONES, feature_width, get_backbone
 from pipeline.config import load_config
 from pipeline.model import (
     HEAD_NAME,
+    POOL_NAME,
     WeightsError,
     build_base,
     build_classifier,
@@ -57,6 +58,8 @@ def test_every_backbone_builds_a_float32_softmax_head(backbone):
     size = cfg.image_size
     assert model.input_shape == (None, size, size, 3)
     assert model.output_shape == (None, 3)
+    width = feature_width(get_backbone(backbone), cfg.model.alpha)
+    assert model.get_layer(POOL_NAME).output.shape[-1] == width
     assert model.get_layer(HEAD_NAME).dtype_policy.compute_dtype == "float32"
     x = np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)).astype("float32")
     before = batch_norm_state(model)
