@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from pipeline.compat import backup_saved
 from pipeline.files import atomic_path, write_json
 from pipeline.model import (
     HEAD_NAME,
@@ -316,7 +317,7 @@ def run_phase(
     callbacks = phase_callbacks(run, phase, lr, images_per_epoch, plateau=not cosine)
     history, best, stop = callbacks.history, callbacks.best, callbacks.stop
     backup_dir = run.backup_dir(phase)
-    resuming = (backup_dir / "training_metadata.json").is_file()
+    resuming = backup_saved(backup_dir)
     if resuming:
         print(f"Phase {phase}: resuming from its backup in {backup_dir}")
     with run.strategy.scope():
