@@ -174,8 +174,8 @@ def test_the_report_says_what_fine_tuning_added_over_frozen_features(evaluated):
     cfg, result = evaluated
     summary = read_summary(cfg.paths.models + "/" + result.metrics["run"])
     baseline = result.metrics["baseline"]
-    assert baseline["accuracy"] == summary.baseline["test"]["accuracy"]
-    assert result.metrics["accuracy"] == pytest.approx(summary.test["accuracy"], abs=1e-6)
+    assert baseline["accuracy"] == summary.baseline.test.accuracy
+    assert result.metrics["accuracy"] == pytest.approx(summary.test.accuracy, abs=1e-6)
     points = 100 * (result.metrics["accuracy"] - baseline["accuracy"])
     assert baseline["accuracy_points_over_baseline"] == pytest.approx(points)
     html = (result.report_dir / "index.html").read_text()

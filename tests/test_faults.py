@@ -641,6 +641,6 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_started_again(tmp_path,
     assert "stopped before its first epoch; starting afresh" in capsys.readouterr().out
     assert result.summary.weights == "none"
     assert (
-        result.summary.data["fingerprint"]
+        result.summary.data.fingerprint
         == read_record(config(tmp_path, photos).dataset_dir()).fingerprint
     )

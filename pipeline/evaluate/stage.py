@@ -255,18 +255,19 @@ def baseline_comparison(
     The baseline was scored by the train stage on the same recorded split (``scored_rows``
     checks the split is the run's own), so the difference is paired photo for photo.
     """
-    scores = ((summary.baseline or {}).get(split) or {}) if summary else {}
-    if not scores:
+    baseline = summary.baseline if summary else None
+    scores = getattr(baseline, split, None) if baseline else None
+    if scores is None:
         return None
     return {
-        "method": summary.baseline["method"],
-        "C": summary.baseline["C"],
-        "kept_phase": summary.kept_phase,
-        "accuracy": scores["accuracy"],
-        "macro_f1": scores["macro_f1"],
-        "images": scores["images"],
-        "accuracy_points_over_baseline": 100 * (metrics["accuracy"] - scores["accuracy"]),
-        "macro_f1_points_over_baseline": 100 * (metrics["macro_f1"] - scores["macro_f1"]),
+        "method": baseline.method,
+        "C": baseline.C,
+        "kept_phase": None if summary.kept_phase is None else str(summary.kept_phase),
+        "accuracy": scores.accuracy,
+        "macro_f1": scores.macro_f1,
+        "images": scores.images,
+        "accuracy_points_over_baseline": 100 * (metrics["accuracy"] - scores.accuracy),
+        "macro_f1_points_over_baseline": 100 * (metrics["macro_f1"] - scores.macro_f1),
     }
 
 

@@ -20,7 +20,7 @@ from pipeline.experiment.grid import cell_id, cell_label, experiment_plan
 from pipeline.experiment.summary import METRICS, summarize
 from pipeline.files import generated_dir, read_csv, write_csv
 from pipeline.memory.record import phases_run
-from pipeline.runs import TrainSummary
+from pipeline.runs import TrainSummary, trained_phases
 
 RESULTS_FILE = "results.csv"
 RESULT_COLUMNS = (
@@ -80,8 +80,8 @@ def _one_run(run_cfg: Config) -> dict[str, Any]:
     evaluated = evaluate(run_cfg)
     summary, metrics = trained.summary, evaluated.metrics
     baseline = metrics.get("baseline")
-    phases = (summary.phases or {}).values()
-    train_images = sum(p.get("epochs", 0) for p in phases) * (summary.train_images or 0)
+    epochs = sum(p.epochs for p in summary.phases.values())
+    train_images = epochs * (summary.train_images or 0)
     return {
         "test_accuracy": metrics["accuracy"],
         "test_loss": metrics["loss"],
@@ -103,7 +103,7 @@ def _peak_training_memory(summary: TrainSummary) -> Any:
     estimate = summary.memory.estimate
     if estimate is None:
         return ""
-    phases = phases_run(estimate.training, summary.phases or {})
+    phases = phases_run(estimate.training, trained_phases(summary.phases))
     values = [f.realistic_bytes for f in phases.values() if f.realistic_bytes]
     return int(max(values)) if values else ""
 
