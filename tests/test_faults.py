@@ -409,13 +409,13 @@ def test_the_image_check_bar_stays_out_of_logs_and_ends_its_line(capsys, tmp_pat
 
 
 def test_experiment_results_get_the_estimate_of_the_phases_that_ran(tiny):
-    from pipeline.experiment import _peak_training_memory
+    from pipeline.experiment import peak_training_memory
 
     training = tiny.summary.memory.estimate.training
     assert [name.split(":")[0] for name in training] == ["phase 1", "phase 2"]
     phase_one = next(iter(training.values())).realistic_bytes
-    assert _peak_training_memory(tiny.summary) == phase_one  # no phase 2
-    assert _peak_training_memory(TrainSummary.from_dict({})) == ""
+    assert peak_training_memory(tiny.summary) == phase_one  # no phase 2
+    assert peak_training_memory(TrainSummary.from_dict({})) is None
 
 
 def test_measured_throughput_is_printed_without_train_csv(capsys, tmp_path):

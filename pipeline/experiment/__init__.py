@@ -23,8 +23,8 @@ from pipeline.experiment.runner import (
     RESULT_COLUMNS,
     RESULTS_FILE,
     ExperimentResult,
-    _peak_training_memory,
     device_label,
+    peak_training_memory,
     run_experiment,
 )
 from pipeline.experiment.stats import mean_ci, within_noise
@@ -38,7 +38,6 @@ __all__ = [
     "SUMMARY_MD",
     "ExperimentResult",
     "Preset",
-    "_peak_training_memory",
     "apply_preset",
     "cell_id",
     "cell_label",
@@ -48,6 +47,7 @@ __all__ = [
     "load_preset",
     "mean_ci",
     "parse_grid",
+    "peak_training_memory",
     "preset_names",
     "run_experiment",
     "summarize",

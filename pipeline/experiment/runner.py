@@ -82,6 +82,7 @@ def _one_run(run_cfg: Config) -> dict[str, Any]:
     baseline = metrics.get("baseline")
     epochs = sum(p.epochs for p in summary.phases.values())
     train_images = epochs * (summary.train_images or 0)
+    peak = peak_training_memory(summary)
     return {
         "test_accuracy": metrics["accuracy"],
         "test_loss": metrics["loss"],
@@ -92,20 +93,21 @@ def _one_run(run_cfg: Config) -> dict[str, Any]:
         "train_seconds": summary.seconds,
         "images_per_s": train_images / summary.seconds if summary.seconds else 0.0,
         "parameters": summary.parameters or "",
-        "estimated_train_memory_bytes": _peak_training_memory(summary),
+        "estimated_train_memory_bytes": "" if peak is None else peak,
         "tensorflow": tf.__version__,
     }
 
 
-def _peak_training_memory(summary: TrainSummary) -> Any:
+def peak_training_memory(summary: TrainSummary) -> int | None:
     """The largest realistic training estimate over the phases a run trained, from its
-    train summary's recorded ``MemoryEstimate``; "" when the summary has no estimate."""
+    train summary's recorded ``MemoryEstimate`` (results.csv's
+    estimated_train_memory_bytes); None when the summary has no estimate."""
     estimate = summary.memory.estimate
     if estimate is None:
-        return ""
+        return None
     phases = phases_run(estimate.training, trained_phases(summary.phases))
     values = [f.realistic_bytes for f in phases.values() if f.realistic_bytes]
-    return int(max(values)) if values else ""
+    return int(max(values)) if values else None
 
 
 def _format_eta(seconds: float) -> str:
