@@ -11,9 +11,11 @@ from pipeline.config import ConfigError, with_overrides
 from pipeline.experiment import (
     expand_grid,
     parse_grid,
+    read_results,
     run_experiment,
     summarize,
     within_noise,
+    write_results,
 )
 from pipeline.files import read_csv, write_csv
 
@@ -83,6 +85,15 @@ def test_resuming_runs_nothing_new(experiment):
     again = run_experiment(cfg)
     assert again.ran == 0 and again.skipped == 8
     assert (first.out_dir / "results.csv").read_bytes() == before
+
+
+def test_results_read_back_are_written_as_they_were(experiment, tmp_path):
+    _, result = experiment
+    path = result.out_dir / "results.csv"
+    rows = read_results(path)
+    assert {r.status for r in rows} == {"ok", "failed"}
+    assert all(r.test_accuracy is None and r.parameters is None for r in rows if not r.ok)
+    assert write_results(tmp_path / "results.csv", rows).read_bytes() == path.read_bytes()
 
 
 def test_summary_statistics_equal_numpy_on_results(experiment):

@@ -11,6 +11,7 @@ One responsibility per module:
 - ``presets``: named sweeps stored as data (pipeline/configs/presets/<name>.toml), loaded by name.
 - ``grid``: parse and expand experiment.grid, name its cells, validate the whole plan.
 - ``runner``: run every cell x repeat, resumably, into results.csv.
+- ``results``: results.csv's row (``RunRow``), written and read in one place each.
 - ``stats``: mean and confidence interval, Welch's noise test, the verdicts.
 - ``summary``: summary.md, summary.json and the plots from any results.csv files.
 
@@ -19,9 +20,14 @@ Public entries: ``run_experiment(cfg)`` and ``summarize(result_files, out_dir)``
 
 from pipeline.experiment.grid import cell_id, cell_label, expand_grid, experiment_plan, parse_grid
 from pipeline.experiment.presets import Preset, apply_preset, load_preset, preset_names
-from pipeline.experiment.runner import (
+from pipeline.experiment.results import (
     RESULT_COLUMNS,
     RESULTS_FILE,
+    RunRow,
+    read_results,
+    write_results,
+)
+from pipeline.experiment.runner import (
     ExperimentResult,
     device_label,
     peak_training_memory,
@@ -38,6 +44,7 @@ __all__ = [
     "SUMMARY_MD",
     "ExperimentResult",
     "Preset",
+    "RunRow",
     "apply_preset",
     "cell_id",
     "cell_label",
@@ -49,7 +56,9 @@ __all__ = [
     "parse_grid",
     "peak_training_memory",
     "preset_names",
+    "read_results",
     "run_experiment",
     "summarize",
     "within_noise",
+    "write_results",
 ]

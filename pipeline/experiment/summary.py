@@ -14,20 +14,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.experiment.presets import load_preset
+from pipeline.experiment.results import METRICS, RunRow, read_results
 from pipeline.experiment.stats import across_devices, mean_ci, smallest_above, verdict
-from pipeline.files import atomic_write_text, read_csv, write_json
+from pipeline.files import atomic_write_text, write_json
 
 SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
-METRICS = (
-    "test_accuracy",
-    "test_loss",
-    "macro_f1",
-    "baseline_accuracy",  # the run's frozen-feature logistic regression, same test photos
-    "over_baseline",  # test_accuracy - baseline_accuracy
-    "train_seconds",
-    "images_per_s",
-)
 
 
 def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, Any]:
@@ -35,13 +27,13 @@ def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, A
 
     ``settings`` is the experiment section (``cfg.experiment``): with a preset whose grid
     runs smallest first and experiment.threshold, the smallest configuration above it."""
-    rows = [r for path in result_files if path.is_file() for r in read_csv(path)]
-    groups: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+    rows = [r for path in result_files if path.is_file() for r in read_results(path)]
+    groups: dict[tuple[str, str], list[RunRow]] = defaultdict(list)
     for r in rows:
-        groups[(r["device"], r["overrides"])].append(r)
+        groups[(r.device, r.overrides)].append(r)
     configs = []
     for (device, overrides), members in groups.items():
-        ok = [m for m in members if m["status"] == "ok"]
+        ok = [m for m in members if m.ok]
         stats_ = {m: mean_ci(_values(ok, m)) for m in METRICS}
         configs.append(
             {
@@ -49,9 +41,9 @@ def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, A
                 "overrides": overrides,
                 "runs": len(members),
                 "failed": len(members) - len(ok),
-                "errors": sorted({m["error"] for m in members if m["status"] != "ok"}),
+                "errors": sorted({m.error for m in members if not m.ok}),
                 "metrics": stats_,
-                "test_accuracy_values": [float(r["test_accuracy"]) for r in ok],
+                "test_accuracy_values": [r.metric("test_accuracy") for r in ok],
             }
         )
     by_device: dict[str, list[dict]] = defaultdict(list)
@@ -77,10 +69,10 @@ def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, A
     return summary
 
 
-def _values(rows: list[dict[str, str]], metric: str) -> list[float]:
+def _values(rows: list[RunRow], metric: str) -> list[float]:
     """The metric's values, leaving out runs without one (no baseline from scratch; results
     files written before the column existed)."""
-    values = (float(r.get(metric) or "nan") for r in rows)
+    values = (r.metric(metric) for r in rows)
     return [v for v in values if not math.isnan(v)]
 
 
