@@ -17,6 +17,7 @@ from pipeline.experiment import (
     within_noise,
     write_results,
 )
+from pipeline.experiment.stats import ConfigSummary, mean_ci, verdict
 from pipeline.files import read_csv, write_csv
 
 
@@ -35,6 +36,19 @@ def test_grid_parsing_and_expansion():
 def test_noise_test_tells_apart_real_differences():
     assert within_noise([0.80, 0.81, 0.79], [0.80, 0.78, 0.81])[0]
     assert not within_noise([0.90, 0.91, 0.905], [0.70, 0.71, 0.705])[0]
+
+
+def test_the_verdict_names_the_best_configuration_and_says_when_it_is_noise():
+    def config(name: str, values: list[float]) -> ConfigSummary:
+        metrics = {"test_accuracy": mean_ci(values)}
+        return ConfigSummary("cpu", name, len(values), 0, [], metrics, values)
+
+    clear = verdict([config("a", [0.70, 0.71, 0.705]), config("b", [0.90, 0.91, 0.905])])
+    assert (clear["best"], clear["runner_up"], clear["within_noise"]) == ("b", "a", False)
+    close = verdict([config("a", [0.80, 0.81, 0.79]), config("b", [0.80, 0.78, 0.81])])
+    assert close["best"] == "a" and close["within_noise"]
+    assert "within the noise" in close["sentence"]
+    assert verdict([config("a", [])])["best"] is None
 
 
 @pytest.fixture(scope="module")
