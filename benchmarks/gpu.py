@@ -171,7 +171,7 @@ def train_rate(setup: dict[str, Any], precision: str, xla: bool, mirrored: bool)
         get_base,
         training_forward,
     )
-    from pipeline.training.loop import _build_train_step, compile_for_training
+    from pipeline.training.loop import build_train_step, compile_for_training
 
     keras.backend.clear_session()
     gc.collect()
@@ -195,7 +195,7 @@ def train_rate(setup: dict[str, Any], precision: str, xla: bool, mirrored: bool)
             freeze_for_phase(model, spec, 2)
         compile_for_training(model, strategy, 1e-4, cfg.train)
         compute_dtype = get_base(model).compute_dtype  # float16 under mixed_float16
-        step = _build_train_step(
+        step = build_train_step(
             model, training_forward(model, spec.backbone), strategy, batch, None, 0.0, xla
         )
         rng = np.random.default_rng(0)

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,6 +50,8 @@ from pipeline.evaluate.stage import scored_rows  # noqa: E402
 from pipeline.experiment import mean_ci  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
 from pipeline.predict.classifier import load_classifier  # noqa: E402
+from pipeline.runs import TrainSummary, read_summary  # noqa: E402
+from pipeline.training.phases import kept_phase  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "recipe.json"
 SHARED = REPO.parent / "shared"
@@ -83,11 +86,11 @@ def train_timed(
     return work / "models" / "run", time.perf_counter() - start
 
 
-def probe_c1(run_dir: Path, summary: dict) -> float:
+def probe_c1(run_dir: Path, summary: TrainSummary) -> float:
     """LogisticRegression(C=1) on the raw cached features of the run's training photos."""
     from sklearn.linear_model import LogisticRegression
 
-    caches = summary["phases"]["1"]["feature_cache"]
+    caches = summary.phases[1].feature_cache
     data = {
         split: (
             np.load(caches[split]),
@@ -118,26 +121,28 @@ def measure(folder: Path, split_seed: int, changes: list[str]) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-recipe-{folder.name}-{split_seed}-"))
     print(f"\n== {folder.name}, split seed {split_seed} ({work}) ==", flush=True)
     run_dir, seconds = train_timed(folder, work, split_seed, changes)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     flip, flip_cost = flip_figures(run_dir)
-    phases = summary["phases"]
-    if phases["1"]["method"] != "exact":
+    phases = summary.phases
+    if phases[1].method != "exact":
         sys.exit("the keep rules are scored from phase 1's exact head: keep train.head_fit=exact")
-    gain = phases.get("2", {}).get("val_gain") or {"mean": 0.0, "se": 0.0, "z": 0.0}
-    baseline = summary["baseline"]["test"]["accuracy"]
-    any_gain = summary["test"]["accuracy"]  # the kept model, trained with keep_min_z=0
-    default_keeps_two = summary["kept_phase"] == "2" and gain["z"] > DEFAULT_MIN_Z
+    two = phases.get(2)
+    recorded = two.val_gain if two else None
+    gain = asdict(recorded) if recorded else {"mean": 0.0, "se": 0.0, "z": 0.0}
+    baseline = summary.baseline.test.accuracy
+    any_gain = summary.test.accuracy  # the kept model, trained with keep_min_z=0
+    default_keeps_two = kept_phase(phases, DEFAULT_MIN_Z) == 2
     return {
         "dataset": folder.name,
         "split_seed": split_seed,
-        "train_images": summary["train_images"],
-        "test_images": summary["test"]["images"],
+        "train_images": summary.train_images,
+        "test_images": summary.test.images,
         "train_seconds": seconds,
-        "phase2_epochs": phases.get("2", {}).get("epochs", 0),
+        "phase2_epochs": two.epochs if two else 0,
         "kept_phase": "2" if default_keeps_two else "1",
-        "kept_phase_any_gain": summary["kept_phase"],
+        "kept_phase_any_gain": str(summary.kept_phase),
         "phase2_val_gain": gain,
-        "baseline_C": summary["baseline"]["C"],
+        "baseline_C": summary.baseline.C,
         "recipe": any_gain if default_keeps_two else baseline,
         "any_gain": any_gain,
         "baseline": baseline,
@@ -145,8 +150,8 @@ def measure(folder: Path, split_seed: int, changes: list[str]) -> dict:
         "flip": flip,
         "flip_time_ratio": flip_cost,
         "val": {
-            "recipe": summary["final"]["val_accuracy"],
-            "baseline": summary["baseline"]["val"]["accuracy"],
+            "recipe": summary.final.val_accuracy,
+            "baseline": summary.baseline.val.accuracy,
         },
     }
 

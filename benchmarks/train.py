@@ -122,16 +122,16 @@ def phase_one(cfg: Config, epochs: int) -> dict:
     ]
     out = {}
     for name, result in runs.items():
-        p = result.summary.phases["1"]
+        p = result.summary.phases[1]
         # Both extract the features once for the run's baseline; only the cached way
         # trains on them, so only there is the extraction part of phase 1.
-        features = p.get("feature_seconds", 0.0) if name == "cached" else 0.0
+        features = (p.feature_seconds or 0.0) if name == "cached" else 0.0
         out[name] = {
-            "phase_seconds": p["seconds"] + features,
+            "phase_seconds": p.seconds + features,
             "feature_seconds": features,
-            "epoch_seconds": p["seconds"] / p["epochs"],
-            "epochs": p["epochs"],
-            "best_val_accuracy": p["best_val_accuracy"],
+            "epoch_seconds": p.seconds / p.epochs,
+            "epochs": p.epochs,
+            "best_val_accuracy": p.best_val_accuracy,
             "stage_seconds": result.summary.seconds,
         }
     out["speedup"] = out["plain"]["phase_seconds"] / out["cached"]["phase_seconds"]
@@ -236,12 +236,12 @@ def augmentation(cfg: Config) -> dict:
             },
         )
         result = train(run_cfg)
-        phase2 = result.summary.phases["2"]
+        phase2 = result.summary.phases[2]
         out[name] = {
             "test_accuracy": held_out_accuracy(result.run_dir),
-            "val_accuracy": result.summary.final["val_accuracy"],
-            "phase2_epochs": phase2["epochs"],
-            "phase2_images_per_s": phase2["train_images_per_s"],
+            "val_accuracy": result.summary.final.val_accuracy,
+            "phase2_epochs": phase2.epochs,
+            "phase2_images_per_s": phase2.train_images_per_s,
         }
     out["accuracy_difference"] = (
         out["default"]["test_accuracy"] - out["keras_guide"]["test_accuracy"]

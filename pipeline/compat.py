@@ -93,6 +93,16 @@ class StatefulBackup(keras.callbacks.BackupAndRestore):
                     setattr(callback, key, value)
 
 
+def backup_saved(backup_dir: Path) -> bool:
+    """Whether a BackupAndRestore in ``backup_dir`` has saved an epoch to resume from.
+
+    Keras has no public test for a usable backup; the callback's metadata file (its name
+    private, in ``_training_metadata_path``) is written after the weights, so its presence
+    means a whole epoch was saved."""
+    callback = keras.callbacks.BackupAndRestore(str(backup_dir))
+    return Path(callback._training_metadata_path).is_file()
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 

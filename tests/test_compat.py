@@ -7,12 +7,19 @@ middle of a training run.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from pipeline.compat import PRIVATE_API, StatefulBackup, ema_pairs, functional_graph
+from pipeline.compat import (
+    PRIVATE_API,
+    StatefulBackup,
+    backup_saved,
+    ema_pairs,
+    functional_graph,
+)
 
 
 def _owners(tmp_path) -> dict[str, object]:
@@ -57,3 +64,9 @@ def test_the_graph_and_average_helpers_read_real_objects(owners):
     optimizer = owners["keras.optimizers.Optimizer(use_ema=True)"]
     pairs = list(ema_pairs(optimizer))
     assert len(pairs) == 2 and all(v.shape == a.shape for v, a in pairs)
+
+
+def test_a_saved_backup_is_told_from_an_empty_folder(owners, tmp_path):
+    backup = owners["keras.callbacks.BackupAndRestore"]
+    assert backup_saved(Path(backup.backup_dir))  # the fixture's fit saved one epoch
+    assert not backup_saved(tmp_path)

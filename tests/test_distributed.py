@@ -245,11 +245,11 @@ def test_mixed_precision_on_a_tiny_model(tiny, precision):
         )
     )
     assert result.summary.precision == precision
-    assert np.isfinite(result.summary.final["val_loss"])
+    assert np.isfinite(result.summary.final.val_loss)
     model = keras.models.load_model(result.run_dir / "model.keras")
     assert model.get_layer("base").layers[1].compute_dtype == precision.split("_")[1]
     assert model(np.zeros((1, 32, 32, 3), "float32")).dtype == "float32"
-    optimizer = result.summary.phases["1"]["optimizer"]
+    optimizer = result.summary.phases[1].optimizer
     assert optimizer == ("LossScaleOptimizer" if precision == "mixed_float16" else "Adam")
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
 
@@ -266,7 +266,7 @@ def test_xla_on_the_cached_head(tiny):
         )
     )
     assert result.summary.xla is True
-    assert np.isfinite(result.summary.final["val_loss"])
+    assert np.isfinite(result.summary.final.val_loss)
 
 
 def test_tensorboard_logs_hold_each_epochs_losses(tiny):

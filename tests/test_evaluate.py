@@ -99,6 +99,10 @@ def test_every_artefact_exists_and_agrees(evaluated):
     assert (out / "mistakes.jpg").is_file() == bool(metrics["worst_mistakes"])
     assert (out / "confused_pairs.jpg").is_file() == bool(metrics["confused_pairs"])
     assert not list(out.glob("mistakes.png")) and not list(out.glob("confused_pairs.png"))
+    figures = result.figures  # what the report embedded: the files on disk
+    assert figures.roc == out / "roc.png" and figures.pr == out / "precision_recall.png"
+    assert (figures.mistakes is not None) == bool(metrics["worst_mistakes"])
+    assert all(result.files[name] == path for name, path in figures.files().items())
     assert (out / "index.html").stat().st_size < 2_000_000
     test_rows = load_split(cfg.dataset_dir(), "test")
     confusion = np.array(metrics["confusion"])
@@ -174,8 +178,8 @@ def test_the_report_says_what_fine_tuning_added_over_frozen_features(evaluated):
     cfg, result = evaluated
     summary = read_summary(cfg.paths.models + "/" + result.metrics["run"])
     baseline = result.metrics["baseline"]
-    assert baseline["accuracy"] == summary.baseline["test"]["accuracy"]
-    assert result.metrics["accuracy"] == pytest.approx(summary.test["accuracy"], abs=1e-6)
+    assert baseline["accuracy"] == summary.baseline.test.accuracy
+    assert result.metrics["accuracy"] == pytest.approx(summary.test.accuracy, abs=1e-6)
     points = 100 * (result.metrics["accuracy"] - baseline["accuracy"])
     assert baseline["accuracy_points_over_baseline"] == pytest.approx(points)
     html = (result.report_dir / "index.html").read_text()

@@ -11,10 +11,13 @@ from pipeline.config import ConfigError, with_overrides
 from pipeline.experiment import (
     expand_grid,
     parse_grid,
+    read_results,
     run_experiment,
     summarize,
     within_noise,
+    write_results,
 )
+from pipeline.experiment.stats import ConfigSummary, mean_ci, verdict
 from pipeline.files import read_csv, write_csv
 
 
@@ -33,6 +36,19 @@ def test_grid_parsing_and_expansion():
 def test_noise_test_tells_apart_real_differences():
     assert within_noise([0.80, 0.81, 0.79], [0.80, 0.78, 0.81])[0]
     assert not within_noise([0.90, 0.91, 0.905], [0.70, 0.71, 0.705])[0]
+
+
+def test_the_verdict_names_the_best_configuration_and_says_when_it_is_noise():
+    def config(name: str, values: list[float]) -> ConfigSummary:
+        metrics = {"test_accuracy": mean_ci(values)}
+        return ConfigSummary("cpu", name, len(values), 0, [], metrics, values)
+
+    clear = verdict([config("a", [0.70, 0.71, 0.705]), config("b", [0.90, 0.91, 0.905])])
+    assert (clear["best"], clear["runner_up"], clear["within_noise"]) == ("b", "a", False)
+    close = verdict([config("a", [0.80, 0.81, 0.79]), config("b", [0.80, 0.78, 0.81])])
+    assert close["best"] == "a" and close["within_noise"]
+    assert "within the noise" in close["sentence"]
+    assert verdict([config("a", [])])["best"] is None
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +100,15 @@ def test_resuming_runs_nothing_new(experiment):
     again = run_experiment(cfg)
     assert again.ran == 0 and again.skipped == 8
     assert (first.out_dir / "results.csv").read_bytes() == before
+
+
+def test_results_read_back_are_written_as_they_were(experiment, tmp_path):
+    _, result = experiment
+    path = result.out_dir / "results.csv"
+    rows = read_results(path)
+    assert {r.status for r in rows} == {"ok", "failed"}
+    assert all(r.test_accuracy is None and r.parameters is None for r in rows if not r.ok)
+    assert write_results(tmp_path / "results.csv", rows).read_bytes() == path.read_bytes()
 
 
 def test_summary_statistics_equal_numpy_on_results(experiment):

@@ -411,13 +411,13 @@ def test_the_image_check_bar_stays_out_of_logs_and_ends_its_line(capsys, tmp_pat
 
 
 def test_experiment_results_get_the_estimate_of_the_phases_that_ran(tiny):
-    from pipeline.experiment import _peak_training_memory
+    from pipeline.experiment import peak_training_memory
 
     training = tiny.summary.memory.estimate.training
     assert [name.split(":")[0] for name in training] == ["phase 1", "phase 2"]
     phase_one = next(iter(training.values())).realistic_bytes
-    assert _peak_training_memory(tiny.summary) == phase_one  # no phase 2
-    assert _peak_training_memory(TrainSummary.from_dict({})) == ""
+    assert peak_training_memory(tiny.summary) == phase_one  # no phase 2
+    assert peak_training_memory(TrainSummary.from_dict({})) is None
 
 
 def test_measured_throughput_is_printed_without_train_csv(capsys, tmp_path):
@@ -643,6 +643,6 @@ def test_a_run_that_failed_before_its_first_epoch_can_be_started_again(tmp_path,
     assert "stopped before its first epoch; starting afresh" in capsys.readouterr().out
     assert result.summary.weights == "none"
     assert (
-        result.summary.data["fingerprint"]
+        result.summary.data.fingerprint
         == read_record(config(tmp_path, photos).dataset_dir()).fingerprint
     )

@@ -16,6 +16,7 @@ from sklearn.metrics import log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from pipeline.runs import PhaseResult, TrainState, TrainSummary
 from pipeline.training.head import C_GRID, fit_logistic_head
 from pipeline.training.phases import kept_phase, paired_gain, warmup_cosine
 
@@ -59,26 +60,56 @@ def test_warmup_then_cosine_decay():
 def test_phase_two_is_kept_only_when_its_paired_gain_is_beyond_noise():
     rng = np.random.default_rng(0)
     one = rng.uniform(0.1, 2.0, 200)  # phase 1's per-image validation losses
-    phase_one = {"epochs": 1, "best_val_loss": float(one.mean())}
+    phase_one = PhaseResult(epochs=1, best_val_loss=float(one.mean()))
 
-    def phases(two: np.ndarray) -> dict:
+    def phases(two: np.ndarray) -> dict[int, PhaseResult]:
         gain = paired_gain(one, two)
-        two_record = {"epochs": 5, "best_val_loss": gain["phase2_loss"], "val_gain": gain}
-        return {"1": phase_one, "2": two_record}
+        return {
+            1: phase_one,
+            2: PhaseResult(epochs=5, best_val_loss=gain.phase2_loss, val_gain=gain),
+        }
 
     clear = phases(one - 0.05)  # every image a little better: z is large
     swings = np.resize([1.0, -1.0], 200)  # half the images much better, half much worse
     noisy = phases(one - 0.05 + swings)  # better on average, within the noise
     worse = phases(one + 0.05)
-    assert clear["2"]["val_gain"]["z"] > 10
-    assert noisy["2"]["val_gain"]["mean"] > 0 and noisy["2"]["val_gain"]["z"] < 1.645
-    assert kept_phase(clear, min_z=1.645) == "2"
-    assert kept_phase(noisy, min_z=1.645) == "1"
-    assert kept_phase(noisy, min_z=0) == "2"  # the plain rule keeps any mean gain
-    assert kept_phase(worse, min_z=0) == "1"
-    assert kept_phase({"1": phase_one}) == "1"
+    assert clear[2].val_gain.z > 10
+    assert noisy[2].val_gain.mean > 0 and noisy[2].val_gain.z < 1.645
+    assert kept_phase(clear, min_z=1.645) == 2
+    assert kept_phase(noisy, min_z=1.645) == 1
+    assert kept_phase(noisy, min_z=0) == 2  # the plain rule keeps any mean gain
+    assert kept_phase(worse, min_z=0) == 1
+    assert kept_phase({1: phase_one}) == 1
     # A run recorded before the paired gain: its mean losses decide.
-    assert kept_phase({"1": phase_one, "2": {"epochs": 5, "best_val_loss": 0.0}}, 1.645) == "2"
+    assert kept_phase({1: phase_one, 2: PhaseResult(epochs=5, best_val_loss=0.0)}, 1.645) == 2
+
+
+def test_phases_read_back_from_json_keep_their_keys_and_the_keep_rule():
+    """state.json and summary.json key phases "1", "2"; the code numbers them, and a
+    phase's JSON holds only the figures its kind of phase records."""
+    gain = {"mean": 0.2, "se": 0.05, "z": 4.0, "images": 40, "phase1_loss": 0.9,
+            "phase2_loss": 0.7}  # fmt: skip
+    baseline = {"method": "logistic regression", "C": 1.0, "seconds": 0.5,
+                "val": {"accuracy": 0.8, "macro_f1": 0.7, "loss": 0.6, "images": 40},
+                "test": {}}  # fmt: skip
+    one = {"method": "exact", "epochs": 1, "best_val_loss": 0.9, "resumed": False,
+           "history": [{"epoch": 1}], "cached_features": True, "baseline": baseline,
+           "feature_cache_reused": False}  # fmt: skip
+    two = {"method": "gradient", "epochs": 3, "best_val_loss": 0.7, "stopped_early": False,
+           "val_gain": gain, "first_trainable_layer": None, "schedule": "cosine"}  # fmt: skip
+    state = TrainState.from_json({"phases": {"1": one, "2": two}})
+    assert state.to_json() == {"phases": {"1": one, "2": two}}
+    assert state.phases[2].val_gain.z == 4.0 and state.phases[1].baseline.test is None
+    assert kept_phase(state.phases, min_z=1.645) == 2
+    assert "history" not in state.phases[1].to_json(history=False)
+    assert PhaseResult.from_json({"epochs": 0, "skipped": True}).to_json() == {
+        "epochs": 0,
+        "skipped": True,
+    }
+    summary = TrainSummary.from_dict({"phases": {"1": one}, "kept_phase": "1"})
+    assert summary.kept_phase == 1
+    written = summary.to_dict()
+    assert written["kept_phase"] == "1" and "history" not in written["phases"]["1"]
 
 
 # ----------------------------------------------------------------------------- real runs

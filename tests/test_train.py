@@ -24,7 +24,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.data.manifest import load_split, read_classes
 from pipeline.files import GENERATED_MARKER
 from pipeline.model import build_classifier, classifier_spec, get_base
-from pipeline.runs import read_summary
+from pipeline.runs import PhaseResult, read_summary
 from pipeline.training import TrainResult, train
 from pipeline.training.phases import warmup_cosine
 from pipeline.training.trainset import class_weights
@@ -127,25 +127,25 @@ def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
 
     history = read_history(run_dir)  # the exact head's row, then phase 2's two epochs
     assert [r["epoch"] for r in history] == [1, 2, 3] and summary.epochs == 3
-    for phase, epochs in (("1", 1), ("2", 2)):
-        rows = [r for r in history if r["phase"] == int(phase)]
+    for phase, epochs in ((1, 1), (2, 2)):
+        rows = [r for r in history if r["phase"] == phase]
         best = min(rows, key=lambda r: r["val_loss"])
         info = summary.phases[phase]
-        assert info["epochs"] == len(rows) == epochs
-        assert info["best_epoch"] == best["phase_epoch"]
-        assert info["best_val_loss"] == pytest.approx(best["val_loss"])
-        assert info["seconds"] > 0 and info["train_images_per_s"] > 0
-    assert summary.phases["1"]["cached_features"] is True
-    assert summary.phases["1"]["method"] == "exact"
+        assert info.epochs == len(rows) == epochs
+        assert info.best_epoch == best["phase_epoch"]
+        assert info.best_val_loss == pytest.approx(best["val_loss"])
+        assert info.seconds > 0 and info.train_images_per_s > 0
+    assert summary.phases[1].cached_features is True
+    assert summary.phases[1].method == "exact"
 
     # The saved model scores on the validation images what the summary says it scored.
     model = keras.models.load_model(run_dir / "model.keras")
     val_rows = load_split(cfg.dataset_dir(), "val")
     probs = model.predict(eval_dataset(val_rows, cfg), verbose=0)
     accuracy = np.mean(probs.argmax(1) == [r.label_index for r in val_rows])
-    assert summary.final["val_accuracy"] == pytest.approx(accuracy)
-    assert summary.final["val_loss"] == pytest.approx(
-        summary.phases[summary.kept_phase]["best_val_loss"], rel=1e-4
+    assert summary.final.val_accuracy == pytest.approx(accuracy)
+    assert summary.final.val_loss == pytest.approx(
+        summary.phases[summary.kept_phase].best_val_loss, rel=1e-4
     )
 
     # The SavedModel takes raw pixels and gives the Keras model's probabilities.
@@ -186,7 +186,7 @@ def test_phase_two_changes_only_the_unfrozen_blocks(tiny, inception_run):
     assert changed_top >= 18  # the convolutions of mixed9 and mixed10
 
 
-def summary_phase(result: TrainResult, phase: str) -> dict:
+def summary_phase(result: TrainResult, phase: int) -> PhaseResult:
     return result.summary.phases[phase]
 
 
@@ -205,8 +205,8 @@ def test_head_on_cached_features_is_the_head_the_plain_way_trains(tiny, cache_pa
             rtol=1e-4,
             err_msg=key,
         )
-    assert summary_phase(cached, "1")["cached_features"] is True
-    assert summary_phase(plain, "1")["cached_features"] is False
+    assert summary_phase(cached, 1).cached_features is True
+    assert summary_phase(plain, 1).cached_features is False
     assert read_history(cached.run_dir)[-1]["accuracy"] > 0.5  # the features carry signal
 
 
@@ -215,7 +215,7 @@ def test_the_full_model_predicts_what_the_head_on_cached_features_predicts(tiny,
     cached = cache_pair[0]
     cfg = load_config(cached.run_dir / "config.json")
     model = keras.models.load_model(cached.run_dir / "model.keras")
-    features = np.load(summary_phase(cached, "1")["feature_cache"]["val"])
+    features = np.load(summary_phase(cached, 1).feature_cache["val"])
     from_cache = np.array(model.get_layer("predictions")(features))
     from_images = model.predict(eval_dataset(load_split(cfg.dataset_dir(), "val"), cfg), verbose=0)
     np.testing.assert_allclose(from_images, from_cache, atol=1e-5)
@@ -232,12 +232,9 @@ def test_the_feature_cache_is_reused_when_nothing_changed(tiny, cache_pair, caps
         "train.run_name=cached-again",
     ]
     again = train(tiny.cfg(*options))
-    assert summary_phase(again, "1")["feature_cache_reused"] is True
+    assert summary_phase(again, 1).feature_cache_reused is True
     assert "reused" in capsys.readouterr().out
-    assert (
-        summary_phase(again, "1")["feature_cache"]
-        == summary_phase(cache_pair[0], "1")["feature_cache"]
-    )
+    assert summary_phase(again, 1).feature_cache == summary_phase(cache_pair[0], 1).feature_cache
 
 
 # ----------------------------------------------------------------------------- resume
@@ -298,7 +295,7 @@ def test_a_killed_run_resumes_from_its_last_epoch(tiny, capsys):
         rtol=1e-5,
         atol=1e-12,
     )
-    assert summary_phase(result, "2")["resumed"] is True
+    assert summary_phase(result, 2).resumed is True
     assert not (run_dir / "backup").exists()
 
 
@@ -388,7 +385,7 @@ def test_a_short_run_on_flowers_mini_learns(tmp_path, flowers_mini, capsys):
     )
     result = train(cfg)
     assert "Running the data stage first: no manifests" in capsys.readouterr().out
-    assert result.summary.final["val_accuracy"] >= 0.4  # chance: 0.2
+    assert result.summary.final.val_accuracy >= 0.4  # chance: 0.2
 
 
 def test_the_transfer_recipe_is_a_valid_config():
@@ -431,11 +428,9 @@ def test_the_default_recipe_transfers_and_keeps_up_with_frozen_features(
                 ],
             )
             summary = train(cfg).summary
-            accuracy[name].append(summary.test["accuracy"])
+            accuracy[name].append(summary.test.accuracy)
             if name == "pretrained":
-                over_baseline.append(
-                    summary.test["accuracy"] - summary.baseline["test"]["accuracy"]
-                )
+                over_baseline.append(summary.test.accuracy - summary.baseline.test.accuracy)
     margin = mean_ci(over_baseline)
     print(f"test accuracy per seed: {accuracy}; over the baseline: {over_baseline}")
     assert np.mean(accuracy["pretrained"]) - np.mean(accuracy["random"]) >= 0.3, accuracy

@@ -15,9 +15,76 @@ the numbers agree with each other (the tests check that they do).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
+
+# One class's row of metrics.json's ``per_class`` ("class" is a keyword: functional form).
+ClassScores = TypedDict(
+    "ClassScores",
+    {
+        "class": str,
+        "precision": float,
+        "recall": float,
+        "f1": float,
+        "support": int,
+        "roc_auc": float | None,
+        "average_precision": float | None,
+    },
+)
+
+
+class BaselineComparison(TypedDict):
+    """metrics.json's ``baseline``: the run's frozen-feature baseline on the scored split."""
+
+    method: str
+    C: float
+    kept_phase: str | None  # "1" or "2", as summary.json keys it
+    accuracy: float
+    macro_f1: float
+    images: int
+    accuracy_points_over_baseline: float
+    macro_f1_points_over_baseline: float
+
+
+class Mistake(TypedDict):
+    path: str
+    true: str
+    predicted: str
+    probability: float
+
+
+class ConfusedPair(TypedDict):
+    true: str
+    predicted: str
+    count: int
+
+
+class Metrics(TypedDict, total=False):
+    """metrics.json as evaluate writes it (``memory`` is added on writing), and what
+    ``evaluate`` returns. ``classification_metrics`` fills the scores, and also
+    ``top_<k>_accuracy`` for its k, a key a TypedDict cannot name; the stage adds the run,
+    split, tta, baseline, worst mistakes and confused pairs."""
+
+    images: int
+    accuracy: float
+    top_k: int
+    loss: float
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    weighted_f1: float
+    expected_calibration_error: float
+    per_class: list[ClassScores]
+    confusion: list[list[int]]
+    confusion_normalised: list[list[float]]
+    reliability: list[dict[str, Any]]
+    run: str
+    split: str
+    tta: str
+    baseline: BaselineComparison | None
+    worst_mistakes: list[Mistake]
+    confused_pairs: list[ConfusedPair]
 
 
 def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict[str, Any]:
@@ -73,7 +140,7 @@ def one_vs_rest_curves(y_true: np.ndarray, probs: np.ndarray) -> list[dict[str, 
 
 def classification_metrics(
     y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_k: int = 5
-) -> dict[str, Any]:
+) -> Metrics:
     """Everything `make evaluate` reports, JSON-ready (curves excluded: see one_vs_rest_curves)."""
     from sklearn.metrics import (
         confusion_matrix,

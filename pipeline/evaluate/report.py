@@ -10,14 +10,57 @@ import base64
 import datetime as dt
 import html
 import json
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.evaluate.metrics import Metrics
 from pipeline.export.scores import COLUMNS, figure, table_note
 from pipeline.memory.record import RunMemory
 from pipeline.runs import TrainSummary
+
+
+@dataclass(frozen=True)
+class EvalFigures:
+    """The figures evaluate draws for the report; None where the split gives nothing to
+    draw (no mistakes, no confused pair)."""
+
+    confusion_counts: Path
+    confusion_normalised: Path
+    roc: Path
+    pr: Path
+    reliability: Path
+    mistakes: Path | None = None
+    confused_pairs: Path | None = None
+
+    def files(self) -> dict[str, Path]:
+        """The drawn figures by name, as EvalResult.files lists them."""
+        drawn = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: path for name, path in drawn.items() if path is not None}
+
+
+@dataclass(frozen=True)
+class RunRecords:
+    """What the run folder holds beside the model, shown next to the metrics."""
+
+    data: dict[str, Any] | None  # the recorded split's data summary (make data's)
+    training: TrainSummary | None  # summary.json; None for an unfinished run
+    curves: Path  # learning_curves.png
+    memory: RunMemory
+    export: dict[str, Any] | None  # export.json; None until the run is exported
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Everything one report page shows."""
+
+    metrics: Metrics
+    figures: EvalFigures
+    records: RunRecords
+    cfg: Config
+    run_dir: Path
+
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222;
@@ -59,7 +102,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _cards(metrics: dict[str, Any]) -> str:
+def _cards(metrics: Metrics) -> str:
     k = metrics["top_k"]
     items = [
         ("accuracy", "accuracy"),
@@ -79,7 +122,7 @@ def _cards(metrics: dict[str, Any]) -> str:
     )
 
 
-def _per_class(metrics: dict[str, Any]) -> str:
+def _per_class(metrics: Metrics) -> str:
     rows = [
         [
             html.escape(c["class"]),
@@ -135,7 +178,7 @@ def _training_section(summary: TrainSummary | None) -> str:
     return _table(["", "value"], flat) if flat else ""
 
 
-def _baseline_section(metrics: dict[str, Any]) -> str:
+def _baseline_section(metrics: Metrics) -> str:
     """What fine-tuning added over the frozen-feature logistic regression, on this split."""
     b = metrics.get("baseline")
     if not b:
@@ -276,7 +319,7 @@ def with_export_section(page: str, figures: dict[str, Any]) -> str:
     return page.replace(anchor, section + "\n" + anchor, 1)
 
 
-def _mistakes_table(metrics: dict[str, Any]) -> str:
+def _mistakes_table(metrics: Metrics) -> str:
     rows = [
         [
             html.escape(Path(m["path"]).name),
@@ -293,13 +336,9 @@ def _mistakes_table(metrics: dict[str, Any]) -> str:
     )
 
 
-def render_report(
-    metrics: dict[str, Any],
-    files: dict[str, Path],
-    cfg: Config,
-    run_dir: Path,
-    extras: dict[str, Any],
-) -> str:
+def render_report(report: EvalReport) -> str:
+    metrics, figures, records = report.metrics, report.figures, report.records
+    cfg, run_dir = report.cfg, report.run_dir
     title = f"{run_dir.name}: {metrics['split']} split"
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     pairs = (
@@ -318,31 +357,31 @@ def render_report(
         _cards(metrics),
         _baseline_section(metrics),
         "<h2>Data</h2>",
-        _data_section(extras.get("data")),
+        _data_section(records.data),
         "<h2>Training</h2>",
-        _img(extras.get("curves"), "learning curves"),
-        _training_section(extras.get("training")),
+        _img(records.curves, "learning curves"),
+        _training_section(records.training),
         "<h2>Per class</h2>",
         _per_class(metrics),
         "<h2>Confusion</h2>",
         '<div class="grid">',
-        _img(files.get("confusion_counts"), "confusion matrix, counts"),
-        _img(files.get("confusion_normalised"), "confusion matrix, normalised"),
+        _img(figures.confusion_counts, "confusion matrix, counts"),
+        _img(figures.confusion_normalised, "confusion matrix, normalised"),
         "</div>",
         f"<p>Most confused pairs (true &rarr; predicted):</p><ul>{pairs}</ul>",
-        _img(files.get("confused_pairs"), "examples of confused pairs"),
+        _img(figures.confused_pairs, "examples of confused pairs"),
         "<h2>Curves and calibration</h2>",
         '<div class="grid">',
-        _img(files.get("roc"), "ROC curves"),
-        _img(files.get("pr"), "precision-recall curves"),
-        _img(files.get("reliability"), "reliability diagram"),
+        _img(figures.roc, "ROC curves"),
+        _img(figures.pr, "precision-recall curves"),
+        _img(figures.reliability, "reliability diagram"),
         "</div>",
         "<h2>Worst mistakes</h2>",
-        _img(files.get("mistakes"), "most confident mistakes"),
+        _img(figures.mistakes, "most confident mistakes"),
         _mistakes_table(metrics),
         "<h2>Memory estimate</h2>",
-        _memory_section(extras.get("memory")),
-        export_section(extras.get("export")),
+        _memory_section(records.memory),
+        export_section(records.export),
         f"<h2>Configuration</h2><details><summary>config.json</summary><pre>{config}</pre>"
         "</details>",
     ]

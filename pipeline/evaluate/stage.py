@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -25,7 +24,14 @@ from pipeline.data.provenance import (
     load_run_data,
     read_record,
 )
-from pipeline.evaluate.metrics import classification_metrics, confused_pairs, worst_mistakes
+from pipeline.evaluate.metrics import (
+    BaselineComparison,
+    Metrics,
+    classification_metrics,
+    confused_pairs,
+    worst_mistakes,
+)
+from pipeline.evaluate.report import EvalFigures, EvalReport, RunRecords, render_report
 from pipeline.export.record import EXPORT_DIR, EXPORT_JSON
 from pipeline.files import atomic_write_text, generated_dir, read_json, write_csv, write_json
 from pipeline.memory.record import RunMemory
@@ -42,8 +48,9 @@ REPORT_FILE = "index.html"
 @dataclass
 class EvalResult:
     report_dir: Path
-    metrics: dict[str, Any]
-    files: dict[str, Path] = field(default_factory=dict)
+    metrics: Metrics  # metrics.json, without the memory estimate
+    figures: EvalFigures
+    files: dict[str, Path] = field(default_factory=dict)  # every file written, by name
 
 
 def evaluate(cfg: Config) -> EvalResult:
@@ -60,15 +67,17 @@ def evaluate(cfg: Config) -> EvalResult:
     y_true = np.array([r.label_index for r in rows])
     metrics = classification_metrics(y_true, probs, clf.labels, cfg.eval.top_k)
     metrics.update({"run": clf.run_dir.name, "split": split, "tta": tta})
-    extras = _run_extras(clf)
-    metrics["baseline"] = baseline_comparison(extras["training"], split, metrics)
+    records = _run_records(clf)
+    metrics["baseline"] = baseline_comparison(records.training, split, metrics)
     files = _write_tables(out, metrics, rows, probs, clf.labels)
-    files.update(_draw_figures(out, metrics, y_true, probs, rows, clf, cfg.eval.gallery_size))
-    files["report"] = _write_report(out, metrics, files, clf, extras)
-    memory = extras["memory"].estimate_json()
+    figures = _draw_figures(out, metrics, y_true, probs, rows, clf, cfg.eval.gallery_size)
+    files.update(figures.files())
+    report = EvalReport(metrics, figures, records, clf.cfg, clf.run_dir)
+    files["report"] = _write_report(out, report)
+    memory = records.memory.estimate_json()
     files["metrics"] = write_json(out / METRICS_FILE, {**metrics, "memory": memory})
     _print_summary(metrics, out)
-    return EvalResult(out, metrics, files)
+    return EvalResult(out, metrics, figures, files)
 
 
 def scored_rows(clf: Classifier, split: str) -> list[ManifestRow]:
@@ -94,7 +103,7 @@ def scored_rows(clf: Classifier, split: str) -> list[ManifestRow]:
     return rows
 
 
-def per_class_markdown(metrics: dict[str, Any]) -> str:
+def per_class_markdown(metrics: Metrics) -> str:
     lines = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
     for c in metrics["per_class"]:
         lines.append(
@@ -109,7 +118,7 @@ def per_class_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_tables(out: Path, metrics, rows, probs, labels) -> dict[str, Path]:
+def _write_tables(out: Path, metrics: Metrics, rows, probs, labels) -> dict[str, Path]:
     files = {}
     columns = ["class", "precision", "recall", "f1", "support", "roc_auc", "average_precision"]
     files["per_class_csv"] = write_csv(
@@ -143,7 +152,9 @@ def _eval_views(clf: Classifier, rows) -> np.ndarray:
     return np.concatenate([batch.numpy() for batch in ds])
 
 
-def _draw_figures(out, metrics, y_true, probs, rows, clf, gallery_size) -> dict[str, Path]:
+def _draw_figures(out, metrics: Metrics, y_true, probs, rows, clf, gallery_size) -> EvalFigures:
+    """Every figure of the report; adds the worst mistakes and confused pairs it shows to
+    ``metrics``."""
     from pipeline.evaluate.metrics import one_vs_rest_curves
     from pipeline.plots import (
         plot_confusion,
@@ -154,21 +165,17 @@ def _draw_figures(out, metrics, y_true, probs, rows, clf, gallery_size) -> dict[
 
     labels = clf.labels
     confusion = np.array(metrics["confusion"])
-    files = {
-        "confusion_counts": plot_confusion(
-            confusion, labels, out / "confusion_counts.png", normalised=False
-        ),
-        "confusion_normalised": plot_confusion(
-            np.array(metrics["confusion_normalised"]),
-            labels,
-            out / "confusion_normalised.png",
-            normalised=True,
-        ),
-    }
+    counts = plot_confusion(confusion, labels, out / "confusion_counts.png", normalised=False)
+    normalised = plot_confusion(
+        np.array(metrics["confusion_normalised"]),
+        labels,
+        out / "confusion_normalised.png",
+        normalised=True,
+    )
     curves = one_vs_rest_curves(y_true, probs)
-    files["roc"] = plot_one_vs_rest(curves, labels, out / "roc.png", "roc")
-    files["pr"] = plot_one_vs_rest(curves, labels, out / "precision_recall.png", "pr")
-    files["reliability"] = plot_reliability(
+    roc = plot_one_vs_rest(curves, labels, out / "roc.png", "roc")
+    pr = plot_one_vs_rest(curves, labels, out / "precision_recall.png", "pr")
+    calibration = plot_reliability(
         metrics["reliability"], metrics["expected_calibration_error"], out / "reliability.png"
     )
     predicted = probs.argmax(axis=1)
@@ -182,13 +189,14 @@ def _draw_figures(out, metrics, y_true, probs, rows, clf, gallery_size) -> dict[
         }
         for i in worst
     ]
+    mistakes = None
     if worst:
         views = _eval_views(clf, [rows[i] for i in worst])
         titles = [
             f"true {m['true']}\npredicted {m['predicted']} ({m['probability']:.2f})"
             for m in metrics["worst_mistakes"]
         ]
-        files["mistakes"] = plot_image_grid(
+        mistakes = plot_image_grid(
             views,
             titles,
             out / "mistakes.jpg",
@@ -204,17 +212,18 @@ def _draw_figures(out, metrics, y_true, probs, rows, clf, gallery_size) -> dict[
         members = [k for k in range(len(rows)) if y_true[k] == i and predicted[k] == j][:4]
         examples += members
         titles += [f"{labels[i]} -> {labels[j]}"] * len(members)
+    examples_grid = None
     if examples:
-        files["confused_pairs"] = plot_image_grid(
+        examples_grid = plot_image_grid(
             _eval_views(clf, [rows[k] for k in examples]),
             titles,
             out / "confused_pairs.jpg",
             title="Most confused class pairs (true -> predicted)",
         )
-    return files
+    return EvalFigures(counts, normalised, roc, pr, calibration, mistakes, examples_grid)
 
 
-def _run_extras(clf: Classifier) -> dict[str, Any]:
+def _run_records(clf: Classifier) -> RunRecords:
     """What the report shows beside the metrics: data summary, training summary, memory,
     and the export table when the run has been exported.
 
@@ -228,47 +237,45 @@ def _run_extras(clf: Classifier) -> dict[str, Any]:
 
         # The report is still useful without it; the error says why.
         memory = replace(run_memory_estimate(clf.cfg, len(clf.labels)), measured=memory.measured)
-    return {
-        "data": read_json(clf.run_dir / RUN_DATA_DIR / DATA_SUMMARY_FILE),
-        "training": summary,
-        "curves": clf.run_dir / CURVES_FILE,
-        "memory": memory,
-        "export": read_json(clf.run_dir / EXPORT_DIR / EXPORT_JSON),  # None until exported
-    }
+    return RunRecords(
+        data=read_json(clf.run_dir / RUN_DATA_DIR / DATA_SUMMARY_FILE),
+        training=summary,
+        curves=clf.run_dir / CURVES_FILE,
+        memory=memory,
+        export=read_json(clf.run_dir / EXPORT_DIR / EXPORT_JSON),
+    )
 
 
-def _write_report(out, metrics, files, clf, extras) -> Path:
-    from pipeline.evaluate.report import render_report
-
-    html = render_report(metrics, files, clf.cfg, clf.run_dir, extras)
-    return atomic_write_text(out / REPORT_FILE, html)
+def _write_report(out: Path, report: EvalReport) -> Path:
+    return atomic_write_text(out / REPORT_FILE, render_report(report))
 
 
 def baseline_comparison(
-    summary: TrainSummary | None, split: str, metrics: dict[str, Any]
-) -> dict[str, Any] | None:
+    summary: TrainSummary | None, split: str, metrics: Metrics
+) -> BaselineComparison | None:
     """The run's frozen-feature baseline on this split beside the model's figures, or None
     for a run without one (from scratch, or trained before baselines were recorded).
 
     The baseline was scored by the train stage on the same recorded split (``scored_rows``
     checks the split is the run's own), so the difference is paired photo for photo.
     """
-    scores = ((summary.baseline or {}).get(split) or {}) if summary else {}
-    if not scores:
+    baseline = summary.baseline if summary else None
+    scores = getattr(baseline, split, None) if baseline else None
+    if scores is None:
         return None
-    return {
-        "method": summary.baseline["method"],
-        "C": summary.baseline["C"],
-        "kept_phase": summary.kept_phase,
-        "accuracy": scores["accuracy"],
-        "macro_f1": scores["macro_f1"],
-        "images": scores["images"],
-        "accuracy_points_over_baseline": 100 * (metrics["accuracy"] - scores["accuracy"]),
-        "macro_f1_points_over_baseline": 100 * (metrics["macro_f1"] - scores["macro_f1"]),
-    }
+    return BaselineComparison(
+        method=baseline.method,
+        C=baseline.C,
+        kept_phase=None if summary.kept_phase is None else str(summary.kept_phase),
+        accuracy=scores.accuracy,
+        macro_f1=scores.macro_f1,
+        images=scores.images,
+        accuracy_points_over_baseline=100 * (metrics["accuracy"] - scores.accuracy),
+        macro_f1_points_over_baseline=100 * (metrics["macro_f1"] - scores.macro_f1),
+    )
 
 
-def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+def _print_summary(metrics: Metrics, out: Path) -> None:
     k = metrics["top_k"]
     print(
         f"accuracy {metrics['accuracy']:.4f}  top-{k} {metrics[f'top_{k}_accuracy']:.4f}  "

@@ -11,6 +11,7 @@ One responsibility per module:
 - ``presets``: named sweeps stored as data (pipeline/configs/presets/<name>.toml), loaded by name.
 - ``grid``: parse and expand experiment.grid, name its cells, validate the whole plan.
 - ``runner``: run every cell x repeat, resumably, into results.csv.
+- ``results``: results.csv's row (``RunRow``), written and read in one place each.
 - ``stats``: mean and confidence interval, Welch's noise test, the verdicts.
 - ``summary``: summary.md, summary.json and the plots from any results.csv files.
 
@@ -19,12 +20,17 @@ Public entries: ``run_experiment(cfg)`` and ``summarize(result_files, out_dir)``
 
 from pipeline.experiment.grid import cell_id, cell_label, expand_grid, experiment_plan, parse_grid
 from pipeline.experiment.presets import Preset, apply_preset, load_preset, preset_names
-from pipeline.experiment.runner import (
+from pipeline.experiment.results import (
     RESULT_COLUMNS,
     RESULTS_FILE,
+    RunRow,
+    read_results,
+    write_results,
+)
+from pipeline.experiment.runner import (
     ExperimentResult,
-    _peak_training_memory,
     device_label,
+    peak_training_memory,
     run_experiment,
 )
 from pipeline.experiment.stats import mean_ci, within_noise
@@ -38,7 +44,7 @@ __all__ = [
     "SUMMARY_MD",
     "ExperimentResult",
     "Preset",
-    "_peak_training_memory",
+    "RunRow",
     "apply_preset",
     "cell_id",
     "cell_label",
@@ -48,8 +54,11 @@ __all__ = [
     "load_preset",
     "mean_ci",
     "parse_grid",
+    "peak_training_memory",
     "preset_names",
+    "read_results",
     "run_experiment",
     "summarize",
     "within_noise",
+    "write_results",
 ]

@@ -10,33 +10,18 @@ import math
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, with_overrides
 from pipeline.data.stage import ensure_manifests
 from pipeline.experiment.grid import cell_id, cell_label, experiment_plan
-from pipeline.experiment.summary import METRICS, summarize
-from pipeline.files import generated_dir, read_csv, write_csv
+from pipeline.experiment.results import RESULTS_FILE, RunRow, read_results, write_results
+from pipeline.experiment.summary import summarize
+from pipeline.files import generated_dir
 from pipeline.memory.record import phases_run
-from pipeline.runs import TrainSummary
-
-RESULTS_FILE = "results.csv"
-RESULT_COLUMNS = (
-    "run",
-    "cell",
-    "overrides",
-    "seed",
-    "status",
-    "error",
-    *METRICS,
-    "parameters",
-    "estimated_train_memory_bytes",
-    "device",
-    "tensorflow",
-    "cpu_threads",
-)
+from pipeline.runs import TrainSummary, trained_phases
 
 
 @dataclass
@@ -69,8 +54,8 @@ def device_label() -> str:
     return f"CPU {model} ({os.cpu_count()} threads)"
 
 
-def _one_run(run_cfg: Config) -> dict[str, Any]:
-    """Train and evaluate one configuration in this process; the numbers for results.csv."""
+def _one_run(run_cfg: Config, row: RunRow) -> RunRow:
+    """Train and evaluate one configuration in this process: ``row`` with its figures."""
     import keras
     import tensorflow as tf
 
@@ -82,32 +67,35 @@ def _one_run(run_cfg: Config) -> dict[str, Any]:
     evaluated = evaluate(run_cfg)
     summary, metrics = trained.summary, evaluated.metrics
     baseline = metrics.get("baseline")
-    phases = (summary.phases or {}).values()
-    train_images = sum(p.get("epochs", 0) for p in phases) * (summary.train_images or 0)
-    return {
-        "test_accuracy": metrics["accuracy"],
-        "test_loss": metrics["loss"],
-        "macro_f1": metrics["macro_f1"],
+    epochs = sum(p.epochs for p in summary.phases.values())
+    train_images = epochs * (summary.train_images or 0)
+    return replace(
+        row,
+        status="ok",
+        test_accuracy=metrics["accuracy"],
+        test_loss=metrics["loss"],
+        macro_f1=metrics["macro_f1"],
         # nan for a network trained from scratch: it has no frozen features to compare with
-        "baseline_accuracy": baseline["accuracy"] if baseline else math.nan,
-        "over_baseline": metrics["accuracy"] - baseline["accuracy"] if baseline else math.nan,
-        "train_seconds": summary.seconds,
-        "images_per_s": train_images / summary.seconds if summary.seconds else 0.0,
-        "parameters": summary.parameters or "",
-        "estimated_train_memory_bytes": _peak_training_memory(summary),
-        "tensorflow": tf.__version__,
-    }
+        baseline_accuracy=baseline["accuracy"] if baseline else math.nan,
+        over_baseline=metrics["accuracy"] - baseline["accuracy"] if baseline else math.nan,
+        train_seconds=summary.seconds,
+        images_per_s=train_images / summary.seconds if summary.seconds else 0.0,
+        parameters=summary.parameters or None,
+        estimated_train_memory_bytes=peak_training_memory(summary),
+        tensorflow=tf.__version__,
+    )
 
 
-def _peak_training_memory(summary: TrainSummary) -> Any:
+def peak_training_memory(summary: TrainSummary) -> int | None:
     """The largest realistic training estimate over the phases a run trained, from its
-    train summary's recorded ``MemoryEstimate``; "" when the summary has no estimate."""
+    train summary's recorded ``MemoryEstimate`` (results.csv's
+    estimated_train_memory_bytes); None when the summary has no estimate."""
     estimate = summary.memory.estimate
     if estimate is None:
-        return ""
-    phases = phases_run(estimate.training, summary.phases or {})
+        return None
+    phases = phases_run(estimate.training, trained_phases(summary.phases))
     values = [f.realistic_bytes for f in phases.values() if f.realistic_bytes]
-    return int(max(values)) if values else ""
+    return int(max(values)) if values else None
 
 
 def _format_eta(seconds: float) -> str:
@@ -121,16 +109,12 @@ def run_experiment(cfg: Config) -> ExperimentResult:
     name, base, cells = experiment_plan(cfg)
     out = generated_dir(Path(cfg.paths.reports) / "experiments") / name
     results_path = out / RESULTS_FILE
-    rows = read_csv(results_path) if results_path.is_file() else []
-    done = {
-        (r["cell"], r["seed"])
-        for r in rows
-        if r["status"] == "ok" or not cfg.experiment.retry_failed
-    }
-    rows = [r for r in rows if (r["cell"], r["seed"]) in done]
+    rows = read_results(results_path) if results_path.is_file() else []
+    done = {(r.cell, r.seed) for r in rows if r.ok or not cfg.experiment.retry_failed}
+    rows = [r for r in rows if (r.cell, r.seed) in done]
     seeds = [cfg.train.seed + i for i in range(cfg.experiment.repeats)]
     plan = [(c, s) for c in cells for s in seeds]
-    todo = [(c, s) for c, s in plan if (cell_id(c), str(s)) not in done]
+    todo = [(c, s) for c, s in plan if (cell_id(c), s) not in done]
     print(
         f"Experiment {name}: {len(cells)} cell(s) x {len(seeds)} seed(s) = {len(plan)} runs; "
         f"{len(plan) - len(todo)} already done, {len(todo)} to run. Results: {results_path}"
@@ -151,30 +135,29 @@ def run_experiment(cfg: Config) -> ExperimentResult:
             },
         )
         print(f"[{index}/{len(todo)}] {cell_label(cell)} seed {seed}", flush=True)
-        row = {
-            "run": run_name,
-            "cell": cell_id(cell),
-            "overrides": cell_label(cell),
-            "seed": seed,
-            "device": device,
-            "cpu_threads": os.cpu_count(),
-        }
+        planned = RunRow(
+            run=run_name,
+            cell=cell_id(cell),
+            overrides=cell_label(cell),
+            seed=seed,
+            status="failed",
+            device=device,
+            cpu_threads=os.cpu_count(),
+        )
         try:
-            row.update(_one_run(run_cfg), status="ok", error="")
+            row = _one_run(run_cfg, planned)
         except Exception as exc:  # recorded, and the other runs go on
             failed += 1
             message = " ".join(str(exc).split())[:300]
-            row.update(status="failed", error=f"{type(exc).__name__}: {message}")
-            print(f"    run failed: {row['error']}")
+            row = replace(planned, error=f"{type(exc).__name__}: {message}")
+            print(f"    run failed: {row.error}")
         ran += 1
-        rows.append({k: row.get(k, "") for k in RESULT_COLUMNS})
-        write_csv(
-            results_path, RESULT_COLUMNS, ([r.get(k, "") for k in RESULT_COLUMNS] for r in rows)
-        )
+        rows.append(row)
+        write_results(results_path, rows)
         elapsed = time.perf_counter() - started
         eta = elapsed / index * (len(todo) - index)
         print(
-            f"    {row['status']}; {_format_eta(elapsed)} so far, about {_format_eta(eta)} left",
+            f"    {row.status}; {_format_eta(elapsed)} so far, about {_format_eta(eta)} left",
             flush=True,
         )
     extra = [Path(p.strip()) for p in cfg.experiment.results.split(",") if p.strip()]

@@ -14,20 +14,18 @@ from typing import Any
 import numpy as np
 
 from pipeline.experiment.presets import load_preset
-from pipeline.experiment.stats import across_devices, mean_ci, smallest_above, verdict
-from pipeline.files import atomic_write_text, read_csv, write_json
+from pipeline.experiment.results import METRICS, RunRow, read_results
+from pipeline.experiment.stats import (
+    ConfigSummary,
+    across_devices,
+    mean_ci,
+    smallest_above,
+    verdict,
+)
+from pipeline.files import atomic_write_text, write_json
 
 SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
-METRICS = (
-    "test_accuracy",
-    "test_loss",
-    "macro_f1",
-    "baseline_accuracy",  # the run's frozen-feature logistic regression, same test photos
-    "over_baseline",  # test_accuracy - baseline_accuracy
-    "train_seconds",
-    "images_per_s",
-)
 
 
 def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, Any]:
@@ -35,31 +33,31 @@ def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, A
 
     ``settings`` is the experiment section (``cfg.experiment``): with a preset whose grid
     runs smallest first and experiment.threshold, the smallest configuration above it."""
-    rows = [r for path in result_files if path.is_file() for r in read_csv(path)]
-    groups: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+    rows = [r for path in result_files if path.is_file() for r in read_results(path)]
+    groups: dict[tuple[str, str], list[RunRow]] = defaultdict(list)
     for r in rows:
-        groups[(r["device"], r["overrides"])].append(r)
+        groups[(r.device, r.overrides)].append(r)
     configs = []
     for (device, overrides), members in groups.items():
-        ok = [m for m in members if m["status"] == "ok"]
+        ok = [m for m in members if m.ok]
         stats_ = {m: mean_ci(_values(ok, m)) for m in METRICS}
         configs.append(
-            {
-                "device": device,
-                "overrides": overrides,
-                "runs": len(members),
-                "failed": len(members) - len(ok),
-                "errors": sorted({m["error"] for m in members if m["status"] != "ok"}),
-                "metrics": stats_,
-                "test_accuracy_values": [float(r["test_accuracy"]) for r in ok],
-            }
+            ConfigSummary(
+                device=device,
+                overrides=overrides,
+                runs=len(members),
+                failed=len(members) - len(ok),
+                errors=sorted({m.error for m in members if not m.ok}),
+                metrics=stats_,
+                test_accuracy_values=[r.metric("test_accuracy") for r in ok],
+            )
         )
-    by_device: dict[str, list[dict]] = defaultdict(list)
+    by_device: dict[str, list[ConfigSummary]] = defaultdict(list)
     for c in configs:
-        by_device[c["device"]].append(c)
+        by_device[c.device].append(c)
     summary = {
         "results": [str(p) for p in result_files],
-        "configurations": configs,
+        "configurations": [c.to_json() for c in configs],
         "verdicts": {device: verdict(members) for device, members in by_device.items()},
     }
     summary["across_devices"] = across_devices(configs)
@@ -71,16 +69,16 @@ def summarize(result_files: list[Path], out: Path, settings=None) -> dict[str, A
     ):
         summary["smallest_above_threshold"] = smallest_above(configs, settings.threshold)
     write_json(out / SUMMARY_JSON, summary)
-    atomic_write_text(out / SUMMARY_MD, _summary_markdown(summary))
+    atomic_write_text(out / SUMMARY_MD, _summary_markdown(summary, configs))
     _plot(configs, out)
     print(f"Summary: {out / SUMMARY_MD}")
     return summary
 
 
-def _values(rows: list[dict[str, str]], metric: str) -> list[float]:
+def _values(rows: list[RunRow], metric: str) -> list[float]:
     """The metric's values, leaving out runs without one (no baseline from scratch; results
     files written before the column existed)."""
-    values = (float(r.get(metric) or "nan") for r in rows)
+    values = (r.metric(metric) for r in rows)
     return [v for v in values if not math.isnan(v)]
 
 
@@ -93,7 +91,7 @@ def _fmt(s: dict[str, float], scale: float = 1.0, digits: int = 4) -> str:
     )
 
 
-def _summary_markdown(summary: dict[str, Any]) -> str:
+def _summary_markdown(summary: dict[str, Any], configs: list[ConfigSummary]) -> str:
     lines = [
         "# Experiment summary",
         "",
@@ -109,19 +107,19 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
             "over the baseline (points) | test loss | macro F1 | training s | images/s |",
             "|---|---:|---:|---|---|---|---|---|---|---|",
         ]
-        for c in (c for c in summary["configurations"] if c["device"] == device):
-            mark = " **(best)**" if c["overrides"] == verdict_.get("best") else ""
-            m = c["metrics"]
+        for c in (c for c in configs if c.device == device):
+            mark = " **(best)**" if c.overrides == verdict_.get("best") else ""
+            m = c.metrics
             lines.append(
-                f"| {c['overrides']}{mark} | {c['runs']} | {c['failed']} | "
+                f"| {c.overrides}{mark} | {c.runs} | {c.failed} | "
                 f"{_fmt(m['test_accuracy'])} | {_fmt(m['baseline_accuracy'])} | "
                 f"{_fmt(m['over_baseline'], scale=100, digits=1)} | "
                 f"{_fmt(m['test_loss'])} | {_fmt(m['macro_f1'])} | "
                 f"{_fmt(m['train_seconds'], digits=1)} | {_fmt(m['images_per_s'], digits=1)} |"
             )
         lines += ["", verdict_["sentence"], ""]
-        for c in (c for c in summary["configurations"] if c["device"] == device and c["errors"]):
-            lines.append(f"- failed runs of {c['overrides']}: {'; '.join(c['errors'])}")
+        for c in (c for c in configs if c.device == device and c.errors):
+            lines.append(f"- failed runs of {c.overrides}: {'; '.join(c.errors)}")
         lines.append("")
     if summary.get("across_devices"):
         lines += [
@@ -145,19 +143,19 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plot(configs: list[dict], out: Path) -> None:
+def _plot(configs: list[ConfigSummary], out: Path) -> None:
     """accuracy_vs_time.png (mean and 95% intervals) and spread.png (every run)."""
     from pipeline.plots import _pyplot, save_figure
 
     plt = _pyplot()
-    finished = [c for c in configs if c["metrics"]["test_accuracy"]["n"]]
+    finished = [c for c in configs if c.finished()]
     if not finished:
         return
-    devices = sorted({c["device"] for c in finished})
+    devices = sorted({c.device for c in finished})
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for marker, device in zip("osD^v<>", devices):
-        for c in (c for c in finished if c["device"] == device):
-            acc, secs = c["metrics"]["test_accuracy"], c["metrics"]["train_seconds"]
+        for c in (c for c in finished if c.device == device):
+            acc, secs = c.metrics["test_accuracy"], c.metrics["train_seconds"]
             ax.errorbar(
                 secs["mean"],
                 acc["mean"],
@@ -165,7 +163,7 @@ def _plot(configs: list[dict], out: Path) -> None:
                 yerr=acc["ci95"],
                 fmt=marker,
                 capsize=3,
-                label=f"{c['overrides']} ({device})"[:70],
+                label=f"{c.overrides} ({device})"[:70],
             )
     ax.set(
         xlabel="training time (s)",
@@ -176,19 +174,19 @@ def _plot(configs: list[dict], out: Path) -> None:
     save_figure(fig, out / "accuracy_vs_time.png")
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(finished) + 2), 4.5))
     for i, c in enumerate(finished):
-        values = c["test_accuracy_values"]
+        values = c.test_accuracy_values
         ax.scatter(np.full(len(values), i), values, alpha=0.7)
         ax.errorbar(
             i + 0.15,
-            c["metrics"]["test_accuracy"]["mean"],
-            yerr=c["metrics"]["test_accuracy"]["ci95"],
+            c.mean("test_accuracy"),
+            yerr=c.metrics["test_accuracy"]["ci95"],
             fmt="_",
             color="black",
             capsize=4,
         )
     ax.set_xticks(
         range(len(finished)),
-        [c["overrides"][:40] for c in finished],
+        [c.overrides[:40] for c in finished],
         rotation=30,
         ha="right",
         fontsize=7,

@@ -23,6 +23,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -149,13 +150,12 @@ class RunMemory:
             return cls(error=f"{UNAVAILABLE}: unreadable record ({exc})", measured=measured)
 
 
-def phases_run(training: dict[str, Any], run_phases: dict[str, Any]) -> dict[str, Any]:
+def phases_run(training: dict[str, Any], trained: Collection[int]) -> dict[str, Any]:
     """The per-phase figures of an estimate (``MemoryEstimate.training``, keyed by
-    ``model_phases``'s labels) for the phases a run really trained, by its summary's
-    ``phases`` ({"1": {"epochs": 3, ...}, "2": ...}): EPOCHS=0 drops phase 2."""
-    ran = {number for number, phase in run_phases.items() if phase.get("epochs")}
+    ``model_phases``'s labels) for the phases a run really trained (their numbers, as
+    ``pipeline.runs.trained_phases`` gives them): EPOCHS=0 drops phase 2."""
     return {
         label: figures
         for label, figures in training.items()
-        if not label.startswith("phase ") or label.split(":")[0].split()[-1] in ran
+        if not label.startswith("phase ") or int(label.split(":")[0].split()[-1]) in trained
     }

@@ -14,7 +14,7 @@ from pipeline.backbones import Backbone
 from pipeline.config import Config
 from pipeline.data.manifest import ManifestRow
 from pipeline.model import ClassifierSpec
-from pipeline.runs import BACKUP_DIR, CHECKPOINTS_DIR
+from pipeline.runs import BACKUP_DIR, CHECKPOINTS_DIR, TrainState
 
 
 @dataclass
@@ -32,7 +32,7 @@ class TrainingRun:
     global_batch: int
     class_weights: list[float] | None
     verbose: int
-    state: dict[str, Any]  # state.json: the phases finished so far
+    state: TrainState  # state.json: the phases finished so far
     rss_before: int | None = None  # resident memory before anything was built
     history: list[dict[str, Any]] = field(default_factory=list)  # every phase's epochs
 

@@ -33,7 +33,12 @@ from pipeline.runs import (
     MODEL_FILE,
     SAVED_MODEL_DIR,
     SUMMARY_FILE,
+    DataProvenance,
+    PhaseResult,
+    TestScores,
     TrainSummary,
+    ValScores,
+    trained_phases,
     write_summary,
 )
 from pipeline.training.context import TrainingRun
@@ -56,8 +61,8 @@ class TrainResult:
 
 def finish(
     run: TrainingRun,
-    phases: dict[str, dict[str, Any]],
-    kept: str,
+    phases: dict[int, PhaseResult],
+    kept: int,
     precision: str,
     xla: bool,
     seconds: float,
@@ -66,11 +71,11 @@ def finish(
     """Write the run's outputs and summary, print what they are, return them."""
     cfg, model = run.cfg, run.classifier
     if getattr(model, "optimizer", None) is None:  # only the feature head was compiled
-        lr = cfg.train.fine_tune_lr if phases.get("2", {}).get("epochs") else cfg.train.head_lr
+        lr = cfg.train.fine_tune_lr if 2 in trained_phases(phases) else cfg.train.head_lr
         compile_for_training(model, run.strategy, lr, cfg.train)
     # The model holds the kept phase's best weights, so its validation metrics are that
     # epoch's (the tests check them against the saved model).
-    final = {"loss": phases[kept]["best_val_loss"], "accuracy": phases[kept]["best_val_accuracy"]}
+    final = ValScores(phases[kept].best_val_loss, phases[kept].best_val_accuracy)
     test = _test_scores(run)
     out = run.work_dir
     files = [out / CONFIG_FILE, out / HISTORY_FILE]
@@ -105,13 +110,13 @@ def finish(
         class_weights=run.class_weights,
         parameters=count_params(model.weights),
         resumed=resumed,
-        phases={k: {n: v for n, v in p.items() if n != "history"} for k, p in phases.items()},
+        phases={number: replace(p, history=None) for number, p in phases.items()},
         epochs=len(run.history),
         seconds=seconds,
-        final={"val_loss": final["loss"], "val_accuracy": final["accuracy"]},
+        final=final,
         kept_phase=kept,
         test=test,
-        baseline=phases["1"].get("baseline"),
+        baseline=phases[1].baseline,
         memory=_memory_figures(cfg, len(run.classes), run.rss_before),
         files=[str(p) for p in files],
     )
@@ -121,7 +126,7 @@ def finish(
     return TrainResult(out, summary, files)
 
 
-def _test_scores(run: TrainingRun) -> dict[str, float] | None:
+def _test_scores(run: TrainingRun) -> TestScores | None:
     """The kept model's loss and accuracy on the run's test split (None without one).
 
     Reported beside the baseline's, never used to choose anything; ``make evaluate`` gives
@@ -130,18 +135,18 @@ def _test_scores(run: TrainingRun) -> dict[str, float] | None:
     if not run.test_rows:
         return None
     scores = validate(run.classifier, eval_rows_feed(run, run.test_rows), run.strategy)
-    return {**scores, "images": len(run.test_rows)}
+    return TestScores(scores["loss"], scores["accuracy"], len(run.test_rows))
 
 
-def _provenance(cfg: Config, out: Path) -> dict[str, Any]:
+def _provenance(cfg: Config, out: Path) -> DataProvenance:
     """What the run was trained on: the data set's record and the split kept in the run."""
     record = read_record(out / RUN_DATA_DIR)
-    return {
-        "manifests_dir": str(cfg.dataset_dir()),
-        "recorded_split": str(out / RUN_DATA_DIR),
-        "fingerprint": record.fingerprint if record else None,
-        "manifests": record.manifests if record else None,
-    }
+    return DataProvenance(
+        manifests_dir=str(cfg.dataset_dir()),
+        recorded_split=str(out / RUN_DATA_DIR),
+        fingerprint=record.fingerprint if record else None,
+        manifests=record.manifests if record else None,
+    )
 
 
 def current_rss_bytes() -> int | None:
@@ -227,8 +232,8 @@ def _plot_learning_curves(history: list[dict[str, Any]], path: Path) -> Path:
 def _print_outputs(out: Path, files: list[Path], summary: TrainSummary) -> None:
     final = summary.final
     print(
-        f"Done in {summary.seconds:.0f}s: val_accuracy {final['val_accuracy']:.4f}, "
-        f"val_loss {final['val_loss']:.4f}. Wrote {out}/:"
+        f"Done in {summary.seconds:.0f}s: val_accuracy {final.val_accuracy:.4f}, "
+        f"val_loss {final.val_loss:.4f}. Wrote {out}/:"
     )
     notes = {
         MODEL_FILE: "the trained classifier (keras.models.load_model)",
@@ -251,7 +256,7 @@ def _print_outputs(out: Path, files: list[Path], summary: TrainSummary) -> None:
         print(f"  {str(rel) + ('/' if path.is_dir() else ''):<32} {note}")
     memory = summary.memory
     training = memory.estimate.training if memory.estimate else {}
-    phases = phases_run(training, summary.phases or {})  # only those that trained
+    phases = phases_run(training, trained_phases(summary.phases))  # only those that trained
     if phases:
         estimated = ", ".join(
             f"{name} {figures.realistic_bytes / 2**20:,.0f} MiB" for name, figures in phases.items()
@@ -274,16 +279,18 @@ def comparison_lines(summary: TrainSummary) -> list[str]:
     baseline = summary.baseline
     if not baseline:
         return []
-    kept = {"1": "phase 1 (frozen base, fitted head)", "2": "phase 2 (fine-tuned)"}
+    kept = {1: "phase 1 (frozen base, fitted head)", 2: "phase 2 (fine-tuned)"}
     lines = [f"Kept: {kept.get(summary.kept_phase, summary.kept_phase)}."]
-    model = {"val": summary.final.get("val_accuracy"), "test": (summary.test or {}).get("accuracy")}
-    for split in ("val", "test"):
-        theirs = baseline.get(split, {}).get("accuracy")
+    model = {
+        "val": summary.final.val_accuracy if summary.final else None,
+        "test": summary.test.accuracy if summary.test else None,
+    }
+    for split, theirs in (("val", baseline.val), ("test", baseline.test)):
         ours = model[split]
         if theirs is None or ours is None:
             continue
         lines.append(
-            f"  {split:<4} accuracy {ours:.4f}; frozen-feature baseline {theirs:.4f} "
-            f"({100 * (ours - theirs):+.1f} points, {baseline[split]['images']} images)"
+            f"  {split:<4} accuracy {ours:.4f}; frozen-feature baseline {theirs.accuracy:.4f} "
+            f"({100 * (ours - theirs.accuracy):+.1f} points, {theirs.images} images)"
         )
     return lines

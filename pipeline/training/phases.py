@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import keras
 import numpy as np
 
-from pipeline.files import atomic_path, write_json
+from pipeline.compat import backup_saved
+from pipeline.files import atomic_path
 from pipeline.model import (
     HEAD_NAME,
     count_params,
@@ -34,7 +37,16 @@ from pipeline.model import (
     get_base,
     training_forward,
 )
-from pipeline.runs import HISTORY_FILE, STATE_FILE
+from pipeline.runs import (
+    HISTORY_FILE,
+    STATE_FILE,
+    Baseline,
+    PhaseResult,
+    SplitScores,
+    ValGain,
+    trained_phases,
+    write_state,
+)
 from pipeline.training.callbacks import phase_callbacks, write_history
 from pipeline.training.context import TrainingRun
 from pipeline.training.features import CachedFeatures
@@ -49,10 +61,10 @@ from pipeline.training.head import LogisticHead, fit_logistic_head
 from pipeline.training.loop import compile_for_training, fit, per_example_losses, validate
 
 
-def phase_one(run: TrainingRun, xla: bool) -> dict[str, Any]:
+def phase_one(run: TrainingRun, xla: bool) -> PhaseResult:
     """Frozen base, new head; a from-scratch network trains whole here."""
     t = run.cfg.train
-    done = run.state["phases"].get("1")
+    done = run.state.phases.get(1)
     freeze_for_phase(run.classifier, run.spec, 1)
     if done is not None:
         restore_finished_phase(run, 1, done)
@@ -63,7 +75,7 @@ def phase_one(run: TrainingRun, xla: bool) -> dict[str, Any]:
     if not run.backbone.pretrained:
         epochs = t.head_epochs + t.fine_tune_epochs
     if epochs == 0:
-        return {"epochs": 0, "skipped": True}
+        return PhaseResult(epochs=0, skipped=True)
     cached = run.backbone.pretrained and t.cache_features and not t.head_augment
     extra: dict[str, Any] = {}
     if run.backbone.pretrained:  # the baseline needs the frozen features whatever phase 1 does
@@ -86,15 +98,14 @@ def phase_one(run: TrainingRun, xla: bool) -> dict[str, Any]:
         f"up to {epochs} epochs"
     )
     result = run_phase(run, 1, model, train, val, epochs, t.head_lr, xla)
-    result.update(extra, cached_features=cached)
-    return record_phase(run, 1, result)
+    return record_phase(run, 1, replace(result, **extra, cached_features=cached))
 
 
 def _labels(rows) -> np.ndarray:
     return np.array([r.label_index for r in rows], np.int64)
 
 
-def _exact_head(run: TrainingRun) -> dict[str, Any]:
+def _exact_head(run: TrainingRun) -> PhaseResult:
     """The logistic regression on the cached features, loaded into the classifier's head."""
     features = cached_features(run)
     print(
@@ -133,27 +144,27 @@ def _exact_head(run: TrainingRun) -> dict[str, Any]:
         f"Phase 1: C = {head.C:g}, val_loss {scores['loss']:.4f}, val_accuracy "
         f"{scores['accuracy']:.4f} ({seconds:.1f}s)"
     )
-    return {
-        "method": "exact",
-        "epochs": 1,
-        "best_epoch": 1,
-        "best_val_loss": scores["loss"],
-        "best_val_accuracy": scores["accuracy"],
-        "stopped_early": False,
-        "resumed": False,
-        "optimizer": "LogisticRegression(lbfgs)",
-        "learning_rate": 0.0,
-        "final_learning_rate": 0.0,
-        "seconds": seconds,
-        "train_images_per_s": row["images_per_s"],
-        "checkpoint": str(path),
-        "history": [row],
-        "cached_features": True,
-        "C": head.C,
-        "C_grid": head.grid,
-        "baseline": _baseline(run, features, head),
+    return PhaseResult(
+        method="exact",
+        epochs=1,
+        best_epoch=1,
+        best_val_loss=scores["loss"],
+        best_val_accuracy=scores["accuracy"],
+        stopped_early=False,
+        resumed=False,
+        optimizer="LogisticRegression(lbfgs)",
+        learning_rate=0.0,
+        final_learning_rate=0.0,
+        seconds=seconds,
+        train_images_per_s=row["images_per_s"],
+        checkpoint=str(path),
+        history=[row],
+        cached_features=True,
+        C=head.C,
+        C_grid=head.grid,
+        baseline=_baseline(run, features, head),
         **_cache_figures(features),
-    }
+    )
 
 
 def _fit(run: TrainingRun, features: dict[str, CachedFeatures]) -> LogisticHead:
@@ -169,16 +180,16 @@ def _fit(run: TrainingRun, features: dict[str, CachedFeatures]) -> LogisticHead:
 
 def _baseline(
     run: TrainingRun, features: dict[str, CachedFeatures], head: LogisticHead | None = None
-) -> dict[str, Any]:
+) -> Baseline:
     """The frozen-feature logistic regression's figures on validation and test."""
     head = head or _fit(run, features)
-    return {
-        "method": "logistic regression on frozen pooled features, C chosen on validation",
-        "C": head.C,
-        "seconds": head.seconds,
-        "val": head.scores(features["val"].features, _labels(run.val_rows)),
-        "test": head.scores(features["test"].features, _labels(run.test_rows)),
-    }
+    return Baseline(
+        method="logistic regression on frozen pooled features, C chosen on validation",
+        C=head.C,
+        seconds=head.seconds,
+        val=SplitScores.from_json(head.scores(features["val"].features, _labels(run.val_rows))),
+        test=SplitScores.from_json(head.scores(features["test"].features, _labels(run.test_rows))),
+    )
 
 
 def _cache_figures(features: dict[str, CachedFeatures]) -> dict[str, Any]:
@@ -189,11 +200,11 @@ def _cache_figures(features: dict[str, CachedFeatures]) -> dict[str, Any]:
     }
 
 
-def phase_two(run: TrainingRun, xla: bool) -> dict[str, Any]:
+def phase_two(run: TrainingRun, xla: bool) -> PhaseResult:
     """Top of the base unfrozen from the cut, BatchNorm frozen, augmented images."""
     t = run.cfg.train
     freeze_for_phase(run.classifier, run.spec, 2)
-    done = run.state["phases"].get("2")
+    done = run.state.phases.get(2)
     if done is not None:
         restore_finished_phase(run, 2, done)
         return done
@@ -212,9 +223,12 @@ def phase_two(run: TrainingRun, xla: bool) -> dict[str, Any]:
         f"parameters train; {schedule}, up to {t.fine_tune_epochs} epochs"
     )
     result = run_phase(run, 2, run.classifier, train, val, t.fine_tune_epochs, t.fine_tune_lr, xla)
-    result["val_gain"] = val_gain(run, val)
-    result["first_trainable_layer"] = trainable_layers[0] if trainable_layers else None
-    result["schedule"] = t.fine_tune_schedule
+    result = replace(
+        result,
+        val_gain=val_gain(run, val),
+        first_trainable_layer=trainable_layers[0] if trainable_layers else None,
+        schedule=t.fine_tune_schedule,
+    )
     return record_phase(run, 2, result)
 
 
@@ -231,7 +245,7 @@ def warmup_cosine(
     )
 
 
-def val_gain(run: TrainingRun, val: Feed) -> dict[str, Any]:
+def val_gain(run: TrainingRun, val: Feed) -> ValGain:
     """Phase 2's validation-loss gain over phase 1, image by image on the same photos: the
     evidence the keep rule weighs. Leaves phase 2's best weights loaded."""
     smoothing = run.cfg.train.label_smoothing
@@ -242,7 +256,7 @@ def val_gain(run: TrainingRun, val: Feed) -> dict[str, Any]:
     return paired_gain(one, two)
 
 
-def paired_gain(one: np.ndarray, two: np.ndarray) -> dict[str, Any]:
+def paired_gain(one: np.ndarray, two: np.ndarray) -> ValGain:
     """Mean of ``one - two`` (per-image losses: positive means two is better), its
     standard error, their ratio z, and each side's mean loss."""
     one, two = np.asarray(one, np.float64), np.asarray(two, np.float64)
@@ -250,39 +264,39 @@ def paired_gain(one: np.ndarray, two: np.ndarray) -> dict[str, Any]:
     mean = float(d.mean())
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
     z = mean / se if se > 0 else 0.0
-    return {
-        "mean": mean,
-        "se": se,
-        "z": z,
-        "images": len(d),
-        "phase1_loss": float(one.mean()),
-        "phase2_loss": float(two.mean()),
-    }
+    return ValGain(
+        mean=mean,
+        se=se,
+        z=z,
+        images=len(d),
+        phase1_loss=float(one.mean()),
+        phase2_loss=float(two.mean()),
+    )
 
 
-def kept_phase(phases: dict[str, dict[str, Any]], min_z: float = 0.0) -> str:
+def kept_phase(phases: Mapping[int, PhaseResult], min_z: float = 0.0) -> int:
     """The phase whose model the run keeps: phase 2 only if it lowered the validation loss
     by more than ``min_z`` standard errors of its paired per-image gain. A small validation
     split cannot tell a real gain from luck; then the convex phase-1 optimum is the safer
     model. A run recorded before the paired gain compares the mean losses."""
-    trained = [k for k, p in phases.items() if p.get("epochs")]
-    if "2" in trained and "1" in trained:
-        gain = phases["2"].get("val_gain")
+    trained = trained_phases(phases)
+    if 2 in trained and 1 in trained:
+        gain = phases[2].val_gain
         if gain is None:
-            return "2" if phases["2"]["best_val_loss"] < phases["1"]["best_val_loss"] else "1"
-        return "2" if gain["mean"] > 0 and gain["z"] > min_z else "1"
+            return 2 if phases[2].best_val_loss < phases[1].best_val_loss else 1
+        return 2 if gain.mean > 0 and gain.z > min_z else 1
     return trained[-1]
 
 
-def keep_better_phase(run: TrainingRun, phases: dict[str, dict[str, Any]]) -> str:
+def keep_better_phase(run: TrainingRun, phases: Mapping[int, PhaseResult]) -> int:
     """Load the kept phase's weights (phase 1's when phase 2 did not beat it) and say so."""
     min_z = run.cfg.train.keep_min_z
     kept = kept_phase(phases, min_z)
-    if kept == "1" and "2" in phases and phases["2"].get("epochs"):
-        one, two = phases["1"]["best_val_loss"], phases["2"]["best_val_loss"]
-        gain = phases["2"].get("val_gain")
+    if kept == 1 and 2 in phases and phases[2].trained:
+        one, two = phases[1].best_val_loss, phases[2].best_val_loss
+        gain = phases[2].val_gain
         evidence = (
-            f"; per-image gain {gain['mean']:+.4f} ± {gain['se']:.4f}, z = {gain['z']:.2f}, "
+            f"; per-image gain {gain.mean:+.4f} ± {gain.se:.4f}, z = {gain.z:.2f}, "
             f"needs > {min_z:g} (train.keep_min_z)"
             if gain
             else ""
@@ -304,7 +318,7 @@ def run_phase(
     epochs: int,
     lr: float,
     xla: bool,
-) -> dict[str, Any]:
+) -> PhaseResult:
     """Train one phase to its best epoch (resuming from its backup), then load that
     epoch's weights; the phase's figures for state.json and summary.json."""
     cfg = run.cfg
@@ -315,7 +329,7 @@ def run_phase(
     callbacks = phase_callbacks(run, phase, lr, images_per_epoch, plateau=not cosine)
     history, best, stop = callbacks.history, callbacks.best, callbacks.stop
     backup_dir = run.backup_dir(phase)
-    resuming = (backup_dir / "training_metadata.json").is_file()
+    resuming = backup_saved(backup_dir)
     if resuming:
         print(f"Phase {phase}: resuming from its backup in {backup_dir}")
     with run.strategy.scope():
@@ -346,37 +360,37 @@ def run_phase(
         + ("; stopped early" if stop.stopped_epoch > 0 else "")
     )
     run.history.extend(rows)
-    return {
-        "method": "gradient",
-        "epochs": len(rows),
-        "best_epoch": best.best_epoch + 1,
-        "best_val_loss": best_row["val_loss"],
-        "best_val_accuracy": best_row["val_accuracy"],
-        "stopped_early": stop.stopped_epoch > 0,
-        "resumed": resuming,
-        "optimizer": type(model.optimizer).__name__,  # LossScaleOptimizer under float16
-        "learning_rate": lr,
-        "final_learning_rate": rows[-1]["learning_rate"],
-        "seconds": sum(r["seconds"] for r in rows),
-        "train_images_per_s": len(rows) * images_per_epoch / max(train_seconds, 1e-9),
-        "checkpoint": str(best.path),
-        "history": rows,
-    }
+    return PhaseResult(
+        method="gradient",
+        epochs=len(rows),
+        best_epoch=best.best_epoch + 1,
+        best_val_loss=best_row["val_loss"],
+        best_val_accuracy=best_row["val_accuracy"],
+        stopped_early=stop.stopped_epoch > 0,
+        resumed=resuming,
+        optimizer=type(model.optimizer).__name__,  # LossScaleOptimizer under float16
+        learning_rate=lr,
+        final_learning_rate=rows[-1]["learning_rate"],
+        seconds=sum(r["seconds"] for r in rows),
+        train_images_per_s=len(rows) * images_per_epoch / max(train_seconds, 1e-9),
+        checkpoint=str(best.path),
+        history=rows,
+    )
 
 
 # ----------------------------------------------------------------------------- resuming
 
 
-def record_phase(run: TrainingRun, phase: int, result: dict[str, Any]) -> dict[str, Any]:
+def record_phase(run: TrainingRun, phase: int, result: PhaseResult) -> PhaseResult:
     """Mark the phase finished, then drop its backup (in this order: a kill in between
     leaves a finished phase, never a phase to redo from scratch)."""
-    run.state["phases"][str(phase)] = result
-    write_json(run.work_dir / STATE_FILE, run.state)
+    run.state.phases[phase] = result
+    write_state(run.work_dir, run.state)
     shutil.rmtree(run.backup_dir(phase), ignore_errors=True)
     return result
 
 
-def restore_finished_phase(run: TrainingRun, phase: int, done: dict[str, Any]) -> None:
+def restore_finished_phase(run: TrainingRun, phase: int, done: PhaseResult) -> None:
     """A resumed run skips a finished phase: its best weights and history come back."""
     path = run.checkpoint_path(phase)
     if not path.is_file():
@@ -385,8 +399,8 @@ def restore_finished_phase(run: TrainingRun, phase: int, done: dict[str, Any]) -
             "delete the run folder to start it again"
         )
     run.classifier.load_weights(path)
-    run.history.extend(done["history"])
+    run.history.extend(done.history or [])
     print(
-        f"Phase {phase} finished earlier (best epoch {done['best_epoch']}); its best weights "
+        f"Phase {phase} finished earlier (best epoch {done.best_epoch}); its best weights "
         "are loaded"
     )

@@ -144,9 +144,9 @@ def _train(cfg: Config, strategy: tf.distribute.Strategy, rss_before: int | None
         state=read_state(work_dir),
         rss_before=rss_before,
     )
-    phases = {"1": phase_one(run, xla)}
+    phases = {1: phase_one(run, xla)}
     if backbone.pretrained and cfg.train.fine_tune_epochs > 0:
-        phases["2"] = phase_two(run, xla)
+        phases[2] = phase_two(run, xla)
     kept = keep_better_phase(run, phases)
     return finish(run, phases, kept, precision, xla, time.perf_counter() - started, resumed)
 
