@@ -149,12 +149,32 @@ def test_realistic_training_adds_gradients_optimizer_and_mixed_precision():
     fp32 = realistic_training(rows, 50, "float32", optimizer_slots=2, overhead=1.0)
     assert fp32["weights"] == fp32["gradients"] == 3_613_600
     assert fp32["optimizer"] == 2 * 3_613_600  # Adam: two values per trainable parameter
-    assert fp32["per_image"] == 3_930_000 * 4
+    pipeline = 2 * 180_000 * 4  # two float32 input batches buffered by the input pipeline
+    assert fp32["input_pipeline"] == pipeline
+    assert fp32["per_image"] == 3_930_000 * 4 + pipeline
     mixed = realistic_training(rows, 50, "mixed_float16", optimizer_slots=2, overhead=1.0)
-    assert mixed["per_image"] == fp32["per_image"] // 2  # float16 activations
+    assert mixed["per_image"] == 3_930_000 * 2 + pipeline  # float16 activations, float32 input
     assert mixed["weights"] == fp32["weights"]  # float32 master weights
     assert mixed["weight_copies"] == 903_400 * 2
-    assert realistic_training(rows, 50, overhead=1.5)["per_image"] == 3_930_000 * 6
+    assert realistic_training(rows, 50, overhead=1.5)["per_image"] == 1.5 * fp32["per_image"]
+
+
+def test_elementwise_layers_write_over_their_buffers():
+    # conv (trainable: keeps the image) -> relu. Forward, relu writes over the conv output;
+    # backward, relu's input gradient over its output gradient.
+    chain = parse_layers("10x10x1", "conv3x3:4,relu")
+    peak = training_peak(chain)
+    assert peak["forward_values"] == 100 + 400  # not 100 + 400 + 400
+    assert peak["backward_values"] == 100 + 400 + 400  # relu output kept + one gradient
+    # A training-mode BatchNorm's backward holds three full-size temporaries besides its
+    # kept input and output gradient (the image needs no gradient); in inference mode it is
+    # elementwise.
+    bn = keras.Sequential([keras.Input((8, 8, 2)), keras.layers.BatchNormalization()])
+    rows = layers_from_model(bn)
+    assert (rows[1].inplace, rows[1].workspace) == (False, 3 * 128)
+    assert training_peak(rows)["backward_values"] == 128 + 128 + 3 * 128
+    bn.trainable = False
+    assert layers_from_model(bn)[1].inplace
 
 
 def test_unknown_layer_token_lists_the_valid_forms():

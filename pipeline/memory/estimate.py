@@ -8,10 +8,11 @@ forward's worth for the input gradient and, if it trains, one more for the weigh
 Two training figures, on purpose. The *textbook minimum* keeps every layer's output for
 every image of the batch, plus the input batch and the parameters (the classic exercise's
 answer). The *realistic* figure keeps only what the backward pass of the trainable layers
-reads, simulated tensor by tensor (``pipeline.memory.liveness``), adds float32 gradients and
-optimizer state for the trainable parameters, and multiplies the per-image part by
-``CPU_OVERHEAD``. ``estimate_layers`` gathers everything about one network into the dict
-the ``memory`` stage renders and writes.
+reads, simulated tensor by tensor (``pipeline.memory.liveness``), adds the input pipeline's
+buffered batches, float32 gradients and optimizer state for the trainable parameters, and
+multiplies the per-image part by ``CPU_OVERHEAD`` (1: nothing left unmodelled).
+``estimate_layers`` gathers everything about one network into the dict the ``memory``
+stage renders and writes.
 """
 
 from __future__ import annotations
@@ -31,17 +32,17 @@ from pipeline.memory.spec import Layer
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 MASTER_BYTES = 4  # weights, gradients and optimizer state stay float32 under mixed precision
-# Framework workspace on top of the simulated per-image tensors: allocator rounding, oneDNN
-# scratch and layout copies, gradient temporaries, and tensors kept alive longer because the
-# executor runs independent ops in parallel. Measured with `make bench-memory` on this
-# project's CPU machine (TensorFlow 2.21, 2 cores): the slope of peak RSS against batch size
-# (one process per batch, 4 to 64) divided by the simulated per-image bytes was 1.53
-# (InceptionV3, 128 px, phase 2), 1.24 (InceptionV3, 128 px, every layer training) and 1.20
-# (small CNN, 64 px); this is their geometric mean. A second, independent run gave 1.40,
-# 1.59 and 1.28: with this constant the estimate was off by -6%, -17% and +3% per image
-# (benchmarks/results/memory.json). GPUs (cuDNN workspace) may differ: measure there
-# (`make bench-memory` uses the GPU's peak) and set memory.overhead.
-CPU_OVERHEAD = 1.32
+# What TensorFlow's allocator holds is the simulated tensors themselves: elementwise layers
+# write over their input or gradient buffers, and training-mode BatchNorm's backward
+# temporaries are simulated (``pipeline.memory.keras_graph``), so no multiplier is left for
+# the tensors. `make bench-memory` checks this against the allocator's peak. Resident memory
+# on a CPU is larger and less repeatable (glibc keeps freed blocks in per-thread arenas):
+# budget resident memory with memory.overhead > 1.
+CPU_OVERHEAD = 1.0
+# float32 batches the input pipeline holds beside the one training: the prefetched batch and
+# the one its parallel map is producing (tf.data's AUTOTUNE can hold more on many cores).
+PIPELINE_BATCHES = 2
+INPUT_BYTES = 4  # the pipeline's images are float32 whatever the training precision
 REMEDY_SIDE_STEP = 32  # smaller-input remedy: image sides are tried in steps of this
 DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
 
@@ -65,10 +66,12 @@ def realistic_training(
     precision: str = "float32",
     optimizer_slots: int = 2,
     overhead: float = CPU_OVERHEAD,
+    pipeline_batches: int = PIPELINE_BATCHES,
 ) -> dict[str, Any]:
     """fixed + batch x per_image: float32 weights, gradients and optimizer slots for the
-    trainable part, float16 weight copies under mixed precision, and the simulated per-image
-    peak (half-size values under mixed precision) times the framework overhead."""
+    trainable part, float16 weight copies under mixed precision, and per image the simulated
+    peak (half-size values under mixed precision) plus the input pipeline's buffered float32
+    batches, times the framework overhead."""
     params = sum(r.params for r in layers)
     trainable = sum(r.trainable for r in layers)
     mixed = precision.startswith("mixed")
@@ -79,11 +82,13 @@ def realistic_training(
         "gradients": trainable * MASTER_BYTES,
         "optimizer": trainable * optimizer_slots * MASTER_BYTES,
     }
-    per_image = math.ceil(peak["values"] * (2 if mixed else 4) * overhead)
+    pipeline = layers[0].size * INPUT_BYTES * pipeline_batches
+    per_image = math.ceil((peak["values"] * (2 if mixed else 4) + pipeline) * overhead)
     return {
         **fixed,
         "fixed": sum(fixed.values()),
         "per_image": per_image,
+        "input_pipeline": pipeline,
         "activations": batch * per_image,
         "total": sum(fixed.values()) + batch * per_image,
         "batch": batch,

@@ -132,9 +132,45 @@ def _keras_row(
     params = count(getattr(op, "weights", []))
     trainable = 0 if frozen else count(getattr(op, "trainable_weights", []))
     macs, flops, saves, internal = _keras_costs(op, in_shapes, shape, trainable, inference)
+    inplace, workspace = _backward_buffers(op, math.prod(shape), trainable, inference)
     return Layer(
-        op.name, type(op).__name__, shape, sources, params, trainable, macs, flops, saves, internal
+        op.name,
+        type(op).__name__,
+        shape,
+        sources,
+        params,
+        trainable,
+        macs,
+        flops,
+        saves,
+        internal,
+        inplace=inplace,
+        workspace=workspace,
     )
+
+
+def _backward_buffers(op: Any, out: int, trainable: int, inference: bool) -> tuple[bool, int]:
+    """(input gradient written over the output gradient?, backward temporaries in values).
+
+    Elementwise gradients (ReLU, inference BatchNorm's scale, a dropout mask) reuse their
+    output gradient's buffer in TensorFlow. A training-mode BatchNorm is not fused in Keras 3:
+    its input gradient sums three paths (the scale, the mean, the variance), each a
+    full-size tensor (the gradient times the scale, and the two broadcast statistics
+    gradients) beside the output and input gradients.
+    """
+    name = type(op).__name__
+    classes = {c.__name__ for c in type(op).__mro__}
+    if "BatchNormalization" in classes:
+        training = trainable > 0 and not inference
+        return (False, 3 * out) if training else (True, 0)
+    if name == "ReLU":
+        return True, 0
+    if name == "Activation":
+        act = getattr(getattr(op, "activation", None), "__name__", "linear")
+        return act in _OUTPUT_GRAD_ACTIVATIONS or act == "linear", 0
+    if name == "Dropout":
+        return not inference and op.noise_shape is None, 0
+    return False, 0
 
 
 def _activation_saves(name: str, size: int) -> tuple[tuple[str, ...], int]:

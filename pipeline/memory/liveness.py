@@ -30,7 +30,8 @@ def _last_readers(layers: list[Layer]) -> list[int]:
 def _forward(
     layers: list[Layer], kept: set[int], kept_internal: set[int]
 ) -> tuple[int, list[int], dict[int, int]]:
-    """Run the rows in order, freeing each tensor after its last reader unless it is kept.
+    """Run the rows in order, freeing each tensor after its last reader unless it is kept
+    (an elementwise row writes over its input's buffer when that input dies there).
 
     Returns the peak in values, the rows alive at the peak, and what is alive at the end.
     """
@@ -40,6 +41,9 @@ def _forward(
     for i, row in enumerate(layers[1:], start=1):
         alive[i] = row.size
         now = sum(alive.values()) + row.internal
+        (j,) = row.inputs if len(row.inputs) == 1 else (None,)
+        if row.inplace and j is not None and last[j] == i and j not in kept and j in alive:
+            now -= alive[j]  # an elementwise op writes over an input that dies here
         if now > peak:
             peak, at_peak = now, sorted(k for k in alive if k >= 0)
         for j in {*row.inputs, i}:  # i itself when nothing reads it
@@ -90,7 +94,9 @@ def training_peak(layers: list[Layer]) -> dict[str, Any]:
 
     Forward: tensors the backward pass reads stay alive. Backward, in reverse order: a
     gradient the size of each tensor a gradient flows into appears at its first consumer and
-    is freed at its producer; kept tensors are freed after their earliest reader.
+    is freed at its producer (an elementwise layer's reuses its output gradient's buffer);
+    a layer's backward temporaries (``workspace``) live while it runs; kept tensors are
+    freed after their earliest reader.
     """
     needs, kept, internal = _backward_plan(layers)
     fwd, fwd_rows, alive = _forward(layers, set(kept), internal)
@@ -102,10 +108,14 @@ def training_peak(layers: list[Layer]) -> dict[str, Any]:
     for i in reversed(range(1, len(layers))):
         if not needs[i]:
             continue
-        for j in layers[i].inputs:
+        row = layers[i]
+        reused = row.inplace and len(row.inputs) == 1 and i in grads
+        for j in row.inputs:
             if needs[j] and j not in grads:
                 grads[j] = layers[j].size
-        bwd = max(bwd, sum(alive.values()) + sum(grads.values()))
+        # An in-place gradient takes over its output gradient's buffer: never both at once.
+        held = sum(grads.values()) - (grads[i] if reused else 0)
+        bwd = max(bwd, sum(alive.values()) + held + row.workspace)
         grads.pop(i, None)
         alive.pop(-i, None)
         for t in [t for t, first in kept.items() if first == i]:

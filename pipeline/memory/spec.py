@@ -62,6 +62,10 @@ class Layer:
     flops: int = 0  # per image, forward: 2 per multiply-add + 1 per elementwise op
     saves: tuple[str, ...] = ()  # SAVES_* flags: what its backward pass reads
     internal: int = 0  # values made inside the layer that its backward reads (pre-activation)
+    # Elementwise backward (ReLU, inference BatchNorm, dropout): TensorFlow's kernel writes
+    # the input gradient into the output gradient's buffer, so it costs no new tensor.
+    inplace: bool = False
+    workspace: int = 0  # temporaries its backward allocates beside its gradients
     working: str = ""  # the arithmetic behind shape and params, printed for students
 
     @property
@@ -131,6 +135,7 @@ def _parse_token(token: str, shape: tuple[int, ...]) -> tuple[str, dict]:
             "shape": shape,
             "flops": n,
             "saves": (SAVES_OUTPUT,),
+            "inplace": True,
             "working": "shape unchanged",
         }
     if token == "flatten":
