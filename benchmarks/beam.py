@@ -13,7 +13,7 @@ run on 50 photos gives Beam's fixed cost (starting the workers, staging, merging
 per-worker rate excludes it. The DirectRunner runs on this machine only: it shows the
 per-worker rate a cluster runner (Dataflow, Flink, Spark) would multiply, and the fixed
 cost it adds, not a speed-up. With ``--run``, the predict stage the same way on
-``--predict-count`` photos: `make predict` (``pipeline.predict.predict``) against
+``--predict-count`` photos: `make predict` (``pipeline.predict.stage.predict``) against
 ``python -m pipeline.beam predict``, whose fixed cost includes every worker's TensorFlow
 start and model load. Prints a table and writes benchmarks/results/beam.json.
 """
@@ -79,7 +79,7 @@ def beam_check(folder: Path, work: Path, workers: int) -> float:
 def predict_seconds(folder: Path, run: Path, work: Path, workers: int) -> float:
     """Seconds for make predict (workers 0) or its Beam pipeline (workers > 0)."""
     from pipeline.beam.predict import run_predict
-    from pipeline.predict import predict
+    from pipeline.predict.stage import predict
 
     out = work / f"predictions-{workers}-{folder.name}.csv"
     cfg = load_config(None, [f"predict.input={folder}", f"eval.run={run}", f"predict.output={out}"])

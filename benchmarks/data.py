@@ -100,8 +100,8 @@ FIGURES = """
 import json, sys
 from pathlib import Path
 from pipeline.config import load_config
-from pipeline.data_reports import draw_data_reports
-from pipeline.manifest import load_split, read_classes
+from pipeline.data.reports import draw_data_reports
+from pipeline.data.manifest import load_split, read_classes
 folder, reports = Path(sys.argv[1]), Path(sys.argv[2])
 counts = json.loads((folder / "summary.json").read_text())["counts"]
 rows, classes = load_split(folder, "train"), read_classes(folder / "classes.json")

@@ -35,14 +35,14 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from pipeline.backbones import get_backbone, preprocess  # noqa: E402
-from pipeline.classifier import load_classifier  # noqa: E402
 from pipeline.config import load_config, with_overrides  # noqa: E402
-from pipeline.evaluate import scored_rows  # noqa: E402
-from pipeline.export import export  # noqa: E402
-from pipeline.export_scores import speed  # noqa: E402
+from pipeline.evaluate.stage import scored_rows  # noqa: E402
+from pipeline.export.scores import speed  # noqa: E402
+from pipeline.export.stage import export  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
 from pipeline.inputs import build_eval_dataset  # noqa: E402
-from pipeline.tflite import TFLiteModel, cpu_threads  # noqa: E402
+from pipeline.predict.classifier import load_classifier  # noqa: E402
+from pipeline.predict.tflite import TFLiteModel, cpu_threads  # noqa: E402
 from pipeline.training import train  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "export.json"

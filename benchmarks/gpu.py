@@ -245,9 +245,9 @@ def input_rate(setup: dict[str, Any], seconds: float) -> dict:
     """Images/s of the train stage's input pipeline on real photos (CPU work only)."""
     import tensorflow as tf
 
+    from pipeline.data.manifest import ManifestRow
     from pipeline.images import check_images, iter_files
     from pipeline.inputs import build_train_dataset
-    from pipeline.manifest import ManifestRow
 
     folder = setup["photos"]
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())

@@ -33,10 +33,10 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipeline.config import load_config, with_overrides  # noqa: E402
-from pipeline.data import prepare_data  # noqa: E402
-from pipeline.image_cache import build_image_cache, cached_rows  # noqa: E402
+from pipeline.data.image_cache import build_image_cache, cached_rows  # noqa: E402
+from pipeline.data.manifest import load_split  # noqa: E402
+from pipeline.data.stage import prepare_data  # noqa: E402
 from pipeline.inputs import build_eval_dataset, build_train_dataset  # noqa: E402
-from pipeline.manifest import load_split  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "input_pipeline.json"
 

@@ -29,7 +29,7 @@ from scipy.stats import binomtest  # noqa: E402
 
 from pipeline.config import load_config, with_overrides  # noqa: E402
 from pipeline.experiment import mean_ci  # noqa: E402
-from pipeline.export import export  # noqa: E402
+from pipeline.export.stage import export  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
 from pipeline.runs import CONFIG_FILE  # noqa: E402
 

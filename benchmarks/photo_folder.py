@@ -9,7 +9,8 @@ intel-mini's labelled scenes), cropped a little, resized to a shorter side drawn
 a name: flowers-mini's photos carry flowers-2k names). Each copy's bytes differ (so the data
 stage's duplicate check does not drop them) and decoding costs what a small real photo costs.
 The folder is made once per (count, seed, naming) and reused: ``<dest>/.complete`` records
-them (a folder made under the old ``<stem>-<copy>`` naming held 18,000 files for 20,000).
+them, so that a folder made under other settings (whose names may collide, leaving fewer
+files than asked for) is never taken for this one.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ small --train-folder: speed does not depend on accuracy), then measures, in one 
   decode    the predict stream without the model (header check + tf.data decode)
   naive     for each file: PIL load, centre crop, resize, preprocess, model(1 image)
   batches   the forward rate at several batch sizes (the default's reason)
-Prints a table and writes benchmarks/results/predict.json (the README's table).
+Prints a table and writes benchmarks/results/predict.json (its table:
+benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def predict_cfg(run_dir: Path, folder: Path, output: Path, batch: int = 0):
 
 def child(run_dir: Path, folder: Path, output: Path) -> None:
     """Run the predict stage here and print one JSON line: what it did, how fast, peak RSS."""
-    from pipeline.predict import predict
+    from pipeline.predict.stage import predict
 
     start = time.perf_counter()
     result = predict(predict_cfg(run_dir, folder, output))
@@ -118,9 +119,9 @@ def _lines(path: Path) -> int:
 
 def ready_batch(clf, paths: list[Path], batch: int) -> np.ndarray:
     """``batch`` preprocessed evaluation crops, decoded once, kept in memory."""
-    from pipeline.classifier import rows_from_checks
     from pipeline.images import check_images
     from pipeline.inputs import build_eval_dataset
+    from pipeline.predict.classifier import rows_from_checks
 
     rows = rows_from_checks(check_images(paths[:batch], progress=False))
     ds = build_eval_dataset(rows, clf.cfg, batch_size=batch)
@@ -144,9 +145,9 @@ def paired(clf, paths: list[Path], x: np.ndarray, pairs: int, count: int, work: 
     that their ratio holds even when the load changes during the run. The stream is
     predict's own (classify_stream, rows fsync'd to a partial file), in this process.
     """
-    from pipeline.classifier import top_k_columns
-    from pipeline.partial import PartialRows
-    from pipeline.predict_stream import classify_stream
+    from pipeline.predict.classifier import top_k_columns
+    from pipeline.predict.partial import PartialRows
+    from pipeline.predict.stream import classify_stream
 
     k = min(3, len(clf.labels))
     header = ["path", "status", "predicted", "probability", *top_k_columns(k), "reason"]
@@ -171,7 +172,7 @@ def paired(clf, paths: list[Path], x: np.ndarray, pairs: int, count: int, work: 
 
 def decode_rate(clf, paths: list[Path], batch: int) -> float:
     """Images/s of the predict stream without the model (header pass included)."""
-    from pipeline.predict_stream import check_headers, decode_dataset
+    from pipeline.predict.stream import check_headers, decode_dataset
 
     todo = bytearray(b"\x01") * len(paths)
     cfg = clf.cfg
@@ -253,7 +254,7 @@ def main() -> None:
         if not folder.is_dir():
             sys.exit(f"{folder}: no such folder (benchmarks/photo_folder.py makes --folder)")
 
-    from pipeline.classifier import load_classifier
+    from pipeline.predict.classifier import load_classifier
 
     work = Path(tempfile.mkdtemp(prefix="bench-predict-"))
     run_dir = train_run(work, args.train_folder, args.size)

@@ -11,10 +11,10 @@ on the run's own test split:
   recipe     the kept model's test accuracy (summary.json, as make evaluate scores it)
   baseline   the frozen-feature logistic regression the run fitted itself (C chosen on
              validation): what the photos give without fine-tuning
-  probe C=1  the issue's reference: scikit-learn's LogisticRegression(C=1) on the raw
+  probe C=1  a common reference: scikit-learn's LogisticRegression(C=1) on the raw
              pooled features of all training photos (the run's cached features)
   any gain   the kept model under train.keep_min_z=0: phase 2 kept on any mean
-             validation-loss gain (the rule before the paired one)
+             validation-loss gain (what the paired rule guards against)
   flip       the run's kept model (the any-gain one) with test-time flip averaging
              (input.tta=flip), and how much longer its pass over the test photos takes
 Each run trains with train.keep_min_z=0, so phase 2's model is scored on test whenever it
@@ -43,12 +43,12 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from pipeline.classifier import load_classifier  # noqa: E402
 from pipeline.config import Config  # noqa: E402
-from pipeline.evaluate import scored_rows  # noqa: E402
+from pipeline.data.manifest import load_split  # noqa: E402
+from pipeline.evaluate.stage import scored_rows  # noqa: E402
 from pipeline.experiment import mean_ci  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
-from pipeline.manifest import load_split  # noqa: E402
+from pipeline.predict.classifier import load_classifier  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "recipe.json"
 SHARED = REPO.parent / "shared"

@@ -48,7 +48,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline.classifier import load_classifier  # noqa: E402
 from pipeline.config import (  # noqa: E402
     Config,
     load_config,
@@ -56,13 +55,14 @@ from pipeline.config import (  # noqa: E402
     read_config_file,
     with_overrides,
 )
-from pipeline.data import prepare_data  # noqa: E402
-from pipeline.evaluate import scored_rows  # noqa: E402
+from pipeline.data.manifest import load_split, read_classes  # noqa: E402
+from pipeline.data.stage import prepare_data  # noqa: E402
+from pipeline.evaluate.stage import scored_rows  # noqa: E402
 from pipeline.experiment import mean_ci  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
-from pipeline.manifest import load_split, read_classes  # noqa: E402
 from pipeline.memory import estimate_for_run  # noqa: E402
 from pipeline.model import build_classifier, freeze_for_phase, training_forward  # noqa: E402
+from pipeline.predict.classifier import load_classifier  # noqa: E402
 from pipeline.recipes import configs_dir  # noqa: E402
 from pipeline.training import train  # noqa: E402
 from pipeline.training.features import extract_features  # noqa: E402

@@ -16,7 +16,7 @@ from pipeline.quiet import configure_tensorflow_logging, import_tensorflow_quiet
 
 
 def _run_data(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.data import prepare_data
+    from pipeline.data.stage import prepare_data
 
     prepare_data(cfg)
 
@@ -74,19 +74,19 @@ def _run_train(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _run_evaluate(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.stage import evaluate
 
     evaluate(cfg)
 
 
 def _run_predict(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.predict import predict
+    from pipeline.predict.stage import predict
 
     predict(cfg)
 
 
 def _run_export(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.export import export
+    from pipeline.export.stage import export
 
     export(cfg)
 
@@ -120,7 +120,7 @@ def _experiment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_clean(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.clean import clean
+    from pipeline.clean.stage import clean
 
     clean(cfg)
 
@@ -191,7 +191,7 @@ PREPARE: dict[str, Callable[[Config], Config]] = {"experiment": _apply_preset}
 
 # Stages that do not import TensorFlow up front (nothing to keep quiet, nothing to wait
 # for): config and clean never do; data only to draw its sample grid, and then itself,
-# quietly (pipeline.data_reports): a rerun with nothing changed never waits for it.
+# quietly (pipeline.data.reports): a rerun with nothing changed never waits for it.
 WITHOUT_TENSORFLOW = frozenset({"config", "clean", "data"})
 
 
@@ -205,21 +205,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (help_text, _, add_arguments) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON config file")
-        p.add_argument(
-            "--verbose",
-            action="store_true",
-            help="show TensorFlow's start-up and C++ log lines (hidden by default)",
-        )
         if add_arguments is not None:
             add_arguments(p)
-        p.add_argument(
-            "overrides",
-            nargs="*",
-            metavar="section.key=value",
-            help="override any option; valid names: " + ", ".join(valid_keys()),
-        )
+        add_config_arguments(p)
     return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config, --verbose and the overrides: the same on every command line."""
+    parser.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON config file")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's start-up and C++ log lines (hidden by default)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="override any option; valid names: " + ", ".join(valid_keys()),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

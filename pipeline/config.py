@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,7 +25,23 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 from pipeline.recipes import config_path
-from pipeline.validation import ConfigError, check_config
+from pipeline.validation import ConfigError, check_config, literal_choices
+
+# The resolved configuration, written next to every output (a data set, a run, a report).
+CONFIG_FILE = "config.json"
+
+
+# Allowed values of the options that take a word: declared once, here, as types. Validation
+# (pipeline.validation) and the README's option table read them from the annotations.
+Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+Strategy = Literal["auto", "default", "mirrored", "multi_worker"]
+ClassWeights = Literal["auto", "on", "off"]
+HeadFit = Literal["exact", "gradient"]
+Schedule = Literal["cosine", "plateau"]
+Tta = Literal["none", "flip"]
+EvalSplit = Literal["test", "val"]
+# "all" is the three TFLite variants; "tflite" is float32.
+ExportFormat = Literal["all", "tflite", "tflite-fp16", "tflite-int8", "saved_model"]
 
 
 @dataclass
@@ -40,41 +57,41 @@ class DataConfig:
     val_fraction: float = 0.15  # probability that an image lands in validation
     test_fraction: float = 0.15  # ... in test (ignored when the source has its own test set)
     split_seed: int = 42  # changes every image's split; keep it fixed across experiments
-    min_side: int = 32  # images with a shorter side below this are skipped (too small to crop)
-    max_pixels: int = 178_956_970  # larger images are skipped as decompression bombs (PIL x2)
+    min_side: int = 32  # images with a shorter side below this are skipped
+    max_pixels: int = 178_956_970  # larger images are skipped as decompression bombs
     small_class_warning: int = 100  # warn when a class has fewer images than this
     workers: int = 0  # processes that check images; 0 = one per CPU core
-    cache_size: int = 0  # >0: build a cache of decoded images with this shorter side (342 fits 299)
-    recheck: bool = False  # check every file again instead of reusing data/<dataset>/checks.jsonl
+    cache_size: int = 0  # >0: a cache of decoded images with this shorter side (342 fits 299)
+    recheck: bool = False  # check every file again instead of reusing checks.jsonl
 
 
 @dataclass
 class InputConfig:
-    image_size: int = 0  # square side the model sees; 0 = the backbone's own (InceptionV3 299)
-    batch_size: int = 32  # per replica; the global batch is this x the number of replicas
+    image_size: int = 0  # square side the model sees; 0 = the backbone's own
+    batch_size: int = 32  # per replica; the global batch is this x the replicas
     crop_area_min: float = 0.25  # random resized crop: smallest fraction of the image kept
     crop_aspect_min: float = 0.75  # ... aspect-ratio range [min, 1/min]
-    eval_crop_fraction: float = 0.875  # evaluation: resize to size/fraction, then centre-crop
+    eval_crop_fraction: float = 0.875  # evaluation: resize to size/fraction, centre-crop
     flip: bool = True  # random horizontal flip
-    rotation: float = 0.0  # keras RandomRotation factor (fraction of a full turn); costly
-    zoom: float = 0.0  # keras RandomZoom factor; costly
-    contrast: float = 0.0  # keras RandomContrast factor
-    brightness: float = 0.0  # keras RandomBrightness factor
-    randaugment: bool = False  # keras RandAugment (2 ops, magnitude 0.2)
-    mixup: float = 0.0  # keras MixUp alpha; 0 = off
-    cutmix: float = 0.0  # keras CutMix alpha; 0 = off
+    rotation: float = 0.0  # Keras RandomRotation factor (fraction of a full turn); costly
+    zoom: float = 0.0  # Keras RandomZoom factor; costly
+    contrast: float = 0.0  # Keras RandomContrast factor
+    brightness: float = 0.0  # Keras RandomBrightness factor
+    randaugment: bool = False  # Keras RandAugment (2 ops, magnitude 0.2)
+    mixup: float = 0.0  # Keras MixUp alpha; 0 = off
+    cutmix: float = 0.0  # Keras CutMix alpha; 0 = off
     shuffle_buffer: int = 2048  # training shuffle buffer (elements are file paths: cheap)
-    deterministic: bool = True  # fixed element order in parallel maps (reproducible; cost ~0)
-    tta: str = "none"  # evaluate and predict: none | flip (average with the mirror image)
+    deterministic: bool = True  # fixed element order in parallel maps (reproducible)
+    tta: Tta = "none"  # evaluate and predict: flip averages with the mirror image
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "inception_v3"  # a name from pipeline.backbones.BACKBONES
+    backbone: str = "inception_v3"  # a name from the table in pipeline/backbones/
     weights: str = "imagenet"  # imagenet | none | /path/to/weights.h5
     alpha: float = 1.0  # width multiplier, MobileNet family only
     dropout: float = 0.2  # before the softmax head
-    fine_tune_after: str = ""  # last layer frozen in phase 2; later ones train; "" = default
+    fine_tune_after: str = ""  # last layer frozen in phase 2; "" = the backbone's own
     cnn_width: int = 32  # small_cnn: feature maps of the first block (doubling per block)
     cnn_blocks: int = 4  # small_cnn: conv-BN-ReLU-pool blocks
 
@@ -83,27 +100,27 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 42  # initialisation, shuffling, augmentation
     run_name: str = ""  # models/<run_name>/; "" = <dataset>-<backbone>-<timestamp>
-    head_fit: str = "exact"  # phase 1: exact (logistic regression, C chosen on val) | gradient
-    head_epochs: int = 10  # phase 1 with head_fit=gradient: frozen base, new head, Adam
-    head_lr: float = 1e-3
+    head_fit: HeadFit = "exact"  # phase 1: logistic regression (C chosen on val) or Adam
+    head_epochs: int = 10  # phase 1 with head_fit=gradient: frozen base, new head
+    head_lr: float = 1e-3  # phase 1 with head_fit=gradient: Adam's learning rate
     fine_tune_epochs: int = 10  # phase 2: top of the base unfrozen; 0 skips phase 2
     fine_tune_lr: float = 1e-4  # phase 2: the peak learning rate
-    fine_tune_schedule: str = "cosine"  # cosine (warm-up, then cosine decay) | plateau
+    fine_tune_schedule: Schedule = "cosine"  # phase 2: warm-up then cosine, or on plateau
     warmup_epochs: float = 1.0  # cosine: linear warm-up from 0 to fine_tune_lr
     # Phase 2 is kept only if its paired per-image val-loss gain over phase 1 is more than
     # this many standard errors (1.645: one-sided 95%); 0 keeps it on any gain.
-    keep_min_z: float = 1.645
+    keep_min_z: float = 1.645  # keep phase 2 when its paired val gain exceeds this z
     patience: int = 3  # early stopping on validation loss, best weights restored
-    lr_patience: int = 2  # plateau schedule: reduce the learning rate after this many flat epochs
-    lr_factor: float = 0.2
-    label_smoothing: float = 0.0
-    ema: float = 0.0  # momentum of a moving average of the weights, validated and kept; 0 = off
-    class_weights: str = "auto"  # auto (only when imbalanced) | on | off
-    cache_features: bool = True  # phase 1 without augmentation trains on cached base features
+    lr_patience: int = 2  # plateau schedule: epochs without gain before the rate drops
+    lr_factor: float = 0.2  # plateau schedule: factor the rate drops by
+    label_smoothing: float = 0.0  # label smoothing of the cross-entropy
+    ema: float = 0.0  # momentum of a moving average of the weights; 0 = off
+    class_weights: ClassWeights = "auto"  # auto weights classes only when imbalanced
+    cache_features: bool = True  # phase 1 without augmentation trains on cached features
     head_augment: bool = False  # augment in phase 1 (then features cannot be cached)
-    precision: str = "auto"  # auto (mixed_float16 on GPU) | float32 | mixed_[b]float16
+    precision: Precision = "auto"  # auto = mixed_float16 on a GPU, float32 elsewhere
     xla: bool = False  # jit_compile the training step
-    strategy: str = "auto"  # auto | default | mirrored | multi_worker
+    strategy: Strategy = "auto"  # auto = several machines > several GPUs > one device
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism
     tensorboard: bool = False  # write TensorBoard logs under the run folder
 
@@ -111,51 +128,47 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     run: str = ""  # models/<run>; "" = the latest run
-    split: str = "test"  # test | val
-    top_k: int = 5
+    split: EvalSplit = "test"  # the split evaluated
+    top_k: int = 5  # top-k accuracy reported
     gallery_size: int = 24  # worst mistakes shown
 
 
 @dataclass
 class PredictConfig:
     input: str = ""  # folder of images, searched recursively
-    output: str = "predictions.csv"
-    top_k: int = 3
-    sort_into: str = ""  # copy (never move) each image into <sort_into>/<predicted class>/
-    model: str = ""  # an exported models/<run>/export/*.tflite instead of the run's model.keras
+    output: str = "predictions.csv"  # the CSV written
+    top_k: int = 3  # classes per row
+    sort_into: str = ""  # copy (never move) each image into <sort_into>/<class>/
+    model: str = ""  # an exported models/<run>/export/*.tflite instead of model.keras
     batch_size: int = 0  # images per model call; 0 = the run's input.batch_size
 
 
 @dataclass
 class ExportConfig:
-    format: str = (
-        "all"  # all (the three TFLite files) | tflite | tflite-fp16 | tflite-int8 | saved_model
-    )
+    format: ExportFormat = "all"  # all = the three TFLite files; tflite is float32
     max_drop: float = 0.02  # warn when an export's test accuracy is this far below Keras's
     calibration_images: int = 200  # int8: training images that calibrate the quantisation
-    latency_images: int = 20  # CPU latency: batch 1 over this many images; batch 32, 3+ batches
+    latency_images: int = 20  # CPU latency: batch 1 over this many images
 
 
 @dataclass
 class MemoryConfig:
     budget: str = "16GiB"  # device memory to fit a training run into
     optimizer_slots: int = 2  # values per trainable parameter (Adam: 2)
-    overhead: float = 0.0  # framework workspace x per-image memory; 0 = measured CPU_OVERHEAD
-    throughput: str = ""  # FLOP/s for epoch times: 50T, 2.5e12, measure (timed here), "" = none
+    overhead: float = 0.0  # framework workspace x per-image memory; 0 = measured
+    throughput: str = ""  # FLOP/s for epoch times: 50T, 2.5e12, measure; "" = none
     epoch_images: int = 0  # images per epoch for the time estimate; 0 = count train.csv
 
 
 @dataclass
 class ExperimentConfig:
     name: str = ""  # reports/experiments/<name>/; "" = the preset's name, else required
-    grid: str = ""  # "section.key=v1,v2 section.key=v3,v4": every combination is a cell
+    grid: str = ""  # "section.key=v1,v2 section.key=v3": every combination is a cell
     repeats: int = 3  # runs per cell, seeds train.seed, train.seed+1, ...
-    preset: str = ""  # a sweep, pipeline/configs/presets/<preset>.toml (e.g. width); "" = none
-    threshold: float = 0.0  # smallest-first presets (width, depth): smallest model above this
+    preset: str = ""  # a sweep in pipeline/configs/presets/<preset>.toml; "" = none
+    threshold: float = 0.0  # smallest-first presets: the smallest model above this
     retry_failed: bool = False  # on resume, run failed runs again
-    results: str = (
-        ""  # summarise these results.csv files too (comma-separated), e.g. other machines
-    )
+    results: str = ""  # summarise these results.csv files too (comma-separated)
 
 
 @dataclass
@@ -184,8 +197,8 @@ class Config:
 
     def dataset_dir(self) -> Path:
         """Where this data set's manifests live: data/<dataset id>/, named by the source
-        itself (pipeline.provenance.dataset_id), never by a base name alone."""
-        from pipeline.provenance import dataset_id
+        itself (pipeline.data.provenance.dataset_id), never by a base name alone."""
+        from pipeline.data.provenance import dataset_id
 
         return Path(self.paths.data) / dataset_id(self.data.dataset)
 
@@ -223,6 +236,40 @@ def _field_types(section_cls: type) -> dict[str, Any]:
 def valid_keys() -> list[str]:
     """Every 'section.key' name an override may use."""
     return [f"{name}.{key}" for name, cls in _sections().items() for key in _field_types(cls)]
+
+
+def _field_help(section_cls: type) -> dict[str, str]:
+    """Each option's meaning: the comment on its line, since every default above sits on one
+    commented line."""
+    import inspect
+
+    found = (FIELD_LINE.match(line) for line in inspect.getsource(section_cls).splitlines())
+    return {m["name"]: m["help"] for m in found if m}
+
+
+FIELD_LINE = re.compile(r"^    (?P<name>\w+): [^=]+ = .*?  # (?P<help>.+)$")
+
+
+def options_markdown(make_variables: dict[str, str] | None = None) -> str:
+    """The README's option table, made from the sections above so that the two cannot
+    disagree (tests/test_config.py compares them); ``make_variables`` maps an option to the
+    Make variable that sets it (the Makefile's overrides)."""
+    make = make_variables or {}
+    lines = [
+        "| option | make | default | values | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, cls in _sections().items():
+        hints, helps = _field_types(cls), _field_help(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{name}.{f.name}"
+            allowed = literal_choices(hints[f.name])
+            values = " \\| ".join(allowed) if allowed else hints[f.name].__name__
+            variable = f"`{make[key]}`" if key in make else ""
+            help_text = helps[f.name].replace("|", "\\|")
+            default = json.dumps(f.default)
+            lines.append(f"| `{key}` | {variable} | `{default}` | {values} | {help_text} |")
+    return "\n".join(lines)
 
 
 def _coerce(key: str, raw: Any, annotation: Any) -> Any:

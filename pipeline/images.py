@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import DataConfig
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp"})
 # PIL format names we accept (MPO: multi-picture JPEG written by many cameras).
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
@@ -33,7 +35,7 @@ DECODE_TF = "tf"  # tf.io.decode_image: PNG/WebP that need no conversion
 DECODE_PIL = "pil"  # load_rgb: anything TensorFlow would decode differently
 
 # Bump whenever check_image's outcome for a given file can change (new reason, format,
-# decoder rule...): `make data` then drops its remembered checks (pipeline/check_cache.py).
+# decoder rule...): `make data` then drops its remembered checks (pipeline/data/check_cache.py).
 CHECK_VERSION = 1
 
 
@@ -134,17 +136,25 @@ def _choose_decoder(img) -> str:
     return DECODE_PIL
 
 
-def check_image(path: str | Path, min_side: int = 32, max_pixels: int = 178_956_970) -> ImageCheck:
-    """Decode a file fully once and say whether it is usable, and why not."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
+def _start_check(path: Path) -> tuple[ImageCheck, Callable[[str], ImageCheck]]:
+    """An empty check of ``path`` and the function that marks it skipped with a reason."""
     result = ImageCheck(path=str(path))
 
     def skip(reason: str) -> ImageCheck:
         result.status, result.reason = "skipped", reason
         return result
 
+    return result, skip
+
+
+def check_image(
+    path: str | Path, min_side: int = DataConfig.min_side, max_pixels: int = DataConfig.max_pixels
+) -> ImageCheck:
+    """Decode a file fully once and say whether it is usable, and why not."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    result, skip = _start_check(path)
     if not has_image_extension(path):
         return skip(f"unsupported extension {path.suffix or '(none)'}")
     try:
@@ -192,7 +202,7 @@ _JPEG_END = b"\xff\xd9"
 
 
 def inspect_image(
-    path: str | Path, min_side: int = 32, max_pixels: int = 178_956_970
+    path: str | Path, min_side: int = DataConfig.min_side, max_pixels: int = DataConfig.max_pixels
 ) -> ImageCheck:
     """check_image without the full decode, for files decoded right after (make predict).
 
@@ -206,12 +216,7 @@ def inspect_image(
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    result = ImageCheck(path=str(path))
-
-    def skip(reason: str) -> ImageCheck:
-        result.status, result.reason = "skipped", reason
-        return result
-
+    result, skip = _start_check(path)
     if not has_image_extension(path):
         return skip(f"unsupported extension {path.suffix or '(none)'}")
     Image.MAX_IMAGE_PIXELS = None  # our own limit below
@@ -253,8 +258,8 @@ def _check_one(args: tuple[str, int, int]) -> ImageCheck:
 
 def check_images(
     paths: Iterable[str | Path],
-    min_side: int = 32,
-    max_pixels: int = 178_956_970,
+    min_side: int = DataConfig.min_side,
+    max_pixels: int = DataConfig.max_pixels,
     workers: int = 0,
     progress: bool = True,
     desc: str = "Checking images",

@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from pipeline.backbones import Backbone, check_input_size, get_backbone, preprocess
 from pipeline.config import Config
+from pipeline.data.manifest import ManifestRow
 from pipeline.images import DECODE_JPEG, DECODE_PIL, load_rgb
-from pipeline.manifest import ManifestRow
 
 AUTOTUNE = tf.data.AUTOTUNE
 

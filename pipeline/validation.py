@@ -8,8 +8,10 @@ else), so that this module needs nothing from ``pipeline.config`` at run time.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import TYPE_CHECKING
+import typing
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # annotations only: config imports this module
     from pipeline.config import (
@@ -20,10 +22,6 @@ if TYPE_CHECKING:  # annotations only: config imports this module
         ModelConfig,
         TrainConfig,
     )
-
-
-# export.format: "all" is the three TFLite variants; "tflite" is float32.
-EXPORT_FORMATS = ("all", "tflite", "tflite-fp16", "tflite-int8", "saved_model")
 
 
 class ConfigError(ValueError):
@@ -75,19 +73,7 @@ def check_config(cfg: Config) -> None:
     _validate_input(i)
     _validate_model(cfg.model)
     _validate_train(t)
-    choices = {
-        "train.precision": (t.precision, ("auto", "float32", "mixed_float16", "mixed_bfloat16")),
-        "train.strategy": (t.strategy, ("auto", "default", "mirrored", "multi_worker")),
-        "train.class_weights": (t.class_weights, ("auto", "on", "off")),
-        "train.head_fit": (t.head_fit, ("exact", "gradient")),
-        "train.fine_tune_schedule": (t.fine_tune_schedule, ("cosine", "plateau")),
-        "input.tta": (i.tta, ("none", "flip")),
-        "eval.split": (cfg.eval.split, ("test", "val")),
-        "export.format": (cfg.export.format, EXPORT_FORMATS),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}. Received: {value!r}")
+    _check_choices(cfg)
     if cfg.experiment.repeats < 1:
         raise ConfigError(
             f"experiment.repeats must be at least 1. Received: {cfg.experiment.repeats}"
@@ -113,6 +99,24 @@ def check_config(cfg: Config) -> None:
             "for the run's own model give RUN=<run> instead"
         )
     _validate_memory(cfg.memory)
+
+
+def literal_choices(annotation: Any) -> tuple[str, ...]:
+    """The allowed values of an option declared as ``Literal[...]``; () for any other type."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
+
+
+def _check_choices(cfg: Config) -> None:
+    """Every option typed ``Literal[...]`` in pipeline.config holds one of its values."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for key, annotation in typing.get_type_hints(type(values)).items():
+            allowed = literal_choices(annotation)
+            value = getattr(values, key)
+            if allowed and value not in allowed:
+                raise ConfigError(
+                    f"{section.name}.{key} must be one of {', '.join(allowed)}. Received: {value!r}"
+                )
 
 
 def _at_least(key: str, value: float, least: float) -> None:

@@ -90,7 +90,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
 def flowers_prepared(tmp_path_factory, flowers_mini):
     """flowers-mini through the real data stage once: (config, DataResult), 128 px."""
     from pipeline.config import load_config
-    from pipeline.data import prepare_data
+    from pipeline.data.stage import prepare_data
 
     root = tmp_path_factory.mktemp("flowers_prepared")
     cfg = load_config(

@@ -4,6 +4,7 @@ each other, and never conftest)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,18 @@ from pipeline.recipes import configs_dir
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 CONFIGS = configs_dir()  # pipeline/configs/, as the package finds it
+# Lines TensorFlow's C++ side prints while it starts: abseil's notice and glog-style lines
+# ("I0000 00:00:... cpu_feature_guard.cc:227] ...", "E0000 ... cuda_dnn.cc", oneDNN).
+MAKE_OVERRIDE = re.compile(r"\$\(call override,(\w+),([\w.]+)\)")
+
+
+def make_variables() -> dict[str, str]:
+    """option -> the Make variable that sets it, from the Makefile's OVERRIDES."""
+    text = (REPO / "Makefile").read_text(encoding="utf-8")
+    return {option: variable for variable, option in MAKE_OVERRIDE.findall(text)}
+
+
+NOISE = re.compile(r"absl::InitializeLog|^[IWE]\d{4} |cpu_feature_guard|oneDNN", re.MULTILINE)
 
 
 # ----------------------------------------------------------------------------- tiny data
@@ -41,9 +54,9 @@ def make_tiny_data(flowers_mini: Path, root: Path) -> TinyData:
     of 8. Per class, the first photos by name that the default split sends to each split
     (TINY_SPLIT of each), so every class is in every split whatever the photos' bytes."""
     from pipeline.config import Config, load_config
-    from pipeline.data import prepare_data
+    from pipeline.data.split import split_of
+    from pipeline.data.stage import prepare_data
     from pipeline.images import file_sha256
-    from pipeline.split import split_of
 
     d = Config().data
     folder = root / "flowers-tiny"
@@ -74,16 +87,9 @@ def make_tiny_data(flowers_mini: Path, root: Path) -> TinyData:
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
-def _make_variables() -> set[str]:
-    """The Make variables that become overrides, read from the Makefile: unset in the tests'
-    environment, so that a NAME or RUN the caller happens to export cannot leak in."""
-    import re
-
-    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
-    return {*re.findall(r"\$\(call override,(\w+),", makefile), "ARGS", "CONFIG", "MEMORY_ARGS"}
-
-
-MAKE_VARIABLES = _make_variables()
+# The Make variables that become overrides: unset in the tests' environment, so that a NAME
+# or RUN the caller happens to export cannot leak in.
+MAKE_VARIABLES = {*make_variables().values(), "ARGS", "CONFIG", "MEMORY_ARGS"}
 
 
 def run_make(*args: str, venv: Path | None = None, python: str | None = None):

@@ -18,10 +18,10 @@ import apache_beam  # noqa: F401  (make test-beam installs it: fail loudly witho
 import pytest
 
 from pipeline.config import with_overrides
-from pipeline.data import CHECK_REPORT, prepare_data
+from pipeline.data.stage import CHECK_REPORT, prepare_data
 from pipeline.files import read_csv
 from pipeline.images import NOT_UTF8
-from pipeline.predict import predict
+from pipeline.predict.stage import predict
 from tests.imagegen import BAD_KINDS, GOOD_KINDS, make_image
 from tests.support import REPO
 

@@ -1,4 +1,4 @@
-"""The remembered image checks (pipeline/check_cache.py) on a handful of generated files:
+"""The remembered image checks (pipeline/data/check_cache.py) on a handful of generated files:
 what is reused, what is checked again, and that a damaged or outdated cache is never
 trusted. The data stage end to end with the cache is in tests/test_data.py."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import check_cache
-from pipeline.check_cache import check_with_cache, load_cache
-from pipeline.provenance import FileStat
+from pipeline.data import check_cache
+from pipeline.data.check_cache import check_with_cache, load_cache
+from pipeline.data.provenance import FileStat
 from tests.imagegen import make_image
 
 HOUR_AGO = time.time_ns() - 3600 * 1_000_000_000

@@ -9,7 +9,7 @@ import stat
 import sys
 from pathlib import Path
 
-from pipeline.clean import CleanResult, clean
+from pipeline.clean.stage import CleanResult, clean
 from pipeline.config import load_config
 from pipeline.files import GENERATED_MARKER, generated_dir
 from tests.support import needs_make, run_make

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
+from pipeline.cli import STAGES
 from tests.imagegen import make_image
-from tests.support import REPO
-from tests.test_quiet import NOISE
+from tests.support import NOISE, REPO
 
 
 def run_cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
@@ -25,10 +26,11 @@ def run_cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
     )
 
 
-def test_help_lists_stages():
+def test_help_lists_every_stage_with_its_description():
     result = run_cli("--help")
     assert result.returncode == 0
-    assert "data" in result.stdout and "config" in result.stdout
+    for name, (description, _, _) in STAGES.items():
+        assert re.search(rf"^\s+{name}\s+{re.escape(description[:30])}", result.stdout, re.M), name
 
 
 def test_bad_option_is_one_line_error_with_exit_2():

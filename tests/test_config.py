@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from pipeline.config import Config, ConfigError, load_config, save_config, with_overrides
+from pipeline.config import (
+    Config,
+    ConfigError,
+    load_config,
+    options_markdown,
+    save_config,
+    with_overrides,
+)
+from tests.support import REPO, make_variables
 
 
 def test_precedence_file_then_overrides(tmp_path):
@@ -60,3 +68,24 @@ def test_with_overrides_copies():
     cfg = Config()
     other = with_overrides(cfg, {"train.seed": 3})
     assert other.train.seed == 3 and cfg.train.seed == 42
+
+
+def test_readme_option_table_is_the_one_config_declares():
+    """The README's table between its markers is exactly options_markdown(): an option added,
+    renamed, re-defaulted or given new choices in config.py without the README fails here."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    begin, end = "<!-- options:begin -->\n", "<!-- options:end -->"
+    assert begin in readme and end in readme
+    table = readme[readme.index(begin) + len(begin) : readme.index(end)].strip()
+    expected = options_markdown(make_variables())
+    assert len(make_variables()) > 20  # the Makefile's overrides were found
+    assert table == expected, (
+        "README.md's option table differs from pipeline/config.py and the Makefile; put "
+        f"this between its options markers:\n{expected}"
+    )
+
+
+def test_choices_come_from_the_declared_types():
+    for key, value in (("train.precision", "fp8"), ("export.format", "onnx"), ("input.tta", "x")):
+        with pytest.raises(ConfigError, match=rf"{key} must be one of .*Received: '{value}'"):
+            load_config(None, [f"{key}={value}"])

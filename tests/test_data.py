@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_config, with_overrides
-from pipeline.data import CHECK_REPORT, ensure_manifests, prepare_data
-from pipeline.data_reports import AUGMENTED_SAMPLES, draw_data_reports
+from pipeline.data.image_cache import build_image_cache, cached_rows
+from pipeline.data.manifest import SPLIT_FILES, load_split, read_classes
+from pipeline.data.reports import AUGMENTED_SAMPLES, draw_data_reports
+from pipeline.data.split import SPLITS
+from pipeline.data.stage import CHECK_REPORT, ensure_manifests, prepare_data
 from pipeline.files import read_csv
-from pipeline.image_cache import build_image_cache, cached_rows
 from pipeline.images import NOT_UTF8
-from pipeline.manifest import SPLIT_FILES, load_split, read_classes
-from pipeline.split import SPLITS
 from tests.imagegen import BAD_KINDS, GOOD_KINDS, make_image
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from pipeline.config import with_overrides
-from pipeline.evaluate import evaluate
+from pipeline.data.manifest import load_split
+from pipeline.evaluate.metrics import classification_metrics, reliability, worst_mistakes
+from pipeline.evaluate.stage import evaluate
 from pipeline.files import read_csv
-from pipeline.manifest import load_split
-from pipeline.metrics import classification_metrics, reliability, worst_mistakes
 from pipeline.runs import read_summary, resolve_run
 
 

@@ -34,14 +34,14 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.data import ensure_manifests, prepare_data
-from pipeline.evaluate import evaluate
+from pipeline.data.manifest import load_split, read_classes
+from pipeline.data.provenance import RUN_DATA_DIR, ProvenanceError, read_record
+from pipeline.data.sources import SourceError
+from pipeline.data.split import split_of
+from pipeline.data.stage import ensure_manifests, prepare_data
+from pipeline.evaluate.stage import evaluate
 from pipeline.files import read_csv
-from pipeline.manifest import load_split, read_classes
-from pipeline.provenance import RUN_DATA_DIR, ProvenanceError, read_record
 from pipeline.runs import TrainSummary
-from pipeline.sources import SourceError
-from pipeline.split import split_of
 from pipeline.training import train
 from tests.imagegen import make_image
 
@@ -57,7 +57,7 @@ class TinyRun:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> TinyRun:
-    from pipeline.data import prepare_data
+    from pipeline.data.stage import prepare_data
     from pipeline.training import train
 
     root = tmp_path_factory.mktemp("faults")
@@ -352,8 +352,8 @@ def test_a_folder_of_unreadable_images_is_an_error_with_the_reasons_written(caps
 
 def test_running_the_model_shows_progress(capsys, tiny, tmp_path, monkeypatch):
     """A log gets one line (no carriage returns); a terminal gets a bar that ends its line."""
-    from pipeline.classifier import load_classifier, rows_from_checks
     from pipeline.images import check_images
+    from pipeline.predict.classifier import load_classifier, rows_from_checks
 
     folder = photos(tmp_path / "in", count=4)
     code, out, err = cli(capsys, *predict_args(tiny, tiny.run_dir, folder, tmp_path / "o.csv"))
@@ -377,7 +377,7 @@ def test_running_the_model_shows_progress(capsys, tiny, tmp_path, monkeypatch):
 
 
 def test_small_classes_are_one_warning_line():
-    from pipeline.split import check_split_counts
+    from pipeline.data.split import check_split_counts
 
     counts = {
         "cats": {"train": 60, "val": 20, "test": 20},
@@ -504,14 +504,14 @@ def test_two_folders_with_one_name_never_share_manifests(tmp_path):
 
 
 def test_changed_split_options_rebuild_the_manifests_and_say_so(seed42_run, capsys, monkeypatch):
-    import pipeline.data
+    import pipeline.data.stage
 
     tmp, photos, _ = seed42_run
     cfg = config(tmp, photos, "data.split_seed=7")
     listed = []
-    list_candidates = pipeline.data.list_candidates
+    list_candidates = pipeline.data.stage.list_candidates
     monkeypatch.setattr(
-        pipeline.data, "list_candidates", lambda s: listed.append(s) or list_candidates(s)
+        pipeline.data.stage, "list_candidates", lambda s: listed.append(s) or list_candidates(s)
     )
     folder = ensure_manifests(cfg)
     assert "data.split_seed was 42, now 7" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """benchmarks/gpu.py's dry run on a CPU: every section the GPU run measures runs, tiny.
 
-The GPU run itself needs an NVIDIA GPU (README, 'Benchmarks'); this keeps its code paths
+The GPU run itself needs an NVIDIA GPU (benchmarks/README.md, 'GPU'); this keeps its code paths
 working in the meantime: both precision policies with and without XLA, the input
 pipeline, MirroredStrategy over two logical CPU devices, the memory figures, the budget.
 """

@@ -8,6 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from pipeline.config import Config, with_overrides
+from pipeline.data.manifest import load_split
 from pipeline.images import load_rgb
 from pipeline.inputs import (
     build_eval_dataset,
@@ -15,7 +16,6 @@ from pipeline.inputs import (
     decode_center,
     sample_augmented,
 )
-from pipeline.manifest import load_split
 
 
 @pytest.fixture(scope="module")

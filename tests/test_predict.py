@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.classifier import load_classifier, rows_from_checks
 from pipeline.config import with_overrides
 from pipeline.files import read_csv
 from pipeline.images import NOT_UTF8, check_image
 from pipeline.inputs import build_eval_dataset
-from pipeline.predict import partial_key, predict
+from pipeline.predict.classifier import load_classifier, rows_from_checks
+from pipeline.predict.stage import partial_key, predict
 from tests.imagegen import make_image
 from tests.support import REPO
 
@@ -279,7 +279,7 @@ def test_kill_9_then_rerun_classifies_only_the_rest_and_writes_the_same_csv(
 def test_rows_of_unchanged_files_are_kept_and_changed_ones_redone(trained_run, tmp_path):
     """A partial row is reused only while its file keeps its size and modification time,
     by whole batches (batch_size 2 here)."""
-    from pipeline.partial import PartialRows
+    from pipeline.predict.partial import PartialRows
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -317,7 +317,7 @@ def read_csv_bytes(data: bytes) -> list[dict]:
 
 
 def test_a_torn_last_line_is_dropped(tmp_path):
-    from pipeline.partial import PartialRows
+    from pipeline.predict.partial import PartialRows
 
     out = tmp_path / "o.csv"
     saved = PartialRows(out, "k", ["path", "status", "reason"])

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 
 from pipeline.quiet import stderr_without
-from tests.support import REPO
-
-# Lines TensorFlow's C++ side prints while it starts: abseil's notice and glog-style lines
-# ("I0000 00:00:... cpu_feature_guard.cc:227] ...", "E0000 ... cuda_dnn.cc", oneDNN).
-NOISE = re.compile(r"absl::InitializeLog|^[IWE]\d{4} |cpu_feature_guard|oneDNN", re.MULTILINE)
+from tests.support import NOISE, REPO
 
 
 def memory_stage(tmp_path, *flags: str) -> subprocess.CompletedProcess:
@@ -43,7 +38,7 @@ def test_start_up_noise_is_hidden_by_default_and_shown_with_verbose(tmp_path):
 
 TFLITE_RUN = """
 import sys, numpy as np
-from pipeline.tflite import TFLiteModel
+from pipeline.predict.tflite import TFLiteModel
 print(TFLiteModel(sys.argv[1])(np.zeros((1, 8, 8, 3), np.float32)).shape)
 """
 

@@ -93,7 +93,7 @@ def _features(summary: dict, split: str) -> np.ndarray:
 
 
 def _labels(run_dir: Path, split: str) -> np.ndarray:
-    from pipeline.manifest import load_split
+    from pipeline.data.manifest import load_split
 
     return np.array([r.label_index for r in load_split(run_dir / "data", split)])
 
@@ -176,7 +176,7 @@ def test_flip_averaging_gives_a_photo_and_its_mirror_image_the_same_probabilitie
 ):
     from PIL import Image, ImageOps
 
-    from pipeline.classifier import load_classifier
+    from pipeline.predict.classifier import load_classifier
 
     _, run_dir = trained_run
     photo = sorted((flowers_mini / "roses").iterdir())[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.sources import (
+from pipeline.data.sources import (
     FLOWERS_ARCHIVE,
     SourceError,
     flowers_source,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.split import SPLITS, assign_splits, check_split_counts, split_counts, split_of
+from pipeline.data.split import SPLITS, assign_splits, check_split_counts, split_counts, split_of
 
 
 def sha(n: int) -> str:

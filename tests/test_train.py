@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import ConfigError, load_config
+from pipeline.data.manifest import load_split, read_classes
 from pipeline.files import GENERATED_MARKER
-from pipeline.manifest import load_split, read_classes
 from pipeline.model import build_classifier, get_base
 from pipeline.runs import read_summary
 from pipeline.training import TrainResult, train

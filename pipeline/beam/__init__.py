@@ -5,9 +5,9 @@
 
 ``check`` is the data stage's per-image check, ``predict`` is ``make predict``: the same
 functions (``pipeline.images.check_image``, ``pipeline.inputs.build_eval_dataset``, the
-run's model through ``pipeline.classifier.load_classifier``) run inside Beam transforms, each
-worker writes a CSV shard, and the shards are merged into one CSV equal to the local
-stage's (pipeline/beam/shards.py). Beam is optional (``pip install -e '.[beam]'``, or
+run's model through ``pipeline.predict.classifier.load_classifier``) run inside Beam
+transforms, each worker writes a CSV shard, and the shards are merged into one CSV equal to
+the local stage's (pipeline/beam/shards.py). Beam is optional (``pip install -e '.[beam]'``, or
 ``make setup-beam``); importing this package does not import it.
 """
 

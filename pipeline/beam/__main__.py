@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.cli import exit_status
-from pipeline.config import load_config, valid_keys
+from pipeline.cli import add_config_arguments, exit_status
+from pipeline.config import load_config
 from pipeline.quiet import configure_tensorflow_logging
 
 STAGES = {
@@ -32,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "stage", choices=STAGES, help="; ".join(f"{k}: {v}" for k, v in STAGES.items())
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON config file")
     parser.add_argument(
         "--output",
         type=Path,
@@ -47,13 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where workers write their CSV shards (default: beside the output; on a "
         "cluster a folder every worker can write, e.g. gs://bucket/tmp); deleted once merged",
     )
-    parser.add_argument("--verbose", action="store_true", help="TensorFlow's C++ log lines too")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="section.key=value",
-        help="valid: " + ", ".join(valid_keys()),
-    )
+    add_config_arguments(parser)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 Each worker runs the local path's pieces: ``check_image`` (with the run's data.min_side and
 data.max_pixels), then Beam's ``RunInference`` with ``ClassifierHandler``, a model handler
-that loads the run once per worker process (``pipeline.classifier.load_classifier``: a run's
+that loads the run once per worker process (``pipeline.predict.classifier.load_classifier``: a run's
 model.keras or an exported .tflite) and turns each batch into probabilities through
 ``pipeline.inputs.build_eval_dataset`` (the same decoding, centre crop and preprocessing as
 evaluation) and the classifier's ``predict_batch``, mirrored images averaged in with
@@ -41,8 +41,8 @@ def classifier_probabilities(
     """Probabilities (float64, one row per check) of checked images through the evaluation
     pipeline in model batches of ``batch_size``, as ``Classifier.probabilities`` computes
     them (mirrored images averaged in with tta=flip)."""
-    from pipeline.classifier import rows_from_checks
     from pipeline.inputs import build_eval_dataset
+    from pipeline.predict.classifier import rows_from_checks
 
     rows = rows_from_checks(list(checks))
     ds = build_eval_dataset(
@@ -70,7 +70,7 @@ class ClassifierHandler(ModelHandler):
         self._batch_size = batch_size
 
     def load_model(self) -> Any:
-        from pipeline.classifier import load_classifier
+        from pipeline.predict.classifier import load_classifier
         from pipeline.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()
@@ -153,8 +153,8 @@ def run_predict(
     cfg: Config, output: Path | None, shards: str | None, argv: list[str]
 ) -> BeamPredictRun:
     """Classify every image below cfg.predict.input on Beam into one CSV sorted by path."""
-    from pipeline.classifier import read_run, run_of_export, top_k_columns
-    from pipeline.predict import check_output_path, list_input_files
+    from pipeline.predict.classifier import read_run, run_of_export, top_k_columns
+    from pipeline.predict.stage import check_output_path, list_input_files
     from pipeline.runs import resolve_run
 
     start = time.perf_counter()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, with_overrides
-from pipeline.data import ensure_manifests
+from pipeline.data.stage import ensure_manifests
 from pipeline.experiment.grid import cell_id, cell_label, experiment_plan
 from pipeline.experiment.summary import METRICS, summarize
 from pipeline.files import generated_dir, read_csv, write_csv
@@ -52,7 +52,9 @@ def device_label() -> str:
     """'1x NVIDIA H100 ...' or 'CPU <model> (N threads)': results group by this."""
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
+    from pipeline.training.runtime import local_gpus
+
+    gpus = local_gpus()
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return f"{len(gpus)}x {details.get('device_name', 'GPU')}"
@@ -72,7 +74,7 @@ def _one_run(run_cfg: Config) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.stage import evaluate
     from pipeline.training import train
 
     keras.backend.clear_session()

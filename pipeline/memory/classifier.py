@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import Config, with_overrides
-from pipeline.config import resolve_precision as train_rule
+from pipeline.config import Config, resolve_precision, with_overrides
 from pipeline.memory.estimate import CPU_OVERHEAD, estimate_layers
 from pipeline.memory.keras_graph import layers_from_model
 from pipeline.memory.record import UNAVAILABLE, MemoryEstimate, RunMemory
@@ -21,16 +20,6 @@ from pipeline.units import parse_quantity
 def configured_overhead(cfg: Config) -> float:
     """memory.overhead, or the CPU figure measured by `make bench-memory`."""
     return cfg.memory.overhead or CPU_OVERHEAD
-
-
-def resolve_precision(precision: str, gpu: bool | None = None) -> str:
-    """The train stage's own rule (``pipeline.config.resolve_precision``), on this machine's
-    devices unless ``gpu`` says otherwise."""
-    if gpu is None:
-        import tensorflow as tf
-
-        gpu = bool(tf.config.list_physical_devices("GPU"))
-    return train_rule(precision, gpu)
 
 
 def model_phases(
@@ -102,6 +91,7 @@ def estimate_classifier(
     """``estimate_layers`` for the configured classifier (or its base alone), phase by phase;
     also returns the phases' rows and the model."""
     from pipeline.backbones import check_input_size, get_backbone
+    from pipeline.training.runtime import local_gpus
 
     check_input_size(get_backbone(cfg.model.backbone), cfg.image_size)
     budget = parse_quantity(cfg.memory.budget)
@@ -111,7 +101,7 @@ def estimate_classifier(
         first,
         cfg.input.batch_size,
         dtype,
-        resolve_precision(cfg.train.precision),
+        resolve_precision(cfg.train.precision, gpu=bool(local_gpus())),
         cfg.memory.optimizer_slots,
         configured_overhead(cfg),
         phases,

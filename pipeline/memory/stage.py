@@ -10,13 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config
+from pipeline.config import Config, resolve_precision
+from pipeline.data.manifest import CLASSES_FILE, SPLIT_FILES
 from pipeline.files import atomic_write_text, generated_dir, write_json
 from pipeline.memory.classifier import (
     configured_overhead,
     estimate_classifier,
     measure_throughput,
-    resolve_precision,
 )
 from pipeline.memory.estimate import DTYPE_BYTES, estimate_layers, rank_remedies
 from pipeline.memory.render import render_markdown
@@ -71,7 +71,7 @@ def estimate_memory(
         side = rows[0].shape[0] if rows[0].shape[0] == rows[0].shape[1] else None
     else:
         if num_classes is None:
-            num_classes = _dataset_file_count(cfg, "classes.json")
+            num_classes = _dataset_file_count(cfg, CLASSES_FILE)
             if num_classes is None:
                 num_classes = 5
                 notes.append(
@@ -101,7 +101,7 @@ def estimate_memory(
 
 
 def _add_epoch_time(est: dict[str, Any], cfg: Config, model: Any, notes: list[str]) -> None:
-    images = cfg.memory.epoch_images or _dataset_file_count(cfg, "train.csv")
+    images = cfg.memory.epoch_images or _dataset_file_count(cfg, SPLIT_FILES["train"])
     setting = cfg.memory.throughput.strip().lower()
     throughput, origin = None, ""
     if setting == "measure":

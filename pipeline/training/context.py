@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from pipeline.backbones import Backbone
 from pipeline.config import Config
-from pipeline.manifest import ManifestRow
+from pipeline.data.manifest import ManifestRow
+from pipeline.runs import BACKUP_DIR, CHECKPOINTS_DIR
 
 
 @dataclass
@@ -40,8 +41,8 @@ class TrainingRun:
 
     def checkpoint_path(self, phase: int) -> Path:
         """The classifier's weights at the phase's best epoch."""
-        return self.work_dir / "checkpoints" / f"phase{phase}.weights.h5"
+        return self.work_dir / CHECKPOINTS_DIR / f"phase{phase}.weights.h5"
 
     def backup_dir(self, phase: int) -> Path:
         """The phase's per-epoch backup (removed once the phase is recorded finished)."""
-        return self.work_dir / "backup" / f"phase{phase}"
+        return self.work_dir / BACKUP_DIR / f"phase{phase}"

@@ -27,9 +27,9 @@ import tensorflow as tf
 
 from pipeline.backbones import get_backbone, preprocess
 from pipeline.config import Config
+from pipeline.data.manifest import ManifestRow
 from pipeline.files import atomic_path, write_json
 from pipeline.inputs import build_eval_dataset, decode_center
-from pipeline.manifest import ManifestRow
 from pipeline.model import build_feature_extractor, get_base
 
 CACHE_FOLDER = "features"

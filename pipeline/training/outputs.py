@@ -17,13 +17,15 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pipeline.backbones import Backbone, preprocess
+from pipeline.backbones import Backbone
 from pipeline.config import Config
+from pipeline.data.provenance import RUN_DATA_DIR, read_record
 from pipeline.files import atomic_path, replace_dir, write_json
 from pipeline.memory.record import RunMemory, phases_run
-from pipeline.model import count_params
-from pipeline.provenance import RUN_DATA_DIR, read_record
+from pipeline.model import count_params, serving_archive
 from pipeline.runs import (
+    BACKUP_DIR,
+    CHECKPOINTS_DIR,
     CONFIG_FILE,
     CURVES_FILE,
     HISTORY_FILE,
@@ -37,7 +39,12 @@ from pipeline.runs import (
 from pipeline.training.context import TrainingRun
 from pipeline.training.feeds import eval_rows_feed
 from pipeline.training.loop import compile_for_training, validate
-from pipeline.training.runtime import describe_devices, input_pipelines, strategy_name
+from pipeline.training.runtime import (
+    describe_devices,
+    input_pipelines,
+    local_gpus,
+    strategy_name,
+)
 
 
 @dataclass
@@ -161,39 +168,23 @@ def _memory_figures(cfg: Config, num_classes: int, rss_before: int | None) -> Ru
     }
     if rss_before:
         measured["process_rss_before_training_bytes"] = rss_before
-    gpus = tf.config.list_logical_devices("GPU")
-    if gpus:
-        info = tf.config.experimental.get_memory_info(gpus[0].name)
+    if local_gpus():
+        info = tf.config.experimental.get_memory_info("GPU:0")
         measured["gpu_peak_bytes"] = int(info["peak"])
     return replace(memory, measured=measured)
 
 
 def _remove_backups(out: Path) -> None:
-    backup = out / "backup"
+    backup = out / BACKUP_DIR
     if backup.is_dir() and not any(backup.iterdir()):
         backup.rmdir()
 
 
 def _export_serving(model: keras.Model, backbone: Backbone, path: Path) -> Path:
-    """A SavedModel whose `serve` takes RGB pixels in [0, 255] and returns probabilities.
-
-    Preprocessing is inside the export, so a server feeds decoded, resized images.
-    """
-    size = model.input_shape[1]
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-
-    def serve(pixels):
-        return model(preprocess(pixels, backbone), training=False)
-
-    archive.add_endpoint(
-        "serve",
-        serve,
-        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
-    )
+    """The run's SavedModel (``serving_archive``), written atomically."""
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    archive.write_out(str(tmp), verbose=False)
+    serving_archive(model, backbone).write_out(str(tmp), verbose=False)
     replace_dir(tmp, path)
     return path
 
@@ -255,7 +246,7 @@ def _print_outputs(out: Path, files: list[Path], summary: TrainSummary) -> None:
     for path in files:
         rel = path.relative_to(out) if path.is_relative_to(out) else path
         note = notes.get(
-            str(rel), "best weights of that phase" if "checkpoints" in str(rel) else ""
+            str(rel), "best weights of that phase" if CHECKPOINTS_DIR in str(rel) else ""
         )
         print(f"  {str(rel) + ('/' if path.is_dir() else ''):<32} {note}")
     memory = summary.memory

@@ -53,7 +53,7 @@ def select_strategy(cfg: Config) -> tf.distribute.Strategy:
         if not tf_config.get("cluster"):
             raise ConfigError(
                 "train.strategy=multi_worker needs TF_CONFIG (the cluster and this worker's "
-                "task) in the environment of every worker; see README 'Several machines', "
+                "task) in the environment of every worker; see docs/distributed.md, "
                 "or use train.strategy=auto"
             )
         return tf.distribute.MultiWorkerMirroredStrategy()  # before listing any device
@@ -108,8 +108,13 @@ def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str]:
     return chief, f"{kind}-{index}"
 
 
+def local_gpus() -> list[tf.config.PhysicalDevice]:
+    """This machine's GPUs as TensorFlow sees them: the one test of "is there a GPU"."""
+    return tf.config.list_physical_devices("GPU")
+
+
 def describe_devices(strategy: tf.distribute.Strategy) -> str:
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = local_gpus()
     kind = f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
     replicas = strategy.num_replicas_in_sync
     workers = input_pipelines(strategy)
@@ -126,7 +131,6 @@ def select_precision(cfg: Config) -> str:
     mixed_float16 (float32 variables, float16 maths), ``model.compile`` wraps the optimizer
     in a LossScaleOptimizer.
     """
-    gpu = bool(tf.config.list_physical_devices("GPU"))
-    precision = resolve_precision(cfg.train.precision, gpu)
+    precision = resolve_precision(cfg.train.precision, gpu=bool(local_gpus()))
     keras.mixed_precision.set_global_policy(precision)
     return precision

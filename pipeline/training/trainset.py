@@ -11,9 +11,9 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
 from pipeline.config import Config
-from pipeline.data import ensure_manifests
-from pipeline.manifest import CLASSES_FILE
-from pipeline.provenance import RUN_DATA_DIR, RunData, load_run_data, record_run_data
+from pipeline.data.manifest import CLASSES_FILE
+from pipeline.data.provenance import RUN_DATA_DIR, RunData, load_run_data, record_run_data
+from pipeline.data.stage import ensure_manifests
 
 IMBALANCE_RATIO = 1.5  # class_weights=auto weights classes when largest/smallest exceeds this
 

@@ -13,14 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.classifier import Classifier, load_classifier
 from pipeline.config import Config
-from pipeline.export_record import EXPORT_DIR, EXPORT_JSON
-from pipeline.files import atomic_write_text, generated_dir, read_json, write_csv, write_json
-from pipeline.manifest import ManifestRow
-from pipeline.memory.record import RunMemory
-from pipeline.metrics import classification_metrics, confused_pairs, worst_mistakes
-from pipeline.provenance import (
+from pipeline.data.manifest import ManifestRow
+from pipeline.data.provenance import (
     DATA_SUMMARY_FILE,
     RUN_DATA_DIR,
     ProvenanceError,
@@ -30,6 +25,11 @@ from pipeline.provenance import (
     load_run_data,
     read_record,
 )
+from pipeline.evaluate.metrics import classification_metrics, confused_pairs, worst_mistakes
+from pipeline.export.record import EXPORT_DIR, EXPORT_JSON
+from pipeline.files import atomic_write_text, generated_dir, read_json, write_csv, write_json
+from pipeline.memory.record import RunMemory
+from pipeline.predict.classifier import Classifier, load_classifier
 from pipeline.runs import CURVES_FILE, TrainSummary, read_summary
 
 METRICS_FILE = "metrics.json"
@@ -146,7 +146,7 @@ def _eval_views(clf: Classifier, rows) -> np.ndarray:
 
 
 def _draw_figures(out, metrics, y_true, probs, rows, clf, gallery_size) -> dict[str, Path]:
-    from pipeline.metrics import one_vs_rest_curves
+    from pipeline.evaluate.metrics import one_vs_rest_curves
     from pipeline.plots import (
         plot_confusion,
         plot_image_grid,
@@ -240,7 +240,7 @@ def _run_extras(clf: Classifier) -> dict[str, Any]:
 
 
 def _write_report(out, metrics, files, clf, extras) -> Path:
-    from pipeline.report import render_report
+    from pipeline.evaluate.report import render_report
 
     html = render_report(metrics, files, clf.cfg, clf.run_dir, extras)
     return atomic_write_text(out / REPORT_FILE, html)

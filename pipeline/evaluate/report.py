@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.export_scores import COLUMNS, figure, table_note
+from pipeline.export.scores import COLUMNS, figure, table_note
 from pipeline.memory.record import RunMemory
 from pipeline.runs import TrainSummary
 

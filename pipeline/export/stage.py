@@ -5,8 +5,8 @@ models/<run>/export/, TFLite float32, float16-weight and full-integer int8 files
 SavedModel), each taking raw RGB pixels in [0, 255] at the run's size with the backbone's
 preprocessing inside, as the run's own SavedModel does. Each file is then scored on the
 run's recorded test split (the photos `make evaluate` scores) against the Keras model it
-came from (``pipeline.export_scores``). export.json keeps the figures and, per file, what
-vouches for it (``pipeline.export_record``); the run's HTML report, when there is one,
+came from (``pipeline.export.scores``). export.json keeps the figures and, per file, what
+vouches for it (``pipeline.export.record``); the run's HTML report, when there is one,
 gets the table too.
 """
 
@@ -22,16 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.classifier import Classifier, load_classifier, read_run
 from pipeline.config import Config, ExportConfig
-from pipeline.export_record import (
+from pipeline.export.record import (
     EXPORT_DIR,
     EXPORT_JSON,
     VARIANT_FILES,
     file_record,
     file_sha256,
 )
-from pipeline.export_scores import (
+from pipeline.export.scores import (
     Predictor,
     accuracy_warnings,
     estimate_figures,
@@ -39,6 +38,7 @@ from pipeline.export_scores import (
     score,
 )
 from pipeline.files import atomic_write_bytes, read_json, replace_dir, write_json
+from pipeline.predict.classifier import Classifier, load_classifier, read_run
 from pipeline.quiet import stderr_without
 from pipeline.runs import MODEL_FILE, read_summary
 
@@ -62,7 +62,7 @@ class ExportResult:
 
 def export(cfg: Config) -> ExportResult:
     """Export the run cfg.eval.run (newest if empty) as cfg.export.format and score it."""
-    from pipeline.evaluate import scored_rows
+    from pipeline.evaluate.stage import scored_rows
 
     run_dir, _, _ = read_run(cfg.eval.run, cfg.paths.models)  # a bad RUN fails before TF
     formats = ALL_TFLITE if cfg.export.format == "all" else (cfg.export.format,)
@@ -140,22 +140,12 @@ def write_variants(
 
 def _write_serving(clf: Classifier, path: Path) -> None:
     """The Keras model behind `serve`(raw pixels), as the train stage's SavedModel."""
-    import keras
-    import tensorflow as tf
+    from pipeline.backbones import get_backbone
+    from pipeline.model import serving_archive
 
-    from pipeline.backbones import get_backbone, preprocess
-
-    model = clf.model
-    size = clf.cfg.image_size
-    backbone = get_backbone(clf.cfg.model.backbone)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serve",
-        lambda pixels: model(preprocess(pixels, backbone), training=False),
-        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
+    serving_archive(clf.model, get_backbone(clf.cfg.model.backbone)).write_out(
+        str(path), verbose=False
     )
-    archive.write_out(str(path), verbose=False)
 
 
 def convert(
@@ -165,7 +155,11 @@ def convert(
     otherwise) with float32 input and output kept, so callers feed pixels as for fp32."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["serve"])
+    from pipeline.model import SERVE_ENDPOINT
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(saved_model), signature_keys=[SERVE_ENDPOINT]
+    )
     if fmt == "tflite-fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -180,8 +174,8 @@ def convert(
 def _calibration(clf: Classifier, count: int) -> Callable[[], Iterator[list[np.ndarray]]]:
     """Up to ``count`` training images of the run's recorded split, drawn at random (seed
     train.seed) across classes, through the evaluation crop as raw pixels, one per batch."""
+    from pipeline.data.provenance import load_run_data
     from pipeline.inputs import build_eval_dataset
-    from pipeline.provenance import load_run_data
 
     train = load_run_data(clf.run_dir).rows("train")
     rng = np.random.default_rng(clf.cfg.train.seed)
@@ -203,7 +197,7 @@ def _predictor(fmt: str, path: Path) -> Predictor:
 
         loaded = tf.saved_model.load(str(path))  # referenced: its variables must stay alive
         return lambda pixels: loaded.serve(tf.constant(pixels, tf.float32)).numpy()
-    from pipeline.tflite import TFLiteModel
+    from pipeline.predict.tflite import TFLiteModel
 
     return TFLiteModel(path)
 
@@ -227,7 +221,7 @@ def _export_json(
 ) -> dict[str, Any]:
     """This export's figures, keeping those of earlier variants whose files remain (an
     int8-only export after a full one leaves the float32 figures in place)."""
-    from pipeline.tflite import cpu_threads
+    from pipeline.predict.tflite import cpu_threads
 
     earlier = read_json(out / EXPORT_JSON) or {}
     variants = {
@@ -268,9 +262,9 @@ def _still_there(out: Path, figures: dict[str, Any]) -> bool:
 def refresh_report(report_dir: Path, figures: dict[str, Any]) -> Path | None:
     """Put the export table into the run's existing HTML report (make evaluate's), in place
     of an earlier one; None when the run has no report yet (evaluate will add it)."""
-    from pipeline.evaluate import REPORT_FILE
+    from pipeline.evaluate.report import with_export_section
+    from pipeline.evaluate.stage import REPORT_FILE
     from pipeline.files import atomic_write_text
-    from pipeline.report import with_export_section
 
     path = report_dir / REPORT_FILE
     if not path.is_file():

@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.data.manifest import ManifestRow
+from pipeline.data.provenance import manifest_digests
 from pipeline.files import read_json, write_json
-from pipeline.manifest import ManifestRow
-from pipeline.provenance import manifest_digests
 
 REPORTS_VERSION = 1  # bump when a figure's drawing changes
 STAMP = ".drawn-from.json"

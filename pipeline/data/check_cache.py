@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.provenance import FileStat
 from pipeline.files import atomic_write_bytes
 from pipeline.images import CHECK_VERSION, ImageCheck, check_images
-from pipeline.provenance import FileStat
 
 CACHE_FILE = "checks.jsonl"
 FORMAT = 1  # the layout of this file; bump when it changes

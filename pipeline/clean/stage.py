@@ -3,7 +3,7 @@
 A folder is the pipeline's own when it carries ``GENERATED_MARKER`` (see
 ``pipeline.files.generated_dir``). Only direct children of ``paths.data``,
 ``paths.models`` and ``paths.reports`` that carry it are removed, whole; everything else
-there (photos, archives, notes, README.md, folders made before the marker existed) is
+there (photos, archives, notes, README.md, any folder without the marker) is
 kept and listed. A symbolic link is never followed, so nothing outside is ever touched.
 Imports only the standard library: `make clean` works before `make setup`.
 """

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.images import check_image, check_named, inspect_image, text_path
-from pipeline.tflite import cpu_threads
+from pipeline.predict.tflite import cpu_threads
 
 # A log (stderr not a terminal) gets one progress line this often, in seconds.
 PROGRESS_EVERY_S = 30.0
-# Header reads in flight. Measured on 5,000 photos: after the page cache was dropped, 4
-# threads took 2.4 s (1 thread 3.7, 8 threads 2.8); cached, 1 thread 1.4 s, 8 threads 2.0.
+# Header reads in flight: enough to overlap reads from a cold disk, few enough that thread
+# switching costs little when the files are already in the page cache.
 HEADER_THREADS = 4
 HEADER_WINDOW = 4096  # files header-checked per round (bounds the futures in memory)
 
@@ -198,10 +198,10 @@ def decode_dataset(cfg: Any, headers: Headers, batch: int, preprocessed: bool = 
     )
     ds = ds.map(load, num_parallel_calls=cpu_threads(), deterministic=True)
     ds = ds.ignore_errors().batch(batch).prefetch(2)
-    # Without autotuning: deleting an autotuned iterator waited for its optimiser thread,
-    # 0.8-2 s on half the iterators measured here (4.7 s with the model running beside
-    # it: as long as a whole 1,000-photo stream). One decode per core keeps ahead of the
-    # model (benchmarks/predict.py: the stream alone is 3-4x the model's rate).
+    # Without autotuning: deleting an autotuned iterator waits for its optimiser thread,
+    # for up to seconds (as long as a whole stream of a thousand photos). One decode per
+    # core keeps ahead of the model: the stream alone runs several times the model's rate
+    # (benchmarks/README.md, Predict).
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
@@ -220,7 +220,7 @@ def classify_stream(
     """Classify ``paths[i]`` for each ``todo[i]``, handing rows to ``emit`` in path order.
 
     A row is ``header``'s columns, then the file's size and modification time (ns) as they
-    were before it was read. ``clf`` is a ``pipeline.classifier.Classifier``.
+    were before it was read. ``clf`` is a ``pipeline.predict.classifier.Classifier``.
     """
     cfg, labels = clf.cfg, clf.labels
     top_k = min(top_k, len(labels))

@@ -2,7 +2,7 @@
 labels and input configuration; the small API behind `make evaluate`, `make predict` and
 `make export`.
 
-    from pipeline.classifier import load_classifier
+    from pipeline.predict.classifier import load_classifier
     clf = load_classifier("flowers-inception_v3-20261122-101500")   # or () for the newest
     clf.classify(["photo.jpg"])[0]["predicted"]                     # -> 'tulips'
 
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config, load_config
+from pipeline.data.manifest import ManifestRow
 from pipeline.images import ImageCheck, check_images
-from pipeline.manifest import ManifestRow
-from pipeline.predict_stream import prediction_columns
+from pipeline.predict.stream import prediction_columns
+from pipeline.predict.tflite import TFLITE_SUFFIX
 from pipeline.runs import CONFIG_FILE, LABELS_FILE, MODEL_FILE, resolve_run
-from pipeline.tflite import TFLITE_SUFFIX
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Classifier:
     run_dir: Path
     cfg: Config
     labels: list[str]
-    model: Any = field(repr=False)  # keras.Model, or a pipeline.tflite.TFLiteModel
+    model: Any = field(repr=False)  # keras.Model, or a pipeline.predict.tflite.TFLiteModel
     predict_batch: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     raw_pixels: bool = False
 
@@ -137,7 +137,7 @@ def run_of_export(path: Path) -> Path:
 def exported_file(run_dir: Path, fmt: str) -> Path:
     """What `make predict RUN=<run> FORMAT=<fmt>` classifies with: the run itself for the
     default FORMAT (all), else that format's file under models/<run>/export/."""
-    from pipeline.export_record import EXPORT_DIR, VARIANT_FILES
+    from pipeline.export.record import EXPORT_DIR, VARIANT_FILES
 
     if fmt == "all":
         return run_dir
@@ -158,8 +158,8 @@ def exported_file(run_dir: Path, fmt: str) -> Path:
 def _load_exported(path: Path) -> Classifier:
     """An exported .tflite file, checked against its run: image size and class count, then
     export.json's record of it (its sha256 and the labels it was exported with)."""
-    from pipeline.export_record import verify_exported
-    from pipeline.tflite import TFLiteModel
+    from pipeline.export.record import verify_exported
+    from pipeline.predict.tflite import TFLiteModel
 
     run_dir, cfg, labels = read_run(run_of_export(path))
     model = TFLiteModel(path)

@@ -1,8 +1,8 @@
 """Running an exported .tflite classifier: raw RGB pixels in [0, 255] in, probabilities out.
 
 Shared by the export stage (scoring what it wrote) and predict (``MODEL=...tflite``). Uses
-``tf.lite.Interpreter``, which ships with the pinned TensorFlow (the README's Export
-section says why not ai-edge-litert); its deprecation notice is silenced here, once.
+``tf.lite.Interpreter``, which ships with the pinned TensorFlow (docs/export.md says
+why not ai-edge-litert); its deprecation notice is silenced here, once.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class TFLiteModel:
         import tensorflow as tf
 
         self.path = Path(path) if path is not None else None
-        with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated": README, Export
+        with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated": docs/export.md
             warnings.simplefilter("ignore")
             try:
                 self._interpreter = tf.lite.Interpreter(

@@ -26,9 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.manifest import (
+    CLASSES_FILE,
+    SPLIT_FILES,
+    ManifestRow,
+    read_classes,
+    read_manifest,
+)
 from pipeline.files import read_json, write_json
 from pipeline.images import file_sha256
-from pipeline.manifest import CLASSES_FILE, SPLIT_FILES, ManifestRow, read_classes, read_manifest
 
 RECORD_FILE = "dataset.json"  # the record of what made a data set's manifests
 RUN_DATA_DIR = "data"  # models/<run>/data/: the manifests the run was trained on

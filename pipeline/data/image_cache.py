@@ -11,9 +11,9 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from pipeline.data.manifest import ManifestRow
 from pipeline.files import atomic_path
 from pipeline.images import DECODE_JPEG, load_rgb
-from pipeline.manifest import ManifestRow
 
 
 def cache_path(dataset_dir: Path, size: int, sha256: str) -> Path:

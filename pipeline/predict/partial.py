@@ -100,7 +100,7 @@ class PartialRows:
         """Keep the earlier rows whose file is unchanged (size and modification time).
 
         Rows are kept by whole cells of ``cell`` consecutive paths (the model's batches:
-        pipeline.predict_stream): a cell with any file to classify is classified whole,
+        pipeline.predict.stream): a cell with any file to classify is classified whole,
         so each image is computed in the same batch, at the same place, as in a run
         that was never interrupted. Returns one flag per path (1: classify it) and the
         number of rows kept. The kept rows are rewritten into .partial.kept before the

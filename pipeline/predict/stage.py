@@ -1,5 +1,5 @@
 """Classifying a folder of new photos into a CSV (`make predict`): streamed, resumable,
-optionally copied into class folders. The model side is ``pipeline.classifier``."""
+optionally copied into class folders. The model side is ``pipeline.predict.classifier``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.classifier import (
+from pipeline.config import Config
+from pipeline.images import IMAGE_EXTENSIONS, has_image_extension, iter_files
+from pipeline.predict.classifier import (
     Classifier,
     exported_file,
     load_classifier,
@@ -17,10 +19,8 @@ from pipeline.classifier import (
     run_of_export,
     top_k_columns,
 )
-from pipeline.config import Config
-from pipeline.images import IMAGE_EXTENSIONS, has_image_extension, iter_files
-from pipeline.partial import PartialRows, csv_order, resume_key
-from pipeline.predict_stream import classify_stream
+from pipeline.predict.partial import PartialRows, csv_order, resume_key
+from pipeline.predict.stream import classify_stream
 from pipeline.runs import MODEL_FILE, resolve_run
 
 
@@ -114,7 +114,7 @@ def partial_key(clf: Classifier, source: Path, header: list[str], tta: str, batc
 def predict(cfg: Config) -> PredictResult:
     """Classify every image below cfg.predict.input into a CSV sorted by path.
 
-    Streams: rows are saved beside the output as batches finish (pipeline.partial), so
+    Streams: rows are saved beside the output as batches finish (pipeline.predict.partial), so
     memory stays flat and a rerun after an interruption classifies only what is missing.
     """
     p = cfg.predict

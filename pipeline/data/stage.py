@@ -2,7 +2,7 @@
 
 A file checked by an earlier run, unchanged since (same path, size and modification time),
 is not opened again: its result is remembered in data/<dataset id>/checks.jsonl
-(pipeline.check_cache).
+(pipeline.data.check_cache).
 
 Public entries: ``prepare_data(cfg)`` (the stage) and ``ensure_manifests(cfg)`` (what
 every other stage calls: the manifests for cfg's data set and options, rebuilt first when
@@ -19,35 +19,17 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.check_cache import CACHE_FILE, check_with_cache
-from pipeline.config import Config, save_config
-from pipeline.data_reports import draw_data_reports
-from pipeline.files import (
-    GENERATED_MARKER,
-    generated_dir,
-    read_csv,
-    write_csv,
-    write_json,
-)
-from pipeline.image_cache import build_image_cache
-from pipeline.images import (
-    NOT_UTF8,
-    ImageCheck,
-    has_image_extension,
-    is_ignored,
-    is_utf8_path,
-    iter_files,
-    reason_key,
-    text_path,
-)
-from pipeline.manifest import (
+from pipeline.config import CONFIG_FILE, Config, save_config
+from pipeline.data.check_cache import CACHE_FILE, check_with_cache
+from pipeline.data.image_cache import build_image_cache
+from pipeline.data.manifest import (
     CLASSES_FILE,
     SPLIT_FILES,
     ManifestRow,
     write_classes,
     write_manifest,
 )
-from pipeline.provenance import (
+from pipeline.data.provenance import (
     DATA_SUMMARY_FILE,
     DatasetRecord,
     FileStat,
@@ -58,8 +40,26 @@ from pipeline.provenance import (
     stale_reasons,
     write_record,
 )
-from pipeline.sources import Source, SourceError, resolve_source, subfolders
-from pipeline.split import SPLITS, assign_splits, check_split_counts, split_counts
+from pipeline.data.reports import draw_data_reports
+from pipeline.data.sources import Source, SourceError, resolve_source, subfolders
+from pipeline.data.split import SPLITS, assign_splits, check_split_counts, split_counts
+from pipeline.files import (
+    GENERATED_MARKER,
+    generated_dir,
+    read_csv,
+    write_csv,
+    write_json,
+)
+from pipeline.images import (
+    NOT_UTF8,
+    ImageCheck,
+    has_image_extension,
+    is_ignored,
+    is_utf8_path,
+    iter_files,
+    reason_key,
+    text_path,
+)
 
 CHECK_REPORT = "check_report.csv"
 DUPLICATES_REPORT = "duplicates.csv"
@@ -82,7 +82,7 @@ class DataResult:
     warnings: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     checked: int = 0  # files opened and checked in this run
-    reused: int = 0  # files whose remembered check was reused (pipeline.check_cache)
+    reused: int = 0  # files whose remembered check was reused (pipeline.data.check_cache)
 
 
 def list_candidates(source: Source) -> list[Candidate]:
@@ -361,7 +361,7 @@ def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
             },
         )
     )
-    files.append(save_config(cfg, out_dir / "config.json"))
+    files.append(save_config(cfg, out_dir / CONFIG_FILE))
     record = DatasetRecord(
         dataset=cfg.data.dataset,
         origin=inv.source.origin,
