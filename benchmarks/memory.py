@@ -19,9 +19,9 @@ every tensor, as it does on a GPU. Peak resident memory (VmHWM) is reported besi
 is larger and less repeatable (glibc keeps freed blocks in per-thread arenas).
 
 Every batch size is measured ``--repeats`` times; the line through the median peaks gives
-the measured memory per image (its slope), compared with the estimate's per-image figure
-(``pipeline.memory.realistic_training``). Prints a table and writes JSON under
-benchmarks/results/.
+the measured memory per image (its slope), compared with the estimate's slope over the same
+batches (``pipeline.memory.realistic_training``); each batch's estimated total is compared
+with its median peak. Prints a table and writes JSON under benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def run_child(case: str, batch: int, steps: int, images: Path) -> dict:
     estimate = realistic_training(layers_from_model(model), batch, precision)
     strategy = tf.distribute.get_strategy()
     compile_for_training(model, strategy, 1e-4, cfg.train)
+    model_bytes = int(tf.config.experimental.get_memory_info("CPU:0")["current"])
     rows = _jpegs(images, size) * max(1, -(-batch // IMAGES))
     dataset = build_train_dataset(rows, cfg, NUM_CLASSES, batch_size=batch).repeat()
     step = _build_train_step(
@@ -120,6 +121,7 @@ def run_child(case: str, batch: int, steps: int, images: Path) -> dict:
     )
     batches = iter(dataset)
     step(next(batches))  # traces the step
+    held_bytes = int(tf.config.experimental.get_memory_info("CPU:0")["current"])
     tf.config.experimental.reset_memory_stats("CPU:0")
     start = time.perf_counter()
     for _ in range(steps):
@@ -129,6 +131,8 @@ def run_child(case: str, batch: int, steps: int, images: Path) -> dict:
         "batch": batch,
         "peak_bytes": int(tf.config.experimental.get_memory_info("CPU:0")["peak"]),
         "peak_rss": _peak_rss(),
+        "model_bytes": model_bytes,  # weights and optimizer state as allocated
+        "held_bytes": held_bytes,  # before the measured steps: model, buffered batches
         "estimate_per_image": estimate["per_image"],
         "estimate_fixed": estimate["fixed"],
         "estimate_total": estimate["total"],
@@ -157,7 +161,8 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 def summarise(case: str, points: list[dict]) -> dict:
     """Median peak per batch, the line through them, its residuals, the spread of the
-    per-image slope over repeats, and the estimate's error against the median slope."""
+    per-image slope over repeats, the estimate's error against the median slope and its
+    total's error against each batch's median peak."""
     batches = sorted({p["batch"] for p in points})
     runs = {b: [p for p in points if p["batch"] == b] for b in batches}
     medians = [statistics.median(p["peak_bytes"] for p in runs[b]) for b in batches]
@@ -167,7 +172,10 @@ def summarise(case: str, points: list[dict]) -> dict:
         fit_line(batches, [runs[b][k]["peak_bytes"] for b in batches])[0] for k in range(repeats)
     ]
     rss = [statistics.median(p["peak_rss"] for p in runs[b]) for b in batches]
-    estimate = points[0]["estimate_per_image"]
+    # The estimate's own slope: its worst moment, hence its per-image figure, can change
+    # with the batch size.
+    totals = [runs[b][0]["estimate_total"] for b in batches]
+    estimate = fit_line(batches, totals)[0]
     return {
         "case": case,
         "batches": batches,
@@ -181,7 +189,9 @@ def summarise(case: str, points: list[dict]) -> dict:
         "intercept": intercept,
         "estimate_per_image": estimate,
         "estimate_fixed": points[0]["estimate_fixed"],
+        "estimate_total_bytes": totals,
         "relative_error": (estimate - slope) / slope,
+        "total_error": [(e - m) / m for e, m in zip(totals, medians)],
         "rss_per_image": fit_line(batches, rss)[0],
     }
 
@@ -204,14 +214,15 @@ def sweep_cases(sizes: tuple[int, int] = (96, 128)) -> list[str]:
 def print_table(results: list[dict]) -> None:
     print(
         f"\n{'case':<36}{'measured/img':>14}{'spread':>8}{'estimate/img':>14}{'error':>8}"
-        f"{'residuals (MiB)':>20}{'RSS/img':>10}"
+        f"{'peaks (MiB)':>16}{'total error':>14}{'RSS/img':>10}"
     )
     for r in results:
-        residuals = ",".join(f"{x / MiB:+.1f}" for x in r["residual_bytes"])
+        peaks = ",".join(f"{x / MiB:.0f}" for x in r["median_peak_bytes"])
+        total = ",".join(f"{x:+.0%}" for x in r["total_error"])
         print(
             f"{r['case']:<36}{r['measured_per_image'] / MiB:>10.2f} MiB{r['spread']:>8.0%}"
             f"{r['estimate_per_image'] / MiB:>10.2f} MiB{r['relative_error']:>+8.1%}"
-            f"{residuals:>20}{r['rss_per_image'] / MiB:>6.2f} MiB"
+            f"{peaks:>16}{total:>14}{r['rss_per_image'] / MiB:>6.2f} MiB"
         )
 
 

@@ -38,12 +38,6 @@ def test_small_cnn_per_image_estimate_within_15_percent(bench, tmp_path):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fixed part misses what the runtime allocates beside the model (the measured "
-    "intercept is about 40 MB for the small CNN, the estimated fixed part 6 MB); strict: "
-    "passing means the gap is modelled, so drop this mark",
-)
 def test_recommended_batch_fits_the_budget_when_trained(bench, tmp_path):
     budget = 120 * 2**20
     cfg = with_overrides(

@@ -9,8 +9,9 @@ Two training figures, on purpose. The *textbook minimum* keeps every layer's out
 every image of the batch, plus the input batch and the parameters (the classic exercise's
 answer). The *realistic* figure keeps only what the backward pass of the trainable layers
 reads, simulated tensor by tensor (``pipeline.memory.liveness``), adds the input pipeline's
-buffered batches, float32 gradients and optimizer state for the trainable parameters, and
-multiplies the per-image part by ``CPU_OVERHEAD`` (1: nothing left unmodelled).
+buffered batches, float32 gradients, convolution scratch and optimizer state where the
+step holds them, and multiplies the per-image part by ``CPU_OVERHEAD`` (1: nothing left
+unmodelled).
 ``estimate_layers`` gathers everything about one network into the dict the ``memory``
 stage renders and writes.
 """
@@ -43,6 +44,11 @@ CPU_OVERHEAD = 1.0
 # the one its parallel map is producing (tf.data's AUTOTUNE can hold more on many cores).
 PIPELINE_BATCHES = 2
 INPUT_BYTES = 4  # the pipeline's images are float32 whatever the training precision
+# TensorFlow's BFC allocator (the CPU's with TF_CPU_ALLOCATOR_USE_BFC, every GPU's) grows in
+# regions that double in size and does not split a free chunk under twice the request: a
+# temporary of a few MiB or more can hold the next power of two. Charged that way, an upper
+# bound, to the convolutions' batch-independent im2col scratch.
+ALLOCATOR_CHUNK_FROM = 1 << 20
 REMEDY_SIDE_STEP = 32  # smaller-input remedy: image sides are tried in steps of this
 DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
 
@@ -60,6 +66,14 @@ def textbook_training(layers: list[Layer], batch: int, dtype: str = "float32") -
     return {**parts, "total": sum(parts.values())}
 
 
+def allocator_chunk(nbytes: int) -> int:
+    """Bytes the BFC allocator holds for one temporary of ``nbytes`` (see
+    ``ALLOCATOR_CHUNK_FROM``)."""
+    if nbytes < ALLOCATOR_CHUNK_FROM:
+        return nbytes
+    return 1 << (nbytes - 1).bit_length()
+
+
 def realistic_training(
     layers: list[Layer],
     batch: int,
@@ -68,29 +82,44 @@ def realistic_training(
     overhead: float = CPU_OVERHEAD,
     pipeline_batches: int = PIPELINE_BATCHES,
 ) -> dict[str, Any]:
-    """fixed + batch x per_image: float32 weights, gradients and optimizer slots for the
-    trainable part, float16 weight copies under mixed precision, and per image the simulated
-    peak (half-size values under mixed precision) plus the input pipeline's buffered float32
-    batches, times the framework overhead."""
+    """fixed + batch x per_image at the step's worst moment for this batch size.
+
+    Always held: float32 weights and optimizer slots (float16 weight copies under mixed
+    precision). Per image: the input pipeline's buffered float32 batches and the simulated
+    tensors (half-size under mixed precision) times the framework overhead. Which moment is
+    the peak depends on the batch: the forward pass holds no gradient; a backward step holds
+    its weight gradient (under mixed precision every one made so far: loss scaling updates
+    only once all are checked) and the convolutions' im2col scratch
+    (``pipeline.memory.liveness.training_peak``).
+    """
     params = sum(r.params for r in layers)
     trainable = sum(r.trainable for r in layers)
     mixed = precision.startswith("mixed")
-    peak = training_peak(layers)
-    fixed = {
+    value_bytes = 2 if mixed else 4
+    peak = training_peak(layers, hold_gradients=mixed)  # loss scaling checks every gradient
+    pipeline = layers[0].size * INPUT_BYTES * pipeline_batches
+    held = {
         "weights": params * MASTER_BYTES,
         "weight_copies": params * 2 if mixed else 0,
-        "gradients": trainable * MASTER_BYTES,
         "optimizer": trainable * optimizer_slots * MASTER_BYTES,
     }
-    pipeline = layers[0].size * INPUT_BYTES * pipeline_batches
-    per_image = math.ceil((peak["values"] * (2 if mixed else 4) + pipeline) * overhead)
+
+    def moment(m: tuple[int, int, int]) -> tuple[int, int, int, int]:
+        per_image = math.ceil((m[0] * value_bytes + pipeline) * overhead)
+        grads, scratch = m[1] * MASTER_BYTES, allocator_chunk(m[2])
+        return batch * per_image + grads + scratch, per_image, grads, scratch
+
+    _, per_image, gradients, scratch = max(moment(m) for m in peak["moments"])
+    fixed = sum(held.values()) + gradients + scratch
     return {
-        **fixed,
-        "fixed": sum(fixed.values()),
+        **held,
+        "gradients": gradients,
+        "scratch": scratch,
+        "fixed": fixed,
         "per_image": per_image,
         "input_pipeline": pipeline,
         "activations": batch * per_image,
-        "total": sum(fixed.values()) + batch * per_image,
+        "total": fixed + batch * per_image,
         "batch": batch,
         "precision": precision,
         "overhead": overhead,
@@ -142,7 +171,7 @@ def rank_remedies(
 
     now = run()
     options: list[tuple[str, float, str]] = []
-    fits = max_batch(lambda b: now["fixed"] + b * now["per_image"], budget, limit=batch)
+    fits = max_batch(lambda b: run(b=b)["total"], budget, limit=batch)
     if 0 < fits < batch:
         options.append(
             (
@@ -288,8 +317,12 @@ def estimate_layers(
             "train_flops": training_flops(rows),
         }
         if budget:
-            fixed, per_image = realistic["fixed"], realistic["per_image"]
-            phase["max_batch"] = max_batch(lambda b, f=fixed, i=per_image: f + b * i, budget)
+            phase["max_batch"] = max_batch(
+                lambda b, r=rows: realistic_training(r, b, precision, optimizer_slots, overhead)[
+                    "total"
+                ],
+                budget,
+            )
             phase["fits"] = realistic["total"] <= budget
         result["phases"][label] = phase
     return result

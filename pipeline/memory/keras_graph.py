@@ -16,6 +16,7 @@ from pipeline.memory.spec import (
     SAVES_INPUTS_IF_TRAINABLE,
     SAVES_OUTPUT,
     Layer,
+    conv_backprop_scratch,
 )
 
 _NO_SAVES = {
@@ -133,6 +134,7 @@ def _keras_row(
     trainable = 0 if frozen else count(getattr(op, "trainable_weights", []))
     macs, flops, saves, internal = _keras_costs(op, in_shapes, shape, trainable, inference)
     inplace, workspace = _backward_buffers(op, math.prod(shape), trainable, inference)
+    scratch, input_scratch = _conv_scratch(op, shape)
     return Layer(
         op.name,
         type(op).__name__,
@@ -146,7 +148,21 @@ def _keras_row(
         internal,
         inplace=inplace,
         workspace=workspace,
+        scratch=scratch if trainable else 0,
+        input_scratch=input_scratch,
     )
+
+
+def _conv_scratch(op: Any, shape: tuple[int, ...]) -> tuple[int, int]:
+    """The im2col buffers of a plain 2-D convolution's backward (depthwise and separable
+    convolutions have kernels of their own, not modelled here)."""
+    classes = {c.__name__ for c in type(op).__mro__}
+    if "BaseConv" not in classes or classes & {"BaseDepthwiseConv", "BaseSeparableConv"}:
+        return 0, 0
+    if len(shape) != 3 or getattr(op, "groups", 1) != 1:
+        return 0, 0
+    cin = op.kernel.shape[-2]
+    return conv_backprop_scratch(shape[0] * shape[1], math.prod(op.kernel_size), cin, shape[-1])
 
 
 def _backward_buffers(op: Any, out: int, trainable: int, inference: bool) -> tuple[bool, int]:
