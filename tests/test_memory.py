@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import keras
 import pytest
@@ -24,9 +25,10 @@ from pipeline.memory import (
     realistic_training,
     textbook_training,
 )
+from pipeline.memory.estimate import allocator_chunk
 from pipeline.memory.keras_graph import layers_from_model
 from pipeline.memory.liveness import inference_peak, training_flops, training_peak
-from pipeline.memory.spec import Layer, parse_layers
+from pipeline.memory.spec import Layer, conv_backprop_scratch, parse_layers
 from pipeline.model import build_classifier, classifier_spec, freeze_for_phase, get_base
 from pipeline.units import parse_quantity
 
@@ -147,14 +149,69 @@ def test_training_peak_and_flops_of_the_chain():
 def test_realistic_training_adds_gradients_optimizer_and_mixed_precision():
     rows = parse_layers("200x300x3", EXERCISE)
     fp32 = realistic_training(rows, 50, "float32", optimizer_slots=2, overhead=1.0)
-    assert fp32["weights"] == fp32["gradients"] == 3_613_600
+    assert fp32["weights"] == 3_613_600
     assert fp32["optimizer"] == 2 * 3_613_600  # Adam: two values per trainable parameter
-    assert fp32["per_image"] == 3_930_000 * 4
+    pipeline = 2 * 180_000 * 4  # two float32 input batches buffered by the input pipeline
+    assert fp32["input_pipeline"] == pipeline
+    assert fp32["per_image"] == 3_930_000 * 4 + pipeline
+    # The peak is conv2's backward step: its own weight gradient (conv3's is applied by
+    # then) and its 27 MB im2col buffer, which the allocator holds as a 32 MiB chunk.
+    assert fp32["gradients"] == 180_200 * 4
+    assert rows[2].scratch == 27_000_000 and fp32["scratch"] == 2**25
+    assert fp32["fixed"] == 3 * 3_613_600 + 180_200 * 4 + 2**25
+    assert fp32["total"] == fp32["fixed"] + 50 * fp32["per_image"]
     mixed = realistic_training(rows, 50, "mixed_float16", optimizer_slots=2, overhead=1.0)
-    assert mixed["per_image"] == fp32["per_image"] // 2  # float16 activations
+    assert mixed["per_image"] == 3_930_000 * 2 + pipeline  # float16 activations, float32 input
+    assert mixed["gradients"] == (180_200 + 720_400) * 4  # loss scaling holds them all
     assert mixed["weights"] == fp32["weights"]  # float32 master weights
     assert mixed["weight_copies"] == 903_400 * 2
-    assert realistic_training(rows, 50, overhead=1.5)["per_image"] == 3_930_000 * 6
+    assert realistic_training(rows, 50, overhead=1.5)["per_image"] == 1.5 * fp32["per_image"]
+
+
+def test_the_peak_moment_depends_on_the_batch():
+    # Only the last conv trains: the forward pass through the frozen ones holds the most
+    # values per image but no gradient; conv3's backward holds its gradient and scratch.
+    rows = parse_layers("200x300x3", EXERCISE)
+    rows = [replace(r, trainable=0) if r.name != "conv3" else r for r in rows]
+    moments = training_peak(rows)["moments"]
+    assert (training_peak(rows)["forward_values"], 0, 0) in moments
+    small, large = realistic_training(rows, 1), realistic_training(rows, 1000)
+    assert small["gradients"] == 720_400 * 4 and small["scratch"] == 2**25  # conv3's backward
+    assert large["gradients"] == large["scratch"] == 0  # the forward pass
+    assert large["per_image"] > small["per_image"]
+    # The largest batch for a budget follows the worst moment at every batch size.
+    budget = realistic_training(rows, 64)["total"]
+    est = estimate_layers(rows, 8, phases={"p": rows}, budget=budget)
+    assert est["phases"]["p"]["max_batch"] == 64
+
+
+def test_convolution_scratch_fills_the_kernels_working_set_whatever_the_batch():
+    # 64x64 output, 3x3x3 patches, 32 filters: images are taken until patches, output
+    # gradients and kernel fill 30 MiB; the patches are the buffer.
+    weight, inputs = conv_backprop_scratch(64 * 64, 9, 3, 32)
+    unit = 64 * 64 * 27 + 64 * 64 * 32 + 27 * 32  # patches + output gradient + kernel
+    assert weight == -(-(30 << 20) // 4 // unit) * 64 * 64 * 27 * 4
+    assert 10 << 20 < weight <= 30 << 20  # whatever the batch: 33 images' patches
+    assert inputs == 64 * 64 * 27 * 4  # one image at a time: enough work per thread
+    assert allocator_chunk(weight) == 16 << 20 and allocator_chunk(1000) == 1000
+
+
+def test_elementwise_layers_write_over_their_buffers():
+    # conv (trainable: keeps the image) -> relu. Forward, relu writes over the conv output;
+    # backward, relu's input gradient over its output gradient.
+    chain = parse_layers("10x10x1", "conv3x3:4,relu")
+    peak = training_peak(chain)
+    assert peak["forward_values"] == 100 + 400  # not 100 + 400 + 400
+    assert peak["backward_values"] == 100 + 400 + 400  # relu output kept + one gradient
+    # A training-mode BatchNorm's backward holds three full-size temporaries besides its
+    # kept input and output gradient (the image needs no gradient); in inference mode it is
+    # elementwise.
+    bn = keras.Sequential([keras.Input((8, 8, 2)), keras.layers.BatchNormalization()])
+    rows = layers_from_model(bn)
+    assert (rows[1].inplace, rows[1].workspace) == (False, 3 * 128)
+    assert training_peak(rows)["backward_values"] == 128 + 128 + 3 * 128
+    bn.trainable = False
+    assert layers_from_model(bn)[1].inplace
 
 
 def test_unknown_layer_token_lists_the_valid_forms():

@@ -8,10 +8,12 @@ forward's worth for the input gradient and, if it trains, one more for the weigh
 Two training figures, on purpose. The *textbook minimum* keeps every layer's output for
 every image of the batch, plus the input batch and the parameters (the classic exercise's
 answer). The *realistic* figure keeps only what the backward pass of the trainable layers
-reads, simulated tensor by tensor (``pipeline.memory.liveness``), adds float32 gradients and
-optimizer state for the trainable parameters, and multiplies the per-image part by
-``CPU_OVERHEAD``. ``estimate_layers`` gathers everything about one network into the dict
-the ``memory`` stage renders and writes.
+reads, simulated tensor by tensor (``pipeline.memory.liveness``), adds the input pipeline's
+buffered batches, float32 gradients, convolution scratch and optimizer state where the
+step holds them, and multiplies the per-image part by ``CPU_OVERHEAD`` (1: nothing left
+unmodelled).
+``estimate_layers`` gathers everything about one network into the dict the ``memory``
+stage renders and writes.
 """
 
 from __future__ import annotations
@@ -31,16 +33,22 @@ from pipeline.memory.spec import Layer
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 MASTER_BYTES = 4  # weights, gradients and optimizer state stay float32 under mixed precision
-# Framework workspace on top of the simulated per-image tensors: allocator rounding, oneDNN
-# scratch and layout copies, gradient temporaries, and tensors kept alive longer because the
-# executor runs independent ops in parallel. None of these follow from the layer graph, so
-# the factor is fitted: `make bench-memory` divides the slope of peak RSS against batch size
-# by the simulated per-image bytes, and this is the geometric mean over its three cases
-# (InceptionV3 at 128 px in phase 2 and fully trained, the small CNN at 64 px) on this
-# project's 2-core CPU machine with TensorFlow 2.21. The figures and the estimate's error
-# are in benchmarks/README.md (Memory). GPUs (cuDNN workspace) may differ: measure there
-# (`make bench-memory` uses the GPU's peak) and set memory.overhead.
-CPU_OVERHEAD = 1.32
+# What TensorFlow's allocator holds is the simulated tensors themselves: elementwise layers
+# write over their input or gradient buffers, and training-mode BatchNorm's backward
+# temporaries are simulated (``pipeline.memory.keras_graph``), so no multiplier is left for
+# the tensors. `make bench-memory` checks this against the allocator's peak. Resident memory
+# on a CPU is larger and less repeatable (glibc keeps freed blocks in per-thread arenas):
+# budget resident memory with memory.overhead > 1.
+CPU_OVERHEAD = 1.0
+# float32 batches the input pipeline holds beside the one training: the prefetched batch and
+# the one its parallel map is producing (tf.data's AUTOTUNE can hold more on many cores).
+PIPELINE_BATCHES = 2
+INPUT_BYTES = 4  # the pipeline's images are float32 whatever the training precision
+# TensorFlow's BFC allocator (the CPU's with TF_CPU_ALLOCATOR_USE_BFC, every GPU's) grows in
+# regions that double in size and does not split a free chunk under twice the request: a
+# temporary of a few MiB or more can hold the next power of two. Charged that way, an upper
+# bound, to the convolutions' batch-independent im2col scratch.
+ALLOCATOR_CHUNK_FROM = 1 << 20
 REMEDY_SIDE_STEP = 32  # smaller-input remedy: image sides are tried in steps of this
 DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
 
@@ -58,33 +66,60 @@ def textbook_training(layers: list[Layer], batch: int, dtype: str = "float32") -
     return {**parts, "total": sum(parts.values())}
 
 
+def allocator_chunk(nbytes: int) -> int:
+    """Bytes the BFC allocator holds for one temporary of ``nbytes`` (see
+    ``ALLOCATOR_CHUNK_FROM``)."""
+    if nbytes < ALLOCATOR_CHUNK_FROM:
+        return nbytes
+    return 1 << (nbytes - 1).bit_length()
+
+
 def realistic_training(
     layers: list[Layer],
     batch: int,
     precision: str = "float32",
     optimizer_slots: int = 2,
     overhead: float = CPU_OVERHEAD,
+    pipeline_batches: int = PIPELINE_BATCHES,
 ) -> dict[str, Any]:
-    """fixed + batch x per_image: float32 weights, gradients and optimizer slots for the
-    trainable part, float16 weight copies under mixed precision, and the simulated per-image
-    peak (half-size values under mixed precision) times the framework overhead."""
+    """fixed + batch x per_image at the step's worst moment for this batch size.
+
+    Always held: float32 weights and optimizer slots (float16 weight copies under mixed
+    precision). Per image: the input pipeline's buffered float32 batches and the simulated
+    tensors (half-size under mixed precision) times the framework overhead. Which moment is
+    the peak depends on the batch: the forward pass holds no gradient; a backward step holds
+    its weight gradient (under mixed precision every one made so far: loss scaling updates
+    only once all are checked) and the convolutions' im2col scratch
+    (``pipeline.memory.liveness.training_peak``).
+    """
     params = sum(r.params for r in layers)
     trainable = sum(r.trainable for r in layers)
     mixed = precision.startswith("mixed")
-    peak = training_peak(layers)
-    fixed = {
+    value_bytes = 2 if mixed else 4
+    peak = training_peak(layers, hold_gradients=mixed)  # loss scaling checks every gradient
+    pipeline = layers[0].size * INPUT_BYTES * pipeline_batches
+    held = {
         "weights": params * MASTER_BYTES,
         "weight_copies": params * 2 if mixed else 0,
-        "gradients": trainable * MASTER_BYTES,
         "optimizer": trainable * optimizer_slots * MASTER_BYTES,
     }
-    per_image = math.ceil(peak["values"] * (2 if mixed else 4) * overhead)
+
+    def moment(m: tuple[int, int, int]) -> tuple[int, int, int, int]:
+        per_image = math.ceil((m[0] * value_bytes + pipeline) * overhead)
+        grads, scratch = m[1] * MASTER_BYTES, allocator_chunk(m[2])
+        return batch * per_image + grads + scratch, per_image, grads, scratch
+
+    _, per_image, gradients, scratch = max(moment(m) for m in peak["moments"])
+    fixed = sum(held.values()) + gradients + scratch
     return {
-        **fixed,
-        "fixed": sum(fixed.values()),
+        **held,
+        "gradients": gradients,
+        "scratch": scratch,
+        "fixed": fixed,
         "per_image": per_image,
+        "input_pipeline": pipeline,
         "activations": batch * per_image,
-        "total": sum(fixed.values()) + batch * per_image,
+        "total": fixed + batch * per_image,
         "batch": batch,
         "precision": precision,
         "overhead": overhead,
@@ -136,7 +171,7 @@ def rank_remedies(
 
     now = run()
     options: list[tuple[str, float, str]] = []
-    fits = max_batch(lambda b: now["fixed"] + b * now["per_image"], budget, limit=batch)
+    fits = max_batch(lambda b: run(b=b)["total"], budget, limit=batch)
     if 0 < fits < batch:
         options.append(
             (
@@ -282,8 +317,12 @@ def estimate_layers(
             "train_flops": training_flops(rows),
         }
         if budget:
-            fixed, per_image = realistic["fixed"], realistic["per_image"]
-            phase["max_batch"] = max_batch(lambda b, f=fixed, i=per_image: f + b * i, budget)
+            phase["max_batch"] = max_batch(
+                lambda b, r=rows: realistic_training(r, b, precision, optimizer_slots, overhead)[
+                    "total"
+                ],
+                budget,
+            )
             phase["fits"] = realistic["total"] <= budget
         result["phases"][label] = phase
     return result

@@ -16,6 +16,7 @@ from pipeline.memory.spec import (
     SAVES_INPUTS_IF_TRAINABLE,
     SAVES_OUTPUT,
     Layer,
+    conv_backprop_scratch,
 )
 
 _NO_SAVES = {
@@ -132,9 +133,60 @@ def _keras_row(
     params = count(getattr(op, "weights", []))
     trainable = 0 if frozen else count(getattr(op, "trainable_weights", []))
     macs, flops, saves, internal = _keras_costs(op, in_shapes, shape, trainable, inference)
+    inplace, workspace = _backward_buffers(op, math.prod(shape), trainable, inference)
+    scratch, input_scratch = _conv_scratch(op, shape)
     return Layer(
-        op.name, type(op).__name__, shape, sources, params, trainable, macs, flops, saves, internal
+        op.name,
+        type(op).__name__,
+        shape,
+        sources,
+        params,
+        trainable,
+        macs,
+        flops,
+        saves,
+        internal,
+        inplace=inplace,
+        workspace=workspace,
+        scratch=scratch if trainable else 0,
+        input_scratch=input_scratch,
     )
+
+
+def _conv_scratch(op: Any, shape: tuple[int, ...]) -> tuple[int, int]:
+    """The im2col buffers of a plain 2-D convolution's backward (depthwise and separable
+    convolutions have kernels of their own, not modelled here)."""
+    classes = {c.__name__ for c in type(op).__mro__}
+    if "BaseConv" not in classes or classes & {"BaseDepthwiseConv", "BaseSeparableConv"}:
+        return 0, 0
+    if len(shape) != 3 or getattr(op, "groups", 1) != 1:
+        return 0, 0
+    cin = op.kernel.shape[-2]
+    return conv_backprop_scratch(shape[0] * shape[1], math.prod(op.kernel_size), cin, shape[-1])
+
+
+def _backward_buffers(op: Any, out: int, trainable: int, inference: bool) -> tuple[bool, int]:
+    """(input gradient written over the output gradient?, backward temporaries in values).
+
+    Elementwise gradients (ReLU, inference BatchNorm's scale, a dropout mask) reuse their
+    output gradient's buffer in TensorFlow. A training-mode BatchNorm is not fused in Keras 3:
+    its input gradient sums three paths (the scale, the mean, the variance), each a
+    full-size tensor (the gradient times the scale, and the two broadcast statistics
+    gradients) beside the output and input gradients.
+    """
+    name = type(op).__name__
+    classes = {c.__name__ for c in type(op).__mro__}
+    if "BatchNormalization" in classes:
+        training = trainable > 0 and not inference
+        return (False, 3 * out) if training else (True, 0)
+    if name == "ReLU":
+        return True, 0
+    if name == "Activation":
+        act = getattr(getattr(op, "activation", None), "__name__", "linear")
+        return act in _OUTPUT_GRAD_ACTIVATIONS or act == "linear", 0
+    if name == "Dropout":
+        return not inference and op.noise_shape is None, 0
+    return False, 0
 
 
 def _activation_saves(name: str, size: int) -> tuple[tuple[str, ...], int]:

@@ -30,7 +30,8 @@ def _last_readers(layers: list[Layer]) -> list[int]:
 def _forward(
     layers: list[Layer], kept: set[int], kept_internal: set[int]
 ) -> tuple[int, list[int], dict[int, int]]:
-    """Run the rows in order, freeing each tensor after its last reader unless it is kept.
+    """Run the rows in order, freeing each tensor after its last reader unless it is kept
+    (an elementwise row writes over its input's buffer when that input dies there).
 
     Returns the peak in values, the rows alive at the peak, and what is alive at the end.
     """
@@ -40,6 +41,9 @@ def _forward(
     for i, row in enumerate(layers[1:], start=1):
         alive[i] = row.size
         now = sum(alive.values()) + row.internal
+        (j,) = row.inputs if len(row.inputs) == 1 else (None,)
+        if row.inplace and j is not None and last[j] == i and j not in kept and j in alive:
+            now -= alive[j]  # an elementwise op writes over an input that dies here
         if now > peak:
             peak, at_peak = now, sorted(k for k in alive if k >= 0)
         for j in {*row.inputs, i}:  # i itself when nothing reads it
@@ -85,12 +89,22 @@ def _backward_plan(layers: list[Layer]) -> tuple[list[bool], dict[int, int], set
     return needs, kept, internal
 
 
-def training_peak(layers: list[Layer]) -> dict[str, Any]:
+def training_peak(layers: list[Layer], hold_gradients: bool = False) -> dict[str, Any]:
     """Per-image values alive at the worst moment of a training step (forward, then backward).
 
     Forward: tensors the backward pass reads stay alive. Backward, in reverse order: a
     gradient the size of each tensor a gradient flows into appears at its first consumer and
-    is freed at its producer; kept tensors are freed after their earliest reader.
+    is freed at its producer (an elementwise layer's reuses its output gradient's buffer);
+    a layer's backward temporaries (``workspace``) live while it runs; kept tensors are
+    freed after their earliest reader.
+
+    ``moments`` are (values per image, weight-gradient values, scratch bytes) at the forward
+    peak and at each backward step. TensorFlow updates each variable as soon as its gradient
+    is ready, so a gradient lives only through its own step, unless the update needs every
+    gradient first (``hold_gradients``: loss scaling checks they are all finite, then the
+    update holds them all and no activation). A convolution's im2col scratch
+    (``Layer.scratch``) from its backward step on, so which moment is the peak depends on
+    the batch size (``pipeline.memory.estimate.realistic_training`` takes the worst).
     """
     needs, kept, internal = _backward_plan(layers)
     fwd, fwd_rows, alive = _forward(layers, set(kept), internal)
@@ -99,25 +113,53 @@ def training_peak(layers: list[Layer]) -> dict[str, Any]:
         del alive[out]
     grads = {out: layers[out].size} if needs[out] else {}
     bwd = 0
+    moments = [(fwd, 0, 0)]  # the forward pass: no gradient exists yet
+    weight_grads = scratch = 0
     for i in reversed(range(1, len(layers))):
         if not needs[i]:
             continue
-        for j in layers[i].inputs:
+        row = layers[i]
+        reused = row.inplace and len(row.inputs) == 1 and i in grads
+        for j in row.inputs:
             if needs[j] and j not in grads:
                 grads[j] = layers[j].size
-        bwd = max(bwd, sum(alive.values()) + sum(grads.values()))
+        # An in-place gradient takes over its output gradient's buffer: never both at once.
+        held = sum(grads.values()) - (grads[i] if reused else 0)
+        now = sum(alive.values()) + held + row.workspace
+        bwd = max(bwd, now)
+        # A weight gradient is freed once its variable is updated, right after its step,
+        # unless the update waits for every gradient (``hold_gradients``).
+        weight_grads = weight_grads + row.trainable if hold_gradients else row.trainable
+        flows_in = any(needs[j] for j in row.inputs)
+        # A weight gradient is off the critical path: the executor may run it (and its
+        # scratch) any time before the update, beside any later step's tensors.
+        scratch = max(scratch, row.scratch, row.input_scratch if flows_in else 0)
+        moments.append((now, weight_grads, scratch))
         grads.pop(i, None)
         alive.pop(-i, None)
         for t in [t for t, first in kept.items() if first == i]:
             alive.pop(t, None)
+    if hold_gradients:  # the update: every gradient, no activation
+        moments.append((0, weight_grads, 0))
     return {
         "values": max(fwd, bwd),
         "forward_values": fwd,
         "backward_values": bwd,
+        "moments": _frontier(moments),
         "kept_values": sum(layers[t].size for t in kept)
         + sum(layers[i].internal for i in internal),
         "forward_peak_at": [layers[i].name for i in fwd_rows],
     }
+
+
+def _frontier(moments: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The moments that can be the peak at some batch size: no other has at least as many
+    values per image and at least as much batch-independent memory."""
+    keep: list[tuple[int, int, int]] = []
+    for m in sorted(set(moments), key=lambda m: (-(m[1] * 4 + m[2]), -m[0])):
+        if not keep or m[0] > max(k[0] for k in keep):
+            keep.append(m)
+    return keep
 
 
 def training_flops(layers: list[Layer]) -> int:

@@ -115,10 +115,12 @@ def render_markdown(est: dict[str, Any], layer_table: bool = True) -> str:
                 if r["weight_copies"]
                 else ""
             )
-            + f" + gradients {format_bytes(r['gradients'])} + optimizer "
-            f"{format_bytes(r['optimizer'])} + {batch} x {format_bytes(r['per_image'])} "
-            f"(peak {r['peak']['values']:,} values alive, {r['peak']['kept_values']:,} of them "
-            f"kept for the backward pass, x {2 if r['precision'].startswith('mixed') else 4} B x "
+            + f" + optimizer {format_bytes(r['optimizer'])}, and at the step's worst moment "
+            f"for this batch gradients {format_bytes(r['gradients'])} + convolution scratch "
+            f"{format_bytes(r['scratch'])} + {batch} x {format_bytes(r['per_image'])} (input "
+            f"pipeline {format_bytes(r['input_pipeline'])} and tensors alive, at most "
+            f"{r['peak']['values']:,} values, {r['peak']['kept_values']:,} of them kept for the "
+            f"backward pass, x {2 if r['precision'].startswith('mixed') else 4} B x "
             f"{r['overhead']:.2f}) = **{format_bytes(r['total'])}**.",
         ]
     out += ["", _why(est), ""]

@@ -62,12 +62,49 @@ class Layer:
     flops: int = 0  # per image, forward: 2 per multiply-add + 1 per elementwise op
     saves: tuple[str, ...] = ()  # SAVES_* flags: what its backward pass reads
     internal: int = 0  # values made inside the layer that its backward reads (pre-activation)
+    # Elementwise backward (ReLU, inference BatchNorm, dropout): TensorFlow's kernel writes
+    # the input gradient into the output gradient's buffer, so it costs no new tensor.
+    inplace: bool = False
+    workspace: int = 0  # temporaries its backward allocates beside its gradients
+    # Bytes, whatever the batch: the im2col buffer TensorFlow's CPU convolution backward
+    # allocates for the weight gradient (``scratch``) and for the input gradient
+    # (``input_scratch``), sized to its 30 MiB working-set target (``conv_backprop_scratch``).
+    scratch: int = 0
+    input_scratch: int = 0
     working: str = ""  # the arithmetic behind shape and params, printed for students
 
     @property
     def size(self) -> int:
         """Activation values for one image."""
         return math.prod(self.shape)
+
+
+# TensorFlow's CPU convolution backward kernels (Conv2DCustomBackpropFilter/Input) size their
+# im2col buffer to fill a working set of this many bytes (the L3 cache they assume), however
+# small the batch.
+CONV_WORKING_SET = 30 << 20
+_L2_WORKING_SET = 256 << 10  # per-thread work below which the input gradient batches images
+CPU_THREADS = 2  # the kernels' intra-op threads: the input gradient batches images on few
+
+
+def conv_backprop_scratch(
+    out_hw: int, window: int, cin: int, cout: int, threads: int = CPU_THREADS
+) -> tuple[int, int]:
+    """(weight-gradient, input-gradient) im2col buffers in float32 bytes of a 2-D convolution
+    with ``out_hw`` output positions and a ``window``-position kernel.
+
+    The kernels take as many images per shard as fill ``CONV_WORKING_SET`` (not capped by
+    the batch), so the buffer is a fixed cost of tens of MiB for the early, large-image
+    layers; the input gradient takes one image at a time unless its work per thread is
+    under ``_L2_WORKING_SET``. Under float16 the element count doubles: same bytes.
+    """
+    target, patch = CONV_WORKING_SET // 4, window * cin
+    images, out_grad, kernel = out_hw * patch, out_hw * cout, patch * cout
+    weight = -(-target // (images + out_grad + kernel)) * images * 4
+    unit = out_grad + kernel + images
+    per_image = unit // threads >= _L2_WORKING_SET // 4
+    inputs = (1 if per_image else -(-target // unit)) * images * 4
+    return weight, inputs
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -131,6 +168,7 @@ def _parse_token(token: str, shape: tuple[int, ...]) -> tuple[str, dict]:
             "shape": shape,
             "flops": n,
             "saves": (SAVES_OUTPUT,),
+            "inplace": True,
             "working": "shape unchanged",
         }
     if token == "flatten":
@@ -177,8 +215,11 @@ def _conv(
     cin = shape[2]
     params = (kh * kw * cin + 1) * filters
     macs = oh * ow * filters * kh * kw * cin
+    scratch, input_scratch = conv_backprop_scratch(oh * ow, kh * kw, cin, filters)
     return {
         "kind": "conv",
+        "scratch": scratch,
+        "input_scratch": input_scratch,
         "shape": (oh, ow, filters),
         "params": params,
         "trainable": params,

@@ -1,0 +1,53 @@
+"""The memory estimate against real training: fresh processes run the training step the way
+``make train`` does (benchmarks/memory.py) and TensorFlow's allocator reports its peak.
+
+These notice drift: a change to the model, the training step or the input pipeline that
+moves real memory away from the estimate fails here, not in a user's out-of-memory error.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import Config, with_overrides
+from pipeline.memory import estimate_layers, model_phases
+from tests.support import REPO
+
+pytestmark = pytest.mark.slow
+
+CASE = "small_cnn:64:1"
+TOLERANCE = 0.15  # per-image error allowed before the estimate is said to have drifted
+
+
+@pytest.fixture(scope="module")
+def bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_memory", REPO / "benchmarks/memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_small_cnn_per_image_estimate_within_15_percent(bench, tmp_path):
+    points = [bench.measure(CASE, batch, 1, tmp_path) for batch in (8, 32)]
+    result = bench.summarise(CASE, points)
+    assert abs(result["relative_error"]) <= TOLERANCE, (
+        f"estimate {result['estimate_per_image']:,} B per image, measured "
+        f"{result['measured_per_image']:,.0f} B ({result['relative_error']:+.1%})"
+    )
+
+
+def test_recommended_batch_fits_the_budget_when_trained(bench, tmp_path):
+    budget = 120 * 2**20
+    cfg = with_overrides(
+        Config(),
+        {"model.backbone": "small_cnn", "input.image_size": 64, "model.weights": "none"},
+    )
+    phases, _ = model_phases(cfg, 5)
+    rows = next(iter(phases.values()))
+    est = estimate_layers(rows, 32, phases=phases, budget=budget)
+    batch = next(iter(est["phases"].values()))["max_batch"]
+    assert batch >= 16  # the budget is sized to matter: a batch of a few images proves little
+    peak = bench.measure(CASE, batch, 1, tmp_path)["peak_bytes"]
+    assert peak <= budget, f"batch {batch}: peak {peak:,} B over the budget {budget:,} B"
