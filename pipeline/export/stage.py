@@ -139,13 +139,14 @@ def write_variants(
 
 
 def _write_serving(clf: Classifier, path: Path) -> None:
-    """The Keras model behind `serve`(raw pixels), as the train stage's SavedModel."""
+    """The Keras model behind `serve` (raw pixels) and `serve_bytes` (encoded images), as
+    the train stage's SavedModel."""
     from pipeline.backbones import get_backbone
     from pipeline.model import serving_archive
 
-    serving_archive(clf.model, get_backbone(clf.cfg.model.backbone)).write_out(
-        str(path), verbose=False
-    )
+    backbone = get_backbone(clf.cfg.model.backbone)
+    fraction = clf.cfg.input.eval_crop_fraction
+    serving_archive(clf.model, backbone, clf.labels, fraction).write_out(str(path), verbose=False)
 
 
 def convert(
