@@ -5,9 +5,12 @@ models/<run>/export/, TFLite float32, float16-weight and full-integer int8 files
 SavedModel), each taking raw RGB pixels in [0, 255] at the run's size with the backbone's
 preprocessing inside, as the run's own SavedModel does. Each file is then scored on the
 run's recorded test split (the photos `make evaluate` scores) against the Keras model it
-came from (``pipeline.export.scores``). export.json keeps the figures and, per file, what
-vouches for it (``pipeline.export.record``); the run's HTML report, when there is one,
-gets the table too.
+came from (``pipeline.export.scores``). Every .tflite file carries TFLite metadata (its
+labels, input normalisation and licence: ``pipeline.export.metadata``) so that MediaPipe and
+the other task APIs load it as it is, and is checked in MediaPipe where it is installed
+(``pipeline.export.runtimes``). export.json keeps the figures and, per file, what vouches
+for it (``pipeline.export.record``); the run's HTML report, when there is one, gets the
+table too.
 """
 
 from __future__ import annotations
