@@ -247,9 +247,7 @@ def read_metadata(model: bytes) -> EmbeddedMetadata | None:
     options = _table(unit, 1)
     properties = _table(_table(image, _TENSOR["content"]), _CONTENT["properties"])
     size = _table(properties, _IMAGE["size"])
-    label_file = _string(_table(output, _TENSOR["files"], 0), _FILE["name"])
-    with zipfile.ZipFile(io.BytesIO(model)) as archive:
-        labels = archive.read(label_file).decode("utf-8").splitlines()
+    labels = _label_file(model, output)
     color_at = _field(properties, _IMAGE["color_space"])
     color = properties.Get(flatbuffers.number_types.Int8Flags, color_at + properties.Pos)
     return EmbeddedMetadata(
@@ -262,6 +260,18 @@ def read_metadata(model: bytes) -> EmbeddedMetadata | None:
         color_space="RGB" if color == _RGB else str(color),
         image_size=(_uint32(size, 1), _uint32(size, 0)),
     )
+
+
+def _label_file(model: bytes, output: Table) -> list[str]:
+    """The lines of the output's label file; [] when it names none or the zip lacks it."""
+    if not _field(output, _TENSOR["files"]):
+        return []
+    name = _string(_table(output, _TENSOR["files"], 0), _FILE["name"])
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as archive:
+            return archive.read(name).decode("utf-8").splitlines()
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError):
+        return []
 
 
 def _root(data: bytes) -> Table:
