@@ -329,14 +329,13 @@ def test_mediapipe_and_the_interpreter_give_the_same_scores_on_the_same_pixels(
     """Where MediaPipe and make predict differ it is the resize: given the evaluation crop
     already at the model's size, MediaPipe's scores are the interpreter's."""
     from pipeline.images import check_images
-    from pipeline.inputs import build_eval_dataset
     from pipeline.predict.classifier import rows_from_checks
 
     _, run_dir, result = exported
     clf = load_classifier(run_dir)
     photos = sorted(flowers_mini.glob("*/*.jpg"))[::8]
     rows = rows_from_checks(check_images(photos, 1, 10**9, progress=False))
-    batches = build_eval_dataset(rows, clf.cfg, None, batch_size=64, apply_preprocessing=False)
+    batches = clf.eval_dataset(rows, batch_size=64, preprocessed=False)
     crops = np.concatenate([b.numpy() for b in batches]).round().astype(np.uint8)
     for fmt, path in result.files.items():
         labels = load_classifier(path).labels

@@ -111,10 +111,8 @@ def export(cfg: Config) -> ExportResult:
 def model_card(clf: Classifier, fmt: str) -> ModelCard:
     """The TFLite metadata's description of one file: backbone, data set, the run's test
     accuracy and the licence of the pretrained weights it was fine-tuned from."""
-    from pipeline.backbones import get_backbone
-
-    cfg, run = clf.cfg, clf.run_dir.name
-    backbone = get_backbone(cfg.model.backbone)
+    cfg, spec, run = clf.cfg, clf.spec, clf.run_dir.name
+    backbone = spec.backbone
     summary = read_summary(clf.run_dir)
     test = summary.test if summary else None
     accuracy = (
@@ -122,13 +120,13 @@ def model_card(clf: Classifier, fmt: str) -> ModelCard:
         if test and "accuracy" in test
         else "test accuracy not recorded"
     )
-    width = f" (alpha {cfg.model.alpha:g})" if backbone.has_alpha else ""
-    pretrained = backbone.pretrained and cfg.model.weights.lower() != "none"
+    width = f" (alpha {spec.alpha:g})" if backbone.has_alpha else ""
+    pretrained = backbone.pretrained and spec.weights.lower() != "none"
     return ModelCard(
         name=f"{run} ({backbone.name}{width}, {PRECISION[fmt]})",
         description=(
             f"{len(clf.labels)}-class image classifier: {backbone.name}{width} at "
-            f"{cfg.image_size} px, fine-tuned on the data set {cfg.data.dataset}; {accuracy} "
+            f"{spec.size} px, fine-tuned on the data set {cfg.data.dataset}; {accuracy} "
             f"(run {run}, make evaluate's split); {PRECISION[fmt]} TFLite from make export. "
             "Input: RGB pixels in [0, 255], the evaluation crop being a centred square of "
             f"{cfg.input.eval_crop_fraction:g} of the shorter side"
@@ -141,7 +139,7 @@ def model_card(clf: Classifier, fmt: str) -> ModelCard:
             else "No pretrained weights: trained from random initialisation"
         ),
         labels=clf.labels,
-        image_size=cfg.image_size,
+        image_size=spec.size,
     )
 
 
@@ -225,12 +223,12 @@ def write_variants(
 def _write_serving(clf: Classifier, path: Path) -> None:
     """The Keras model behind `serve` (raw pixels) and `serve_bytes` (encoded images), as
     the train stage's SavedModel."""
-    from pipeline.backbones import get_backbone
     from pipeline.model import serving_archive
 
-    backbone = get_backbone(clf.cfg.model.backbone)
     fraction = clf.cfg.input.eval_crop_fraction
-    serving_archive(clf.model, backbone, clf.labels, fraction).write_out(str(path), verbose=False)
+    serving_archive(clf.model, clf.spec.backbone, clf.labels, fraction).write_out(
+        str(path), verbose=False
+    )
 
 
 def convert(
@@ -260,14 +258,11 @@ def _calibration(clf: Classifier, count: int) -> Callable[[], Iterator[list[np.n
     """Up to ``count`` training images of the run's recorded split, drawn at random (seed
     train.seed) across classes, through the evaluation crop as raw pixels, one per batch."""
     from pipeline.data.provenance import load_run_data
-    from pipeline.inputs import build_eval_dataset
 
     train = load_run_data(clf.run_dir).rows("train")
     rng = np.random.default_rng(clf.cfg.train.seed)
     pick = sorted(rng.choice(len(train), size=min(count, len(train)), replace=False))
-    ds = build_eval_dataset(
-        [train[i] for i in pick], clf.cfg, None, batch_size=1, apply_preprocessing=False
-    )
+    ds = clf.eval_dataset([train[i] for i in pick], batch_size=1, preprocessed=False)
 
     def representative() -> Iterator[list[np.ndarray]]:
         for x in ds:
