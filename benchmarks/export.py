@@ -12,8 +12,10 @@ by the real export stage (`make export`, all three TFLite files):
               of flowers-mini: size and speed only (its accuracy is chance)
 Per file: size and its ratio to float32, test accuracy and its change from the Keras model,
 top-1 agreement with Keras, and CPU ms per image at batch 1 and 32 with their ratios to
-float32. Latency is re-measured here over --rounds rounds, every model in turn within a
-round (the machine's load moves all of them alike), and the median kept. Prints a table
+float32, and MediaPipe's ImageClassifier on the file as it is (its top-1 agreement with this
+project's interpreter on the test photos, and its ms per image). Latency is re-measured
+here over --rounds rounds, every model in turn within a round (the machine's load moves all
+of them alike), and the median kept. Prints a table
 and writes benchmarks/results/export.json.
 """
 
@@ -132,6 +134,7 @@ def case(name: str, cfg, run_dir: Path, train_s: float, rounds: int, images: int
             "latency_ratio_b32": s["latency_ms_b32"] / speeds["tflite"]["latency_ms_b32"],
             "export_stage": {k: f[k] for k in f if k.startswith(("latency", "throughput"))},
             "estimate": f.get("estimate"),
+            "mediapipe": f.get("mediapipe"),  # None for keras, or without mediapipe
         }
     return {
         "name": name,
@@ -149,7 +152,8 @@ def case(name: str, cfg, run_dir: Path, train_s: float, rounds: int, images: int
 def print_table(cases: list[dict]) -> None:
     header = (
         f"{'run':<10} {'file':<8} {'MiB':>7} {'size/fp32':>9} {'accuracy':>8} {'change':>7} "
-        f"{'agree':>6} {'ms b1':>7} {'b1/fp32':>7} {'ms b32':>7} {'b32/fp32':>8}"
+        f"{'agree':>6} {'ms b1':>7} {'b1/fp32':>7} {'ms b32':>7} {'b32/fp32':>8} "
+        f"{'MP agree':>8} {'MP ms':>6}"
     )
     print("\n" + header + "\n" + "-" * len(header))
     for c in cases:
@@ -159,8 +163,19 @@ def print_table(cases: list[dict]) -> None:
                 f"{r['size_ratio']:>9.3f} {r['accuracy']:>8.3f} "
                 f"{r['accuracy_change_points']:>+7.1f} {r['top1_agreement']:>6.3f} "
                 f"{r['latency_ms_b1']:>7.2f} {r['latency_ratio_b1']:>7.2f} "
-                f"{r['latency_ms_b32']:>7.2f} {r['latency_ratio_b32']:>8.2f}"
+                f"{r['latency_ms_b32']:>7.2f} {r['latency_ratio_b32']:>8.2f} "
+                f"{_mediapipe_cells(r['mediapipe'])}"
             )
+    print(
+        "MP: MediaPipe's ImageClassifier on the same file as it is (labels and normalisation "
+        "from its metadata), top-1 agreement with this project's interpreter, ms per image"
+    )
+
+
+def _mediapipe_cells(figures: dict | None) -> str:
+    if not figures:
+        return f"{'n/a':>8} {'n/a':>6}"
+    return f"{figures['top1_agreement']:>8.3f} {figures['latency_ms']:>6.2f}"
 
 
 def main() -> None:

@@ -92,6 +92,17 @@ def _crop_window(shape: tf.Tensor, fraction: float) -> tuple[tf.Tensor, tf.Tenso
     return (height - side) // 2, (width - side) // 2, side
 
 
+def _jpeg_center(data: tf.Tensor, fraction: float) -> tf.Tensor:
+    """The centred square of JPEG bytes, decoding only that window (not yet oriented)."""
+    top, left, side = _crop_window(tf.image.extract_jpeg_shape(data), fraction)
+    return tf.io.decode_and_crop_jpeg(data, tf.stack([top, left, side, side]), channels=3)
+
+
+def _center_square(image: tf.Tensor, fraction: float) -> tf.Tensor:
+    top, left, side = _crop_window(tf.shape(image), fraction)
+    return image[top : top + side, left : left + side]
+
+
 def decode_center(path, decoder, orientation, size: int, fraction: float) -> tf.Tensor:
     """Evaluation view: centred square crop, resized to size x size, float32 in [0, 255].
 
@@ -99,17 +110,26 @@ def decode_center(path, decoder, orientation, size: int, fraction: float) -> tf.
     """
 
     def jpeg() -> tf.Tensor:
-        data = tf.io.read_file(path)
-        top, left, side = _crop_window(tf.image.extract_jpeg_shape(data), fraction)
-        crop = tf.io.decode_and_crop_jpeg(data, tf.stack([top, left, side, side]), channels=3)
-        return orient(crop, orientation)
+        return orient(_jpeg_center(tf.io.read_file(path), fraction), orientation)
 
     def other() -> tf.Tensor:
-        image = decode_full(path, decoder, orientation)
-        top, left, side = _crop_window(tf.shape(image), fraction)
-        return image[top : top + side, left : left + side]
+        return _center_square(decode_full(path, decoder, orientation), fraction)
 
     crop = tf.cond(tf.equal(decoder, DECODE_JPEG), jpeg, other)
+    crop.set_shape([None, None, 3])
+    return _resize(crop, size)
+
+
+def decode_center_bytes(data: tf.Tensor, size: int, fraction: float) -> tf.Tensor:
+    """``decode_center`` for encoded bytes (JPEG, PNG, GIF's first frame, BMP) instead of a
+    file: the same crop and resize, as served by the SavedModel's ``serve_bytes``. Bytes carry
+    no orientation for TensorFlow to read, so EXIF rotation is not applied."""
+
+    def other() -> tf.Tensor:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return _center_square(image, fraction)
+
+    crop = tf.cond(tf.io.is_jpeg(data), lambda: _jpeg_center(data, fraction), other)
     crop.set_shape([None, None, 3])
     return _resize(crop, size)
 

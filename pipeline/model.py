@@ -267,22 +267,56 @@ def training_forward(model: keras.Model, backbone: Backbone) -> Callable[[Any], 
 
 
 SERVE_ENDPOINT = "serve"
+BYTES_ENDPOINT = "serve_bytes"
 
 
-def serving_archive(model: keras.Model, backbone: Backbone) -> keras.export.ExportArchive:
-    """The classifier as a SavedModel archive whose `serve` takes RGB pixels in [0, 255] and
-    returns probabilities: the preprocessing is inside, so a server (and every TFLite file
-    converted from it) feeds decoded, resized images. One definition for the train stage's
-    SavedModel and the export stage's."""
+def serving_archive(
+    model: keras.Model, backbone: Backbone, labels: list[str], crop_fraction: float
+) -> keras.export.ExportArchive:
+    """The classifier as a SavedModel archive with two signatures, one definition for the
+    train stage's SavedModel and the export stage's:
+
+    - `serve` takes RGB pixels in [0, 255] and returns probabilities: the preprocessing is
+      inside, so a server (and every TFLite file converted from it) feeds decoded images;
+    - `serve_bytes` takes encoded images (JPEG, PNG, GIF, BMP) as a string batch, what
+      TensorFlow Serving's REST API carries as {"b64": ...}, decodes and crops them with
+      ``pipeline.inputs.decode_center_bytes`` (`make predict`'s crop and resize) and returns
+      the probabilities, the class names in their order and each image's top-1 name.
+    """
     import tensorflow as tf
 
+    from pipeline.inputs import decode_center_bytes
+
     size = model.input_shape[1]
+    names = tf.constant(labels)
+
+    def classify(pixels: tf.Tensor) -> tf.Tensor:
+        return model(preprocess(pixels, backbone), training=False)
+
+    def classify_bytes(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.map_fn(
+            lambda data: decode_center_bytes(data, size, crop_fraction),
+            images,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
+        probabilities = classify(pixels)
+        return {
+            "probabilities": probabilities,
+            "classes": tf.tile(names[None], [tf.shape(images)[0], 1]),
+            "predicted": tf.gather(names, tf.argmax(probabilities, axis=1)),
+        }
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         SERVE_ENDPOINT,
-        lambda pixels: model(preprocess(pixels, backbone), training=False),
+        classify,
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
+    )
+    archive.add_endpoint(
+        BYTES_ENDPOINT,
+        classify_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name="images")],
     )
     return archive
 

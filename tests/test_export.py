@@ -1,5 +1,7 @@
 """The export stage: TFLite files that take raw pixels and answer as the Keras model does,
-scored on the run's own test split; predict through them; one-line errors.
+scored on the run's own test split; predict through them; one-line errors. Each file carries
+its labels and input spec, and MediaPipe's ImageClassifier, a foreign runtime, loads it as
+it is and answers as `make predict` does.
 
 One real export (fp32, fp16, int8) of a copy of the shared pretrained run, about 40 s.
 """
@@ -15,9 +17,12 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config, with_overrides
 from pipeline.evaluate.stage import evaluate, scored_rows
+from pipeline.export.metadata import ModelCard, read_metadata, with_metadata
 from pipeline.export.record import file_sha256
-from pipeline.export.stage import EXPORT_JSON, accuracy_warnings, export
+from pipeline.export.runtimes import MediaPipeClassifier
+from pipeline.export.stage import EXPORT_JSON, accuracy_warnings, export, format_table
 from pipeline.files import read_csv, read_json
+from pipeline.images import load_rgb
 from pipeline.predict.classifier import load_classifier
 from pipeline.predict.stage import predict
 
@@ -229,6 +234,8 @@ def test_the_run_report_shows_the_export_table_whichever_ran_first(exported, tmp
     figures = read_json(run_dir / "export" / EXPORT_JSON)["variants"]
     html = page.read_text()
     assert "<h2>Export</h2>" in html
+    assert "model_int8.tflite</code>: 5 labels, RGB 128x128 float32" in html
+    assert "MediaPipe ImageClassifier" in html
     for fmt in ("tflite", "tflite-fp16", "tflite-int8"):
         for key in ("size_bytes", "accuracy", "top1_agreement", "latency_ms_b32"):
             assert shown(fmt, key) + f'{figures[fmt][key]!r}"' in html, (fmt, key)
@@ -252,3 +259,134 @@ def test_saved_model_export_joins_the_earlier_figures(exported):
     assert variants["saved_model"]["top1_agreement"] == 1.0
     assert variants["saved_model"]["max_probability_difference"] < 1e-4
     assert not [p for p in (run_dir / "export").iterdir() if p.name.startswith(".")]
+
+
+def test_a_file_with_metadata_names_its_classes_in_mediapipe_and_one_without_is_refused(
+    tmp_path,
+):
+    """The metadata is what MediaPipe needs: the bare file is refused for want of
+    normalisation, the same model with it loads, names the classes and scores as the
+    interpreter does on the same pixels."""
+    from pipeline.predict.tflite import TFLiteModel
+
+    labels = ["daisy", "dandelion", "roses"]
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(_tiny_tflite(32, 3))
+    with pytest.raises(Exception, match="NormalizationOptions"):
+        MediaPipeClassifier(bare, 1.0)
+    card = ModelCard("tiny", "a test model", "1", "tests", "Apache-2.0", labels, 32)
+    path = tmp_path / "tiny.tflite"
+    path.write_bytes(with_metadata(bare.read_bytes(), card))
+    embedded = read_metadata(path.read_bytes())
+    assert embedded is not None and embedded.labels == labels
+    assert (embedded.mean, embedded.std, embedded.image_size) == ([0.0], [1.0], (32, 32))
+    assert (embedded.color_space, embedded.license) == ("RGB", "Apache-2.0")
+    assert read_metadata(bare.read_bytes()) is None
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    task = MediaPipeClassifier(path, 1.0)
+    try:
+        scores = task.scores(pixels)
+    finally:
+        task.close()
+    assert sorted(scores) == sorted(labels)
+    expected = TFLiteModel(path)(pixels[None].astype(np.float32))[0]
+    np.testing.assert_allclose([scores[n] for n in labels], expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def mediapipe_and_predict(exported, flowers_mini):
+    """Every fixture photo through MediaPipe's ImageClassifier, loading each exported file as
+    it is, and through load_classifier(file), the API behind `make predict MODEL=<file>`:
+    {format: (MediaPipe's top-1 names, make predict's)}."""
+    cfg = exported[0]
+    paths = sorted(flowers_mini.glob("*/*.jpg"))
+    images = [load_rgb(p) for p in paths]
+    answers = {}
+    for fmt, path in exported[2].files.items():
+        rows = load_classifier(path).classify(paths, top_k=1)
+        task = MediaPipeClassifier(path, cfg.input.eval_crop_fraction)
+        try:
+            names = [max(s, key=s.__getitem__) for s in map(task.scores, images)]
+        finally:
+            task.close()
+        answers[fmt] = (names, [r["predicted"] for r in rows])
+    return answers
+
+
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
+def test_mediapipe_loads_every_exported_file_and_agrees_with_make_predict(mediapipe_and_predict):
+    for fmt, (mediapipe, through_predict) in mediapipe_and_predict.items():
+        same = np.array(mediapipe) == np.array(through_predict)
+        print(f"{fmt}: MediaPipe agrees with make predict on {same.sum()} of {len(same)} photos")
+        assert len(mediapipe) == 400
+        assert np.mean(np.array(mediapipe) == np.array(through_predict)) >= 0.98, fmt
+
+
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
+def test_mediapipe_and_the_interpreter_give_the_same_scores_on_the_same_pixels(
+    exported, flowers_mini
+):
+    """Where MediaPipe and make predict differ it is the resize: given the evaluation crop
+    already at the model's size, MediaPipe's scores are the interpreter's."""
+    from pipeline.images import check_images
+    from pipeline.predict.classifier import rows_from_checks
+
+    _, run_dir, result = exported
+    clf = load_classifier(run_dir)
+    photos = sorted(flowers_mini.glob("*/*.jpg"))[::8]
+    rows = rows_from_checks(check_images(photos, 1, 10**9, progress=False))
+    batches = clf.eval_dataset(rows, batch_size=64, preprocessed=False)
+    crops = np.concatenate([b.numpy() for b in batches]).round().astype(np.uint8)
+    for fmt, path in result.files.items():
+        labels = load_classifier(path).labels
+        expected = load_classifier(path).model(crops.astype(np.float32))
+        task = MediaPipeClassifier(path, 1.0)
+        try:
+            got = np.array([[task.scores(c)[n] for n in labels] for c in crops])
+        finally:
+            task.close()
+        # int8: MediaPipe's TFLite build rounds some requantisations the other way, so a
+        # probability may move by an output step (1/256) or two; float files are exact.
+        step = 1 / 256 if fmt == "tflite-int8" else 0.0
+        np.testing.assert_allclose(got, expected, atol=2 * step + 1e-5, err_msg=fmt)
+        assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.98, fmt
+
+
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
+def test_each_file_records_its_metadata_and_the_runtimes_it_was_checked_against(exported):
+    _, run_dir, result = exported
+    labels = load_classifier(run_dir).labels
+    for fmt, path in result.files.items():
+        embedded = read_metadata(path.read_bytes())
+        assert embedded.labels == labels and load_classifier(path).labels == labels
+        assert "mobilenet (alpha 0.25)" in embedded.description
+        assert "test accuracy 0." in embedded.description and "Apache-2.0" in embedded.license
+        figures = result.figures["variants"][fmt]
+        assert figures["metadata"]["labels"] == 5
+        assert figures["metadata"]["input"].startswith("RGB 128x128 float32, mean 0 std 1")
+        runtimes = figures["metadata"]["runtimes"]
+        assert runtimes[0].startswith("tf.lite.Interpreter")
+        assert runtimes[1].startswith("MediaPipe ImageClassifier 1.2")
+        mediapipe = figures["mediapipe"]
+        assert mediapipe["names_classes"] and mediapipe["top1_agreement"] >= 0.9
+        assert mediapipe["latency_ms"] > 0 and mediapipe["images"] == result.figures["test_images"]
+    table = format_table(result.figures)
+    assert "MP agree" in table.splitlines()[0] and "labels" in table.splitlines()[0]
+
+
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
+def test_the_docs_mediapipe_snippet_runs_on_an_exported_file(
+    exported, flowers_mini, tmp_path, monkeypatch, capsys
+):
+    from tests.test_serving import snippet
+
+    _, run_dir, result = exported
+    shutil.copy(result.files["tflite-fp16"], tmp_path / "model_fp16.tflite")
+    shutil.copy(sorted(flowers_mini.glob("*/*.jpg"))[0], tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    exec(snippet("mediapipe"), {})
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert len(printed) == 3
+    assert {name for name, _ in printed} <= set(load_classifier(run_dir).labels)
+    scores = [float(score) for _, score in printed]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.001

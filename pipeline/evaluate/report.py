@@ -293,9 +293,22 @@ def export_section(figures: dict[str, Any] | None) -> str:
             "pixels with the backbone's preprocessing inside.</p>"
             + _table(["file", *(h for h, _, _, _ in COLUMNS)], rows)
             + f'<p class="muted">{html.escape(table_note(figures))}</p>'
+            + _export_metadata(figures)
             + warnings
         )
     return f"{EXPORT_START}\n<h2>Export</h2>\n{body}\n{EXPORT_END}"
+
+
+def _export_metadata(figures: dict[str, Any]) -> str:
+    """Per file, what its TFLite metadata says it takes and the runtimes it was checked in."""
+    items = [
+        f"<li><code>{html.escape(row['file'])}</code>: {meta['labels']} labels, "
+        f"{html.escape(meta['input'])}; checked with {html.escape(', '.join(meta['runtimes']))}"
+        "</li>"
+        for row in figures["variants"].values()
+        if (meta := row.get("metadata"))
+    ]
+    return f"<ul>{''.join(items)}</ul>" if items else ""
 
 
 def _export_cell(row: dict[str, Any], key: str, formatter: Any, metric: str) -> str:

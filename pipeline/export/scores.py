@@ -32,10 +32,15 @@ BYTES = {"float32": 4, "float16": 2, "int8": 1}
 
 
 def score(
-    clf: Any, rows: list, predictors: dict[str, Predictor], latency_images: int
+    clf: Any,
+    rows: list,
+    predictors: dict[str, Predictor],
+    latency_images: int,
+    probabilities: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per predictor and for the Keras model ("keras"): test accuracy, macro-F1, top-1
-    agreement with Keras, the largest probability difference, and ``speed(...)``.
+    agreement with Keras, the largest probability difference, and ``speed(...)``; each
+    one's probabilities go into ``probabilities`` when given.
 
     Every model sees the same raw batches; Keras gets them preprocessed, as in training.
     """
@@ -62,6 +67,8 @@ def score(
     scores = {}
     for name, predict in every.items():
         p = np.concatenate(probs[name])
+        if probabilities is not None:
+            probabilities[name] = p
         predicted = p.argmax(axis=1)
         scores[name] = {
             "accuracy": float(np.mean(predicted == y_true)),
@@ -147,6 +154,9 @@ COLUMNS: list[tuple[str, int, str, Callable[[Any], str]]] = [
     ("img/s b1", 8, "throughput_b1", "{:.0f}".format),
     ("ms b32", 7, "latency_ms_b32", "{:.2f}".format),
     ("img/s b32", 9, "throughput_b32", "{:.0f}".format),
+    ("labels", 6, "metadata.labels", "{:d}".format),
+    ("MP agree", 8, "mediapipe.top1_agreement", "{:.3f}".format),
+    ("MP ms", 6, "mediapipe.latency_ms", "{:.2f}".format),
 ]
 
 
@@ -168,7 +178,9 @@ def table_note(figures: dict[str, Any]) -> str:
     return (
         f"{figures['test_images']} test images of {figures['run']}; agreement: share of the "
         f"same top-1 as {MODEL_FILE}; est.: the run's memory estimate at the file's precision "
-        f"(parameters; inference peak, one image); ms: per image; {figures['latency']}"
+        f"(parameters; inference peak, one image); ms: per image; {figures['latency']}; "
+        "labels: class names in the file's TFLite metadata; MP: MediaPipe's ImageClassifier "
+        "on the same file, top-1 agreement with this project's interpreter, ms per image"
     )
 
 

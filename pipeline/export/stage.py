@@ -5,9 +5,12 @@ models/<run>/export/, TFLite float32, float16-weight and full-integer int8 files
 SavedModel), each taking raw RGB pixels in [0, 255] at the run's size with the backbone's
 preprocessing inside, as the run's own SavedModel does. Each file is then scored on the
 run's recorded test split (the photos `make evaluate` scores) against the Keras model it
-came from (``pipeline.export.scores``). export.json keeps the figures and, per file, what
-vouches for it (``pipeline.export.record``); the run's HTML report, when there is one,
-gets the table too.
+came from (``pipeline.export.scores``). Every .tflite file carries TFLite metadata (its
+labels, input normalisation and licence: ``pipeline.export.metadata``) so that MediaPipe and
+the other task APIs load it as it is, and is checked in MediaPipe where it is installed
+(``pipeline.export.runtimes``). export.json keeps the figures and, per file, what vouches
+for it (``pipeline.export.record``); the run's HTML report, when there is one, gets the
+table too.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config, ExportConfig
+from pipeline.export.metadata import ModelCard, read_metadata, with_metadata
 from pipeline.export.record import (
     EXPORT_DIR,
     EXPORT_JSON,
@@ -31,6 +35,7 @@ from pipeline.export.record import (
     file_sha256,
 )
 from pipeline.export.scores import (
+    PRECISION,
     Predictor,
     accuracy_warnings,
     estimate_figures,
@@ -78,12 +83,14 @@ def export(cfg: Config) -> ExportResult:
     files = write_variants(clf, formats, cfg.export, out)
     predictors = {fmt: _predictor(fmt, path) for fmt, path in files.items()}
     print(f"Scoring on the run's test split ({len(rows)} images) against {MODEL_FILE}")
-    scores = score(clf, rows, predictors, cfg.export.latency_images)
+    probabilities: dict[str, np.ndarray] = {}
+    scores = score(clf, rows, predictors, cfg.export.latency_images, probabilities)
     estimate = _memory_estimate(clf)
     for fmt, path in files.items():
         scores[fmt].update(file=path.name, size_bytes=_size(path))
         if path.is_file():  # a .tflite: what load_classifier checks it against
             scores[fmt].update(file_record(path, clf.labels, clf.cfg.image_size))
+            scores[fmt].update(check_runtimes(clf, path, rows, probabilities[fmt]))
         scores[fmt]["estimate"] = estimate_figures(estimate, fmt)
     scores["keras"].update(file=MODEL_FILE, size_bytes=_size(run_dir / MODEL_FILE))
     scores["keras"]["estimate"] = estimate_figures(estimate, "keras")
@@ -99,6 +106,82 @@ def export(cfg: Config) -> ExportResult:
     if report:
         print(f"Added the table to the run's report: {report}")
     return ExportResult(out, files, figures, warnings)
+
+
+def model_card(clf: Classifier, fmt: str) -> ModelCard:
+    """The TFLite metadata's description of one file: backbone, data set, the run's test
+    accuracy and the licence of the pretrained weights it was fine-tuned from."""
+    cfg, spec, run = clf.cfg, clf.spec, clf.run_dir.name
+    backbone = spec.backbone
+    summary = read_summary(clf.run_dir)
+    test = summary.test if summary else None
+    accuracy = (
+        f"test accuracy {test['accuracy']:.4f} on {int(test.get('images', 0))} photos"
+        if test and "accuracy" in test
+        else "test accuracy not recorded"
+    )
+    width = f" (alpha {spec.alpha:g})" if backbone.has_alpha else ""
+    pretrained = backbone.pretrained and spec.weights.lower() != "none"
+    return ModelCard(
+        name=f"{run} ({backbone.name}{width}, {PRECISION[fmt]})",
+        description=(
+            f"{len(clf.labels)}-class image classifier: {backbone.name}{width} at "
+            f"{spec.size} px, fine-tuned on the data set {cfg.data.dataset}; {accuracy} "
+            f"(run {run}, make evaluate's split); {PRECISION[fmt]} TFLite from make export. "
+            "Input: RGB pixels in [0, 255], the evaluation crop being a centred square of "
+            f"{cfg.input.eval_crop_fraction:g} of the shorter side"
+        ),
+        version=run,
+        author="make export (transfer-learning pipeline)",
+        license=(
+            f"Pretrained weights: {backbone.weights_licence}"
+            if pretrained
+            else "No pretrained weights: trained from random initialisation"
+        ),
+        labels=clf.labels,
+        image_size=spec.size,
+    )
+
+
+def check_runtimes(
+    clf: Classifier, path: Path, rows: list, probabilities: np.ndarray
+) -> dict[str, Any]:
+    """The file's metadata read back (its labels must be the run's, in order) and the
+    runtimes it was checked against: this project's interpreter (the scoring above) and
+    MediaPipe's ImageClassifier where mediapipe is installed (``pipeline.export.runtimes``)."""
+    from pipeline.export.runtimes import interpreter_name, mediapipe_figures, mediapipe_version
+
+    embedded = read_metadata(path.read_bytes())
+    if embedded is None or embedded.labels != clf.labels:
+        found = "no metadata" if embedded is None else f"the labels {embedded.labels}"
+        raise ValueError(
+            f"{path}: its TFLite metadata holds {found}, not the run's {clf.labels}; "
+            f"export the run again with make export RUN={clf.run_dir.name}"
+        )
+    height, width = embedded.image_size
+    runtimes = [interpreter_name()]
+    mediapipe = None
+    if mediapipe_version():
+        mediapipe = mediapipe_figures(
+            path,
+            [r.path for r in rows],
+            clf.labels,
+            clf.cfg.input.eval_crop_fraction,
+            probabilities.argmax(axis=1),
+        )
+        runtimes.append(mediapipe["runtime"])
+    return {
+        "metadata": {
+            "labels": len(embedded.labels),
+            "input": (
+                f"{embedded.color_space} {height}x{width} float32, mean {embedded.mean[0]:g} "
+                f"std {embedded.std[0]:g} (raw pixels in [0, 255])"
+            ),
+            "output": "probabilities",
+            "runtimes": runtimes,
+        },
+        "mediapipe": mediapipe,
+    }
 
 
 def _memory_estimate(clf: Classifier) -> Any:
@@ -125,9 +208,8 @@ def write_variants(
         _write_serving(clf, serving)
         for fmt in (f for f in formats if f != "saved_model"):
             calibration = _calibration(clf, options.calibration_images) if "int8" in fmt else None
-            files[fmt] = atomic_write_bytes(
-                out / VARIANT_FILES[fmt], convert(serving, fmt, calibration)
-            )
+            flatbuffer = with_metadata(convert(serving, fmt, calibration), model_card(clf, fmt))
+            files[fmt] = atomic_write_bytes(out / VARIANT_FILES[fmt], flatbuffer)
         if "saved_model" in formats:  # the converters' source itself, moved into place whole
             files["saved_model"] = out / VARIANT_FILES["saved_model"]
             replace_dir(serving, files["saved_model"])
@@ -139,10 +221,14 @@ def write_variants(
 
 
 def _write_serving(clf: Classifier, path: Path) -> None:
-    """The Keras model behind `serve`(raw pixels), as the train stage's SavedModel."""
+    """The Keras model behind `serve` (raw pixels) and `serve_bytes` (encoded images), as
+    the train stage's SavedModel."""
     from pipeline.model import serving_archive
 
-    serving_archive(clf.model, clf.spec.backbone).write_out(str(path), verbose=False)
+    fraction = clf.cfg.input.eval_crop_fraction
+    serving_archive(clf.model, clf.spec.backbone, clf.labels, fraction).write_out(
+        str(path), verbose=False
+    )
 
 
 def convert(

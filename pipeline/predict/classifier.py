@@ -198,7 +198,24 @@ def _load_exported(path: Path) -> Classifier:
             f"make export RUN={run_dir.name}"
         )
     verify_exported(path, run_dir, labels, size)  # the same shape is not the same labels
-    return Classifier(run_dir, cfg, labels, model, model, raw_pixels=True)
+    return Classifier(run_dir, cfg, embedded_labels(path, labels), model, model, raw_pixels=True)
+
+
+def embedded_labels(path: Path, labels: list[str]) -> list[str]:
+    """The class names in the file's TFLite metadata (what it answers in), which must be its
+    run's; ``labels`` for a file exported before files carried them."""
+    from pipeline.export.metadata import read_metadata
+
+    embedded = read_metadata(path.read_bytes())
+    if embedded is None:
+        return labels
+    if embedded.labels != labels:
+        raise ValueError(
+            f"{path} names its classes {embedded.labels[:6]} in its metadata but its run's "
+            f"{LABELS_FILE} lists {labels[:6]}: restore the run's {LABELS_FILE}, or export the "
+            "run again with make export RUN=<run>"
+        )
+    return embedded.labels
 
 
 def read_run(run: str | Path = "", models_dir: str | Path = "models") -> tuple[Path, Config, list]:

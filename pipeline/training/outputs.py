@@ -17,7 +17,6 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pipeline.backbones import Backbone
 from pipeline.config import Config
 from pipeline.data.provenance import RUN_DATA_DIR, read_record
 from pipeline.files import atomic_path, replace_dir, write_json
@@ -84,7 +83,8 @@ def finish(
     files.append(out / MODEL_FILE)
     files.append(write_json(out / LABELS_FILE, run.classes))
     if run.chief:
-        files.append(_export_serving(model, run.backbone, out / SAVED_MODEL_DIR))
+        serving = serving_archive(model, run.backbone, run.classes, cfg.input.eval_crop_fraction)
+        files.append(_export_serving(serving, out / SAVED_MODEL_DIR))
         files.append(_plot_learning_curves(run.history, out / CURVES_FILE))
     files.extend(p for p in (run.checkpoint_path(1), run.checkpoint_path(2)) if p.is_file())
     if cfg.train.tensorboard:
@@ -185,11 +185,11 @@ def _remove_backups(out: Path) -> None:
         backup.rmdir()
 
 
-def _export_serving(model: keras.Model, backbone: Backbone, path: Path) -> Path:
+def _export_serving(serving: keras.export.ExportArchive, path: Path) -> Path:
     """The run's SavedModel (``serving_archive``), written atomically."""
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    serving_archive(model, backbone).write_out(str(tmp), verbose=False)
+    serving.write_out(str(tmp), verbose=False)
     replace_dir(tmp, path)
     return path
 

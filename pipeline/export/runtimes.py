@@ -1,0 +1,109 @@
+"""The runtimes an exported .tflite file is checked against, beside this project's own
+interpreter: MediaPipe's ``ImageClassifier`` (the mobile task API that also stands for the
+TFLite Task Library and ML Kit), loading the file as it is, with no label file or
+normalisation given, when the ``mediapipe`` package is installed (the dev extra).
+
+MediaPipe is given each photo decoded as `make predict` decodes it (oriented RGB) and the
+evaluation crop as its region of interest, so what can differ from `make predict` is its
+resize (bilinear, no antialiasing) and nothing in the model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from importlib import metadata as dist
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LATENCY_IMAGES = 20  # the first test photos timed one by one, after a warm-up call
+
+
+def interpreter_name() -> str:
+    import tensorflow as tf
+
+    return f"tf.lite.Interpreter (TensorFlow {tf.__version__})"
+
+
+def mediapipe_version() -> str | None:
+    """The installed mediapipe's version, None without it."""
+    try:
+        return dist.version("mediapipe")
+    except dist.PackageNotFoundError:
+        return None
+
+
+def centre_roi(height: int, width: int, fraction: float) -> tuple[float, float, float, float]:
+    """The evaluation crop (``pipeline.inputs``' centred square, ``fraction`` of the shorter
+    side) as MediaPipe's normalised region of interest: (left, top, right, bottom)."""
+    side = max(1, int(min(height, width) * fraction))
+    top, left = (height - side) // 2, (width - side) // 2
+    return left / width, top / height, (left + side) / width, (top + side) / height
+
+
+class MediaPipeClassifier:
+    """MediaPipe's ImageClassifier over one .tflite file: every class's score per image."""
+
+    def __init__(self, path: Path, fraction: float) -> None:
+        from mediapipe.tasks.python.core.base_options import BaseOptions
+        from mediapipe.tasks.python.vision import image_classifier
+
+        options = image_classifier.ImageClassifierOptions(
+            base_options=BaseOptions(model_asset_path=str(path)), max_results=-1
+        )
+        self._task = image_classifier.ImageClassifier.create_from_options(options)
+        self.fraction = fraction
+
+    def scores(self, rgb: np.ndarray) -> dict[str, float]:
+        """Class name -> score for one oriented HxWx3 uint8 image, centre-cropped."""
+        import mediapipe as mp
+        from mediapipe.tasks.python.components.containers.rect import RectF
+        from mediapipe.tasks.python.vision.core.image_processing_options import (
+            ImageProcessingOptions,
+        )
+
+        left, top, right, bottom = centre_roi(*rgb.shape[:2], self.fraction)
+        rect = RectF(left=left, top=top, right=right, bottom=bottom)
+        roi = ImageProcessingOptions(region_of_interest=rect)
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        result = self._task.classify(image, roi)
+        return {c.category_name: c.score for c in result.classifications[0].categories}
+
+    def close(self) -> None:
+        self._task.close()
+
+
+def mediapipe_figures(
+    path: Path, paths: Sequence[str], labels: Sequence[str], fraction: float, top1: np.ndarray
+) -> dict[str, Any]:
+    """MediaPipe on the photos ``paths``: whether it names the run's classes, the share of
+    photos whose top-1 is ``top1`` (this project's answer through the same file) and its
+    latency per image (decode excluded: resize and model)."""
+    from pipeline.images import load_rgb
+
+    images = [load_rgb(p) for p in paths]
+    task = MediaPipeClassifier(path, fraction)
+    try:
+        task.scores(images[0])  # warm-up
+        predicted, named = [], True
+        for rgb in images:
+            scores = task.scores(rgb)
+            named = named and sorted(scores) == sorted(labels)
+            predicted.append(max(scores, key=scores.__getitem__))
+        timed = images[:LATENCY_IMAGES]
+        start = time.perf_counter()
+        for rgb in timed:
+            task.scores(rgb)
+        latency = (time.perf_counter() - start) / len(timed)
+    finally:
+        task.close()
+    same = np.array(predicted) == np.array([labels[i] for i in top1])
+    return {
+        "runtime": f"MediaPipe ImageClassifier {mediapipe_version()}",
+        "names_classes": named,
+        "top1_agreement": float(same.mean()),
+        "images": len(images),
+        "latency_ms": 1000 * latency,
+    }
