@@ -15,6 +15,7 @@ import errno
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -31,7 +32,7 @@ import pytest
 from pipeline.cli import OS_ERRORS, exit_status, main, os_error_line
 from pipeline.files import ADOPTED_MARKER, GENERATED_MARKER, generated_dir, read_csv
 from tests.imagegen import make_image
-from tests.support import REPO
+from tests.support import REPO, needs_make, run_make
 
 TINY = [
     "model.backbone=small_cnn",
@@ -169,6 +170,18 @@ def test_make_data_refuses_a_users_folder_named_like_the_data_set_and_clean_keep
     assert sorted(p.name for p in mine.iterdir()) == ["daisy"]  # nothing stamped
     assert cli(capfd, "clean", *where(tmp_path))[0] == 0
     assert photo.is_file()
+
+
+@needs_make
+def test_through_make_a_failed_make_data_never_lets_make_clean_take_the_photos(tmp_path):
+    """The issue's own steps: mkdir data/flowers, copy photos in, make data, make clean."""
+    photo = make_image(tmp_path / "data" / "flowers" / "daisy" / "a", "rgb_jpeg", 48, 40)
+    paths = "ARGS=" + " ".join(shlex.quote(a) for a in where(tmp_path))
+    data = run_make("data", "DATASET=flowers", paths)
+    assert data.returncode != 0 and "Traceback" not in data.stderr
+    assert f"error: {photo.parents[1]}/ already exists" in data.stderr
+    assert run_make("clean", paths).returncode == 0
+    assert photo.is_file() and sorted(os.listdir(photo.parents[1])) == ["daisy"]
 
 
 def test_train_refuses_a_users_folder_as_its_run_folder(ws, tmp_path, capfd):
