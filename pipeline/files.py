@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import fcntl
 import io
 import json
 import os
@@ -154,7 +153,7 @@ def generated_dir(path: str | Path) -> Path:
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    if path.is_symlink() or not path.is_dir():
+    if not path.is_dir():  # a link to a folder is judged by the folder it leads to
         raise OwnershipError(
             f"{path} exists and is not a folder; move it away, or choose another name"
         )
@@ -214,6 +213,8 @@ def exclusive(target: str | Path, what: str, wait: bool, fix: str = "") -> Itera
     release while still held; a waiter that then gets the lock on the removed file notices
     (its inode differs from the path's) and takes the new one.
     """
+    import fcntl  # POSIX only: imported here so that the rest of this module loads anywhere
+
     path = lock_file(target)
     key = str(path.absolute())
     if key in _held:
