@@ -205,19 +205,17 @@ def read_run(run: str | Path = "", models_dir: str | Path = "models") -> tuple[P
 
 def _check_recorded_classes(path: Path, labels: list[str], recorded: Path) -> None:
     """The labels name the model's outputs in order: a reordered or renamed list would label
-    every image wrongly and silently, so it must match the classes the run trained on."""
+    every image wrongly and silently, so it must match the classes the run trained on. (A
+    list of another length is left to the check against the model's outputs.)"""
     if not recorded.is_file():
         return  # a run trained before splits were recorded: the count check is all there is
     classes = read_classes(recorded)
-    if classes != labels:
-        if len(classes) == len(labels):
-            detail = ", ".join(
-                f"output {i} is {a!r}, not {b!r}"
-                for i, (a, b) in enumerate(zip(classes, labels))
-                if a != b
-            )
-        else:
-            detail = f"{len(classes)} classes, {len(labels)} names"
+    if classes != labels and len(classes) == len(labels):
+        detail = ", ".join(
+            f"output {i} is {a!r}, not {b!r}"
+            for i, (a, b) in enumerate(zip(classes, labels))
+            if a != b
+        )
         raise ValueError(
             f"{path} differs from the classes the run was trained on ({recorded}: {detail}); "
             f"restore the run's own {LABELS_FILE} (its class names, in output order)"
