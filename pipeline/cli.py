@@ -270,7 +270,7 @@ _FREE_SPACE = (
 # errno -> (what happened, the fix): what the machine refused, said in one line.
 OS_ERRORS: dict[int, tuple[str, str]] = {
     errno.ENOSPC: ("no space left on the device", _FREE_SPACE),
-    errno.EDQUOT: ("disk quota exceeded", _FREE_SPACE),
+    **({errno.EDQUOT: ("disk quota exceeded", _FREE_SPACE)} if hasattr(errno, "EDQUOT") else {}),
     errno.EFBIG: ("file too large for this file system or its limit", _FREE_SPACE),
     errno.EACCES: (
         "permission denied",
@@ -287,7 +287,7 @@ OS_ERRORS: dict[int, tuple[str, str]] = {
     errno.ENAMETOOLONG: ("file name too long", "use a shorter path or file name"),
     errno.EIO: ("input/output error", "check the disk (dmesg), then run it again"),
     errno.ENOTDIR: ("a part of this path is a file, not a folder", "give a path in a folder"),
-    errno.EEXIST: ("exists and is not a folder", "move it away, or choose another path"),
+    errno.EEXIST: ("already exists", "move it away, or choose another path"),
 }
 _DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "ENOSPC")
 
