@@ -605,6 +605,35 @@ def test_a_full_disk_in_make_data_loses_nothing_and_a_rerun_matches(tmp_path, sm
         assert ours == theirs
 
 
+@pytest.mark.slow  # two processes of make data, the second draws its reports: 30 s or more
+def test_a_file_size_limit_in_make_data_is_one_line_and_a_rerun_matches(tmp_path):
+    """RLIMIT_FSIZE (ulimit -f), which needs no root: the write fails with EFBIG, not SIGXFSZ."""
+    import resource
+
+    photos = make_photos(tmp_path / "photos")
+    args = ["data", f"data.dataset=folder:{photos}", *where(tmp_path)]
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY))
+
+    first = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        preexec_fn=limit,
+        timeout=300,
+    )
+    line = error_line(first.returncode, first.stderr)
+    assert "file too large for this file system or its limit; free some space" in line
+    assert str(tmp_path / "data") in line
+    (folder,) = [p for p in (tmp_path / "data").iterdir() if p.is_dir()]
+    assert not (folder / "dataset.json").exists()  # the record that vouches: not written
+    rerun = pipeline_process(*args)
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
+    assert (folder / "dataset.json").is_file()
+
+
 def test_a_full_disk_in_make_predict_leaves_no_half_csv_and_a_rerun_matches(
     ws, tmp_path, small_disk, capfd
 ):
