@@ -34,13 +34,12 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from pipeline.backbones import get_backbone, preprocess  # noqa: E402
+from pipeline.backbones import preprocess  # noqa: E402
 from pipeline.config import load_config, with_overrides  # noqa: E402
 from pipeline.evaluate.stage import scored_rows  # noqa: E402
 from pipeline.export.scores import speed  # noqa: E402
 from pipeline.export.stage import export  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
-from pipeline.inputs import build_eval_dataset  # noqa: E402
 from pipeline.predict.classifier import load_classifier  # noqa: E402
 from pipeline.predict.tflite import TFLiteModel, cpu_threads  # noqa: E402
 from pipeline.training import train  # noqa: E402
@@ -82,10 +81,10 @@ def latencies(run_dir: Path, files: dict[str, Path], rounds: int, images: int) -
     """Median over ``rounds`` of each model's ``speed`` (ms per image, batch 1 and 32),
     the models taking turns within each round."""
     clf = load_classifier(run_dir)
-    backbone = get_backbone(clf.cfg.model.backbone)
+    backbone = clf.spec.backbone
     rows = scored_rows(clf, "test")
     kept: list[np.ndarray] = []
-    for batch in build_eval_dataset(rows, clf.cfg, None, apply_preprocessing=False):
+    for batch in clf.eval_dataset(rows, preprocessed=False):
         kept.extend(batch.numpy()[: 32 - len(kept)])
     models = {"keras": lambda x: clf.model.predict_on_batch(preprocess(x, backbone))}
     models.update({fmt: TFLiteModel(path) for fmt, path in files.items()})

@@ -164,7 +164,13 @@ def train_rate(setup: dict[str, Any], precision: str, xla: bool, mirrored: bool)
 
     from pipeline.memory import CPU_OVERHEAD, realistic_training
     from pipeline.memory.keras_graph import layers_from_model
-    from pipeline.model import build_classifier, freeze_for_phase, get_base, training_forward
+    from pipeline.model import (
+        build_classifier,
+        classifier_spec,
+        freeze_for_phase,
+        get_base,
+        training_forward,
+    )
     from pipeline.training.loop import _build_train_step, compile_for_training
 
     keras.backend.clear_session()
@@ -184,12 +190,13 @@ def train_rate(setup: dict[str, Any], precision: str, xla: bool, mirrored: bool)
     try:
         before = reset_peaks(gpu)
         with strategy.scope():
-            model = build_classifier(cfg, NUM_CLASSES)
-            freeze_for_phase(model, cfg, 2)
+            spec = classifier_spec(cfg)
+            model = build_classifier(spec, NUM_CLASSES)
+            freeze_for_phase(model, spec, 2)
         compile_for_training(model, strategy, 1e-4, cfg.train)
         compute_dtype = get_base(model).compute_dtype  # float16 under mixed_float16
         step = _build_train_step(
-            model, training_forward(model, cfg), strategy, batch, None, 0.0, xla
+            model, training_forward(model, spec.backbone), strategy, batch, None, 0.0, xla
         )
         rng = np.random.default_rng(0)
         x = rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32")
@@ -248,6 +255,7 @@ def input_rate(setup: dict[str, Any], seconds: float) -> dict:
     from pipeline.data.manifest import ManifestRow
     from pipeline.images import check_images, iter_files
     from pipeline.inputs import build_train_dataset
+    from pipeline.model import classifier_spec
 
     folder = setup["photos"]
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -263,7 +271,16 @@ def input_rate(setup: dict[str, Any], seconds: float) -> dict:
         if k.status == "ok"
     ]
     cfg = pipeline_config(setup, "float32", False)
-    ds = build_train_dataset(rows, cfg, len(classes), batch_size=setup["batch"]).repeat()
+    spec = classifier_spec(cfg)
+    ds = build_train_dataset(
+        rows,
+        cfg.input,
+        spec.size,
+        len(classes),
+        cfg.train.seed,
+        backbone=spec.backbone,
+        batch_size=setup["batch"],
+    ).repeat()
     with tf.device("/CPU:0"):
         batches = iter(ds)
         next(batches)  # start the workers

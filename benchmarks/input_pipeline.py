@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from pipeline.backbones import get_backbone  # noqa: E402
 from pipeline.config import load_config, with_overrides  # noqa: E402
 from pipeline.data.image_cache import build_image_cache, cached_rows  # noqa: E402
 from pipeline.data.manifest import load_split  # noqa: E402
@@ -121,13 +122,18 @@ def main() -> None:
     n = len(result.classes)
     build_image_cache(rows, result.dataset_dir, 342)
     unordered = with_overrides(cfg, {"input.deterministic": False})
+    backbone, size, seed = get_backbone(cfg.model.backbone), cfg.image_size, cfg.train.seed
+
+    def train(rows, options=cfg.input):
+        return build_train_dataset(rows, options, size, n, seed, backbone=backbone)
+
     builders = {
-        "default": lambda: build_train_dataset(rows, cfg, n),
+        "default": lambda: train(rows),
         "ceiling": lambda: ceiling_dataset(rows, args.size, args.batch),
-        "keras": lambda: keras_dataset(args.folder, args.size, args.batch, cfg.train.seed),
-        "eval": lambda: build_eval_dataset(rows, cfg, n),
-        "unordered": lambda: build_train_dataset(rows, unordered, n),
-        "cached": lambda: build_train_dataset(cached_rows(rows, result.dataset_dir, 342), cfg, n),
+        "keras": lambda: keras_dataset(args.folder, args.size, args.batch, seed),
+        "eval": lambda: build_eval_dataset(rows, cfg.input, size, backbone=backbone, num_classes=n),
+        "unordered": lambda: train(rows, unordered.input),
+        "cached": lambda: train(cached_rows(rows, result.dataset_dir, 342)),
     }
     cores = os.cpu_count() or 1
     measured: dict[str, dict[str, list[float]]] = {k: {"all": [], "one": []} for k in builders}

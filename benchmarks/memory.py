@@ -64,15 +64,15 @@ def run_child(backbone: str, size: int, phase: str, batch: int, steps: int) -> d
     from pipeline.memory import realistic_training, textbook_training
     from pipeline.memory.keras_graph import layers_from_model
     from pipeline.memory.liveness import training_flops
-    from pipeline.model import build_classifier, freeze_for_phase, get_base
+    from pipeline.model import build_classifier, classifier_spec, freeze_for_phase, get_base
 
     cfg = with_overrides(
         Config(), {"model.backbone": backbone, "input.image_size": size, "model.weights": "none"}
     )
-    model = build_classifier(cfg, NUM_CLASSES)
+    model = build_classifier(classifier_spec(cfg), NUM_CLASSES)
     if phase == "all":  # cut after the base's input layer: every layer trains (BatchNorm not)
         cfg = with_overrides(cfg, {"model.fine_tune_after": get_base(model).layers[0].name})
-    freeze_for_phase(model, cfg, 1 if phase == "1" else 2)
+    freeze_for_phase(model, classifier_spec(cfg), 1 if phase == "1" else 2)
     rows = layers_from_model(model)
     simulated = realistic_training(rows, batch, overhead=1.0)
     model.compile(optimizer="adam", loss="categorical_crossentropy")

@@ -120,11 +120,10 @@ def _lines(path: Path) -> int:
 def ready_batch(clf, paths: list[Path], batch: int) -> np.ndarray:
     """``batch`` preprocessed evaluation crops, decoded once, kept in memory."""
     from pipeline.images import check_images
-    from pipeline.inputs import build_eval_dataset
     from pipeline.predict.classifier import rows_from_checks
 
     rows = rows_from_checks(check_images(paths[:batch], progress=False))
-    ds = build_eval_dataset(rows, clf.cfg, batch_size=batch)
+    ds = clf.eval_dataset(rows, batch)
     return np.concatenate([b.numpy() for b in ds])
 
 
@@ -177,7 +176,8 @@ def decode_rate(clf, paths: list[Path], batch: int) -> float:
     todo = bytearray(b"\x01") * len(paths)
     cfg = clf.cfg
     headers = check_headers(paths, todo, {}, cfg.data.min_side, cfg.data.max_pixels)
-    ds = decode_dataset(cfg, headers, batch)
+    fraction = cfg.input.eval_crop_fraction
+    ds = decode_dataset(headers, clf.spec.size, fraction, clf.spec.backbone, batch)
     it = iter(ds)
     first = next(it)[0].shape[0]
     count, start = 0, time.perf_counter()

@@ -55,13 +55,18 @@ from pipeline.config import (  # noqa: E402
     read_config_file,
     with_overrides,
 )
-from pipeline.data.manifest import load_split, read_classes  # noqa: E402
+from pipeline.data.manifest import CLASSES_FILE, load_split, read_classes  # noqa: E402
 from pipeline.data.stage import prepare_data  # noqa: E402
 from pipeline.evaluate.stage import scored_rows  # noqa: E402
 from pipeline.experiment import mean_ci  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
 from pipeline.memory import estimate_for_run  # noqa: E402
-from pipeline.model import build_classifier, freeze_for_phase, training_forward  # noqa: E402
+from pipeline.model import (  # noqa: E402
+    build_classifier,
+    classifier_spec,
+    freeze_for_phase,
+    training_forward,
+)
 from pipeline.predict.classifier import load_classifier  # noqa: E402
 from pipeline.recipes import configs_dir  # noqa: E402
 from pipeline.training import train  # noqa: E402
@@ -151,13 +156,14 @@ class _StepTimer(keras.callbacks.Callback):
 def step_rate(cfg: Config, phase: str, batch: int, steps: int) -> float:
     """Images/s of the real training step (pipeline.training.loop.fit), first step excluded."""
     strategy = tf.distribute.get_strategy()
-    model = build_classifier(cfg, 5)
+    spec = classifier_spec(cfg)
+    model = build_classifier(spec, 5)
     if phase == "full":
         model.trainable = True
         for layer in model.get_layer("base").layers:
             layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     else:
-        freeze_for_phase(model, cfg, 2)
+        freeze_for_phase(model, spec, 2)
     model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)
     size = cfg.image_size
@@ -171,7 +177,16 @@ def step_rate(cfg: Config, phase: str, batch: int, steps: int) -> float:
         lambda ctx: tf.data.Dataset.from_tensors((images[:1], labels[:1], tf.ones(1))), 1, batch
     )
     timer = _StepTimer()
-    fit(model, feed, val, 1, [timer], strategy, verbose=0, forward=training_forward(model, cfg))
+    fit(
+        model,
+        feed,
+        val,
+        1,
+        [timer],
+        strategy,
+        verbose=0,
+        forward=training_forward(model, spec.backbone),
+    )
     return batch / float(np.median(timer.times[1:]))
 
 
@@ -239,11 +254,13 @@ def linear_probe(cfg: Config) -> float:
     that fine-tuning has to clear for its cost to be worth paying."""
     from sklearn.linear_model import LogisticRegression
 
-    model = build_classifier(cfg, len(read_classes(cfg.dataset_dir() / "classes.json")))
+    spec = classifier_spec(cfg)
+    model = build_classifier(spec, len(read_classes(cfg.dataset_dir() / CLASSES_FILE)))
     data = {}
     for split in ("train", "test"):
         rows = load_split(cfg.dataset_dir(), split)
-        features = extract_features(model, rows, cfg, cfg.input.batch_size)  # phase 1's own
+        # phase 1's own features
+        features = extract_features(model, rows, cfg.input, spec.backbone, cfg.input.batch_size)
         data[split] = (features, [r.label_index for r in rows])
     return float(LogisticRegression(C=1.0, max_iter=5000).fit(*data["train"]).score(*data["test"]))
 

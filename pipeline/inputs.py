@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from pipeline.backbones import Backbone, check_input_size, get_backbone, preprocess
-from pipeline.config import Config
+from pipeline.backbones import Backbone, check_input_size, preprocess
+from pipeline.config import InputConfig
 from pipeline.data.manifest import ManifestRow
 from pipeline.images import DECODE_JPEG, DECODE_PIL, load_rgb
 
@@ -164,11 +164,10 @@ def _mixed(mixer, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.T
     return out["images"], out["labels"]
 
 
-def build_batch_augmenter(cfg: Config, seed: int):
+def build_batch_augmenter(i: InputConfig, seed: int):
     """Keras 3 augmentation layers applied per batch, or None when none is configured."""
     import keras
 
-    i = cfg.input
     layers = []
     if i.rotation:
         layers.append(keras.layers.RandomRotation(i.rotation, seed=seed))
@@ -224,24 +223,20 @@ def _options(deterministic: bool) -> tf.data.Options:
     return options
 
 
-def _resolve(cfg: Config) -> Backbone:
-    backbone = get_backbone(cfg.model.backbone)
-    check_input_size(backbone, cfg.image_size)
-    return backbone
-
-
 def build_train_dataset(
     rows: Sequence[ManifestRow],
-    cfg: Config,
+    i: InputConfig,
+    size: int,
     num_classes: int,
-    seed: int | None = None,
+    seed: int,
+    *,
+    backbone: Backbone | None,
     batch_size: int | None = None,
-    apply_preprocessing: bool = True,
 ) -> tf.data.Dataset:
-    """Shuffled, augmented, batched, prefetched; a fresh order and crops every epoch."""
-    backbone = _resolve(cfg)
-    i, size = cfg.input, cfg.image_size
-    seed = cfg.train.seed if seed is None else seed
+    """Shuffled, augmented, batched, prefetched; a fresh order and crops every epoch.
+    Preprocessed for ``backbone``; raw pixels in [0, 255] when it is None."""
+    if backbone is not None:
+        check_input_size(backbone, size)
     batch_size = batch_size or i.batch_size
     area = (i.crop_area_min, 1.0)
     aspect = (i.crop_aspect_min, 1.0 / i.crop_aspect_min)
@@ -260,31 +255,35 @@ def build_train_dataset(
         lambda cols, s: load(*cols, s), num_parallel_calls=AUTOTUNE
     )
     ds = ds.batch(batch_size, drop_remainder=len(rows) >= batch_size, num_parallel_calls=AUTOTUNE)
-    augment = build_batch_augmenter(cfg, seed)
+    augment = build_batch_augmenter(i, seed)
     if augment is not None:
         batch_seeds = tf.data.Dataset.random(seed=seed + 7, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip(ds, batch_seeds.batch(2)).map(
             lambda batch, s: augment(batch[0], batch[1], s), num_parallel_calls=AUTOTUNE
         )
-    if apply_preprocessing:
+    if backbone is not None:
         ds = ds.map(lambda x, y: (preprocess(x, backbone), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE).with_options(_options(i.deterministic))
 
 
 def build_eval_dataset(
     rows: Sequence[ManifestRow],
-    cfg: Config,
+    i: InputConfig,
+    size: int,
+    *,
+    backbone: Backbone | None,
     num_classes: int | None = None,
     batch_size: int | None = None,
-    apply_preprocessing: bool = True,
 ) -> tf.data.Dataset:
-    """In manifest order, centre-cropped; yields (images, one-hot) or images alone."""
-    backbone = _resolve(cfg)
-    i, size = cfg.input, cfg.image_size
+    """In manifest order, centre-cropped; yields (images, one-hot) or images alone.
+    Preprocessed for ``backbone``; raw pixels in [0, 255] (an exported file's input) when
+    it is None."""
+    if backbone is not None:
+        check_input_size(backbone, size)
 
     def load(path, decoder, orientation, label):
         image = decode_center(path, decoder, orientation, size, i.eval_crop_fraction)
-        if apply_preprocessing:
+        if backbone is not None:
             image = preprocess(image, backbone)
         if num_classes is None:
             return image
@@ -297,12 +296,12 @@ def build_eval_dataset(
 
 
 def sample_augmented(
-    rows: Sequence[ManifestRow], cfg: Config, count: int = 16
+    rows: Sequence[ManifestRow], i: InputConfig, size: int, seed: int, count: int = 16
 ) -> tuple[np.ndarray, list[int]]:
     """A batch of augmented training images in [0, 255] and their (majority) label indices."""
     num_classes = max(r.label_index for r in rows) + 1
     ds = build_train_dataset(
-        rows, cfg, num_classes, batch_size=min(count, len(rows)), apply_preprocessing=False
+        rows, i, size, num_classes, seed, backbone=None, batch_size=min(count, len(rows))
     )
     images, labels = next(iter(ds))
     return images.numpy(), [int(i) for i in np.argmax(labels.numpy(), axis=1)]

@@ -14,6 +14,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,37 @@ KERAS_CACHE = Path("~/.keras/models").expanduser()
 
 class WeightsError(RuntimeError):
     """Pretrained weights that cannot be had; the message names the file and both fixes."""
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """What a classifier is built from, resolved once per run by ``classifier_spec``: the
+    backbone's row (not its name), the input size and the model options, with the row's
+    defaults filled in. The factories below take this, never the whole configuration."""
+
+    backbone: Backbone
+    size: int
+    weights: str = "none"  # imagenet | none | a path
+    alpha: float = 1.0
+    dropout: float = 0.2
+    fine_tune_after: str = ""  # the last layer frozen in phase 2
+    cnn_width: int = 32
+    cnn_blocks: int = 4
+
+
+def classifier_spec(cfg: Config) -> ClassifierSpec:
+    """The configuration's classifier: the one lookup of the backbone by name."""
+    backbone, m = get_backbone(cfg.model.backbone), cfg.model
+    return ClassifierSpec(
+        backbone=backbone,
+        size=cfg.input.image_size or backbone.default_size,
+        weights=m.weights,
+        alpha=m.alpha,
+        dropout=m.dropout,
+        fine_tune_after=m.fine_tune_after or backbone.fine_tune_after,
+        cnn_width=m.cnn_width,
+        cnn_blocks=m.cnn_blocks,
+    )
 
 
 def resolve_weights(
@@ -101,22 +133,22 @@ def _small_cnn(size: int, width: int = 32, blocks: int = 4) -> keras.Model:
     return keras.Model(inputs, x, name=BASE_NAME)
 
 
-def build_base(cfg: Config, weights: str | None = None) -> keras.Model:
-    """The backbone without its top, at cfg's input size; weights resolved as above."""
-    backbone = get_backbone(cfg.model.backbone)
-    size = cfg.image_size
+def build_base(spec: ClassifierSpec, weights: str | None = None) -> keras.Model:
+    """The backbone without its top, at the spec's input size; ``weights`` (default: the
+    spec's) resolved as above."""
+    backbone, size = spec.backbone, spec.size
     check_input_size(backbone, size)
     if not backbone.pretrained:
-        return _small_cnn(size, cfg.model.cnn_width, cfg.model.cnn_blocks)
-    resolved = resolve_weights(backbone, weights or cfg.model.weights, cfg.model.alpha, size)
-    kwargs = {"alpha": cfg.model.alpha} if backbone.has_alpha else {}
+        return _small_cnn(size, spec.cnn_width, spec.cnn_blocks)
+    resolved = resolve_weights(backbone, weights or spec.weights, spec.alpha, size)
+    kwargs = {"alpha": spec.alpha} if backbone.has_alpha else {}
     constructor = constructor_of(backbone)
     if resolved in (None, "imagenet"):
         base = constructor(
             include_top=False, weights=resolved, input_shape=(size, size, 3), **kwargs
         )
     else:
-        base = _build_with_weights_file(constructor, resolved, backbone, cfg, size, kwargs)
+        base = _build_with_weights_file(constructor, resolved, spec, kwargs)
     base.name = BASE_NAME
     return base
 
@@ -124,9 +156,7 @@ def build_base(cfg: Config, weights: str | None = None) -> keras.Model:
 def _build_with_weights_file(
     constructor: Callable[..., keras.Model],
     path: str,
-    backbone: Backbone,
-    cfg: Config,
-    size: int,
+    spec: ClassifierSpec,
     kwargs: dict[str, Any],
 ) -> keras.Model:
     """The base with a weights file loaded, or a WeightsError that names the mismatch.
@@ -139,12 +169,13 @@ def _build_with_weights_file(
         warnings.simplefilter("always")
         try:
             base = constructor(
-                include_top=False, weights=path, input_shape=(size, size, 3), **kwargs
+                include_top=False, weights=path, input_shape=(spec.size, spec.size, 3), **kwargs
             )
         except (ValueError, OSError, KeyError) as exc:
             cause = _short_keras_message(str(exc))
             fits = any(s in cause for s in ("mismatch", "could not be loaded", "expects shape"))
-            model = backbone.name + (f" (alpha {cfg.model.alpha:g})" if backbone.has_alpha else "")
+            backbone = spec.backbone
+            model = backbone.name + (f" (alpha {spec.alpha:g})" if backbone.has_alpha else "")
             which = "this backbone and alpha" if backbone.has_alpha else "this backbone"
             raise WeightsError(
                 f"model.weights={path} "
@@ -178,17 +209,18 @@ def _short_keras_message(text: str) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def build_classifier(cfg: Config, num_classes: int, weights: str | None = None) -> keras.Model:
+def build_classifier(
+    spec: ClassifierSpec, num_classes: int, weights: str | None = None
+) -> keras.Model:
     """Input -> base(training=False) -> global average pool -> dropout -> float32 softmax."""
-    backbone = get_backbone(cfg.model.backbone)
-    size = cfg.image_size
-    base = build_base(cfg, weights)
+    backbone, size = spec.backbone, spec.size
+    base = build_base(spec, weights)
     inputs = keras.Input((size, size, 3), name="image")
     # A pretrained base always runs in inference mode (frozen BatchNorm statistics); a
     # from-scratch base must learn its statistics, so it follows the training flag.
     x = base(inputs, training=False) if backbone.pretrained else base(inputs)
     x = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(x)
-    x = keras.layers.Dropout(cfg.model.dropout, name=DROPOUT_NAME)(x)
+    x = keras.layers.Dropout(spec.dropout, name=DROPOUT_NAME)(x)
     # float32 even under a mixed-precision policy: a float16 softmax loses small probabilities.
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name=HEAD_NAME
@@ -218,7 +250,7 @@ def build_feature_head(model: keras.Model) -> keras.Model:
     return keras.Model(features, outputs, name="feature_head")
 
 
-def training_forward(model: keras.Model, cfg: Config) -> Callable[[Any], Any]:
+def training_forward(model: keras.Model, backbone: Backbone) -> Callable[[Any], Any]:
     """The classifier's training-time call: the base in inference mode, the head training.
 
     Keras 3 lets an outer ``model(x, training=True)`` override the ``training=False`` that
@@ -228,7 +260,7 @@ def training_forward(model: keras.Model, cfg: Config) -> Callable[[Any], Any]:
     whatever is unfrozen; gradients still reach its trainable layers. A from-scratch base
     learns its BatchNorm statistics, so it runs in training mode.
     """
-    if not get_backbone(cfg.model.backbone).pretrained:
+    if not backbone.pretrained:
         return lambda images: model(images, training=True)
     extractor, head = build_feature_extractor(model), build_feature_head(model)
     return lambda images: head(extractor(images, training=False), training=True)
@@ -259,16 +291,12 @@ def count_params(variables) -> int:
     return int(sum(math.prod(v.shape) for v in variables))
 
 
-def fine_tune_cut(cfg: Config) -> str:
-    return cfg.model.fine_tune_after or get_backbone(cfg.model.backbone).fine_tune_after
-
-
-def freeze_for_phase(model: keras.Model, cfg: Config, phase: int) -> None:
+def freeze_for_phase(model: keras.Model, spec: ClassifierSpec, phase: int) -> None:
     """Phase 1: base frozen. Phase 2: layers after the cut train, BatchNorm stays frozen.
 
     Recompile after calling this: Keras reads ``trainable`` when it compiles.
     """
-    backbone = get_backbone(cfg.model.backbone)
+    backbone = spec.backbone
     base = get_base(model)
     if not backbone.pretrained:
         base.trainable = True  # a from-scratch network trains whole, in one phase
@@ -276,7 +304,7 @@ def freeze_for_phase(model: keras.Model, cfg: Config, phase: int) -> None:
     if phase == 1:
         base.trainable = False
         return
-    cut = fine_tune_cut(cfg)
+    cut = spec.fine_tune_after
     names = [layer.name for layer in base.layers]
     if cut not in names:
         blocks = ", ".join(n for n in names if n.startswith(("mixed", "block", "conv")))

@@ -109,3 +109,29 @@ def run_make(*args: str, venv: Path | None = None, python: str | None = None):
     return subprocess.run(
         [*cmd, *args], capture_output=True, text=True, encoding="utf-8", env=env, timeout=120
     )
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def train_dataset(rows, cfg, num_classes: int, seed: int | None = None, **kwargs):
+    """build_train_dataset for a configuration, as the train stage calls it."""
+    from pipeline.inputs import build_train_dataset
+    from pipeline.model import classifier_spec
+
+    spec = classifier_spec(cfg)
+    seed = cfg.train.seed if seed is None else seed
+    return build_train_dataset(
+        rows, cfg.input, spec.size, num_classes, seed, backbone=spec.backbone, **kwargs
+    )
+
+
+def eval_dataset(rows, cfg, num_classes: int | None = None, **kwargs):
+    """build_eval_dataset for a configuration, preprocessed for its backbone."""
+    from pipeline.inputs import build_eval_dataset
+    from pipeline.model import classifier_spec
+
+    spec = classifier_spec(cfg)
+    return build_eval_dataset(
+        rows, cfg.input, spec.size, backbone=spec.backbone, num_classes=num_classes, **kwargs
+    )

@@ -26,7 +26,7 @@ from pipeline.backbones.torch_weights import (
 )
 from pipeline.cli import exit_status
 from pipeline.config import load_config
-from pipeline.model import WeightsError, build_base
+from pipeline.model import WeightsError, build_base, classifier_spec
 from tests.support import FIXTURES
 
 REFERENCE = FIXTURES / "efficientnet-lite-reference"
@@ -118,7 +118,7 @@ def test_imagenet_through_the_backbone_table_converts_offline(tmp_path, monkeypa
 
     monkeypatch.setattr(model_module, "KERAS_CACHE", tmp_path)
     overrides = ["model.backbone=efficientnet_lite0", "model.weights=imagenet"]
-    base = build_base(load_config(None, [*overrides, "input.image_size=96"]))
+    base = build_base(classifier_spec(load_config(None, [*overrides, "input.image_size=96"])))
     converted = tmp_path / "efficientnet_lite0_imagenet.npz"
     assert converted.is_file()
     with np.load(converted) as arrays:
@@ -136,7 +136,7 @@ def test_weights_of_another_variant_do_not_fit(cache):
         ],
     )
     with pytest.raises(WeightsError, match=r"does not fit efficientnet_lite0: .*expects shape"):
-        build_base(cfg)
+        build_base(classifier_spec(cfg))
 
 
 def test_a_missing_wheel_is_one_line_with_the_install_command(capsys):

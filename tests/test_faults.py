@@ -251,10 +251,12 @@ def test_one_input_size_rule_for_every_stage(capsys):
 def test_weights_for_another_backbone_or_alpha_name_the_mismatch(capsys, tiny, tmp_path, other):
     import keras
 
-    from pipeline.model import build_base
+    from pipeline.model import build_base, classifier_spec
 
     if other == "small_cnn":
-        base = build_base(load_config(None, ["model.backbone=small_cnn", "input.image_size=32"]))
+        base = build_base(
+            classifier_spec(load_config(None, ["model.backbone=small_cnn", "input.image_size=32"]))
+        )
     else:
         base = keras.applications.MobileNet(
             alpha=0.5, weights=None, include_top=False, input_shape=(32, 32, 3)

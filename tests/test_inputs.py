@@ -10,12 +10,8 @@ from PIL import Image
 from pipeline.config import Config, with_overrides
 from pipeline.data.manifest import load_split
 from pipeline.images import load_rgb
-from pipeline.inputs import (
-    build_eval_dataset,
-    build_train_dataset,
-    decode_center,
-    sample_augmented,
-)
+from pipeline.inputs import build_batch_augmenter, decode_center, sample_augmented
+from tests.support import eval_dataset, train_dataset
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +29,7 @@ def first_batch(ds):
 
 def test_train_batches_have_shape_range_and_the_manifest_labels(flowers):
     cfg, rows, n = flowers
-    ds = build_train_dataset(rows, cfg, n)
+    ds = train_dataset(rows, cfg, n)
     seen = []
     for images, labels in ds:
         assert images.shape == (16, 128, 128, 3) and images.dtype == tf.float32
@@ -48,9 +44,9 @@ def test_train_batches_have_shape_range_and_the_manifest_labels(flowers):
 def test_seed_fixes_order_and_augmentation_and_epochs_differ(flowers):
     cfg, rows, n = flowers
     cfg = with_overrides(cfg, {"input.deterministic": True})
-    a = build_train_dataset(rows, cfg, n, seed=1)
-    b = build_train_dataset(rows, cfg, n, seed=1)
-    c = build_train_dataset(rows, cfg, n, seed=2)
+    a = train_dataset(rows, cfg, n, seed=1)
+    b = train_dataset(rows, cfg, n, seed=1)
+    c = train_dataset(rows, cfg, n, seed=2)
     np.testing.assert_array_equal(first_batch(a)[0], first_batch(b)[0])
     assert not np.array_equal(first_batch(a)[0], first_batch(c)[0])
     epoch1, epoch2 = (first_batch(a)[0] for _ in range(2))
@@ -59,12 +55,12 @@ def test_seed_fixes_order_and_augmentation_and_epochs_differ(flowers):
 
 def test_eval_is_ordered_and_equals_a_centre_crop(flowers):
     cfg, rows, n = flowers
-    ds = build_eval_dataset(rows[:10], cfg, n, batch_size=4)
+    ds = eval_dataset(rows[:10], cfg, n, batch_size=4)
     batches = list(ds)
     assert [b[0].shape[0] for b in batches] == [4, 4, 2]
     labels = np.concatenate([np.argmax(b[1].numpy(), axis=1) for b in batches])
     assert labels.tolist() == [r.label_index for r in rows[:10]]
-    again = np.concatenate([b[0].numpy() for b in build_eval_dataset(rows[:10], cfg, n)])
+    again = np.concatenate([b[0].numpy() for b in eval_dataset(rows[:10], cfg, n)])
     np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in batches]), again)
     # The same view computed independently with PIL: centre square of 87.5%, resized.
     row = rows[0]
@@ -101,7 +97,7 @@ def test_keras_augmentation_options_and_mixing(flowers):
             "input.cutmix": 1.0,
         },
     )
-    images, labels = first_batch(build_train_dataset(rows, heavy, n))
+    images, labels = first_batch(train_dataset(rows, heavy, n))
     assert images.shape == (16, 128, 128, 3)
     assert images.min() >= -1.0 and images.max() <= 1.0
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
@@ -113,13 +109,12 @@ def test_mixed_labels_match_mixed_pixels(mixer):
     """Each class is a flat grey level, so a mixed image's mean pixel is what its soft label
     says: the label weights times the classes' grey levels (a bug mixed the labels by one
     random draw and the pixels by another)."""
-    from pipeline.inputs import build_batch_augmenter
 
     classes, size = 5, 128
     labels = np.eye(classes, dtype=np.float32)[np.arange(16) % classes]
     grey = 20.0 + 50.0 * np.arange(classes, dtype=np.float32)
     images = np.broadcast_to((labels @ grey)[:, None, None, None], (16, size, size, 3))
-    augment = build_batch_augmenter(with_overrides(Config(), {mixer: 1.0}), seed=3)
+    augment = build_batch_augmenter(with_overrides(Config(), {mixer: 1.0}).input, seed=3)
     for draw in range(3):
         mixed, soft = augment(tf.constant(images), tf.constant(labels), tf.constant([draw, 0]))
         assert (soft.numpy().max(axis=1) < 0.999).any()  # something was mixed
@@ -132,7 +127,7 @@ def test_mixed_labels_match_mixed_pixels(mixer):
 
 def test_sample_augmented_gives_viewable_pixels(flowers):
     cfg, rows, _ = flowers
-    images, labels = sample_augmented(rows, cfg, count=8)
+    images, labels = sample_augmented(rows, cfg.input, cfg.image_size, cfg.train.seed, count=8)
     assert images.shape == (8, 128, 128, 3)
     assert images.min() >= 0 and images.max() <= 255 and images.max() > 100
     assert set(labels) <= {r.label_index for r in rows}

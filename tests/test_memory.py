@@ -27,7 +27,7 @@ from pipeline.memory import (
 from pipeline.memory.keras_graph import layers_from_model
 from pipeline.memory.liveness import inference_peak, training_flops, training_peak
 from pipeline.memory.spec import Layer, parse_layers
-from pipeline.model import build_classifier, freeze_for_phase, get_base
+from pipeline.model import build_classifier, classifier_spec, freeze_for_phase, get_base
 from pipeline.units import parse_quantity
 
 EXERCISE = "conv3x3s2same:100,conv3x3s2same:200,conv3x3s2same:400"
@@ -193,7 +193,7 @@ def test_keras_sequential_matches_the_layer_spec():
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_parameters_match_keras_for_every_backbone(name):
     cfg = _cfg(name)
-    model = build_classifier(cfg, 5)
+    model = build_classifier(classifier_spec(cfg), 5)
     phases, _ = model_phases(cfg, 5)
     for rows in phases.values():
         assert sum(r.params for r in rows) == model.count_params()
@@ -201,7 +201,7 @@ def test_parameters_match_keras_for_every_backbone(name):
     assert sum(r.params for r in next(iter(phases_base.values()))) == base.count_params()
     # Trainable counts follow freeze_for_phase exactly, phase by phase.
     for phase, rows in zip((1, 2), phases.values()):
-        freeze_for_phase(model, cfg, phase)
+        freeze_for_phase(model, classifier_spec(cfg), phase)
         assert sum(r.trainable for r in rows) == _keras_trainable(model)
 
 
@@ -214,7 +214,7 @@ def test_phase_one_and_two_differ_for_inception():
     assert p2.trainable > p1.trainable
     assert p2.realistic_bytes > p1.realistic_bytes
     assert p1.textbook_bytes == p2.textbook_bytes  # the textbook keeps everything anyway
-    assert est.params == build_classifier(cfg, 5).count_params()
+    assert est.params == build_classifier(classifier_spec(cfg), 5).count_params()
     assert (
         est.flops_per_image.train["phase 2: layers after mixed8 train"]
         > est.flops_per_image.forward
@@ -366,8 +366,8 @@ def test_quantities_and_their_validation():
 
 def test_base_without_head_and_frozen_base_follow_keras():
     cfg = _cfg("mobilenet_v2")
-    model = build_classifier(cfg, 4)
-    freeze_for_phase(model, cfg, 1)
+    model = build_classifier(classifier_spec(cfg), 4)
+    freeze_for_phase(model, classifier_spec(cfg), 1)
     rows = layers_from_model(model)
     assert sum(r.trainable for r in rows) == _keras_trainable(model) == 1280 * 4 + 4
     assert sum(r.params for r in layers_from_model(get_base(model))) == (

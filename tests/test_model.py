@@ -7,16 +7,17 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.backbones import BACKBONES, get_backbone
+from pipeline.backbones import BACKBONES, feature_width, get_backbone
 from pipeline.config import load_config
 from pipeline.model import (
     HEAD_NAME,
+    POOL_NAME,
     WeightsError,
     build_base,
     build_classifier,
     build_feature_extractor,
     build_feature_head,
-    fine_tune_cut,
+    classifier_spec,
     freeze_for_phase,
     get_base,
     resolve_weights,
@@ -53,14 +54,16 @@ def batch_norm_state(model: keras.Model) -> list[np.ndarray]:
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_every_backbone_builds_a_float32_softmax_head(backbone):
     cfg = make_cfg(backbone)
-    model = build_classifier(cfg, num_classes=3)
+    model = build_classifier(classifier_spec(cfg), num_classes=3)
     size = cfg.image_size
     assert model.input_shape == (None, size, size, 3)
     assert model.output_shape == (None, 3)
+    width = feature_width(get_backbone(backbone), cfg.model.alpha)
+    assert model.get_layer(POOL_NAME).output.shape[-1] == width
     assert model.get_layer(HEAD_NAME).dtype_policy.compute_dtype == "float32"
     x = np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)).astype("float32")
     before = batch_norm_state(model)
-    probs = np.array(training_forward(model, cfg)(x))
+    probs = np.array(training_forward(model, get_backbone(backbone))(x))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     if get_backbone(backbone).pretrained:
         # The base runs in inference mode during training, even with every layer
@@ -72,15 +75,15 @@ def test_every_backbone_builds_a_float32_softmax_head(backbone):
 @pytest.mark.parametrize("backbone", PRETRAINED)
 def test_phases_freeze_the_base_then_unfreeze_its_top_without_batchnorm(backbone):
     cfg = make_cfg(backbone)
-    model = build_classifier(cfg, num_classes=3)
+    model = build_classifier(classifier_spec(cfg), num_classes=3)
     base = get_base(model)
-    freeze_for_phase(model, cfg, 1)
+    freeze_for_phase(model, classifier_spec(cfg), 1)
     assert base.trainable_weights == []
     assert {v.path.split("/")[0] for v in model.trainable_weights} == {HEAD_NAME}
 
-    freeze_for_phase(model, cfg, 2)
+    freeze_for_phase(model, classifier_spec(cfg), 2)
     names = [layer.name for layer in base.layers]
-    cut = names.index(fine_tune_cut(cfg))
+    cut = names.index(classifier_spec(cfg).fine_tune_after)
     trainable = [i for i, layer in enumerate(base.layers) if layer.trainable and layer.weights]
     assert trainable and min(trainable) > cut
     for i, layer in enumerate(base.layers):
@@ -94,8 +97,8 @@ def test_phases_freeze_the_base_then_unfreeze_its_top_without_batchnorm(backbone
 
 def test_inception_v3_fine_tunes_from_mixed9_up():
     cfg = make_cfg("inception_v3")
-    model = build_classifier(cfg, num_classes=2)
-    freeze_for_phase(model, cfg, 2)
+    model = build_classifier(classifier_spec(cfg), num_classes=2)
+    freeze_for_phase(model, classifier_spec(cfg), 2)
     base = get_base(model)
     names = [layer.name for layer in base.layers]
     trainable = [i for i, layer in enumerate(base.layers) if layer.trainable_weights]
@@ -106,21 +109,21 @@ def test_inception_v3_fine_tunes_from_mixed9_up():
 
 def test_unknown_cut_point_is_named_in_the_error():
     cfg = make_cfg("mobilenet", **{"model.fine_tune_after": "no_such_layer"})
-    model = build_classifier(cfg, num_classes=2)
+    model = build_classifier(classifier_spec(cfg), num_classes=2)
     with pytest.raises(ValueError, match=r"model\.fine_tune_after='no_such_layer'.*conv_pw"):
-        freeze_for_phase(model, cfg, 2)
+        freeze_for_phase(model, classifier_spec(cfg), 2)
 
 
 def test_small_cnn_trains_whole_in_every_phase():
     cfg = make_cfg("small_cnn")
-    model = build_classifier(cfg, num_classes=2)
-    freeze_for_phase(model, cfg, 1)
+    model = build_classifier(classifier_spec(cfg), num_classes=2)
+    freeze_for_phase(model, classifier_spec(cfg), 1)
     assert len(get_base(model).trainable_weights) == 4 * 3  # conv kernel, gamma, beta
 
 
 def test_feature_head_is_the_classifier_head():
     cfg = make_cfg("inception_v3", **{"model.dropout": 0.5})
-    model = build_classifier(cfg, num_classes=4)
+    model = build_classifier(classifier_spec(cfg), num_classes=4)
     head = build_feature_head(model)
     extractor = build_feature_extractor(model)
     assert {id(v) for v in head.trainable_weights} == {
@@ -135,7 +138,9 @@ def test_mixed_precision_keeps_the_softmax_in_float32():
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = build_classifier(make_cfg("small_cnn", **{"input.image_size": 32}), 2)
+        model = build_classifier(
+            classifier_spec(make_cfg("small_cnn", **{"input.image_size": 32})), 2
+        )
         assert get_base(model).layers[1].compute_dtype == "float16"
         out = model(np.zeros((1, 32, 32, 3), "float32"))
         assert out.dtype == "float32"
@@ -180,11 +185,11 @@ def test_a_cached_imagenet_file_is_used_by_path(tmp_path, monkeypatch, mobilenet
 @pytest.mark.parametrize("size", [128, 150, 224])
 def test_imagenet_mobilenet_weights_load_by_path_at_any_size(size, mobilenet_weights):
     cfg = make_cfg("mobilenet", **{"input.image_size": size})
-    loaded = build_base(cfg, str(mobilenet_weights))
+    loaded = build_base(classifier_spec(cfg), str(mobilenet_weights))
     reference = build_base(
-        make_cfg("mobilenet", **{"input.image_size": 224}), str(mobilenet_weights)
+        classifier_spec(make_cfg("mobilenet", **{"input.image_size": 224})), str(mobilenet_weights)
     )
-    random = build_base(cfg, "none")
+    random = build_base(classifier_spec(cfg), "none")
     for a, b in zip(loaded.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(loaded.get_weights()[0], random.get_weights()[0])

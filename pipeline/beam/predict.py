@@ -41,13 +41,9 @@ def classifier_probabilities(
     """Probabilities (float64, one row per check) of checked images through the evaluation
     pipeline in model batches of ``batch_size``, as ``Classifier.probabilities`` computes
     them (mirrored images averaged in with tta=flip)."""
-    from pipeline.inputs import build_eval_dataset
     from pipeline.predict.classifier import rows_from_checks
 
-    rows = rows_from_checks(list(checks))
-    ds = build_eval_dataset(
-        rows, clf.cfg, None, batch_size=batch_size, apply_preprocessing=not clf.raw_pixels
-    )
+    ds = clf.eval_dataset(rows_from_checks(list(checks)), batch_size)
     outputs = []
     for images in ds:
         x = images.numpy()

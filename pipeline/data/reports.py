@@ -71,6 +71,6 @@ def _draw_augmented_samples(cfg, train_rows, classes, path: Path) -> Path:
     from pipeline.inputs import sample_augmented
     from pipeline.plots import plot_image_grid
 
-    images, labels = sample_augmented(train_rows, cfg, count=16)
+    images, labels = sample_augmented(train_rows, cfg.input, cfg.image_size, cfg.train.seed)
     titles = [classes[i] for i in labels]
     return plot_image_grid(images, titles, path, title="Augmented training samples")

@@ -139,9 +139,7 @@ def _write_tables(out: Path, metrics, rows, probs, labels) -> dict[str, Path]:
 
 def _eval_views(clf: Classifier, rows) -> np.ndarray:
     """The images as the model saw them (centre crop, before preprocessing)."""
-    from pipeline.inputs import build_eval_dataset
-
-    ds = build_eval_dataset(rows, clf.cfg, None, apply_preprocessing=False)
+    ds = clf.eval_dataset(rows, preprocessed=False)
     return np.concatenate([batch.numpy() for batch in ds])
 
 

@@ -41,10 +41,9 @@ def score(
     """
     from sklearn.metrics import f1_score
 
-    from pipeline.backbones import get_backbone, preprocess
-    from pipeline.inputs import build_eval_dataset
+    from pipeline.backbones import preprocess
 
-    backbone = get_backbone(clf.cfg.model.backbone)
+    backbone = clf.spec.backbone
 
     def keras_predict(pixels: np.ndarray) -> np.ndarray:
         return np.asarray(clf.model.predict_on_batch(preprocess(pixels, backbone)))
@@ -52,7 +51,7 @@ def score(
     every = {"keras": keras_predict, **predictors}
     probs: dict[str, list[np.ndarray]] = {name: [] for name in every}
     kept: list[np.ndarray] = []  # the first test images, for the latency runs
-    for batch in build_eval_dataset(rows, clf.cfg, None, apply_preprocessing=False):
+    for batch in clf.eval_dataset(rows, preprocessed=False):
         pixels = batch.numpy()
         kept.extend(pixels[: max(BATCHES) - len(kept)])
         for name, predict in every.items():

@@ -140,12 +140,9 @@ def write_variants(
 
 def _write_serving(clf: Classifier, path: Path) -> None:
     """The Keras model behind `serve`(raw pixels), as the train stage's SavedModel."""
-    from pipeline.backbones import get_backbone
     from pipeline.model import serving_archive
 
-    serving_archive(clf.model, get_backbone(clf.cfg.model.backbone)).write_out(
-        str(path), verbose=False
-    )
+    serving_archive(clf.model, clf.spec.backbone).write_out(str(path), verbose=False)
 
 
 def convert(
@@ -175,14 +172,11 @@ def _calibration(clf: Classifier, count: int) -> Callable[[], Iterator[list[np.n
     """Up to ``count`` training images of the run's recorded split, drawn at random (seed
     train.seed) across classes, through the evaluation crop as raw pixels, one per batch."""
     from pipeline.data.provenance import load_run_data
-    from pipeline.inputs import build_eval_dataset
 
     train = load_run_data(clf.run_dir).rows("train")
     rng = np.random.default_rng(clf.cfg.train.seed)
     pick = sorted(rng.choice(len(train), size=min(count, len(train)), replace=False))
-    ds = build_eval_dataset(
-        [train[i] for i in pick], clf.cfg, None, batch_size=1, apply_preprocessing=False
-    )
+    ds = clf.eval_dataset([train[i] for i in pick], batch_size=1, preprocessed=False)
 
     def representative() -> Iterator[list[np.ndarray]]:
         for x in ds:

@@ -7,9 +7,10 @@ none, and nothing is downloaded); Keras is imported inside the functions that us
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from pipeline.config import Config, resolve_precision, with_overrides
+from pipeline.config import Config, resolve_precision
 from pipeline.memory.estimate import CPU_OVERHEAD, estimate_layers
 from pipeline.memory.keras_graph import layers_from_model
 from pipeline.memory.record import UNAVAILABLE, MemoryEstimate, RunMemory
@@ -28,21 +29,20 @@ def model_phases(
     """Rows of the configured classifier (or its base alone) for each training phase, and the
     model (left frozen as in the last phase). Built without pretrained weights: counting
     needs none, and nothing is downloaded."""
-    from pipeline.backbones import get_backbone
-    from pipeline.model import build_classifier, fine_tune_cut, freeze_for_phase, get_base
+    from pipeline.model import build_classifier, classifier_spec, freeze_for_phase, get_base
 
-    cfg = with_overrides(cfg, {"model.weights": "none"})
-    model = build_classifier(cfg, num_classes)
+    spec = replace(classifier_spec(cfg), weights="none")
+    model = build_classifier(spec, num_classes)
     target = model if head else get_base(model)
-    if not get_backbone(cfg.model.backbone).pretrained:
-        freeze_for_phase(model, cfg, 1)
+    if not spec.backbone.pretrained:
+        freeze_for_phase(model, spec, 1)
         return {"from scratch: every layer trains": layers_from_model(target)}, target
     phases = {}
     for phase, label in (
         (1, "phase 1: base frozen"),
-        (2, f"phase 2: layers after {fine_tune_cut(cfg)} train"),
+        (2, f"phase 2: layers after {spec.fine_tune_after} train"),
     ):
-        freeze_for_phase(model, cfg, phase)
+        freeze_for_phase(model, spec, phase)
         phases[label] = layers_from_model(target)
     return phases, target
 

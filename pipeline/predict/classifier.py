@@ -19,6 +19,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,29 @@ class Classifier:
     predict_batch: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     raw_pixels: bool = False
 
+    @cached_property
+    def spec(self) -> Any:
+        """The run's ``ClassifierSpec``: its backbone's row and input size, resolved once."""
+        from pipeline.model import classifier_spec
+
+        return classifier_spec(self.cfg)
+
+    def eval_dataset(
+        self, rows: list[ManifestRow], batch_size: int | None = None, preprocessed: bool = True
+    ) -> Any:
+        """The rows' evaluation crops as this classifier takes them: preprocessed for a Keras
+        model, raw pixels for an exported file (or whenever ``preprocessed`` is False)."""
+        from pipeline.inputs import build_eval_dataset
+
+        backbone = self.spec.backbone if preprocessed and not self.raw_pixels else None
+        return build_eval_dataset(
+            rows,
+            self.cfg.input,
+            self.spec.size,
+            backbone=backbone,
+            batch_size=batch_size or self.cfg.input.batch_size,
+        )
+
     def probabilities(
         self, rows: list[ManifestRow], batch_size: int | None = None, tta: str = "none"
     ) -> np.ndarray:
@@ -59,14 +83,10 @@ class Classifier:
         """
         from tqdm import tqdm
 
-        from pipeline.inputs import build_eval_dataset
-
         if not rows:
             return np.zeros((0, len(self.labels)), np.float32)
         batch = batch_size or self.cfg.input.batch_size
-        ds = build_eval_dataset(
-            rows, self.cfg, None, batch_size=batch, apply_preprocessing=not self.raw_pixels
-        )
+        ds = self.eval_dataset(rows, batch)
         bar = tqdm(
             total=len(rows),
             desc="Running the model",

@@ -171,19 +171,18 @@ def _columns(rows: list[tuple]) -> tuple[np.ndarray, ...]:
     return tuple(np.array(column, t) for column, t in zip(zip(*rows), types))
 
 
-def decode_dataset(cfg: Any, headers: Headers, batch: int, preprocessed: bool = True) -> Any:
+def decode_dataset(headers: Headers, size: int, fraction: float, backbone: Any, batch: int) -> Any:
     """Batches of (index, size, mtime_ns, image) for the files in ``headers``, in order.
 
     Files that fail in the decode are left out (their index is missing). The images are
-    what build_eval_dataset gives (raw pixels when not ``preprocessed``).
+    what build_eval_dataset gives: preprocessed for ``backbone``, raw pixels when it is None.
     """
     import tensorflow as tf
 
-    from pipeline.backbones import get_backbone, preprocess
+    from pipeline.backbones import preprocess
     from pipeline.inputs import decode_center
 
-    size, fraction = cfg.image_size, cfg.input.eval_crop_fraction
-    backbone = get_backbone(cfg.model.backbone)
+    preprocessed = backbone is not None
 
     def load(index, path, decoder, orientation, file_size, mtime):
         # The two steps of build_eval_dataset's map, so predict and evaluate agree.
@@ -229,7 +228,8 @@ def classify_stream(
     counts = StreamCounts()
     skipped: dict[int, tuple[str, int, int]] = {}  # header failures the writer has not reached
     headers = check_headers(paths, todo, skipped, min_side, max_pixels)
-    ds = decode_dataset(cfg, headers, batch, preprocessed=not clf.raw_pixels)
+    backbone = None if clf.raw_pixels else clf.spec.backbone
+    ds = decode_dataset(headers, clf.spec.size, cfg.input.eval_crop_fraction, backbone, batch)
 
     total = sum(todo)
     images = len(headers.index)

@@ -13,6 +13,7 @@ import tensorflow as tf
 from pipeline.backbones import Backbone
 from pipeline.config import Config
 from pipeline.data.manifest import ManifestRow
+from pipeline.model import ClassifierSpec
 from pipeline.runs import BACKUP_DIR, CHECKPOINTS_DIR
 
 
@@ -20,7 +21,7 @@ from pipeline.runs import BACKUP_DIR, CHECKPOINTS_DIR
 class TrainingRun:
     cfg: Config
     strategy: tf.distribute.Strategy
-    backbone: Backbone
+    spec: ClassifierSpec  # the backbone's row, the input size, the model options
     work_dir: Path  # the run folder; a non-chief worker's own sub-folder
     chief: bool
     classes: list[str]
@@ -34,6 +35,10 @@ class TrainingRun:
     state: dict[str, Any]  # state.json: the phases finished so far
     rss_before: int | None = None  # resident memory before anything was built
     history: list[dict[str, Any]] = field(default_factory=list)  # every phase's epochs
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.spec.backbone
 
     @property
     def num_classes(self) -> int:

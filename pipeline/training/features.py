@@ -25,8 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.backbones import get_backbone, preprocess
-from pipeline.config import Config
+from pipeline.backbones import Backbone, preprocess
+from pipeline.config import Config, InputConfig
 from pipeline.data.manifest import ManifestRow
 from pipeline.files import atomic_path, write_json
 from pipeline.inputs import build_eval_dataset, decode_center
@@ -83,7 +83,8 @@ def cache_path(cfg: Config, key: dict[str, object]) -> Path:
 def extract_features(
     model: keras.Model,
     rows: Sequence[ManifestRow],
-    cfg: Config,
+    i: InputConfig,
+    backbone: Backbone,
     batch_size: int,
     desc: str = "Extracting features",
 ) -> np.ndarray:
@@ -93,12 +94,12 @@ def extract_features(
     extractor = build_feature_extractor(model)
     if not rows:  # a split with no images (a data set without a test split)
         return np.zeros((0, extractor.output.shape[-1]), np.float32)
-    size = cfg.image_size
+    size = model.input_shape[1]
     run = tf.function(  # one trace for every batch size, the last partial one included
         lambda images: extractor(images, training=False),
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
     )
-    dataset = build_eval_dataset(rows, cfg, batch_size=batch_size)
+    dataset = build_eval_dataset(rows, i, size, backbone=backbone, batch_size=batch_size)
     batches = []
     with tqdm(total=len(rows), desc=desc, unit="img", leave=False, disable=None) as bar:
         for images in dataset:
@@ -111,6 +112,7 @@ def load_or_extract(
     model: keras.Model,
     rows: Sequence[ManifestRow],
     cfg: Config,
+    backbone: Backbone,
     batch_size: int,
     weights_sha: str,
     split: str,
@@ -123,7 +125,9 @@ def load_or_extract(
         if features.shape[0] == len(rows):
             return CachedFeatures(features, path, True, 0.0)
     start = time.perf_counter()
-    features = extract_features(model, rows, cfg, batch_size, f"Caching {split} features")
+    features = extract_features(
+        model, rows, cfg.input, backbone, batch_size, f"Caching {split} features"
+    )
     seconds = time.perf_counter() - start
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, features)
@@ -162,11 +166,11 @@ def feature_loader(features: np.ndarray, labels: np.ndarray, num_classes: int) -
     return load
 
 
-def image_loader(rows: Sequence[ManifestRow], cfg: Config, num_classes: int) -> Callable:
+def image_loader(
+    rows: Sequence[ManifestRow], backbone: Backbone, size: int, fraction: float, num_classes: int
+) -> Callable:
     """index -> (evaluation view of the image, preprocessed; one-hot label): the pixels the
     cached features were computed from, decoded by the input pipeline's own code."""
-    backbone = get_backbone(cfg.model.backbone)
-    size, fraction = cfg.image_size, cfg.input.eval_crop_fraction
     paths = tf.constant([r.path for r in rows])
     decoders = tf.constant([r.decoder for r in rows])
     orientations = tf.constant([r.orientation for r in rows], tf.int32)

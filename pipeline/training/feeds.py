@@ -103,15 +103,22 @@ def eval_feed(
 
 def image_train_feed(run: TrainingRun, augment: bool) -> Feed:
     """Augmented images (build_train_dataset), or the fixed evaluation view shuffled."""
-    rows, cfg, k = run.train_rows, run.cfg, run.num_classes
+    rows, cfg, spec, k = run.train_rows, run.cfg, run.spec, run.num_classes
 
     def build(indices: np.ndarray, batch: int, ctx) -> tf.data.Dataset:
         seed = cfg.train.seed + ctx.input_pipeline_id
         if augment:
             return build_train_dataset(
-                [rows[i] for i in indices], cfg, k, seed=seed, batch_size=batch
+                [rows[i] for i in indices],
+                cfg.input,
+                spec.size,
+                k,
+                seed,
+                backbone=spec.backbone,
+                batch_size=batch,
             )
-        return frozen_train_dataset(indices, batch, seed, image_loader(rows, cfg, k))
+        load = image_loader(rows, spec.backbone, spec.size, cfg.input.eval_crop_fraction, k)
+        return frozen_train_dataset(indices, batch, seed, load)
 
     return train_feed(len(rows), run.global_batch, build)
 
@@ -123,10 +130,17 @@ def val_feed(run: TrainingRun) -> Feed:
 
 def eval_rows_feed(run: TrainingRun, rows: list) -> Feed:
     """These images' evaluation view, in order."""
-    cfg, k = run.cfg, run.num_classes
+    options, spec, k = run.cfg.input, run.spec, run.num_classes
 
     def build(indices: np.ndarray, batch: int) -> tf.data.Dataset:
-        return build_eval_dataset([rows[i] for i in indices], cfg, k, batch_size=batch)
+        return build_eval_dataset(
+            [rows[i] for i in indices],
+            options,
+            spec.size,
+            backbone=spec.backbone,
+            num_classes=k,
+            batch_size=batch,
+        )
 
     return eval_feed(len(rows), run.global_batch, run.strategy, build)
 
@@ -136,7 +150,9 @@ def cached_features(run: TrainingRun) -> dict[str, CachedFeatures]:
     once, then reused from data/<dataset>/features/)."""
     fingerprint = weights_fingerprint(run.classifier)
     cached = {
-        split: load_or_extract(run.classifier, rows, run.cfg, run.global_batch, fingerprint, split)
+        split: load_or_extract(
+            run.classifier, rows, run.cfg, run.backbone, run.global_batch, fingerprint, split
+        )
         for split, rows in (
             ("train", run.train_rows),
             ("val", run.val_rows),

@@ -30,7 +30,6 @@ from pipeline.files import atomic_path, write_json
 from pipeline.model import (
     HEAD_NAME,
     count_params,
-    fine_tune_cut,
     freeze_for_phase,
     get_base,
     training_forward,
@@ -52,9 +51,9 @@ from pipeline.training.loop import compile_for_training, fit, per_example_losses
 
 def phase_one(run: TrainingRun, xla: bool) -> dict[str, Any]:
     """Frozen base, new head; a from-scratch network trains whole here."""
-    cfg, t = run.cfg, run.cfg.train
+    t = run.cfg.train
     done = run.state["phases"].get("1")
-    freeze_for_phase(run.classifier, cfg, 1)
+    freeze_for_phase(run.classifier, run.spec, 1)
     if done is not None:
         restore_finished_phase(run, 1, done)
         return done
@@ -192,8 +191,8 @@ def _cache_figures(features: dict[str, CachedFeatures]) -> dict[str, Any]:
 
 def phase_two(run: TrainingRun, xla: bool) -> dict[str, Any]:
     """Top of the base unfrozen from the cut, BatchNorm frozen, augmented images."""
-    cfg, t = run.cfg, run.cfg.train
-    freeze_for_phase(run.classifier, cfg, 2)
+    t = run.cfg.train
+    freeze_for_phase(run.classifier, run.spec, 2)
     done = run.state["phases"].get("2")
     if done is not None:
         restore_finished_phase(run, 2, done)
@@ -207,7 +206,7 @@ def phase_two(run: TrainingRun, xla: bool) -> dict[str, Any]:
         else f"lr {t.fine_tune_lr:g}, reduced on plateaus"
     )
     print(
-        f"Phase 2: fine-tuning the base after {fine_tune_cut(cfg)} ({len(trainable_layers)} "
+        f"Phase 2: fine-tuning the base after {run.spec.fine_tune_after} ({len(trainable_layers)} "
         f"layers with weights, BatchNorm frozen): "
         f"{count_params(base.trainable_variables):,} of {count_params(base.weights):,} base "
         f"parameters train; {schedule}, up to {t.fine_tune_epochs} epochs"
@@ -320,7 +319,7 @@ def run_phase(
     if resuming:
         print(f"Phase {phase}: resuming from its backup in {backup_dir}")
     with run.strategy.scope():
-        forward = training_forward(model, cfg) if model is run.classifier else None
+        forward = training_forward(model, run.backbone) if model is run.classifier else None
     fit(
         model,
         train,

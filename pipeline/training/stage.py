@@ -24,7 +24,7 @@ import time
 import keras
 import tensorflow as tf
 
-from pipeline.backbones import get_backbone
+from pipeline.backbones import Backbone
 from pipeline.compat import op_determinism
 from pipeline.config import (
     Config,
@@ -33,7 +33,7 @@ from pipeline.config import (
     with_overrides,
 )
 from pipeline.files import exclusive, generated_dir
-from pipeline.model import build_classifier, resolve_weights
+from pipeline.model import build_classifier, classifier_spec, resolve_weights
 from pipeline.runs import CONFIG_FILE, read_state, resolve_run_dir
 from pipeline.training.context import TrainingRun
 from pipeline.training.outputs import TrainResult, current_rss_bytes, finish
@@ -107,9 +107,10 @@ def _train(
         if xla:
             print("train.deterministic: XLA turned off (not every XLA kernel is deterministic)")
             xla = False
-    backbone = get_backbone(cfg.model.backbone)
+    spec = classifier_spec(cfg)
+    backbone = spec.backbone
     check_xla_replicas(xla, strategy.num_replicas_in_sync, backbone.pretrained)
-    weights = resolve_weights(backbone, cfg.model.weights, cfg.model.alpha, cfg.image_size)
+    weights = resolve_weights(backbone, spec.weights, spec.alpha, spec.size)
     chief, role = worker_role(strategy)
     # Each worker writes its own folder; the chief's is the run folder itself.
     run_dir, cfg, resumed = resolve_run_dir(cfg, "" if chief else f"workers/{role}")
@@ -127,12 +128,12 @@ def _train(
     weights_per_class, weights_line = class_balance(labels, len(classes), cfg.train.class_weights)
     keras.utils.set_random_seed(cfg.train.seed)
     with strategy.scope():
-        classifier = build_classifier(cfg, len(classes), weights)
+        classifier = build_classifier(spec, len(classes), weights)
 
     print(
-        f"Training {backbone.name} ({_weights_text(cfg, weights)}) on {cfg.data.dataset}: "
+        f"Training {backbone.name} ({_weights_text(backbone, weights)}) on {cfg.data.dataset}: "
         f"{len(classes)} classes, {len(train_rows)} train / {len(val_rows)} val images at "
-        f"{cfg.image_size}x{cfg.image_size}"
+        f"{spec.size}x{spec.size}"
     )
     print(
         f"Device: {describe_devices(strategy)}. Precision {precision}"
@@ -145,7 +146,7 @@ def _train(
     run = TrainingRun(
         cfg=cfg,
         strategy=strategy,
-        backbone=backbone,
+        spec=spec,
         work_dir=work_dir,
         chief=chief,
         classes=classes,
@@ -166,8 +167,8 @@ def _train(
     return finish(run, phases, kept, precision, xla, time.perf_counter() - started, resumed)
 
 
-def _weights_text(cfg: Config, resolved: str | None) -> str:
-    if not get_backbone(cfg.model.backbone).pretrained:
+def _weights_text(backbone: Backbone, resolved: str | None) -> str:
+    if not backbone.pretrained:
         return "trained from scratch"
     if resolved is None:
         return "random initialisation"
