@@ -8,8 +8,14 @@ TensorFlow's C++ start-up lines are hidden unless the stage runs with --verbose
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from pipeline.config import Config, ConfigError, load_config, valid_keys
 from pipeline.quiet import configure_tensorflow_logging, import_tensorflow_quietly
@@ -97,7 +103,12 @@ def _run_experiment(cfg: Config, args: argparse.Namespace) -> None:
     from pipeline.experiment import RESULTS_FILE, experiment_plan, run_experiment, summarize
 
     if not args.summarize:
-        run_experiment(cfg)
+        result = run_experiment(cfg)
+        if result.ran and result.failed == result.ran:
+            raise RuntimeError(
+                f"all {result.ran} run(s) of the experiment failed (each one's error is in "
+                f"{result.out_dir / RESULTS_FILE}); fix what they name and run it again"
+            )
         return
     name = experiment_plan(cfg)[0]
     out = Path(cfg.paths.reports) / "experiments" / name
@@ -253,20 +264,94 @@ USER_ERRORS = (
     RuntimeError,
 )
 
+_FREE_SPACE = (
+    "free some space (or point paths.* at another disk) and run it again: finished work is kept"
+)
+# errno -> (what happened, the fix): what the machine refused, said in one line.
+OS_ERRORS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on the device", _FREE_SPACE),
+    **({errno.EDQUOT: ("disk quota exceeded", _FREE_SPACE)} if hasattr(errno, "EDQUOT") else {}),
+    errno.EFBIG: ("file too large for this file system or its limit", _FREE_SPACE),
+    errno.EACCES: (
+        "permission denied",
+        "make it readable/writable for this user, or choose another path",
+    ),
+    errno.EPERM: (
+        "operation not permitted",
+        "make it writable for this user, or choose another path",
+    ),
+    errno.EROFS: ("read-only file system", "choose a path on a writable disk"),
+    errno.ELOOP: ("too many levels of symbolic links (a link loop)", "fix or remove the link"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n 4096) or lower data.workers"),
+    errno.ENFILE: ("too many open files on the system", "close other programs and run it again"),
+    errno.ENAMETOOLONG: ("file name too long", "use a shorter path or file name"),
+    errno.EIO: ("input/output error", "check the disk (dmesg), then run it again"),
+    errno.ENOTDIR: ("a part of this path is a file, not a folder", "give a path in a folder"),
+    errno.EEXIST: ("already exists", "move it away, or choose another path"),
+}
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "ENOSPC")
+
+
+def os_error_line(exc: BaseException) -> str | None:
+    """One line for an error the operating system raised, or None when it is not one.
+
+    TensorFlow and h5py wrap a full disk in their own exception types; their message still
+    says so, and gets the same line.
+    """
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and code in OS_ERRORS:
+        what, fix = OS_ERRORS[code]
+        paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+        where = f"{' -> '.join(paths)}: " if paths else ""
+        return f"{where}{what}; {fix}"
+    text = str(exc)
+    if any(marker in text for marker in _DISK_FULL_TEXT):
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return f"no space left on the device ({first[:200]}); {_FREE_SPACE}"
+    return None
+
+
+def _save_trace(exc: BaseException) -> str:
+    """Write the full trace to a log file; its path, or why it could not be written."""
+    text = "".join(traceback.format_exception(exc))
+    name = f"pipeline-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (Path(tempfile.gettempdir()), Path.cwd()):
+        try:
+            path = folder / name
+            path.write_text(f"{' '.join(sys.argv)}\n{text}", encoding="utf-8")
+            return f"the full trace is in {path}"
+        except OSError:
+            continue
+    return "the trace could not be saved (no writable folder)"
+
 
 def exit_status(run: Callable[[], object]) -> int:
-    """Run a stage: 0; a user's error (its one-line message on stderr): 2; Ctrl-C: 130.
+    """Run a stage: 0; a user's error or one the machine raised (one line on stderr): 2;
+    Ctrl-C: 130; anything else, a bug: one line naming the log file that keeps the trace, 1.
 
     The stages' errors already name the cause and the fix, so no traceback is shown.
     """
     try:
         run()
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # every exception becomes one line
+        line = os_error_line(exc)
+        if line is None and isinstance(exc, USER_ERRORS):
+            line = str(exc)
+        if line is not None:
+            print(f"error: {line}", file=sys.stderr)
+            return 2
+        summary = (
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        )
+        print(
+            f"error: an internal error ({summary[:300]}), a bug in the pipeline; "
+            f"{_save_trace(exc)}: please report it with that file",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

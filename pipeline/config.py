@@ -334,6 +334,8 @@ def parse_override(text: str) -> tuple[str, str, str]:
 
 def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"Config file {path} is a folder; give a .toml/.yaml/.json file")
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist; give an existing .toml/.yaml/.json")
     suffix = path.suffix.lower()

@@ -9,8 +9,10 @@ so the model sees what a person sees. Nothing here ever writes to a user's file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -147,6 +149,32 @@ def _start_check(path: Path) -> tuple[ImageCheck, Callable[[str], ImageCheck]]:
     return result, skip
 
 
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def not_regular_reason(path: str | Path) -> str | None:
+    """Why ``path`` is not a regular file to open (None when it is). Opening a FIFO blocks
+    forever and a device may never end, so every stage asks this before it opens a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return f"dangling symbolic link (to {os.readlink(path)})"
+        return f"unreadable: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+    return f"not a regular file ({kind})"
+
+
 def check_image(
     path: str | Path, min_side: int = DataConfig.min_side, max_pixels: int = DataConfig.max_pixels
 ) -> ImageCheck:
@@ -157,6 +185,9 @@ def check_image(
     result, skip = _start_check(path)
     if not has_image_extension(path):
         return skip(f"unsupported extension {path.suffix or '(none)'}")
+    special = not_regular_reason(path)
+    if special:
+        return skip(special)
     try:
         size = path.stat().st_size
         if size == 0:
@@ -219,6 +250,9 @@ def inspect_image(
     result, skip = _start_check(path)
     if not has_image_extension(path):
         return skip(f"unsupported extension {path.suffix or '(none)'}")
+    special = not_regular_reason(path)
+    if special:
+        return skip(special)
     Image.MAX_IMAGE_PIXELS = None  # our own limit below
     try:
         with open(path, "rb") as fh:

@@ -182,6 +182,9 @@ def _validate_model(m: ModelConfig) -> None:
         )
 
 
+MAX_SEED = 2**32 - 1
+
+
 def _validate_train(t: TrainConfig) -> None:
     for key, value in (("head_epochs", t.head_epochs), ("fine_tune_epochs", t.fine_tune_epochs)):
         if value < 0:
@@ -198,6 +201,8 @@ def _validate_train(t: TrainConfig) -> None:
             raise ConfigError(f"train.{key} must be at least 1 epoch. Received: {value}")
     if t.warmup_epochs < 0:
         raise ConfigError(f"train.warmup_epochs must be 0 or more. Received: {t.warmup_epochs}")
+    if not 0 <= t.seed <= MAX_SEED:  # NumPy's seed range: refused here, not after data loads
+        raise ConfigError(f"train.seed must be between 0 and {MAX_SEED}. Received: {t.seed}")
     if not t.keep_min_z >= 0:
         raise ConfigError(f"train.keep_min_z must be 0 or more. Received: {t.keep_min_z}")
     if t.head_fit == "exact" and t.head_augment:

@@ -18,6 +18,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ALLOWED_SKIPS = (
     "Debian's chromium is not installed",  # tests/test_evaluate.py, the browser test
     "make is not installed",  # tests/support.py needs_make
+    "mounting a tmpfs needs root",  # tests/test_fault_safety.py, the full-disk tests
 )
 ALLOWED_SKIPS_ON_CI: tuple[str, ...] = ()
 

@@ -100,4 +100,9 @@ def test_recheck_and_recent_files_are_checked_again(files, tmp_path):
     assert run(files, cache, recheck=True).checked == 6
     os.utime(files[0])  # modified just now: within the clock tick a rewrite could hide in
     assert run(files, cache).checked == 1
-    assert run(files, cache).checked == 1  # not remembered while that recent
+    assert run(files, cache).checked == 0  # remembered: its content still hashes the same
+    st = files[0].stat()
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, then the same mtime
+    os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert run(files, cache).checked == 1  # a racy entry whose content changed is not trusted

@@ -11,9 +11,11 @@ What it trusts: a file rewritten with the same byte size *and* the same modifica
 and ``touch`` all move the mtime; what does not is a tool that restores an old mtime on
 purpose (``touch -r``, ``cp -p``/``rsync -t`` over a file of the same size). Against a
 rewrite within the same clock tick as the check, a file modified in the last
-``RACY_SECONDS`` before the cache is written is not remembered (it is checked next time;
-git's index does the same). Force a full re-check with ``data.recheck=true``
-(``make data RECHECK=1``) or by deleting the file.
+``RACY_SECONDS`` before the cache is written is remembered as *racy*: next time its size
+and mtime are not enough, its content must still hash to the remembered sha256 (git's
+index does the same), so a folder copied just before `make data` is not decoded again.
+Force a full re-check with ``data.recheck=true`` (``make data RECHECK=1``) or by deleting
+the file.
 
 The whole cache is dropped when anything that can change a check's outcome differs:
 ``data.min_side``, ``data.max_pixels``, ``CHECK_VERSION`` (bumped with ``check_image``),
@@ -41,10 +43,10 @@ from typing import Any
 
 from pipeline.data.provenance import FileStat
 from pipeline.files import atomic_write_bytes
-from pipeline.images import CHECK_VERSION, ImageCheck, check_images
+from pipeline.images import CHECK_VERSION, ImageCheck, check_images, file_sha256
 
 CACHE_FILE = "checks.jsonl"
-FORMAT = 1  # the layout of this file; bump when it changes
+FORMAT = 2  # the layout of this file; bump when it changes
 RACY_SECONDS = 2  # FAT keeps mtimes to 2 s; other file systems finer
 _TYPES = [type(v) for v in ImageCheck(path="").row()]  # str, ..., int, int, int, str
 
@@ -63,7 +65,7 @@ def cache_key(min_side: int, max_pixels: int) -> dict[str, Any]:
     }
 
 
-Entries = dict[str, tuple[int, int, ImageCheck]]  # path -> (size, mtime_ns, check)
+Entries = dict[str, tuple[int, int, bool, ImageCheck]]  # path -> (size, mtime_ns, racy, check)
 
 
 def load_cache(path: Path, key: dict[str, Any]) -> tuple[Entries, str | None]:
@@ -86,13 +88,13 @@ def load_cache(path: Path, key: dict[str, Any]) -> tuple[Entries, str | None]:
         # One parse of all lines as one array: 20,000 json.loads calls cost several times more.
         # (A line never holds a raw newline: JSON escapes those inside strings.)
         rows = json.loads(b"[" + body.rstrip(b"\n").replace(b"\n", b",") + b"]") if body else []
-        for size, mtime_ns, *row in rows:
-            if type(size) is not int or type(mtime_ns) is not int:
+        for size, mtime_ns, racy, *row in rows:
+            if type(size) is not int or type(mtime_ns) is not int or type(racy) is not bool:
                 raise ValueError("an entry without an integer size and mtime")
             if [type(v) for v in row] != _TYPES:
                 raise ValueError("an entry with fields of the wrong type")
             check = ImageCheck(*row)
-            entries[check.path] = (size, mtime_ns, check)
+            entries[check.path] = (size, mtime_ns, racy, check)
         if len(entries) != header["rows"]:
             raise ValueError(f"{len(entries)} entries for {header['rows']} recorded")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError too
@@ -103,12 +105,14 @@ def load_cache(path: Path, key: dict[str, Any]) -> tuple[Entries, str | None]:
 def save_cache(
     path: Path, key: dict[str, Any], stats: Sequence[FileStat], checks: Sequence[ImageCheck]
 ) -> Path:
-    """Write the checks of exactly these files (atomically), leaving out very recent ones."""
+    """Write the checks of exactly these files (atomically); very recent ones marked racy."""
     recent = time.time_ns() - RACY_SECONDS * 1_000_000_000
-    kept = [(s, c) for s, c in zip(stats, checks) if s.mtime_ns < recent]
     # ASCII JSON: a path that is not valid UTF-8 (surrogate escapes) round-trips as \udcxx.
-    body = "".join(json.dumps([s.size, s.mtime_ns, *c.row()]) + "\n" for s, c in kept).encode()
-    header = {"key": key, "rows": len(kept), "sha256": hashlib.sha256(body).hexdigest()}
+    body = "".join(
+        json.dumps([s.size, s.mtime_ns, s.mtime_ns >= recent, *c.row()]) + "\n"
+        for s, c in zip(stats, checks)
+    ).encode()
+    header = {"key": key, "rows": len(checks), "sha256": hashlib.sha256(body).hexdigest()}
     return atomic_write_bytes(path, json.dumps(header).encode("utf-8") + b"\n" + body)
 
 
@@ -143,8 +147,8 @@ def check_with_cache(
     todo: list[int] = []
     for i, s in enumerate(stats):
         hit = entries.get(s.path)
-        if hit is not None and hit[0] == s.size and hit[1] == s.mtime_ns:
-            checks.append(hit[2])
+        if hit is not None and hit[:2] == (s.size, s.mtime_ns) and _still(hit[2], hit[3]):
+            checks.append(hit[3])
         else:
             checks.append(None)
             todo.append(i)
@@ -154,6 +158,17 @@ def check_with_cache(
     done = [c for c in checks if c is not None]
     save_cache(cache, key, stats, done)
     return CheckedFiles(done, len(todo), len(stats) - len(todo), note)
+
+
+def _still(racy: bool, check: ImageCheck) -> bool:
+    """A racy entry (its file changed within RACY_SECONDS of the check) counts only while the
+    file's content still hashes to the remembered sha256; a skipped one has none: rechecked."""
+    if not racy:
+        return True
+    try:
+        return bool(check.sha256) and file_sha256(check.path) == check.sha256
+    except OSError:
+        return False
 
 
 def _describe(old: Any, new: dict[str, Any]) -> str:

@@ -78,7 +78,12 @@ class FileStat:
 
     @classmethod
     def of(cls, path: Path) -> FileStat:
-        st = path.stat()
+        """The file's stat; a link that leads nowhere (dangling, a loop) gets the link's own,
+        so it is listed, and its check says why it is skipped."""
+        try:
+            st = path.stat()
+        except OSError:
+            st = path.lstat()
         return cls(str(path), st.st_size, st.st_mtime_ns)
 
 

@@ -258,12 +258,16 @@ def download_flowers(data_dir: Path, url: str = FLOWERS_URL) -> Path:
 
 
 def flowers_source(data_dir: Path, out_dir: Path, url: str = FLOWERS_URL) -> Source:
+    """A hand-placed folder first; else the archive, whose extraction ``safe_extract`` redoes
+    when the archive changed; else an earlier extraction; else the download."""
+    placed = data_dir / FLOWERS_FOLDER
+    if placed.is_dir():
+        return Source("flowers", str(placed), [(find_class_root(placed), None)])
     extracted = out_dir / "extracted"
-    for folder in (data_dir / FLOWERS_FOLDER, extracted):
-        if folder.is_dir():
-            return Source("flowers", str(folder), [(find_class_root(folder), None)])
     archive = data_dir / FLOWERS_ARCHIVE
     notes = []
+    if not archive.is_file() and extracted.is_dir():
+        return Source("flowers", str(extracted), [(find_class_root(extracted), None)])
     if not archive.is_file():
         try:
             archive = download_flowers(data_dir, url)
@@ -279,15 +283,19 @@ def flowers_source(data_dir: Path, out_dir: Path, url: str = FLOWERS_URL) -> Sou
 
 
 def intel_source(data_dir: Path, out_dir: Path) -> Source:
-    extracted = out_dir / "extracted"
-    for folder in (*(data_dir / name for name in INTEL_FOLDERS), extracted):
+    """A hand-placed folder first; else the archive (extracted again when it changed, by
+    ``safe_extract``); else an earlier extraction."""
+    for folder in (data_dir / name for name in INTEL_FOLDERS):
         if folder.is_dir():
             return intel_layout(folder)
+    extracted = out_dir / "extracted"
     for name in INTEL_ARCHIVES:
         if (data_dir / name).is_file():
             source = intel_layout(safe_extract(data_dir / name, extracted))
             source.origin = str(data_dir / name)
             return source
+    if extracted.is_dir():
+        return intel_layout(extracted)
     raise SourceError(
         f"intel: not found under {data_dir}/. It needs a Kaggle account: run "
         f"`kaggle datasets download -d {INTEL_KAGGLE_ID} -p {data_dir}` (or download archive.zip "

@@ -45,6 +45,8 @@ from pipeline.data.sources import Source, SourceError, resolve_source, subfolder
 from pipeline.data.split import SPLITS, assign_splits, check_split_counts, split_counts
 from pipeline.files import (
     GENERATED_MARKER,
+    OwnershipError,
+    exclusive,
     generated_dir,
     read_csv,
     write_csv,
@@ -97,6 +99,21 @@ def list_candidates(source: Source) -> list[Candidate]:
     return found
 
 
+def _hidden_classes(source: Source) -> list[str]:
+    """A note for each folder beside the classes whose name starts with a dot and that holds
+    images: hidden folders are never classes, and dropping one without a word loses a class."""
+    notes = []
+    for root, _ in source.roots:
+        for folder in sorted(p for p in root.iterdir() if p.name.startswith(".") and p.is_dir()):
+            images = sum(has_image_extension(Path(f)) for _, _, fs in os.walk(folder) for f in fs)
+            if images:
+                notes.append(
+                    f"Ignored {folder}/ ({images} image(s)): a folder whose name starts with a "
+                    "dot is hidden, never a class; rename it without the dot to use it"
+                )
+    return notes
+
+
 def unusable_reason(cand: Candidate) -> str:
     """Why a file that passed the image check still cannot be trained on ('' if it can)."""
     if cand.label is None:
@@ -118,6 +135,8 @@ class Listing:
 
 def list_source(cfg: Config, out_dir: Path) -> Listing:
     source = _resolve(cfg, out_dir)
+    for note in _hidden_classes(source):
+        print(note)
     candidates = list_candidates(source)
     return Listing(source, candidates, [FileStat.of(c.path) for c in candidates])
 
@@ -217,7 +236,13 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
 
 def prepare_data(cfg: Config, progress: bool = True, listing: Listing | None = None) -> DataResult:
     """Resolve and list the source (unless ``listing`` is that, already made), check every
-    image, split, write manifests and reports."""
+    image, split, write manifests and reports. A second process preparing the same data set
+    waits for the first (``pipeline.files.exclusive``), then finds its work done or redoes it."""
+    with exclusive(cfg.dataset_dir(), f"make data DATASET={cfg.data.dataset}", wait=True):
+        return _prepare_data(cfg, progress, listing)
+
+
+def _prepare_data(cfg: Config, progress: bool, listing: Listing | None) -> DataResult:
     out_dir = cfg.dataset_dir()
     reports_dir = generated_dir(Path(cfg.paths.reports) / out_dir.name)
     inv = take_inventory(cfg, listing or list_source(cfg, out_dir), progress)
@@ -253,6 +278,11 @@ def ensure_manifests(cfg: Config) -> Path:
     a stage never trains or scores on manifests made from other data.
     """
     out_dir = cfg.dataset_dir()
+    with exclusive(out_dir, f"make data DATASET={cfg.data.dataset}", wait=True):
+        return _ensure_manifests(cfg, out_dir)
+
+
+def _ensure_manifests(cfg: Config, out_dir: Path) -> Path:
     record = read_record(out_dir)
     listing = None  # listed once: the data stage reuses it
     if record is None:
@@ -274,7 +304,14 @@ def ensure_manifests(cfg: Config) -> Path:
 def _resolve(cfg: Config, out_dir: Path) -> Source:
     """The source, with archives extracted into out_dir; a refused source leaves nothing."""
     created = not out_dir.exists()
-    generated_dir(out_dir)
+    try:
+        generated_dir(out_dir)
+    except OwnershipError as exc:
+        raise OwnershipError(
+            f"{exc}. {out_dir}/ is where the pipeline keeps DATASET={cfg.data.dataset}'s "
+            f"manifests: to use photos of your own, put them in another folder and give "
+            f"DATASET=folder:PATH"
+        ) from None
     try:
         return resolve_source(cfg.data.dataset, cfg.paths.data, out_dir)
     except SourceError:

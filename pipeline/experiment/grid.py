@@ -18,6 +18,12 @@ def parse_grid(text: str) -> list[tuple[str, list[str]]]:
         options = [v.strip() for v in values.split(",") if v.strip()]
         if not options:
             raise ConfigError(f"experiment.grid: {name} has no values. Received: {token!r}")
+        repeated = sorted({v for v in options if options.count(v) > 1})
+        if repeated:
+            raise ConfigError(
+                f"experiment.grid: {name} lists {', '.join(repeated)} more than once; list each "
+                f"value once (experiment.repeats runs each cell several times)"
+            )
         if any(name == existing for existing, _ in axes):
             raise ConfigError(f"experiment.grid names {name} twice; list its values once")
         axes.append((name, options))

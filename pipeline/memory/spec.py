@@ -140,18 +140,32 @@ def parse_layers(input_shape: str | tuple[int, ...], spec: str) -> list[Layer]:
     return rows
 
 
+def _at_least_one(token: str, **values: str | None) -> None:
+    """A zero kernel, stride, filter count or unit count has no meaning (a zero stride
+    divides by zero): refused, naming the number."""
+    zero = [n.replace("_", " ") for n, v in values.items() if v is not None and int(v) < 1]
+    if zero:
+        raise ValueError(
+            f"--layers: {token!r} has a {' and a '.join(zero)} of 0; kernel sides, strides, "
+            "filters and units must be at least 1, e.g. conv3x3s2:64,maxpool2x2,dense:10"
+        )
+
+
 def _parse_token(token: str, shape: tuple[int, ...]) -> tuple[str, dict]:
     if m := _CONV.fullmatch(token):
         kh, kw, stride, padding, filters = m.groups()
+        _at_least_one(token, kernel_height=kh, kernel_width=kw, stride=stride, filter_count=filters)
         return "conv", _conv(
             token, shape, int(kh), int(kw), int(stride or 1), padding or "same", int(filters)
         )
     if m := _POOL.fullmatch(token):
         op, kh, kw, stride, padding = m.groups()
+        _at_least_one(token, kernel_height=kh, kernel_width=kw, stride=stride)
         return "pool", _pool(
             token, shape, op, int(kh), int(kw), int(stride or kh), padding or "valid"
         )
     if m := _DENSE.fullmatch(token):
+        _at_least_one(token, unit_count=m.group(1))
         return "fc", _dense(token, shape, int(m.group(1)))
     n = math.prod(shape)
     if token == "lrn":

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config, load_config
-from pipeline.data.manifest import ManifestRow
+from pipeline.data.manifest import CLASSES_FILE, ManifestRow, read_classes
+from pipeline.data.provenance import RUN_DATA_DIR
 from pipeline.images import ImageCheck, check_images
 from pipeline.predict.stream import prediction_columns
 from pipeline.predict.tflite import TFLITE_SUFFIX
@@ -235,7 +236,27 @@ def read_run(run: str | Path = "", models_dir: str | Path = "models") -> tuple[P
         raise ValueError(
             f"{path} {problem}; restore the run's own {LABELS_FILE} or retrain the run"
         )
+    _check_recorded_classes(path, labels, run_dir / RUN_DATA_DIR / CLASSES_FILE)
     return run_dir, cfg, labels
+
+
+def _check_recorded_classes(path: Path, labels: list[str], recorded: Path) -> None:
+    """The labels name the model's outputs in order: a reordered or renamed list would label
+    every image wrongly and silently, so it must match the classes the run trained on. (A
+    list of another length is left to the check against the model's outputs.)"""
+    if not recorded.is_file():
+        return  # a run trained before splits were recorded: the count check is all there is
+    classes = read_classes(recorded)
+    if classes != labels and len(classes) == len(labels):
+        detail = ", ".join(
+            f"output {i} is {a!r}, not {b!r}"
+            for i, (a, b) in enumerate(zip(classes, labels))
+            if a != b
+        )
+        raise ValueError(
+            f"{path} differs from the classes the run was trained on ({recorded}: {detail}); "
+            f"restore the run's own {LABELS_FILE} (its class names, in output order)"
+        )
 
 
 def _load_model(path: Path) -> Any:

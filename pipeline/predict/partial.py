@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, naming_errors
 from pipeline.images import NOT_UTF8, reason_key, text_path
 
 KEY_PREFIX = "# make predict: rows finished so far, key "
@@ -146,18 +146,20 @@ class PartialRows:
         csv.writer(buf, lineterminator="\n").writerows(rows)
         if not buf.tell():
             return
-        if self._fh is None:
-            # Open across batches (one file, appended per batch); close() ends it.
-            self._fh = open(self.partial, "w", newline="", encoding="utf-8")  # noqa: SIM115
-            self._fh.write(self.key_line)
-        self._fh.write(buf.getvalue())
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        with naming_errors(self.partial):
+            if self._fh is None:
+                # Open across batches (one file, appended per batch); close() ends it.
+                self._fh = open(self.partial, "w", newline="", encoding="utf-8")  # noqa: SIM115
+                self._fh.write(self.key_line)
+            self._fh.write(buf.getvalue())
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            with naming_errors(self.partial):
+                fh.close()
 
     # ------------------------------------------------------------------ finishing
 

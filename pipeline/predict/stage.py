@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.files import exclusive
 from pipeline.images import IMAGE_EXTENSIONS, has_image_extension, iter_files
 from pipeline.predict.classifier import (
     Classifier,
@@ -121,11 +122,49 @@ def predict(cfg: Config) -> PredictResult:
     if not p.input:
         raise ValueError("Give the folder to classify: make predict IN=path/to/photos")
     folder = Path(p.input).expanduser()
-    files = sorted(list_input_files(folder), key=csv_order)
+    files = list_input_files(folder)
     output = check_output_path(Path(p.output).expanduser(), "OUT")
     sort_into = p.sort_into and check_output_path(
         Path(p.sort_into).expanduser(), "SORT_INTO", folder=True
     )
+    files = sorted(_outside_outputs(files, folder, output, sort_into or None), key=csv_order)
+    output.parent.mkdir(parents=True, exist_ok=True)  # now, not after the classifying
+    # A second predict to the same OUT is refused: it would resume from the first's partial
+    # rows while they are still being written.
+    with exclusive(output, "make predict", wait=False):
+        return _predict(cfg, folder, files, output, sort_into or None)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _outside_outputs(
+    files: list[Path], folder: Path, output: Path, sort_into: Path | None
+) -> list[Path]:
+    """The input without this run's own outputs: an OUT named like an image inside IN is
+    refused (a photo would be overwritten with CSV text), and the copies under a SORT_INTO
+    inside IN are left out (a rerun would classify them again), with a message."""
+    if has_image_extension(output) and _inside(output, folder):
+        raise ValueError(
+            f"OUT={output} is an image's name inside IN={folder}: the CSV would overwrite it; "
+            "give a .csv path, e.g. OUT=predictions.csv"
+        )
+    if sort_into is None or not _inside(sort_into, folder):
+        return files
+    target = sort_into.resolve()
+    kept = [f for f in files if not f.resolve().is_relative_to(target)]
+    print(
+        f"SORT_INTO={sort_into} is inside IN={folder}: its {len(files) - len(kept)} file(s) "
+        "are left out of the input"
+    )
+    return kept
+
+
+def _predict(
+    cfg: Config, folder: Path, files: list[Path], output: Path, sort_into: Path | None
+) -> PredictResult:
+    p = cfg.predict
     if p.model:
         run_dir, _, _ = read_run(run_of_export(Path(p.model).expanduser()))
         if (

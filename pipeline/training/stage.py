@@ -15,6 +15,7 @@ device to several machines, goes through the same loop (``pipeline.training.loop
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -31,7 +32,7 @@ from pipeline.config import (
     save_config,
     with_overrides,
 )
-from pipeline.files import generated_dir
+from pipeline.files import exclusive, generated_dir
 from pipeline.model import build_classifier, classifier_spec, resolve_weights
 from pipeline.runs import CONFIG_FILE, read_state, resolve_run_dir
 from pipeline.training.context import TrainingRun
@@ -48,6 +49,13 @@ from pipeline.training.runtime import (
 from pipeline.training.trainset import class_balance, global_batch, run_split
 from pipeline.validation import MULTI_WORKER_NEEDS_RUN_NAME
 
+# Two processes never train one folder: the second is refused (waiting would let it resume
+# a run that the first then finishes or leaves in another state).
+TRAINING_ELSEWHERE = (
+    "wait for it to finish (it resumes where that one stops), or give RUN_NAME=<new name> "
+    "to train another run beside it"
+)
+
 
 def train(cfg: Config) -> TrainResult:
     """Train models/<run>/ from cfg: both phases, then the model, export and reports."""
@@ -57,7 +65,8 @@ def train(cfg: Config) -> TrainResult:
     determinism_enabled, disable_determinism = op_determinism()
     determinism = cfg.train.deterministic and not determinism_enabled()
     try:
-        return _train(cfg, strategy, current_rss_bytes())
+        with contextlib.ExitStack() as locks:
+            return _train(cfg, strategy, current_rss_bytes(), locks)
     finally:  # the stage leaves the process as it found it (tests run stages in-process)
         keras.mixed_precision.set_global_policy(policy)
         if determinism:
@@ -80,9 +89,15 @@ def _check_config(cfg: Config) -> None:
         raise ConfigError(MULTI_WORKER_NEEDS_RUN_NAME)
 
 
-def _train(cfg: Config, strategy: tf.distribute.Strategy, rss_before: int | None) -> TrainResult:
+def _train(
+    cfg: Config,
+    strategy: tf.distribute.Strategy,
+    rss_before: int | None,
+    locks: contextlib.ExitStack,
+) -> TrainResult:
     """``rss_before``: the process's resident memory before anything was built, reported
-    beside the peak so that the difference between estimate and peak has a figure."""
+    beside the peak so that the difference between estimate and peak has a figure.
+    ``locks``: holds the run folder's lock until the caller is done."""
     started = time.perf_counter()
     precision = select_precision(cfg)
     xla = cfg.train.xla
@@ -101,6 +116,7 @@ def _train(cfg: Config, strategy: tf.distribute.Strategy, rss_before: int | None
     run_dir, cfg, resumed = resolve_run_dir(cfg, "" if chief else f"workers/{role}")
     work_dir = run_dir if chief else run_dir / "workers" / role
     generated_dir(run_dir)
+    locks.enter_context(exclusive(work_dir, "make train", wait=False, fix=TRAINING_ELSEWHERE))
     work_dir.mkdir(parents=True, exist_ok=True)
     run_data = run_split(cfg, work_dir, resumed)
     classes, train_rows, val_rows = run_data.classes, run_data.rows("train"), run_data.rows("val")
