@@ -138,15 +138,21 @@ def _choose_decoder(img) -> str:
     return DECODE_PIL
 
 
-def _start_check(path: Path) -> tuple[ImageCheck, Callable[[str], ImageCheck]]:
-    """An empty check of ``path`` and the function that marks it skipped with a reason."""
+def _start_check(
+    path: Path,
+) -> tuple[ImageCheck, Callable[[str], ImageCheck], ImageCheck | None]:
+    """An empty check of ``path``, the function that marks it skipped with a reason, and the
+    skip already due before opening it (an extension that is no image's, not a regular file)."""
     result = ImageCheck(path=str(path))
 
     def skip(reason: str) -> ImageCheck:
         result.status, result.reason = "skipped", reason
         return result
 
-    return result, skip
+    if not has_image_extension(path):
+        return result, skip, skip(f"unsupported extension {path.suffix or '(none)'}")
+    special = not_regular_reason(path)
+    return result, skip, skip(special) if special else None
 
 
 _KINDS = (
@@ -182,12 +188,9 @@ def check_image(
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    result, skip = _start_check(path)
-    if not has_image_extension(path):
-        return skip(f"unsupported extension {path.suffix or '(none)'}")
-    special = not_regular_reason(path)
-    if special:
-        return skip(special)
+    result, skip, refused = _start_check(path)
+    if refused is not None:
+        return refused
     try:
         size = path.stat().st_size
         if size == 0:
@@ -247,12 +250,9 @@ def inspect_image(
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    result, skip = _start_check(path)
-    if not has_image_extension(path):
-        return skip(f"unsupported extension {path.suffix or '(none)'}")
-    special = not_regular_reason(path)
-    if special:
-        return skip(special)
+    result, skip, refused = _start_check(path)
+    if refused is not None:
+        return refused
     Image.MAX_IMAGE_PIXELS = None  # our own limit below
     try:
         with open(path, "rb") as fh:

@@ -240,3 +240,38 @@ def test_the_real_wheels_need_only_the_allowed_globals():
     state = read_legacy_pth(find_pth(weights_source("lite0")[0]))
     assert len(state) == 296
     assert {str(a.dtype) for a in state.values()} == {"float32", "int64"}
+
+
+@pytest.mark.slow  # converts the weights, trains one phase-2 epoch, quantises: about 2 min
+def test_lite0_trains_exports_to_int8_and_predicts(tmp_path, monkeypatch, flowers_mini):
+    """The whole path with the real ImageNet weights: train, export to int8 (the format
+    this family was designed for) and classify through the int8 file."""
+    import pipeline.model as model_module
+    from pipeline.export.stage import export
+    from pipeline.predict.classifier import load_classifier
+    from pipeline.training import train
+    from tests.support import make_tiny_data
+
+    monkeypatch.setattr(model_module, "KERAS_CACHE", tmp_path / "keras")
+    (tmp_path / "keras").mkdir()
+    tiny = make_tiny_data(flowers_mini, tmp_path)
+    cfg = tiny.cfg(
+        "model.backbone=efficientnet_lite0",
+        "model.weights=imagenet",
+        "input.image_size=96",
+        "train.fine_tune_epochs=1",
+        "train.run_name=lite",
+        "eval.run=lite",
+        "export.format=tflite-int8",
+        "export.calibration_images=24",
+        "export.latency_images=2",
+    )
+    run = train(cfg)
+    assert run.summary.test.accuracy > 0.5  # five classes: ImageNet features, not chance
+    result = export(cfg)
+    assert result.figures["variants"]["tflite-int8"]["top1_agreement"] >= 0.8
+    int8 = load_classifier(result.files["tflite-int8"])
+    photos = sorted((flowers_mini / "daisy").iterdir())[:4]
+    rows = int8.classify(photos)
+    assert [row["path"] for row in rows] == [str(p) for p in photos]
+    assert all(row["status"] == "ok" and row["predicted"] in int8.labels for row in rows)

