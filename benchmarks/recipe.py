@@ -50,7 +50,7 @@ from pipeline.evaluate.stage import scored_rows  # noqa: E402
 from pipeline.experiment import mean_ci  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
 from pipeline.predict.classifier import load_classifier  # noqa: E402
-from pipeline.runs import TrainSummary, read_summary  # noqa: E402
+from pipeline.summary import TrainSummary, read_summary  # noqa: E402
 from pipeline.training.phases import kept_phase  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "recipe.json"

@@ -52,7 +52,6 @@ from pipeline.config import (  # noqa: E402
     Config,
     load_config,
     parse_override,
-    read_config_file,
     with_overrides,
 )
 from pipeline.data.manifest import CLASSES_FILE, load_split, read_classes  # noqa: E402
@@ -68,7 +67,7 @@ from pipeline.model import (  # noqa: E402
     training_forward,
 )
 from pipeline.predict.classifier import load_classifier  # noqa: E402
-from pipeline.recipes import configs_dir  # noqa: E402
+from pipeline.recipes import configs_dir, read_config_file  # noqa: E402
 from pipeline.training import train  # noqa: E402
 from pipeline.training.features import extract_features  # noqa: E402
 from pipeline.training.feeds import Feed  # noqa: E402

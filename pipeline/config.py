@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import sys
 import types
 import typing
 from collections.abc import Callable
@@ -19,12 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
-
-from pipeline.recipes import config_path
+from pipeline.recipes import config_path, read_config_file
 from pipeline.validation import ConfigError, check_config, literal_choices
 
 # The resolved configuration, written next to every output (a data set, a run, a report).
@@ -330,54 +324,6 @@ def parse_override(text: str) -> tuple[str, str, str]:
             f"Received: {text!r}"
         )
     return section, key, value.strip()
-
-
-def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"Config file {path} is a folder; give a .toml/.yaml/.json file")
-    if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist; give an existing .toml/.yaml/.json")
-    suffix = path.suffix.lower()
-    kinds = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
-    if suffix not in kinds:
-        raise ConfigError(f"Config file {path}: expected .toml, .yaml, .yml or .json")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"Config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
-        ) from None
-    import yaml
-
-    try:
-        if suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            f"Config file {path} is not valid {kinds[suffix]} ({_parse_error(exc)}); fix the syntax"
-        ) from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ConfigError(
-            f"Config file {path}: expected sections of key = value, e.g. [train] head_lr = 1e-3"
-        )
-    return data
-
-
-def _parse_error(exc: Exception) -> str:
-    """A parser's complaint in one line, with the line (and column) when the parser knows it."""
-    if isinstance(exc, json.JSONDecodeError):
-        return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
-    mark = getattr(exc, "problem_mark", None)  # yaml.MarkedYAMLError
-    if mark is not None:
-        problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or "syntax error"
-        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    # tomllib says "<what> (at line L, column C)" itself.
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def load_config(

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import ConfigError, load_config
-from pipeline.runs import read_summary
+from pipeline.summary import read_summary
 from pipeline.training import train
 from pipeline.training.feeds import eval_feed, train_feed
 from pipeline.training.loop import NonFiniteLossError, fit

@@ -14,7 +14,8 @@ from pipeline.data.manifest import load_split
 from pipeline.evaluate.metrics import classification_metrics, reliability, worst_mistakes
 from pipeline.evaluate.stage import evaluate
 from pipeline.files import read_csv
-from pipeline.runs import read_summary, resolve_run
+from pipeline.runs import resolve_run
+from pipeline.summary import read_summary
 
 
 def random_probs(n: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

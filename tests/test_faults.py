@@ -41,7 +41,7 @@ from pipeline.data.split import split_of
 from pipeline.data.stage import ensure_manifests, prepare_data
 from pipeline.evaluate.stage import evaluate
 from pipeline.files import read_csv
-from pipeline.runs import TrainSummary
+from pipeline.summary import TrainSummary
 from pipeline.training import train
 from tests.imagegen import make_image
 

@@ -16,7 +16,7 @@ from sklearn.metrics import log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.runs import PhaseResult, TrainState, TrainSummary
+from pipeline.summary import PhaseResult, TrainState, TrainSummary
 from pipeline.training.head import C_GRID, fit_logistic_head
 from pipeline.training.phases import kept_phase, paired_gain, warmup_cosine
 

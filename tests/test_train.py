@@ -24,7 +24,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.data.manifest import load_split, read_classes
 from pipeline.files import GENERATED_MARKER
 from pipeline.model import build_classifier, classifier_spec, get_base
-from pipeline.runs import PhaseResult, read_summary
+from pipeline.summary import PhaseResult, read_summary
 from pipeline.training import TrainResult, train
 from pipeline.training.phases import warmup_cosine
 from pipeline.training.trainset import class_weights

@@ -18,7 +18,7 @@ from pipeline.config import Config
 from pipeline.evaluate.metrics import Metrics
 from pipeline.export.scores import COLUMNS, figure, table_note
 from pipeline.memory.record import RunMemory
-from pipeline.runs import TrainSummary
+from pipeline.summary import TrainSummary
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from pipeline.export.record import EXPORT_DIR, EXPORT_JSON
 from pipeline.files import atomic_write_text, generated_dir, read_json, write_csv, write_json
 from pipeline.memory.record import RunMemory
 from pipeline.predict.classifier import Classifier, load_classifier
-from pipeline.runs import CURVES_FILE, TrainSummary, read_summary
+from pipeline.runs import CURVES_FILE
+from pipeline.summary import TrainSummary, read_summary
 
 METRICS_FILE = "metrics.json"
 PER_CLASS_CSV = "per_class.csv"

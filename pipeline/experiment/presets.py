@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, ConfigError, read_config_file, with_overrides
-from pipeline.recipes import presets_dir
+from pipeline.config import Config, ConfigError, with_overrides
+from pipeline.recipes import presets_dir, read_config_file
 
 PRESETS_DIR = presets_dir()  # in the installed package, wherever the current folder is
 PRESET_KEYS = ("about", "grid", "smallest_first")

@@ -21,7 +21,7 @@ from pipeline.experiment.results import RESULTS_FILE, RunRow, read_results, writ
 from pipeline.experiment.summary import summarize
 from pipeline.files import generated_dir
 from pipeline.memory.record import phases_run
-from pipeline.runs import TrainSummary, trained_phases
+from pipeline.summary import TrainSummary, trained_phases
 
 
 @dataclass

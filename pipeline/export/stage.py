@@ -45,7 +45,8 @@ from pipeline.export.scores import (
 from pipeline.files import atomic_write_bytes, read_json, replace_dir, write_json
 from pipeline.predict.classifier import Classifier, load_classifier, read_run
 from pipeline.quiet import stderr_without
-from pipeline.runs import MODEL_FILE, read_summary
+from pipeline.runs import MODEL_FILE
+from pipeline.summary import read_summary
 
 __all__ = ["EXPORT_JSON", "ExportResult", "accuracy_warnings", "export", "format_table"]
 

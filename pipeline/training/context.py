@@ -14,7 +14,8 @@ from pipeline.backbones import Backbone
 from pipeline.config import Config
 from pipeline.data.manifest import ManifestRow
 from pipeline.model import ClassifierSpec
-from pipeline.runs import BACKUP_DIR, CHECKPOINTS_DIR, TrainState
+from pipeline.runs import BACKUP_DIR, CHECKPOINTS_DIR
+from pipeline.summary import TrainState
 
 
 @dataclass

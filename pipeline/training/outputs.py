@@ -32,6 +32,8 @@ from pipeline.runs import (
     MODEL_FILE,
     SAVED_MODEL_DIR,
     SUMMARY_FILE,
+)
+from pipeline.summary import (
     DataProvenance,
     PhaseResult,
     TestScores,

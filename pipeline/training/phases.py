@@ -37,9 +37,8 @@ from pipeline.model import (
     get_base,
     training_forward,
 )
-from pipeline.runs import (
-    HISTORY_FILE,
-    STATE_FILE,
+from pipeline.runs import HISTORY_FILE, STATE_FILE
+from pipeline.summary import (
     Baseline,
     PhaseResult,
     SplitScores,

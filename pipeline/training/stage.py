@@ -34,7 +34,8 @@ from pipeline.config import (
 )
 from pipeline.files import exclusive, generated_dir
 from pipeline.model import build_classifier, classifier_spec, resolve_weights
-from pipeline.runs import CONFIG_FILE, read_state, resolve_run_dir
+from pipeline.runs import CONFIG_FILE, resolve_run_dir
+from pipeline.summary import read_state
 from pipeline.training.context import TrainingRun
 from pipeline.training.outputs import TrainResult, current_rss_bytes, finish
 from pipeline.training.phases import keep_better_phase, phase_one, phase_two
