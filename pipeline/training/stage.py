@@ -35,11 +35,13 @@ from pipeline.files import generated_dir
 from pipeline.model import build_classifier, classifier_spec, resolve_weights
 from pipeline.runs import CONFIG_FILE, read_state, resolve_run_dir
 from pipeline.training.context import TrainingRun
+from pipeline.training.forecast import forecast_lines
 from pipeline.training.outputs import TrainResult, current_rss_bytes, finish
 from pipeline.training.phases import keep_better_phase, phase_one, phase_two
 from pipeline.training.runtime import (
     check_xla_replicas,
     describe_devices,
+    local_gpus,
     multi_worker_requested,
     select_precision,
     select_strategy,
@@ -125,6 +127,11 @@ def _train(cfg: Config, strategy: tf.distribute.Strategy, rss_before: int | None
         f"({batch // replicas} per replica)."
     )
     print(weights_line)
+    if chief and not local_gpus() and backbone.pretrained:
+        images = sum(len(run_data.rows(split)) for split in ("train", "val", "test"))
+        epochs = cfg.train.fine_tune_epochs
+        for line in forecast_lines(backbone.name, spec.size, images, len(train_rows), epochs):
+            print(line)
     print(f"{'Resuming' if resumed else 'Run folder'}: {run_dir}")
 
     run = TrainingRun(
