@@ -18,7 +18,7 @@ def test_the_shipped_rates_cover_the_default_and_the_fast_backbone():
 
 def test_a_long_run_names_the_fast_backbone_with_its_own_time():
     # flowers at full size: 3,670 photos, 70% of them trained on for 10 epochs.
-    lines = forecast_lines("inception_v3", 299, images=3670, train=2569, epochs=10, cores=2)
+    lines = forecast_lines("inception_v3", 299, 3670, train=2569, val=550, epochs=10, cores=2)
     assert len(lines) == 2
     assert lines[0].startswith("On this CPU (2 cores, no GPU) this run should take up to about")
     assert f"BACKBONE={FAST_BACKBONE}" in lines[1]
@@ -28,10 +28,10 @@ def test_a_long_run_names_the_fast_backbone_with_its_own_time():
 
 
 def test_a_short_run_and_the_fast_backbone_suggest_nothing_else():
-    assert len(forecast_lines("inception_v3", 299, images=40, train=28, epochs=1, cores=2)) == 1
-    assert len(forecast_lines(FAST_BACKBONE, 224, 3670, 2569, 10, cores=2)) == 1
+    assert len(forecast_lines("inception_v3", 299, 40, train=28, val=6, epochs=1, cores=2)) == 1
+    assert len(forecast_lines(FAST_BACKBONE, 224, 3670, 2569, 550, 10, cores=2)) == 1
 
 
 @pytest.mark.parametrize("backbone", ["small_cnn", "resnet50"])
 def test_no_forecast_without_a_measured_rate(backbone):
-    assert forecast_lines(backbone, 224, 400, 280, 10, cores=2) == []
+    assert forecast_lines(backbone, 224, 400, 280, 60, 10, cores=2) == []

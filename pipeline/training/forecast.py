@@ -45,24 +45,34 @@ def forecast_seconds(
     size: int,
     images: int,
     train: int,
+    val: int,
     epochs: int,
 ) -> float:
-    """One feature pass over every image, then ``epochs`` of phase 2 over the training images
-    (an upper bound: early stopping may end phase 2 sooner), at ``size``, on ``cores``.
+    """One feature pass over every image, then ``epochs`` of phase 2, each a pass over the
+    training images and one over the validation images (an upper bound: early stopping may
+    end phase 2 sooner), at ``size``, on ``cores``.
 
     >>> rates = CpuRates(224, features_per_s=40.0, phase2_per_s=10.0)
-    >>> forecast_seconds(rates, 2, 2, 224, images=400, train=280, epochs=10)
-    290.0
-    >>> forecast_seconds(rates, 2, 4, 224, images=400, train=280, epochs=10)
-    145.0
+    >>> forecast_seconds(rates, 2, 2, 224, images=400, train=280, val=60, epochs=10)
+    305.0
+    >>> forecast_seconds(rates, 2, 4, 224, images=400, train=280, val=60, epochs=10)
+    152.5
     """
     pixels = (size / rates.size) ** 2
-    seconds = images / rates.features_per_s + epochs * train / rates.phase2_per_s
+    feature_pass = images / rates.features_per_s
+    epoch = train / rates.phase2_per_s + val / rates.features_per_s
+    seconds = feature_pass + epochs * epoch
     return seconds * pixels * reference_cores / max(cores, 1)
 
 
 def forecast_lines(
-    backbone: str, size: int, images: int, train: int, epochs: int, cores: int | None = None
+    backbone: str,
+    size: int,
+    images: int,
+    train: int,
+    val: int,
+    epochs: int,
+    cores: int | None = None,
 ) -> list[str]:
     """What `make train` prints on a CPU before it starts; [] without a measured rate."""
     reference_cores, table = load_rates()
@@ -71,7 +81,8 @@ def forecast_lines(
     cores = cores or os.cpu_count() or 1
 
     def minutes(name: str, at: int) -> float:
-        return forecast_seconds(table[name], reference_cores, cores, at, images, train, epochs) / 60
+        rates = table[name]
+        return forecast_seconds(rates, reference_cores, cores, at, images, train, val, epochs) / 60
 
     expected = minutes(backbone, size)
     lines = [

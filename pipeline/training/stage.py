@@ -130,7 +130,8 @@ def _train(cfg: Config, strategy: tf.distribute.Strategy, rss_before: int | None
     if chief and not local_gpus() and backbone.pretrained:
         images = sum(len(run_data.rows(split)) for split in ("train", "val", "test"))
         epochs = cfg.train.fine_tune_epochs
-        for line in forecast_lines(backbone.name, spec.size, images, len(train_rows), epochs):
+        counts = (images, len(train_rows), len(val_rows), epochs)
+        for line in forecast_lines(backbone.name, spec.size, *counts):
             print(line)
     print(f"{'Resuming' if resumed else 'Run folder'}: {run_dir}")
 
