@@ -37,11 +37,13 @@ from pipeline.model import build_classifier, classifier_spec, resolve_weights
 from pipeline.runs import CONFIG_FILE, resolve_run_dir
 from pipeline.summary import read_state
 from pipeline.training.context import TrainingRun
+from pipeline.training.forecast import forecast_lines
 from pipeline.training.outputs import TrainResult, current_rss_bytes, finish
 from pipeline.training.phases import keep_better_phase, phase_one, phase_two
 from pipeline.training.runtime import (
     check_xla_replicas,
     describe_devices,
+    local_gpus,
     multi_worker_requested,
     select_precision,
     select_strategy,
@@ -142,6 +144,12 @@ def _train(
         f"({batch // replicas} per replica)."
     )
     print(weights_line)
+    if chief and not local_gpus() and backbone.pretrained:
+        images = sum(len(run_data.rows(split)) for split in ("train", "val", "test"))
+        epochs = cfg.train.fine_tune_epochs
+        counts = (images, len(train_rows), len(val_rows), epochs)
+        for line in forecast_lines(backbone.name, spec.size, *counts):
+            print(line)
     print(f"{'Resuming' if resumed else 'Run folder'}: {run_dir}")
 
     run = TrainingRun(
