@@ -506,14 +506,14 @@ def test_two_folders_with_one_name_never_share_manifests(tmp_path):
 
 
 def test_changed_split_options_rebuild_the_manifests_and_say_so(seed42_run, capsys, monkeypatch):
-    import pipeline.data.stage
+    import pipeline.data.listing
 
     tmp, photos, _ = seed42_run
     cfg = config(tmp, photos, "data.split_seed=7")
     listed = []
-    list_candidates = pipeline.data.stage.list_candidates
+    list_candidates = pipeline.data.listing.list_candidates
     monkeypatch.setattr(
-        pipeline.data.stage, "list_candidates", lambda s: listed.append(s) or list_candidates(s)
+        pipeline.data.listing, "list_candidates", lambda s: listed.append(s) or list_candidates(s)
     )
     folder = ensure_manifests(cfg)
     assert "data.split_seed was 42, now 7" in capsys.readouterr().out

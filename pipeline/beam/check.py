@@ -1,11 +1,11 @@
 """The data stage's per-image check on Beam: the same ``check_image`` on every file, one
 worker per share of the files, written as CSV shards and merged into check_report.csv.
 
-The driver lists the source exactly as `make data` does (``pipeline.data.stage.list_source``:
+The driver lists the source exactly as `make data` does (``pipeline.data.listing.list_source``:
 archives extracted, hidden files and OS debris left out, each file's size and modification
 time taken before any check), Beam checks the files, and the merge puts the records back in
 the listing's order and adds what needs the whole table: the label (class folder), the
-data stage's reasons to skip a usable image (``pipeline.data.stage.unusable_reason``: not inside
+data stage's reasons to skip a usable image (``pipeline.data.listing.unusable_reason``: not inside
 a class folder, a name that is not UTF-8), and the split (``pipeline.data.split.assign_splits``,
 so duplicates share one). The result has check_report.csv's columns and, for the same files
 and options, its exact bytes.
@@ -69,7 +69,8 @@ def check_files(
 
 def run_check(cfg: Config, output: Path | None, shards: str | None, argv: list[str]) -> CheckRun:
     """Check every file of cfg's data set on Beam; write the merged check report."""
-    from pipeline.data.stage import CHECK_REPORT, list_source, unusable_reason
+    from pipeline.data.listing import list_source, unusable_reason
+    from pipeline.data.stage import CHECK_REPORT
 
     start = time.perf_counter()
     d = cfg.data

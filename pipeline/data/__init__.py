@@ -1,6 +1,7 @@
 """The data stage (`make data`) as a package; ``prepare_data(cfg)`` in ``stage.py`` is the entry.
 
     sources      where a data set's files are: a folder, an archive, a download
+    listing      every candidate file of a source, listed once, and why one is unusable
     check_cache  remembered image checks, so a rerun re-checks only new or changed files
     split        each image's split as a function of its content and the seed
     manifest     the CSV files that say which image is in which split (read by every stage)

@@ -14,7 +14,6 @@ reports/<dataset id>/.
 from __future__ import annotations
 
 import os
-import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from pipeline.config import CONFIG_FILE, Config, save_config
 from pipeline.data.check_cache import CACHE_FILE, check_with_cache
 from pipeline.data.image_cache import build_image_cache
+from pipeline.data.listing import Candidate, Listing, list_source, unusable_reason
 from pipeline.data.manifest import (
     CLASSES_FILE,
     SPLIT_FILES,
@@ -41,11 +41,9 @@ from pipeline.data.provenance import (
     write_record,
 )
 from pipeline.data.reports import draw_data_reports
-from pipeline.data.sources import Source, SourceError, resolve_source, subfolders
+from pipeline.data.sources import Source
 from pipeline.data.split import SPLITS, assign_splits, check_split_counts, split_counts
 from pipeline.files import (
-    GENERATED_MARKER,
-    OwnershipError,
     exclusive,
     generated_dir,
     read_csv,
@@ -53,25 +51,13 @@ from pipeline.files import (
     write_json,
 )
 from pipeline.images import (
-    NOT_UTF8,
     ImageCheck,
-    has_image_extension,
-    is_ignored,
-    is_utf8_path,
-    iter_files,
     reason_key,
     text_path,
 )
 
 CHECK_REPORT = "check_report.csv"
 DUPLICATES_REPORT = "duplicates.csv"
-
-
-@dataclass
-class Candidate:
-    path: Path
-    label: str | None  # None: not inside a class folder
-    given_split: str | None
 
 
 @dataclass
@@ -85,60 +71,6 @@ class DataResult:
     files: list[Path] = field(default_factory=list)
     checked: int = 0  # files opened and checked in this run
     reused: int = 0  # files whose remembered check was reused (pipeline.data.check_cache)
-
-
-def list_candidates(source: Source) -> list[Candidate]:
-    """Every file below each class folder (any depth), and stray files beside them."""
-    found: list[Candidate] = []
-    for root, given in source.roots:
-        for path in sorted(p for p in root.iterdir() if p.is_file()):
-            if has_image_extension(path) and not is_ignored(path):
-                found.append(Candidate(path, None, given))
-        for class_dir in subfolders(root):
-            found.extend(Candidate(p, class_dir.name, given) for p in iter_files(class_dir))
-    return found
-
-
-def _hidden_classes(source: Source) -> list[str]:
-    """A note for each folder beside the classes whose name starts with a dot and that holds
-    images: hidden folders are never classes, and dropping one without a word loses a class."""
-    notes = []
-    for root, _ in source.roots:
-        for folder in sorted(p for p in root.iterdir() if p.name.startswith(".") and p.is_dir()):
-            images = sum(has_image_extension(Path(f)) for _, _, fs in os.walk(folder) for f in fs)
-            if images:
-                notes.append(
-                    f"Ignored {folder}/ ({images} image(s)): a folder whose name starts with a "
-                    "dot is hidden, never a class; rename it without the dot to use it"
-                )
-    return notes
-
-
-def unusable_reason(cand: Candidate) -> str:
-    """Why a file that passed the image check still cannot be trained on ('' if it can)."""
-    if cand.label is None:
-        return "not inside a class folder"
-    if not is_utf8_path(cand.path):
-        return NOT_UTF8
-    return ""
-
-
-@dataclass
-class Listing:
-    """A source resolved and listed once: every candidate file, and its size and modification
-    time taken before any check (so that an edit during the check shows as a change)."""
-
-    source: Source
-    candidates: list[Candidate]
-    stats: list[FileStat]
-
-
-def list_source(cfg: Config, out_dir: Path) -> Listing:
-    source = _resolve(cfg, out_dir)
-    for note in _hidden_classes(source):
-        print(note)
-    candidates = list_candidates(source)
-    return Listing(source, candidates, [FileStat.of(c.path) for c in candidates])
 
 
 @dataclass
@@ -299,25 +231,6 @@ def _ensure_manifests(cfg: Config, out_dir: Path) -> Path:
         print(f"Running the data stage first: {'; '.join(reasons)}")
         prepare_data(cfg, listing=listing)
     return out_dir
-
-
-def _resolve(cfg: Config, out_dir: Path) -> Source:
-    """The source, with archives extracted into out_dir; a refused source leaves nothing."""
-    created = not out_dir.exists()
-    try:
-        generated_dir(out_dir)
-    except OwnershipError as exc:
-        raise OwnershipError(
-            f"{exc}. {out_dir}/ is where the pipeline keeps DATASET={cfg.data.dataset}'s "
-            f"manifests: to use photos of your own, put them in another folder and give "
-            f"DATASET=folder:PATH"
-        ) from None
-    try:
-        return resolve_source(cfg.data.dataset, cfg.paths.data, out_dir)
-    except SourceError:
-        if created and [p.name for p in out_dir.iterdir()] == [GENERATED_MARKER]:
-            shutil.rmtree(out_dir)
-        raise
 
 
 def _real_path(path: Path, real_dirs: dict[Path, str]) -> str:
