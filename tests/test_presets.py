@@ -108,3 +108,6 @@ def test_presets_and_recipes_ship_in_the_installed_package(tmp_path):
     assert Path(init) == site / "pipeline" / "__init__.py"
     assert Path(presets) == site / "pipeline" / "configs" / "presets"
     assert {"width", "depth", "dropout", "epochs"} <= set(names) and image_size == 224
+    # The other package data: make train's CPU rates and the report's style sheet.
+    assert (site / "pipeline" / "configs" / "cpu_rates.json").is_file()
+    assert (site / "pipeline" / "evaluate" / "report.css").is_file()

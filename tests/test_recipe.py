@@ -18,7 +18,8 @@ from sklearn.preprocessing import StandardScaler
 
 from pipeline.summary import PhaseResult, TrainState, TrainSummary
 from pipeline.training.head import C_GRID, fit_logistic_head
-from pipeline.training.phases import kept_phase, paired_gain, warmup_cosine
+from pipeline.training.loop import warmup_cosine
+from pipeline.training.phases import kept_phase, paired_gain
 
 
 def blobs(seed: int, n: int, classes: int, width: int = 12) -> tuple[np.ndarray, np.ndarray]:

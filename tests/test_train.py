@@ -26,7 +26,7 @@ from pipeline.files import GENERATED_MARKER
 from pipeline.model import build_classifier, classifier_spec, get_base
 from pipeline.summary import PhaseResult, read_summary
 from pipeline.training import TrainResult, train
-from pipeline.training.phases import warmup_cosine
+from pipeline.training.loop import warmup_cosine
 from pipeline.training.trainset import class_weights
 from tests.support import CONFIGS, REPO, TinyData, eval_dataset, make_tiny_data
 

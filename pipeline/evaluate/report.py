@@ -62,21 +62,8 @@ class EvalReport:
     run_dir: Path
 
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222;
-       padding: 0 1rem; }
-h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; }
-table { border-collapse: collapse; margin: 0.5rem 0 1rem; }
-td, th { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; }
-td:first-child, th:first-child { text-align: left; }
-.cards { display: flex; flex-wrap: wrap; gap: 0.8rem; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6rem 1rem; min-width: 9rem; }
-.card .value { font-size: 1.6rem; font-weight: 600; }
-.muted { color: #777; } img { max-width: 100%; border: 1px solid #eee; margin: 0.3rem 0; }
-.headline { font-size: 1.1rem; }
-.warning { color: #a40; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 1rem; }
-"""
+# The page's style sheet, inlined so that the report stays one self-contained file.
+STYLE = (Path(__file__).parent / "report.css").read_text(encoding="utf-8")
 
 
 def _img(path: Path | None, alt: str) -> str:

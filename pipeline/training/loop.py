@@ -321,3 +321,16 @@ def _non_finite_message(label: str, epoch: int, batch: int, strategy) -> str:
         "learning rate (train.head_lr / train.fine_tune_lr), PRECISION=float32 or "
         f"mixed_bfloat16{hint}"
     )
+
+
+def warmup_cosine(
+    peak: float, steps_per_epoch: int, epochs: int, warmup_epochs: float
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up from 0 to ``peak``, then cosine decay to 0 by the last step."""
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(total - 1, round(warmup_epochs * steps_per_epoch))
+    if warmup <= 0:
+        return keras.optimizers.schedules.CosineDecay(peak, total)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, total - warmup, warmup_target=peak, warmup_steps=warmup
+    )

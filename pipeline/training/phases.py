@@ -57,7 +57,13 @@ from pipeline.training.feeds import (
     val_feed,
 )
 from pipeline.training.head import LogisticHead, fit_logistic_head
-from pipeline.training.loop import compile_for_training, fit, per_example_losses, validate
+from pipeline.training.loop import (
+    compile_for_training,
+    fit,
+    per_example_losses,
+    validate,
+    warmup_cosine,
+)
 
 
 def phase_one(run: TrainingRun, xla: bool) -> PhaseResult:
@@ -229,19 +235,6 @@ def phase_two(run: TrainingRun, xla: bool) -> PhaseResult:
         schedule=t.fine_tune_schedule,
     )
     return record_phase(run, 2, result)
-
-
-def warmup_cosine(
-    peak: float, steps_per_epoch: int, epochs: int, warmup_epochs: float
-) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warm-up from 0 to ``peak``, then cosine decay to 0 by the last step."""
-    total = max(1, steps_per_epoch * epochs)
-    warmup = min(total - 1, round(warmup_epochs * steps_per_epoch))
-    if warmup <= 0:
-        return keras.optimizers.schedules.CosineDecay(peak, total)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, total - warmup, warmup_target=peak, warmup_steps=warmup
-    )
 
 
 def val_gain(run: TrainingRun, val: Feed) -> ValGain:
