@@ -215,7 +215,8 @@ def main() -> None:
 def report(runs: list[dict], by_dataset: dict, changes: list[str]) -> None:
     """The per-run table, then each data set's means and paired differences."""
     print(
-        f"\nMobileNet 0.25 at 224 px, default recipe {' '.join(changes)}, phase 2 kept "
+        f"\nMobileNet 0.25 at 224 px unless --set says otherwise, default recipe "
+        f"{' '.join(changes)}, phase 2 kept "
         f"when z > {DEFAULT_MIN_Z:g}; "
         f"{os.cpu_count()} cores; test accuracy"
     )
