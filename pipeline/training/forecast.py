@@ -87,13 +87,25 @@ def forecast_lines(
     expected = minutes(backbone, size)
     lines = [
         f"On this CPU ({cores} cores, no GPU) this run should take up to about "
-        f"{expected:.0f} min (rates measured on {reference_cores} cores: "
+        f"{_duration(expected)} (rates measured on {reference_cores} cores: "
         f"benchmarks/cpu_rates.py)."
     ]
     fast = table.get(FAST_BACKBONE)
     if expected * 60 > LONG_RUN_SECONDS and fast is not None and backbone != FAST_BACKBONE:
         lines.append(
             f"For a faster run: BACKBONE={FAST_BACKBONE} (ImageNet weights from the package "
-            f"registry, {fast.size} px), about {minutes(FAST_BACKBONE, fast.size):.0f} min."
+            f"registry, {fast.size} px), about {_duration(minutes(FAST_BACKBONE, fast.size))}."
         )
     return lines
+
+
+def _duration(minutes: float) -> str:
+    """'under a minute', '24 min' or '1 h 51 min'.
+
+    >>> _duration(0.4), _duration(24.2), _duration(111)
+    ('under a minute', '24 min', '1 h 51 min')
+    """
+    if minutes < 1:
+        return "under a minute"
+    hours, rest = divmod(round(minutes), 60)
+    return f"{hours} h {rest} min" if hours else f"{rest} min"
