@@ -117,8 +117,8 @@ def model_card(clf: Classifier, fmt: str) -> ModelCard:
     summary = read_summary(clf.run_dir)
     test = summary.test if summary else None
     accuracy = (
-        f"test accuracy {test['accuracy']:.4f} on {int(test.get('images', 0))} photos"
-        if test and "accuracy" in test
+        f"test accuracy {test.accuracy:.4f} on {test.images} photos"
+        if test is not None
         else "test accuracy not recorded"
     )
     width = f" (alpha {spec.alpha:g})" if backbone.has_alpha else ""
