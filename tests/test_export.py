@@ -188,13 +188,17 @@ def test_a_missing_tflite_file_is_refused_with_the_fix(tmp_path):
 
 @pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
 @pytest.mark.parametrize(
-    ("change", "complaint"),
-    [("swap two labels", "was exported with the labels"), ("replace the file", "sha256")],
+    ("change", "complaint", "fix"),
+    [
+        ("swap two labels", "differs from the classes the run was trained on", "restore the run"),
+        ("replace the file", "sha256", "make export RUN="),
+    ],
 )
 def test_an_exported_file_whose_labels_or_bytes_changed_is_refused(
-    exported, tmp_path, change, complaint
+    exported, tmp_path, change, complaint, fix
 ):
-    """Same image size, same class count: only export.json's record tells them apart."""
+    """Same image size, same class count: the run's recorded classes and export.json's
+    record tell them apart."""
     _, run_dir, _ = exported
     copy = shutil.copytree(run_dir, tmp_path / run_dir.name)
     int8 = copy / "export" / "model_int8.tflite"
@@ -206,7 +210,7 @@ def test_an_exported_file_whose_labels_or_bytes_changed_is_refused(
         int8.write_bytes((copy / "export" / "model_fp16.tflite").read_bytes())
     with pytest.raises(ValueError, match=complaint) as info:
         load_classifier(int8)
-    assert f"make export RUN={run_dir.name}" in str(info.value) and "\n" not in str(info.value)
+    assert fix in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
