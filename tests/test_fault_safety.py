@@ -174,7 +174,7 @@ def test_make_data_refuses_a_users_folder_named_like_the_data_set_and_clean_keep
 
 @needs_make
 def test_through_make_a_failed_make_data_never_lets_make_clean_take_the_photos(tmp_path):
-    """The issue's own steps: mkdir data/flowers, copy photos in, make data, make clean."""
+    """A user's steps: mkdir data/flowers, copy photos in, make data, make clean."""
     photo = make_image(tmp_path / "data" / "flowers" / "daisy" / "a", "rgb_jpeg", 48, 40)
     paths = "ARGS=" + " ".join(shlex.quote(a) for a in where(tmp_path))
     data = run_make("data", "DATASET=flowers", paths)

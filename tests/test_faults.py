@@ -1,10 +1,10 @@
-"""Every bad-input case of issue 14, reproduced, so that none of them comes back.
+"""Every known bad-input case, reproduced, so that none of them comes back.
 
 The project rule: bad input gets one line on stderr, ``error: <what happened, to which
 file or option>, <the fix>``, exit code 2 and no traceback, before long work starts where
 it can be. Each test feeds one kind of bad input the way a user does (``pipeline.cli.main``,
 what ``make`` runs) and checks that rule, or, for the cases that are not errors, the
-output the issue asked for. The cases that need a trained run share one tiny run
+output a user needs. The cases that need a trained run share one tiny run
 (MobileNet 0.25 with random weights at 32 px, one phase-1 epoch on 32 generated photos),
 trained once for the module. Section D reproduces the data cases: a run trained or scored
 on the wrong data (manifests found by folder name, data options ignored, test images that
@@ -185,7 +185,7 @@ def test_a_malformed_config_file_names_the_file_the_line_and_the_fix(
         ("data.small_class_warning=-1", "data.small_class_warning must be 0 or more"),
         ("model.alpha=0", "model.alpha must be a positive width multiplier"),
         ("model.dropout=1", "model.dropout must be in [0, 1)"),
-        # train-only checks before issue 14: `make config` accepted them
+        # values only train would reach: `make config` refuses them before it
         ("train.ema=1", "train.ema must be in [0, 1)"),
         ("train.head_lr=0", "train.head_lr must be a positive learning rate"),
         ("train.patience=0", "train.patience must be at least 1 epoch"),

@@ -132,7 +132,7 @@ def _labels(run_dir: Path, split: str) -> np.ndarray:
 
 def test_phase_one_is_at_least_as_good_as_frozen_feature_regressions(trained_run):
     """On validation, the exact head beats (or ties) logistic regressions on the raw
-    frozen features at every C the issue's comparison used, and scikit-learn agrees with
+    frozen features at every C of the comparison grid, and scikit-learn agrees with
     the figure the run recorded."""
     _, run_dir = trained_run
     summary = _summary(run_dir)
