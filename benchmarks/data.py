@@ -97,13 +97,14 @@ def run_stage(photos: Path, out: Path) -> dict:
 # The part of a run whose manifests changed that is not checking: drawing the two figures
 # (importing TensorFlow, tracing the input pipeline, matplotlib), alone in a process.
 FIGURES = """
-import json, sys
+import sys
 from pathlib import Path
 from pipeline.config import load_config
 from pipeline.data.reports import draw_data_reports
 from pipeline.data.manifest import load_split, read_classes
+from pipeline.data.provenance import read_data_summary
 folder, reports = Path(sys.argv[1]), Path(sys.argv[2])
-counts = json.loads((folder / "summary.json").read_text())["counts"]
+counts = read_data_summary(folder).counts
 rows, classes = load_split(folder, "train"), read_classes(folder / "classes.json")
 draw_data_reports(load_config(folder / "config.json"), folder, reports, counts, rows, classes)
 """

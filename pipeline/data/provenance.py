@@ -121,6 +121,42 @@ class DatasetRecord:
         return {**asdict(self), "fingerprint": self.fingerprint}
 
 
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """summary.json: the data stage's counts and warnings, as the run's report shows them."""
+
+    dataset: str  # data.dataset as given
+    origin: str  # where the files were found
+    classes: list[str]
+    counts: dict[str, dict[str, int]]  # class -> split -> images
+    totals: dict[str, int]  # split -> images
+    files_found: int
+    skipped: list[SkippedFile]  # files the check refused, with the reason
+    duplicate_groups: int
+    unlabelled_dir: str | None
+    warnings: list[str]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DataSummary:
+        return cls(**{**data, "skipped": [SkippedFile(**s) for s in data.get("skipped", [])]})
+
+
+def write_data_summary(folder: Path, summary: DataSummary) -> Path:
+    return write_json(folder / DATA_SUMMARY_FILE, asdict(summary))
+
+
+def read_data_summary(folder: Path) -> DataSummary | None:
+    """The folder's summary.json, or None where there is none (a run from before it)."""
+    raw = read_json(folder / DATA_SUMMARY_FILE)
+    return DataSummary.from_json(raw) if isinstance(raw, dict) else None
+
+
 def manifest_digests(folder: Path) -> dict[str, str]:
     return {
         name: file_sha256(folder / name) for name in MANIFEST_FILES if (folder / name).is_file()

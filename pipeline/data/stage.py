@@ -30,14 +30,16 @@ from pipeline.data.manifest import (
     write_manifest,
 )
 from pipeline.data.provenance import (
-    DATA_SUMMARY_FILE,
     DatasetRecord,
+    DataSummary,
     FileStat,
+    SkippedFile,
     listing_digest,
     manifest_digests,
     read_record,
     split_options,
     stale_reasons,
+    write_data_summary,
     write_record,
 )
 from pipeline.data.reports import draw_data_reports
@@ -48,7 +50,6 @@ from pipeline.files import (
     generated_dir,
     read_csv,
     write_csv,
-    write_json,
 )
 from pipeline.images import (
     ImageCheck,
@@ -295,20 +296,20 @@ def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
     )
     skipped = [k for k in inv.checks if k.status != "ok"]
     files.append(
-        write_json(
-            out_dir / DATA_SUMMARY_FILE,
-            {
-                "dataset": cfg.data.dataset,
-                "origin": inv.source.origin,
-                "classes": inv.classes,
-                "counts": inv.counts,
-                "totals": {s: sum(c[s] for c in inv.counts.values()) for s in SPLITS},
-                "files_found": len(inv.candidates),
-                "skipped": [{"path": text_path(k.path), "reason": k.reason} for k in skipped],
-                "duplicate_groups": len(inv.duplicates),
-                "unlabelled_dir": str(inv.source.unlabelled) if inv.source.unlabelled else None,
-                "warnings": inv.warnings,
-            },
+        write_data_summary(
+            out_dir,
+            DataSummary(
+                dataset=cfg.data.dataset,
+                origin=inv.source.origin,
+                classes=inv.classes,
+                counts=inv.counts,
+                totals={s: sum(c[s] for c in inv.counts.values()) for s in SPLITS},
+                files_found=len(inv.candidates),
+                skipped=[SkippedFile(text_path(k.path), k.reason) for k in skipped],
+                duplicate_groups=len(inv.duplicates),
+                unlabelled_dir=str(inv.source.unlabelled) if inv.source.unlabelled else None,
+                warnings=inv.warnings,
+            ),
         )
     )
     files.append(save_config(cfg, out_dir / CONFIG_FILE))

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.data.provenance import DataSummary
 from pipeline.evaluate.metrics import Metrics
+from pipeline.export.record import ExportRecord, ModelFigures
 from pipeline.export.scores import COLUMNS, figure, table_note
 from pipeline.memory.record import RunMemory
 from pipeline.summary import TrainSummary
@@ -44,11 +46,11 @@ class EvalFigures:
 class RunRecords:
     """What the run folder holds beside the model, shown next to the metrics."""
 
-    data: dict[str, Any] | None  # the recorded split's data summary (make data's)
+    data: DataSummary | None  # the recorded split's data summary (make data's)
     training: TrainSummary | None  # summary.json; None for an unfinished run
     curves: Path  # learning_curves.png
     memory: RunMemory
-    export: dict[str, Any] | None  # export.json; None until the run is exported
+    export: ExportRecord | None  # export.json; None until the run is exported
 
 
 @dataclass(frozen=True)
@@ -125,30 +127,29 @@ def _per_class(metrics: Metrics) -> str:
     return _table(["class", "precision", "recall", "F1", "support", "ROC AUC", "AP"], rows)
 
 
-def _data_section(data: dict[str, Any] | None) -> str:
-    if not data:
+def _data_section(data: DataSummary | None) -> str:
+    if data is None:
         return '<p class="muted">(data summary not found)</p>'
     splits = ("train", "val", "test")
     rows = [
         [
             html.escape(c),
-            *(str(data["counts"][c][s]) for s in splits),
-            str(sum(data["counts"][c].values())),
+            *(str(data.counts[c][s]) for s in splits),
+            str(sum(data.counts[c].values())),
         ]
-        for c in data["classes"]
+        for c in data.classes
     ]
     rows.append(
         [
             "<b>total</b>",
-            *(f"<b>{data['totals'][s]}</b>" for s in splits),
-            f"<b>{sum(data['totals'].values())}</b>",
+            *(f"<b>{data.totals[s]}</b>" for s in splits),
+            f"<b>{sum(data.totals.values())}</b>",
         ]
     )
-    skipped = len(data.get("skipped", []))
     note = (
-        f"<p>Source: {html.escape(str(data['origin']))}. {data['files_found']} files found, "
-        f"{skipped} skipped (see check_report.csv), {data['duplicate_groups']} duplicate "
-        f"group(s).</p>"
+        f"<p>Source: {html.escape(data.origin)}. {data.files_found} files found, "
+        f"{len(data.skipped)} skipped (see check_report.csv), {data.duplicate_groups} "
+        "duplicate group(s).</p>"
     )
     return note + _table(["class", *splits, "all"], rows)
 
@@ -253,7 +254,7 @@ def _memory_section(memory: RunMemory | None) -> str:
 EXPORT_START, EXPORT_END = "<!-- export:start -->", "<!-- export:end -->"
 
 
-def export_section(figures: dict[str, Any] | None) -> str:
+def export_section(figures: ExportRecord | None) -> str:
     """export.json's table (make export), between markers so that a later export can
     replace it in an existing report; a hint when the run has not been exported."""
     if not figures:
@@ -286,7 +287,7 @@ def export_section(figures: dict[str, Any] | None) -> str:
     return f"{EXPORT_START}\n<h2>Export</h2>\n{body}\n{EXPORT_END}"
 
 
-def _export_metadata(figures: dict[str, Any]) -> str:
+def _export_metadata(figures: ExportRecord) -> str:
     """Per file, what its TFLite metadata says it takes and the runtimes it was checked in."""
     items = [
         f"<li><code>{html.escape(row['file'])}</code>: {meta['labels']} labels, "
@@ -298,7 +299,7 @@ def _export_metadata(figures: dict[str, Any]) -> str:
     return f"<ul>{''.join(items)}</ul>" if items else ""
 
 
-def _export_cell(row: dict[str, Any], key: str, formatter: Any, metric: str) -> str:
+def _export_cell(row: ModelFigures, key: str, formatter: Any, metric: str) -> str:
     value = figure(row, key)
     if value is None:
         return '<span class="muted">n/a</span>'
@@ -308,7 +309,7 @@ def _export_cell(row: dict[str, Any], key: str, formatter: Any, metric: str) -> 
     )
 
 
-def with_export_section(page: str, figures: dict[str, Any]) -> str:
+def with_export_section(page: str, figures: ExportRecord) -> str:
     """``page`` (a rendered report) with its export section replaced by ``figures``'; a
     report from before export sections gets one above its configuration."""
     section = export_section(figures)

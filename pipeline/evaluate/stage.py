@@ -15,13 +15,13 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.data.manifest import ManifestRow
 from pipeline.data.provenance import (
-    DATA_SUMMARY_FILE,
     RUN_DATA_DIR,
     ProvenanceError,
     check_images_unchanged,
     check_no_leak,
     describe_difference,
     load_run_data,
+    read_data_summary,
     read_record,
 )
 from pipeline.evaluate.metrics import (
@@ -32,8 +32,8 @@ from pipeline.evaluate.metrics import (
     worst_mistakes,
 )
 from pipeline.evaluate.report import EvalFigures, EvalReport, RunRecords, render_report
-from pipeline.export.record import EXPORT_DIR, EXPORT_JSON
-from pipeline.files import atomic_write_text, generated_dir, read_json, write_csv, write_json
+from pipeline.export.record import EXPORT_DIR, read_export_record
+from pipeline.files import atomic_write_text, generated_dir, write_csv, write_json
 from pipeline.memory.record import RunMemory
 from pipeline.predict.classifier import Classifier, load_classifier
 from pipeline.runs import CURVES_FILE
@@ -239,11 +239,11 @@ def _run_records(clf: Classifier) -> RunRecords:
         # The report is still useful without it; the error says why.
         memory = replace(run_memory_estimate(clf.cfg, len(clf.labels)), measured=memory.measured)
     return RunRecords(
-        data=read_json(clf.run_dir / RUN_DATA_DIR / DATA_SUMMARY_FILE),
+        data=read_data_summary(clf.run_dir / RUN_DATA_DIR),
         training=summary,
         curves=clf.run_dir / CURVES_FILE,
         memory=memory,
-        export=read_json(clf.run_dir / EXPORT_DIR / EXPORT_JSON),
+        export=read_export_record(clf.run_dir / EXPORT_DIR),
     )
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-from pipeline.files import read_json
+from pipeline.files import read_json, write_json
 from pipeline.runs import LABELS_FILE
 
 EXPORT_DIR = "export"
@@ -28,6 +28,82 @@ VARIANT_FILES = {
 }
 
 
+class MemoryFigures(TypedDict):
+    """The run's memory estimate at a file's precision (one image's inference)."""
+
+    precision: str
+    parameter_bytes: int
+    inference_bytes: int
+
+
+class MetadataFigures(TypedDict):
+    """What a .tflite's own metadata says, read back from the file."""
+
+    labels: int
+    input: str
+    output: str
+    runtimes: list[str]
+
+
+class MediaPipeFigures(TypedDict):
+    """MediaPipe's ImageClassifier on the same file and the same test photos."""
+
+    runtime: str
+    names_classes: bool
+    top1_agreement: float
+    images: int
+    latency_ms: float
+
+
+class ModelFigures(TypedDict, total=False):
+    """One row of export.json: the Keras model ("keras") or one exported file."""
+
+    file: str
+    size_bytes: int
+    accuracy: float
+    macro_f1: float
+    top1_agreement: float  # share of the same top-1 as the Keras model
+    max_probability_difference: float
+    latency_ms_b1: float
+    throughput_b1: float
+    latency_ms_b32: float
+    throughput_b32: float
+    estimate: MemoryFigures | None
+    sha256: str  # a .tflite's identity: what verify_exported checks
+    labels: list[str]
+    image_size: int
+    metadata: MetadataFigures
+    mediapipe: MediaPipeFigures | None
+
+
+class ExportRecord(TypedDict):
+    """export.json, written by make export and read by evaluate's report and by predict."""
+
+    run: str
+    image_size: int
+    labels: list[str]
+    input: str
+    output: str
+    split: str
+    test_images: int
+    calibration_images: int
+    latency: str
+    max_drop: float
+    keras: ModelFigures
+    variants: dict[str, ModelFigures]  # export.format -> its file's figures
+    warnings: list[str]
+
+
+def write_export_record(folder: Path, record: ExportRecord) -> Path:
+    return write_json(folder / EXPORT_JSON, record)
+
+
+def read_export_record(folder: Path) -> ExportRecord | None:
+    """The folder's export.json; None where the run has not been exported."""
+    raw = read_json(folder / EXPORT_JSON)
+    return raw if isinstance(raw, dict) else None
+
+
 def file_sha256(path: Path) -> str:
     """Hex digest of a file's bytes, read in 1 MiB blocks (an InceptionV3 file is 90 MB)."""
     digest = hashlib.sha256()
@@ -37,7 +113,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_record(path: Path, labels: list[str], image_size: int) -> dict[str, Any]:
+def file_record(path: Path, labels: list[str], image_size: int) -> ModelFigures:
     """The identity export.json keeps for one exported file."""
     return {"sha256": file_sha256(path), "labels": list(labels), "image_size": image_size}
 
@@ -47,11 +123,11 @@ def verify_exported(path: Path, run_dir: Path, labels: list[str], image_size: in
     its current sha256, the run's labels (same names, same order) and the run's image size."""
     fix = f"export this run again with make export RUN={run_dir.name}"
     record_path = path.absolute().parent / EXPORT_JSON
-    figures = read_json(record_path) or {}
+    figures = read_export_record(record_path.parent)
     digest = file_sha256(path)
     listed = [
         v
-        for v in (figures.get("variants") or {}).values()
+        for v in (figures["variants"] if figures else {}).values()
         if isinstance(v, dict) and v.get("file") == path.name and v.get("sha256")
     ]
     if not listed:

@@ -14,9 +14,10 @@ import time
 from collections.abc import Sequence
 from importlib import metadata as dist
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from pipeline.export.record import MediaPipeFigures
 
 LATENCY_IMAGES = 20  # the first test photos timed one by one, after a warm-up call
 
@@ -77,7 +78,7 @@ class MediaPipeClassifier:
 
 def mediapipe_figures(
     path: Path, paths: Sequence[str], labels: Sequence[str], fraction: float, top1: np.ndarray
-) -> dict[str, Any]:
+) -> MediaPipeFigures:
     """MediaPipe on the photos ``paths``: whether it names the run's classes, the share of
     photos whose top-1 is ``top1`` (this project's answer through the same file) and its
     latency per image (decode excluded: resize and model)."""

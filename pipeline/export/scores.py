@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.export.record import ExportRecord, MemoryFigures, ModelFigures
 from pipeline.runs import MODEL_FILE
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # raw pixels (batch, h, w, 3) -> probabilities
@@ -37,7 +38,7 @@ def score(
     predictors: dict[str, Predictor],
     latency_images: int,
     probabilities: dict[str, np.ndarray] | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, ModelFigures]:
     """Per predictor and for the Keras model ("keras"): test accuracy, macro-F1, top-1
     agreement with Keras, the largest probability difference, and ``speed(...)``; each
     one's probabilities go into ``probabilities`` when given.
@@ -64,7 +65,7 @@ def score(
     y_true = np.array([r.label_index for r in rows])
     labels = list(range(len(clf.labels)))
     reference = np.concatenate(probs["keras"])
-    scores = {}
+    scores: dict[str, ModelFigures] = {}
     for name, predict in every.items():
         p = np.concatenate(probs[name])
         if probabilities is not None:
@@ -103,7 +104,7 @@ def speed(predict: Predictor, images: list[np.ndarray], latency_images: int) -> 
     return figures
 
 
-def estimate_figures(estimate: Any, fmt: str) -> dict[str, Any] | None:
+def estimate_figures(estimate: Any, fmt: str) -> MemoryFigures | None:
     """The run's memory estimate (a MemoryEstimate, made at float32) at ``fmt``'s precision:
     parameters at 4, 2 or 1 bytes and one image's inference peak (parameters + the largest
     set of activations alive at once) at the same size; None without an estimate."""
@@ -119,7 +120,7 @@ def estimate_figures(estimate: Any, fmt: str) -> dict[str, Any] | None:
     }
 
 
-def accuracy_warnings(figures: dict[str, Any], max_drop: float) -> list[str]:
+def accuracy_warnings(figures: ExportRecord, max_drop: float) -> list[str]:
     """One line per exported file whose test accuracy is more than ``max_drop`` below the
     Keras model's, with both figures: the file is kept, the user decides."""
     keras_accuracy = figures["keras"]["accuracy"]
@@ -160,7 +161,7 @@ COLUMNS: list[tuple[str, int, str, Callable[[Any], str]]] = [
 ]
 
 
-def figure(row: dict[str, Any], key: str) -> Any:
+def figure(row: ModelFigures, key: str) -> Any:
     """A row's value under a dotted ``key``; None where it is missing."""
     value: Any = row
     for part in key.split("."):
@@ -168,12 +169,12 @@ def figure(row: dict[str, Any], key: str) -> Any:
     return value
 
 
-def cell(row: dict[str, Any], key: str, formatter: Callable[[Any], str]) -> str:
+def cell(row: ModelFigures, key: str, formatter: Callable[[Any], str]) -> str:
     value = figure(row, key)
     return "n/a" if value is None else formatter(value)
 
 
-def table_note(figures: dict[str, Any]) -> str:
+def table_note(figures: ExportRecord) -> str:
     """What the columns mean, under the table."""
     return (
         f"{figures['test_images']} test images of {figures['run']}; agreement: share of the "
@@ -184,7 +185,7 @@ def table_note(figures: dict[str, Any]) -> str:
     )
 
 
-def format_table(figures: dict[str, Any]) -> str:
+def format_table(figures: ExportRecord) -> str:
     """The printed table: the Keras model first, then each exported file."""
     header = f"{'file':<20}" + "".join(f" {name:>{width}}" for name, width, _, _ in COLUMNS)
     lines = [header, "-" * len(header)]

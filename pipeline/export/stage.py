@@ -31,8 +31,12 @@ from pipeline.export.record import (
     EXPORT_DIR,
     EXPORT_JSON,
     VARIANT_FILES,
+    ExportRecord,
+    ModelFigures,
     file_record,
     file_sha256,
+    read_export_record,
+    write_export_record,
 )
 from pipeline.export.scores import (
     PRECISION,
@@ -42,7 +46,7 @@ from pipeline.export.scores import (
     format_table,
     score,
 )
-from pipeline.files import atomic_write_bytes, read_json, replace_dir, write_json
+from pipeline.files import atomic_write_bytes, replace_dir
 from pipeline.predict.classifier import Classifier, load_classifier, read_run
 from pipeline.quiet import stderr_without
 from pipeline.runs import MODEL_FILE
@@ -62,7 +66,7 @@ INPUT_NOTE = (
 class ExportResult:
     out_dir: Path
     files: dict[str, Path]  # format -> file written
-    figures: dict[str, Any]  # export.json as written
+    figures: ExportRecord  # export.json as written
     warnings: list[str] = field(default_factory=list)
 
 
@@ -98,7 +102,7 @@ def export(cfg: Config) -> ExportResult:
     figures = _export_json(clf, out, len(rows), cfg.export, scores, files)
     warnings = accuracy_warnings(figures, cfg.export.max_drop)
     figures["warnings"] = warnings
-    write_json(out / EXPORT_JSON, figures)
+    write_export_record(out, figures)
     print(format_table(figures))
     for line in warnings:
         print(line, file=sys.stderr)
@@ -146,7 +150,7 @@ def model_card(clf: Classifier, fmt: str) -> ModelCard:
 
 def check_runtimes(
     clf: Classifier, path: Path, rows: list, probabilities: np.ndarray
-) -> dict[str, Any]:
+) -> ModelFigures:
     """The file's metadata read back (its labels must be the run's, in order) and the
     runtimes it was checked against: this project's interpreter (the scoring above) and
     MediaPipe's ImageClassifier where mediapipe is installed (``pipeline.export.runtimes``)."""
@@ -297,17 +301,17 @@ def _export_json(
     out: Path,
     test_images: int,
     options: ExportConfig,
-    scores: dict[str, dict[str, Any]],
+    scores: dict[str, ModelFigures],
     files: dict[str, Path],
-) -> dict[str, Any]:
+) -> ExportRecord:
     """This export's figures, keeping those of earlier variants whose files remain (an
     int8-only export after a full one leaves the float32 figures in place)."""
     from pipeline.predict.tflite import cpu_threads
 
-    earlier = read_json(out / EXPORT_JSON) or {}
+    earlier = read_export_record(out)
     variants = {
         fmt: figures
-        for fmt, figures in (earlier.get("variants") or {}).items()
+        for fmt, figures in (earlier["variants"] if earlier else {}).items()
         if fmt not in files and _still_there(out, figures)
     }
     variants.update({fmt: scores[fmt] for fmt in files})
@@ -331,7 +335,7 @@ def _export_json(
     }
 
 
-def _still_there(out: Path, figures: dict[str, Any]) -> bool:
+def _still_there(out: Path, figures: ModelFigures) -> bool:
     """An earlier variant's figures stay while its file does, unchanged (its sha256, for a
     .tflite), and they hold every figure this version records."""
     path = out / figures.get("file", "")
@@ -340,7 +344,7 @@ def _still_there(out: Path, figures: dict[str, Any]) -> bool:
     return path.is_dir() or figures.get("sha256") == file_sha256(path)
 
 
-def refresh_report(report_dir: Path, figures: dict[str, Any]) -> Path | None:
+def refresh_report(report_dir: Path, figures: ExportRecord) -> Path | None:
     """Put the export table into the run's existing HTML report (make evaluate's), in place
     of an earlier one; None when the run has no report yet (evaluate will add it)."""
     from pipeline.evaluate.report import with_export_section
