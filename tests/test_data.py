@@ -189,7 +189,7 @@ def test_figures_are_redrawn_when_an_option_they_show_changes(prepared, tmp_path
 
 def test_one_class_and_starved_class_stop_with_clear_errors(tmp_path):
     root = tmp_path / "one"
-    for i in range(5):
+    for i in range(12):
         make_image(root / "only" / f"{i}", "rgb_jpeg", seed=i)
     make_image(root / "empty_class" / "bad", "empty")
     with pytest.raises(ValueError, match=r"Found 1 class\(es\) \(only\)"):
