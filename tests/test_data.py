@@ -21,6 +21,7 @@ from pipeline.data.stage import CHECK_REPORT, ensure_manifests, prepare_data
 from pipeline.files import read_csv
 from pipeline.images import NOT_UTF8
 from tests.imagegen import BAD_KINDS, GOOD_KINDS, make_image
+from tests.support import make_config
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
@@ -29,22 +30,6 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
-
-
-def make_config(tmp_path: Path, dataset: str, *extra: str):
-    return load_config(
-        None,
-        [
-            f"data.dataset={dataset}",
-            f"paths.data={tmp_path / 'data'}",
-            f"paths.reports={tmp_path / 'reports'}",
-            "input.image_size=75",
-            "input.batch_size=8",
-            "data.val_fraction=0.3",
-            "data.test_fraction=0.3",
-            *extra,
-        ],
-    )
 
 
 @pytest.fixture(scope="module")

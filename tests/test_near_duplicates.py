@@ -15,19 +15,7 @@ from pipeline.data.near_duplicates import NEAR_DUPLICATES_REPORT, close_pairs
 from pipeline.data.provenance import read_record
 from pipeline.data.stage import ensure_manifests, prepare_data
 from pipeline.files import read_csv
-
-
-def config(root: Path, folder: Path, *extra: str):
-    return load_config(
-        None,
-        [
-            f"data.dataset=folder:{folder}",
-            f"paths.data={root / 'data'}",
-            f"paths.reports={root / 'reports'}",
-            f"paths.models={root / 'models'}",
-            *extra,
-        ],
-    )
+from tests.support import make_config
 
 
 def splits_by_name(dataset_dir: Path) -> dict[str, str]:
@@ -60,7 +48,7 @@ def with_copies(tmp_path_factory, flowers_mini):
         copies[copy.name] = original.name
     misfiled = next(folder.glob("daisy/copy_*"))
     misfiled.rename(folder / "tulips" / misfiled.name)
-    result = prepare_data(config(root, folder), progress=False)
+    result = prepare_data(make_config(root, f"folder:{folder}"), progress=False)
     return result, copies, misfiled.name
 
 
@@ -100,7 +88,7 @@ def test_exclude_txt_takes_a_photo_out_and_changes_the_fingerprint(tmp_path, flo
     folder = tmp_path / "photos"
     for label in ("daisy", "roses"):
         shutil.copytree(flowers_mini / label, folder / label)
-    cfg = config(tmp_path, folder)
+    cfg = make_config(tmp_path, f"folder:{folder}")
     first = prepare_data(cfg, progress=False)
     before = read_record(first.dataset_dir)
     victim = sorted((folder / "roses").glob("*.jpg"))[3]
@@ -120,7 +108,7 @@ def test_make_clean_keeps_the_users_exclude_txt(tmp_path, flowers_mini):
     folder = tmp_path / "photos"
     shutil.copytree(flowers_mini / "daisy", folder / "daisy")
     shutil.copytree(flowers_mini / "roses", folder / "roses")
-    cfg = config(tmp_path, folder)
+    cfg = make_config(tmp_path, f"folder:{folder}", f"paths.models={tmp_path / 'models'}")
     dataset_dir = prepare_data(cfg, progress=False).dataset_dir
     (dataset_dir / "exclude.txt").write_text("roses/none.jpg\n")
     clean(cfg)
