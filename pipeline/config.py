@@ -53,6 +53,7 @@ class DataConfig:
     split_seed: int = 42  # changes every image's split; keep it fixed across experiments
     min_side: int = 32  # images with a shorter side below this are skipped
     max_pixels: int = 178_956_970  # larger images are skipped as decompression bombs
+    near_duplicate_bits: int = 6  # near-copies (hashes this close in bits) share a split; -1 off
     small_class_warning: int = 100  # warn when a class has fewer images than this
     workers: int = 0  # processes that check images; 0 = one per CPU core
     cache_size: int = 0  # >0: a cache of decoded images with this shorter side (342 fits 299)

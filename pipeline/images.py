@@ -38,7 +38,7 @@ DECODE_PIL = "pil"  # load_rgb: anything TensorFlow would decode differently
 
 # Bump whenever check_image's outcome for a given file can change (new reason, format,
 # decoder rule...): `make data` then drops its remembered checks (pipeline/data/check_cache.py).
-CHECK_VERSION = 1
+CHECK_VERSION = 2
 
 
 @dataclass
@@ -55,6 +55,7 @@ class ImageCheck:
     height: int = 0
     orientation: int = 1  # EXIF orientation tag, 1..8
     decoder: str = ""
+    phash: str = ""  # 64-bit perceptual hash (hex) of the picture: near-copies differ little
 
     @classmethod
     def columns(cls) -> list[str]:
@@ -220,6 +221,7 @@ def check_image(
                 width, height = height, width
             result.width, result.height = width, height
             result.decoder = _choose_decoder(img)
+            result.phash = perceptual_hash(img)
     except UnidentifiedImageError:
         return skip("not an image (content is not a readable image format)")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -227,6 +229,22 @@ def check_image(
     if min(width, height) < min_side:
         return skip(f"too small ({width}x{height}, shorter side < {min_side})")
     return result
+
+
+def perceptual_hash(img) -> str:
+    """imagehash's 64-bit pHash of a decoded PIL image, as 16 hex digits.
+
+    The signs of the low frequencies of a 32x32 grey thumbnail's cosine transform: resizing
+    and re-encoding move few of its bits, while distinct photos of simple scenes (a horizon,
+    a flower in the middle) stay further apart than under a difference hash. The thumbnail
+    is a box average (pHash's own Lanczos resize from full size would cost more than the
+    check's decode); the stored pixels are hashed, before the EXIF orientation.
+    """
+    import imagehash
+    from PIL import Image
+
+    base = img if img.mode in ("L", "RGB") else img.convert("RGB")
+    return str(imagehash.phash(base.convert("L").resize((32, 32), Image.Resampling.BOX)))
 
 
 # The bytes a complete JPEG ends with (its EOI marker). A file cut short (the usual damage:
@@ -245,7 +263,7 @@ def inspect_image(
     not end as a complete one, goes through check_image (a PNG's EXIF may follow its
     pixels, so PIL decodes it to read it anyway). Damage inside a complete-looking JPEG
     surfaces in the decode that follows, whose caller reports it. Same fields and reasons
-    as check_image, without the sha256.
+    as check_image, without the sha256 and the phash.
     """
     from PIL import Image, UnidentifiedImageError
 

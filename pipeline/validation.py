@@ -131,8 +131,14 @@ def _validate_data(d: DataConfig) -> None:
         ("small_class_warning", d.small_class_warning, 0),
         ("workers", d.workers, 0),  # 0 = one per CPU core
         ("cache_size", d.cache_size, 0),  # 0 = no cache
+        ("near_duplicate_bits", d.near_duplicate_bits, -1),  # -1 = off
     ):
         _at_least(f"data.{key}", value, least)
+    if d.near_duplicate_bits > 16:
+        raise ConfigError(
+            "data.near_duplicate_bits must be 16 or less: beyond that, unrelated photos' "
+            f"64-bit hashes start to match. Received: {d.near_duplicate_bits}"
+        )
 
 
 def _validate_input(i: InputConfig) -> None:

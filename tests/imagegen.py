@@ -56,10 +56,15 @@ EXTENSIONS = {
 
 
 def picture(width: int = 64, height: int = 48, seed: int = 0) -> np.ndarray:
-    """An HxWx3 uint8 picture with an unmistakable top-left corner."""
+    """An HxWx3 uint8 picture with an unmistakable top-left corner. Each seed lays its own
+    smooth pattern of light and dark over the gradient, so that two seeds make two different
+    pictures, not near-copies that the data stage would keep in one split."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
     array = np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 96)], axis=-1)
+    field = Image.fromarray(rng.integers(48, 208, (8, 8)).astype(np.uint8))  # smooth edges:
+    pattern = np.asarray(field.resize((width, height), Image.Resampling.BILINEAR), int) - 128
+    array = array + pattern[..., None]  # TensorFlow's and PIL's JPEG decoders agree on them
     array = (array + rng.integers(0, 24, array.shape)).clip(0, 255).astype(np.uint8)
     array[: height // 4, : width // 4] = (230, 20, 20)
     return array

@@ -135,3 +135,23 @@ def eval_dataset(rows, cfg, num_classes: int | None = None, **kwargs):
     return build_eval_dataset(
         rows, cfg.input, spec.size, backbone=spec.backbone, num_classes=num_classes, **kwargs
     )
+
+
+def make_config(tmp_path: Path, dataset: str, *extra: str):
+    """A data-stage configuration writing under tmp_path, with small images and large
+    validation and test fractions, so that a few dozen files fill every split."""
+    from pipeline.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"data.dataset={dataset}",
+            f"paths.data={tmp_path / 'data'}",
+            f"paths.reports={tmp_path / 'reports'}",
+            "input.image_size=75",
+            "input.batch_size=8",
+            "data.val_fraction=0.3",
+            "data.test_fraction=0.3",
+            *extra,
+        ],
+    )

@@ -21,6 +21,7 @@ from pipeline.data.stage import CHECK_REPORT, ensure_manifests, prepare_data
 from pipeline.files import read_csv
 from pipeline.images import NOT_UTF8
 from tests.imagegen import BAD_KINDS, GOOD_KINDS, make_image
+from tests.support import make_config
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
@@ -29,22 +30,6 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
-
-
-def make_config(tmp_path: Path, dataset: str, *extra: str):
-    return load_config(
-        None,
-        [
-            f"data.dataset={dataset}",
-            f"paths.data={tmp_path / 'data'}",
-            f"paths.reports={tmp_path / 'reports'}",
-            "input.image_size=75",
-            "input.batch_size=8",
-            "data.val_fraction=0.3",
-            "data.test_fraction=0.3",
-            *extra,
-        ],
-    )
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +174,7 @@ def test_figures_are_redrawn_when_an_option_they_show_changes(prepared, tmp_path
 
 def test_one_class_and_starved_class_stop_with_clear_errors(tmp_path):
     root = tmp_path / "one"
-    for i in range(5):
+    for i in range(12):
         make_image(root / "only" / f"{i}", "rgb_jpeg", seed=i)
     make_image(root / "empty_class" / "bad", "empty")
     with pytest.raises(ValueError, match=r"Found 1 class\(es\) \(only\)"):

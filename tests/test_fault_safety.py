@@ -264,6 +264,23 @@ def test_a_second_train_with_the_same_options_is_refused_while_the_first_runs(ws
     assert f"Resuming: {run_dir}" in out and (run_dir / "model.keras").is_file()
 
 
+@pytest.mark.slow  # a TFLite conversion and an evaluation in processes of their own: ~40 s
+@pytest.mark.parametrize("stage", ["evaluate", "export"])
+def test_a_second_evaluate_or_export_of_a_run_waits_for_the_first(ws, stage):
+    """export.json keeps earlier variants' figures, and export edits evaluate's index.html:
+    two writers at once would lose one's figures, so the second waits for the first."""
+    target = ws.run_dir / "export" if stage == "export" else ws.root / "reports" / "tiny"
+    target.mkdir(parents=True, exist_ok=True)
+    with held(target) as holder:
+        second = pipeline_process(stage, *ws.args("eval.run=tiny", "export.format=tflite"))
+        assert f"Waiting for process {holder.pid}" in read_until(second, "Waiting for")
+        time.sleep(0.5)
+        assert second.poll() is None  # still waiting
+    assert second.wait(timeout=300) == 0, second.stderr.read()
+    written = ws.run_dir / "export" / "export.json" if stage == "export" else target / "index.html"
+    assert written.is_file()
+
+
 # ----------------------------------------------------------------------------- C. sources, inputs
 
 

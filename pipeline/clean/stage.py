@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.data.exclude import EXCLUDE_FILE
 from pipeline.files import GENERATED_MARKER
+
+# Files a user writes into a marked folder (``data/<dataset id>/exclude.txt``): make clean
+# empties such a folder but keeps them, and the marker with them.
+USER_FILES = frozenset({EXCLUDE_FILE})
 
 MIB = 1024 * 1024
 
@@ -57,6 +62,16 @@ def _unlock(folder: Path) -> int:
     return size
 
 
+def _empty_except(folder: Path, keep: set[str]) -> None:
+    for entry in os.scandir(folder):
+        if entry.name in keep:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
 def _show(path: Path, is_dir: bool) -> str:
     return f"{path}/" if is_dir else str(path)
 
@@ -89,13 +104,21 @@ def clean(cfg: Config) -> CleanResult:
                 continue
             try:
                 size = _unlock(path)
-                shutil.rmtree(path)
+                mine = [path / n for n in sorted(USER_FILES) if (path / n).is_file()]
+                if mine:
+                    size -= sum(p.stat().st_size for p in mine)
+                    _empty_except(path, {p.name for p in mine} | {GENERATED_MARKER})
+                    result.kept.extend(mine)
+                    reasons.setdefault("yours, in a folder emptied", []).extend(map(str, mine))
+                else:
+                    shutil.rmtree(path)
             except OSError as exc:
                 failures.append(f"{path}/: {exc}")
                 continue
             total += size
             result.removed.append(path)
-            print(f"removed: {path}/ ({size / MIB:.1f} MiB)")
+            kept = f", kept your {', '.join(p.name for p in mine)}" if mine else ""
+            print(f"removed: {path}/ ({size / MIB:.1f} MiB{kept})")
     if result.removed:
         print(f"removed {len(result.removed)} folder(s), {total / MIB:.1f} MiB in all")
     else:

@@ -4,6 +4,8 @@
     listing      every candidate file of a source, listed once, and why one is unusable
     check_cache  remembered image checks, so a rerun re-checks only new or changed files
     split        each image's split as a function of its content and the seed
+    near_duplicates  near-copies found by their perceptual hashes, kept in one split
+    exclude      the user's exclude.txt: photos taken out of the split
     manifest     the CSV files that say which image is in which split (read by every stage)
     provenance   a data set's identity and a run's own split, so no metric uses wrong data
     image_cache  the decoded-image cache of smaller oriented copies (``data.cache_size``)

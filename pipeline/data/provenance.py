@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.exclude import EXCLUDE_FILE, Exclusions
 from pipeline.data.manifest import (
     CLASSES_FILE,
     SPLIT_FILES,
@@ -40,7 +41,14 @@ RECORD_FILE = "dataset.json"  # the record of what made a data set's manifests
 RUN_DATA_DIR = "data"  # models/<run>/data/: the manifests the run was trained on
 DATA_SUMMARY_FILE = "summary.json"  # the data stage's counts and warnings
 # Options that decide which usable image lands in which split, with which label.
-SPLIT_OPTIONS = ("split_seed", "val_fraction", "test_fraction", "min_side", "max_pixels")
+SPLIT_OPTIONS = (
+    "split_seed",
+    "val_fraction",
+    "test_fraction",
+    "min_side",
+    "max_pixels",
+    "near_duplicate_bits",
+)
 MANIFEST_FILES = (*SPLIT_FILES.values(), CLASSES_FILE)
 RECORD_VERSION = 1
 
@@ -95,8 +103,9 @@ def listing_digest(stats: Iterable[FileStat]) -> str:
     return h.hexdigest()
 
 
-def split_options(data_cfg: Any) -> dict[str, Any]:
-    return {key: getattr(data_cfg, key) for key in SPLIT_OPTIONS}
+def split_options(data_cfg: Any, exclusions: Exclusions) -> dict[str, Any]:
+    """What decides the split: SPLIT_OPTIONS and the user's exclude.txt (as its summary)."""
+    return {**{key: getattr(data_cfg, key) for key in SPLIT_OPTIONS}, "exclude": exclusions.summary}
 
 
 @dataclass
@@ -141,6 +150,7 @@ class DataSummary:
     duplicate_groups: int
     unlabelled_dir: str | None
     warnings: list[str]
+    near_duplicate_groups: int = 0  # groups of near-copies (not only identical files)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DataSummary:
@@ -201,7 +211,8 @@ def option_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     ['data.split_seed was 42, now 7']
     """
     return [
-        f"data.{key} was {before.get(key)!r}, now {value!r}"
+        f"{EXCLUDE_FILE if key == 'exclude' else f'data.{key}'} was {before.get(key)!r}, "
+        f"now {value!r}"
         for key, value in after.items()
         if before.get(key) != value
     ]

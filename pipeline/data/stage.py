@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pipeline.config import CONFIG_FILE, Config, save_config
 from pipeline.data.check_cache import CACHE_FILE, check_with_cache
+from pipeline.data.exclude import EXCLUDE_FILE, Exclusions, read_exclusions
+from pipeline.data.exclude import REASON as EXCLUDED
 from pipeline.data.image_cache import build_image_cache
 from pipeline.data.listing import Candidate, Listing, list_source, unusable_reason
 from pipeline.data.manifest import (
@@ -28,6 +30,12 @@ from pipeline.data.manifest import (
     ManifestRow,
     write_classes,
     write_manifest,
+)
+from pipeline.data.near_duplicates import (
+    NEAR_DUPLICATES_REPORT,
+    near_duplicate_warnings,
+    near_groups,
+    split_keys,
 )
 from pipeline.data.provenance import (
     DatasetRecord,
@@ -86,7 +94,9 @@ class Inventory:
     counts: dict[str, dict[str, int]]
     by_split: dict[str, list[ManifestRow]]
     split_of_path: dict[str, str]
-    duplicates: list[list[tuple[str, str, str]]]
+    duplicates: list[list[tuple[str, str, str]]]  # identical files: (path, label, split)
+    near_duplicates: list[list[tuple[str, str, str]]]  # near-copies, identical ones included
+    exclusions: Exclusions
     warnings: list[str]
     checked: int = 0  # of the candidates, how many were checked afresh (the rest reused)
 
@@ -113,13 +123,22 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
         print(f"note: {checked.note}")
     print(checked.summary(cfg.dataset_dir() / CACHE_FILE))
     checks = checked.checks
+    exclusions = read_exclusions(cfg.dataset_dir())
+    excluded = exclusions.resolve(root for root, _ in source.roots)
+    matched = set()
     for cand, check in zip(candidates, checks):
         if check.status == "ok" and (reason := unusable_reason(cand)):
             check.status, check.reason = "skipped", reason
+        if excluded and (line := excluded.get(os.path.realpath(cand.path))):
+            check.status, check.reason = "skipped", EXCLUDED
+            matched.add(line)
 
     usable = [(c, k) for c, k in zip(candidates, checks) if k.status == "ok"]
+    keys = split_keys(
+        [k.sha256 for _, k in usable], [k.phash for _, k in usable], d.near_duplicate_bits
+    )
     splits = assign_splits(
-        [(k.sha256, c.given_split) for c, k in usable],
+        [(key, c.given_split) for key, (c, _) in zip(keys, usable)],
         d.split_seed,
         d.val_fraction,
         d.test_fraction,
@@ -131,6 +150,12 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
         for label in classes_found
         if label not in counts
     ]
+    unmatched = [line for line in exclusions.lines if line not in matched]
+    if unmatched:
+        warnings.append(
+            f"{len(unmatched)} line(s) of {cfg.dataset_dir() / EXCLUDE_FILE} name no file of "
+            f"the data set (first: {unmatched[0]}); fix the path or remove the line"
+        )
     warnings += check_split_counts(counts, d.small_class_warning)
     classes = sorted(counts)
     index = {label: i for i, label in enumerate(classes)}
@@ -152,6 +177,9 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
         split_of_path[check.path] = split
     duplicates = _duplicate_groups(usable, split_of_path)
     warnings += _duplicate_warnings(duplicates)
+    members = [(k.path, c.label, split_of_path[k.path]) for c, k in usable]
+    near = [[members[i] for i in g] for g in near_groups(keys, [k.sha256 for _, k in usable])]
+    warnings += near_duplicate_warnings(near, d.near_duplicate_bits, cfg.dataset_dir())
     return Inventory(
         source,
         candidates,
@@ -162,6 +190,8 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
         by_split,
         split_of_path,
         duplicates,
+        near,
+        exclusions,
         warnings,
         checked.checked,
     )
@@ -226,7 +256,7 @@ def _ensure_manifests(cfg: Config, out_dir: Path) -> Path:
             FileStat(r["path"], int(r["size"]), int(r["mtime_ns"]))
             for r in read_csv(out_dir / CHECK_REPORT)
         ]
-        options = split_options(cfg.data)
+        options = split_options(cfg.data, read_exclusions(out_dir))
         reasons = stale_reasons(out_dir, record, options, listing.stats, previous)
     if reasons:
         print(f"Running the data stage first: {'; '.join(reasons)}")
@@ -294,6 +324,13 @@ def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
             ([i, p, label, s] for i, g in enumerate(inv.duplicates) for p, label, s in g),
         )
     )
+    files.append(
+        write_csv(
+            out_dir / NEAR_DUPLICATES_REPORT,
+            ["group", "path", "label", "split"],
+            ([i, p, label, s] for i, g in enumerate(inv.near_duplicates) for p, label, s in g),
+        )
+    )
     skipped = [k for k in inv.checks if k.status != "ok"]
     files.append(
         write_data_summary(
@@ -307,6 +344,7 @@ def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
                 files_found=len(inv.candidates),
                 skipped=[SkippedFile(text_path(k.path), k.reason) for k in skipped],
                 duplicate_groups=len(inv.duplicates),
+                near_duplicate_groups=len(inv.near_duplicates),
                 unlabelled_dir=str(inv.source.unlabelled) if inv.source.unlabelled else None,
                 warnings=inv.warnings,
             ),
@@ -316,7 +354,7 @@ def _write_outputs(cfg: Config, out_dir: Path, inv: Inventory) -> list[Path]:
     record = DatasetRecord(
         dataset=cfg.data.dataset,
         origin=inv.source.origin,
-        options=split_options(cfg.data),
+        options=split_options(cfg.data, inv.exclusions),
         files=len(inv.stats),
         files_digest=listing_digest(inv.stats),
         manifests=manifest_digests(out_dir),

@@ -33,7 +33,7 @@ from pipeline.evaluate.metrics import (
 )
 from pipeline.evaluate.report import EvalFigures, EvalReport, RunRecords, render_report
 from pipeline.export.record import EXPORT_DIR, read_export_record
-from pipeline.files import atomic_write_text, generated_dir, write_csv, write_json
+from pipeline.files import atomic_write_text, exclusive, generated_dir, write_csv, write_json
 from pipeline.memory.record import RunMemory
 from pipeline.predict.classifier import Classifier, load_classifier
 from pipeline.runs import CURVES_FILE
@@ -68,15 +68,18 @@ def evaluate(cfg: Config) -> EvalResult:
     y_true = np.array([r.label_index for r in rows])
     metrics = classification_metrics(y_true, probs, clf.labels, cfg.eval.top_k)
     metrics.update({"run": clf.run_dir.name, "split": split, "tta": tta})
-    records = _run_records(clf)
-    metrics["baseline"] = baseline_comparison(records.training, split, metrics)
-    files = _write_tables(out, metrics, rows, probs, clf.labels)
-    figures = _draw_figures(out, metrics, y_true, probs, rows, clf, cfg.eval.gallery_size)
-    files.update(figures.files())
-    report = EvalReport(metrics, figures, records, clf.cfg, clf.run_dir)
-    files["report"] = _write_report(out, report)
-    memory = records.memory.estimate_json()
-    files["metrics"] = write_json(out / METRICS_FILE, {**metrics, "memory": memory})
+    # One writer of the run's report folder at a time: a second evaluate, or an export
+    # adding its table to index.html, waits rather than mixing its files with these.
+    with exclusive(out, f"make evaluate RUN={clf.run_dir.name}", wait=True):
+        records = _run_records(clf)
+        metrics["baseline"] = baseline_comparison(records.training, split, metrics)
+        files = _write_tables(out, metrics, rows, probs, clf.labels)
+        figures = _draw_figures(out, metrics, y_true, probs, rows, clf, cfg.eval.gallery_size)
+        files.update(figures.files())
+        report = EvalReport(metrics, figures, records, clf.cfg, clf.run_dir)
+        files["report"] = _write_report(out, report)
+        memory = records.memory.estimate_json()
+        files["metrics"] = write_json(out / METRICS_FILE, {**metrics, "memory": memory})
     _print_summary(metrics, out)
     return EvalResult(out, metrics, figures, files)
 

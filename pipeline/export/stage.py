@@ -46,7 +46,7 @@ from pipeline.export.scores import (
     format_table,
     score,
 )
-from pipeline.files import atomic_write_bytes, replace_dir
+from pipeline.files import atomic_write_bytes, exclusive, replace_dir
 from pipeline.predict.classifier import Classifier, load_classifier, read_run
 from pipeline.quiet import stderr_without
 from pipeline.runs import MODEL_FILE
@@ -84,32 +84,35 @@ def export(cfg: Config) -> ExportResult:
         )
     out = run_dir / EXPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    print(f"Exporting {run_dir} as {', '.join(formats)} into {out}/")
-    files = write_variants(clf, formats, cfg.export, out)
-    predictors = {fmt: _predictor(fmt, path) for fmt, path in files.items()}
-    print(f"Scoring on the run's test split ({len(rows)} images) against {MODEL_FILE}")
-    probabilities: dict[str, np.ndarray] = {}
-    scores = score(clf, rows, predictors, cfg.export.latency_images, probabilities)
-    estimate = _memory_estimate(clf)
-    for fmt, path in files.items():
-        scores[fmt].update(file=path.name, size_bytes=_size(path))
-        if path.is_file():  # a .tflite: what load_classifier checks it against
-            scores[fmt].update(file_record(path, clf.labels, clf.cfg.image_size))
-            scores[fmt].update(check_runtimes(clf, path, rows, probabilities[fmt]))
-        scores[fmt]["estimate"] = estimate_figures(estimate, fmt)
-    scores["keras"].update(file=MODEL_FILE, size_bytes=_size(run_dir / MODEL_FILE))
-    scores["keras"]["estimate"] = estimate_figures(estimate, "keras")
-    figures = _export_json(clf, out, len(rows), cfg.export, scores, files)
-    warnings = accuracy_warnings(figures, cfg.export.max_drop)
-    figures["warnings"] = warnings
-    write_export_record(out, figures)
-    print(format_table(figures))
-    for line in warnings:
-        print(line, file=sys.stderr)
-    print(f"Wrote {out / EXPORT_JSON} and {', '.join(p.name for p in files.values())}")
-    report = refresh_report(Path(cfg.paths.reports) / run_dir.name, figures)
-    if report:
-        print(f"Added the table to the run's report: {report}")
+    # One export of a run at a time: export.json keeps the figures of earlier variants, so two
+    # exports writing it at once would lose one's.
+    with exclusive(out, f"make export RUN={run_dir.name}", wait=True):
+        print(f"Exporting {run_dir} as {', '.join(formats)} into {out}/")
+        files = write_variants(clf, formats, cfg.export, out)
+        predictors = {fmt: _predictor(fmt, path) for fmt, path in files.items()}
+        print(f"Scoring on the run's test split ({len(rows)} images) against {MODEL_FILE}")
+        probabilities: dict[str, np.ndarray] = {}
+        scores = score(clf, rows, predictors, cfg.export.latency_images, probabilities)
+        estimate = _memory_estimate(clf)
+        for fmt, path in files.items():
+            scores[fmt].update(file=path.name, size_bytes=_size(path))
+            if path.is_file():  # a .tflite: what load_classifier checks it against
+                scores[fmt].update(file_record(path, clf.labels, clf.cfg.image_size))
+                scores[fmt].update(check_runtimes(clf, path, rows, probabilities[fmt]))
+            scores[fmt]["estimate"] = estimate_figures(estimate, fmt)
+        scores["keras"].update(file=MODEL_FILE, size_bytes=_size(run_dir / MODEL_FILE))
+        scores["keras"]["estimate"] = estimate_figures(estimate, "keras")
+        figures = _export_json(clf, out, len(rows), cfg.export, scores, files)
+        warnings = accuracy_warnings(figures, cfg.export.max_drop)
+        figures["warnings"] = warnings
+        write_export_record(out, figures)
+        print(format_table(figures))
+        for line in warnings:
+            print(line, file=sys.stderr)
+        print(f"Wrote {out / EXPORT_JSON} and {', '.join(p.name for p in files.values())}")
+        report = refresh_report(Path(cfg.paths.reports) / run_dir.name, figures)
+        if report:
+            print(f"Added the table to the run's report: {report}")
     return ExportResult(out, files, figures, warnings)
 
 
@@ -352,7 +355,8 @@ def refresh_report(report_dir: Path, figures: ExportRecord) -> Path | None:
     from pipeline.files import atomic_write_text
 
     path = report_dir / REPORT_FILE
-    if not path.is_file():
-        return None
-    atomic_write_text(path, with_export_section(path.read_text(encoding="utf-8"), figures))
+    with exclusive(report_dir, f"make export RUN={figures['run']}", wait=True):
+        if not path.is_file():
+            return None
+        atomic_write_text(path, with_export_section(path.read_text(encoding="utf-8"), figures))
     return path
