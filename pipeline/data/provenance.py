@@ -131,12 +131,6 @@ class DatasetRecord:
 
 
 @dataclass(frozen=True)
-class SkippedFile:
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True)
 class DataSummary:
     """summary.json: the data stage's counts and warnings, as the run's report shows them."""
 
@@ -155,6 +149,14 @@ class DataSummary:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DataSummary:
         return cls(**{**data, "skipped": [SkippedFile(**s) for s in data.get("skipped", [])]})
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file the data stage did not use, and why (summary.json's ``skipped``)."""
+
+    path: str
+    reason: str
 
 
 def write_data_summary(folder: Path, summary: DataSummary) -> Path:
