@@ -75,6 +75,7 @@ def experiment(flowers_prepared, tmp_path_factory):
     return cfg, run_experiment(cfg)
 
 
+@pytest.mark.slow  # the experiment fixture: four trainings, about 70 s on 2 cores
 def test_every_run_is_recorded_and_failures_do_not_stop_the_rest(experiment):
     _, result = experiment
     rows = read_csv(result.out_dir / "results.csv")
@@ -94,6 +95,7 @@ def test_every_run_is_recorded_and_failures_do_not_stop_the_rest(experiment):
         assert (result.out_dir / name).is_file()
 
 
+@pytest.mark.slow  # the experiment fixture: four trainings, about 70 s on 2 cores
 def test_resuming_runs_nothing_new(experiment):
     cfg, first = experiment
     before = (first.out_dir / "results.csv").read_bytes()
@@ -102,6 +104,7 @@ def test_resuming_runs_nothing_new(experiment):
     assert (first.out_dir / "results.csv").read_bytes() == before
 
 
+@pytest.mark.slow  # the experiment fixture: four trainings, about 70 s on 2 cores
 def test_results_read_back_are_written_as_they_were(experiment, tmp_path):
     _, result = experiment
     path = result.out_dir / "results.csv"
@@ -111,6 +114,7 @@ def test_results_read_back_are_written_as_they_were(experiment, tmp_path):
     assert write_results(tmp_path / "results.csv", rows).read_bytes() == path.read_bytes()
 
 
+@pytest.mark.slow  # the experiment fixture: four trainings, about 70 s on 2 cores
 def test_summary_statistics_equal_numpy_on_results(experiment):
     _, result = experiment
     rows = read_csv(result.out_dir / "results.csv")
@@ -131,6 +135,7 @@ def test_summary_statistics_equal_numpy_on_results(experiment):
     assert checked == 2 * 3  # the two small_cnn cells (mobilenet fails), three metrics each
 
 
+@pytest.mark.slow  # the experiment fixture: four trainings, about 70 s on 2 cores
 def test_results_from_another_machine_are_grouped_by_device(experiment, tmp_path):
     _, result = experiment
     rows = read_csv(result.out_dir / "results.csv")

@@ -93,6 +93,7 @@ def cache_pair(tiny, mobilenet_weights) -> tuple[TrainResult, TrainResult]:
 # ----------------------------------------------------------------------------- outputs
 
 
+@pytest.mark.slow  # the InceptionV3 fixture run: about 110 s on 2 cores
 def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
     import tensorflow as tf
 
@@ -156,6 +157,7 @@ def test_outputs_exist_and_agree_with_each_other(tiny, inception_run):
     np.testing.assert_allclose(np.array(served), np.array(expected), atol=1e-5)
 
 
+@pytest.mark.slow  # the InceptionV3 fixture run: about 110 s on 2 cores
 def test_phase_one_leaves_every_base_weight_unchanged(tiny, inception_run):
     cfg = load_config(inception_run.run_dir / "config.json")
     keras.utils.set_random_seed(cfg.train.seed)  # as train() does before building
@@ -167,6 +169,7 @@ def test_phase_one_leaves_every_base_weight_unchanged(tiny, inception_run):
     assert not np.allclose(head_before, after.get_layer("predictions").get_weights()[0])
 
 
+@pytest.mark.slow  # the InceptionV3 fixture run: about 110 s on 2 cores
 def test_phase_two_changes_only_the_unfrozen_blocks(tiny, inception_run):
     run_dir = inception_run.run_dir
     cfg = load_config(run_dir / "config.json")
@@ -190,6 +193,7 @@ def summary_phase(result: TrainResult, phase: int) -> PhaseResult:
     return result.summary.phases[phase]
 
 
+@pytest.mark.slow  # two MobileNet runs, cached and plain: about 55 s
 def test_head_on_cached_features_is_the_head_the_plain_way_trains(tiny, cache_pair):
     cached, plain = cache_pair
     heads = [
@@ -210,6 +214,7 @@ def test_head_on_cached_features_is_the_head_the_plain_way_trains(tiny, cache_pa
     assert read_history(cached.run_dir)[-1]["accuracy"] > 0.5  # the features carry signal
 
 
+@pytest.mark.slow  # two MobileNet runs, cached and plain: about 55 s
 def test_the_full_model_predicts_what_the_head_on_cached_features_predicts(tiny, cache_pair):
 
     cached = cache_pair[0]
@@ -221,6 +226,7 @@ def test_the_full_model_predicts_what_the_head_on_cached_features_predicts(tiny,
     np.testing.assert_allclose(from_images, from_cache, atol=1e-5)
 
 
+@pytest.mark.slow  # two MobileNet runs, cached and plain: about 55 s
 def test_the_feature_cache_is_reused_when_nothing_changed(tiny, cache_pair, capsys):
     options = [
         "model.backbone=mobilenet",
@@ -302,6 +308,7 @@ def test_a_killed_run_resumes_from_its_last_epoch(tiny, capsys):
 # ----------------------------------------------------------------------------- options
 
 
+@pytest.mark.slow  # the InceptionV3 fixture run: about 110 s on 2 cores
 def test_a_finished_run_is_not_overwritten(tiny, inception_run):
     with pytest.raises(ConfigError, match="holds a finished run; choose another RUN_NAME"):
         train(tiny.cfg(*INCEPTION, "train.run_name=inception"))
@@ -344,6 +351,7 @@ def test_class_weights_only_when_classes_are_imbalanced():
     assert class_weights([0] * 8 + [1] * 2, 2, "off") is None
 
 
+@pytest.mark.slow  # two trainings: about 27 s on 2 cores
 def test_same_seed_gives_the_same_metrics(tiny):
     """Initialisation, shuffling, augmentation and dropout all follow train.seed."""
     options = [
