@@ -126,17 +126,17 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
     exclusions = read_exclusions(cfg.dataset_dir())
     excluded = exclusions.resolve(root for root, _ in source.roots)
     matched = set()
+    real_dirs: dict[Path, str] = {}
     for cand, check in zip(candidates, checks):
         if check.status == "ok" and (reason := unusable_reason(cand)):
             check.status, check.reason = "skipped", reason
-        if excluded and (line := excluded.get(os.path.realpath(cand.path))):
+        if excluded and (line := excluded.get(_real_path(cand.path, real_dirs))):
             check.status, check.reason = "skipped", EXCLUDED
             matched.add(line)
 
     usable = [(c, k) for c, k in zip(candidates, checks) if k.status == "ok"]
-    keys = split_keys(
-        [k.sha256 for _, k in usable], [k.phash for _, k in usable], d.near_duplicate_bits
-    )
+    sha256s = [k.sha256 for _, k in usable]
+    keys = split_keys(sha256s, [k.phash for _, k in usable], d.near_duplicate_bits)
     splits = assign_splits(
         [(key, c.given_split) for key, (c, _) in zip(keys, usable)],
         d.split_seed,
@@ -161,7 +161,6 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
     index = {label: i for i, label in enumerate(classes)}
     by_split: dict[str, list[ManifestRow]] = {s: [] for s in SPLITS}
     split_of_path: dict[str, str] = {}
-    real_dirs: dict[Path, str] = {}
     for (cand, check), split in zip(usable, splits):
         row = ManifestRow(
             _real_path(cand.path, real_dirs),
@@ -178,7 +177,7 @@ def take_inventory(cfg: Config, listing: Listing, progress: bool = True) -> Inve
     duplicates = _duplicate_groups(usable, split_of_path)
     warnings += _duplicate_warnings(duplicates)
     members = [(k.path, c.label, split_of_path[k.path]) for c, k in usable]
-    near = [[members[i] for i in g] for g in near_groups(keys, [k.sha256 for _, k in usable])]
+    near = [[members[i] for i in g] for g in near_groups(keys, sha256s)]
     warnings += near_duplicate_warnings(near, d.near_duplicate_bits, cfg.dataset_dir())
     return Inventory(
         source,
