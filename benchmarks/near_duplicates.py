@@ -8,7 +8,7 @@ For every data set (a folder under ../shared/datasets/, listed as `make data` li
 threshold: the groups of near-copies the data stage would form (connected photos whose
 64-bit perceptual hashes are at most that many bits apart, identical files alone not
 counted), the photos in them, the groups whose labels differ, and the groups that the
-old rule (each image's split drawn from its own sha256, split seed 42) would have cut
+sha256-only rule (each image's split drawn from its own sha256, split seed 42) would have cut
 across splits. The distance from each photo to its nearest other photo, as a histogram,
 shows where near-copies end and different photos begin. ``--sheets`` draws each pair
 found at each distance side by side (PNG per data set and distance band) for a person to
