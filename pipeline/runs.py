@@ -8,6 +8,7 @@ Written by the train stage, read by evaluate, predict and experiments; light to 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,16 @@ def config_differences(saved: Path, cfg: Config) -> list[str]:
     )
 
 
+def _folder_name(text: str) -> str:
+    """``text`` as train.run_name accepts it: a data set folder called 'my photos' names
+    its runs 'my_photos-...'.
+
+    >>> _folder_name("my photos (2024)")
+    'my_photos_2024_'
+    """
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip("._-") or "data"
+
+
 def resolve_run_dir(cfg: Config, role_dir: str = "") -> tuple[Path, Config, bool]:
     """models/<run>: the named run, the newest unfinished run of the same configuration
     (resumed), or a new <dataset>-<backbone>-<time> folder. (run folder, cfg with the run
@@ -104,7 +115,7 @@ def resolve_run_dir(cfg: Config, role_dir: str = "") -> tuple[Path, Config, bool
                 )
             return run_dir, cfg, True
         return run_dir, cfg, False
-    prefix = f"{dataset_name(cfg.data.dataset)}-{cfg.model.backbone}-"
+    prefix = f"{_folder_name(dataset_name(cfg.data.dataset))}-{cfg.model.backbone}-"
     for run_dir in sorted(models.glob(prefix + "*"), reverse=True):
         saved = run_dir / CONFIG_FILE
         if (

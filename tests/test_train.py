@@ -443,3 +443,17 @@ def test_the_default_recipe_transfers_and_keeps_up_with_frozen_features(
     print(f"test accuracy per seed: {accuracy}; over the baseline: {over_baseline}")
     assert np.mean(accuracy["pretrained"]) - np.mean(accuracy["random"]) >= 0.3, accuracy
     assert margin["mean"] + margin["ci95"] >= 0, over_baseline
+
+
+def test_a_data_set_folder_with_a_space_names_a_valid_default_run(tmp_path):
+    """README: DATASET="folder:~/my photos" works; its default run name must pass the
+    run-name check, which refuses spaces."""
+    from pipeline.config import load_config
+    from pipeline.runs import resolve_run_dir
+
+    cfg = load_config(
+        None, [f"data.dataset=folder:{tmp_path / 'my photos'}", f"paths.models={tmp_path}"]
+    )
+    run_dir, named, resumed = resolve_run_dir(cfg)
+    assert run_dir.name.startswith("my_photos-inception_v3-") and not resumed
+    assert named.train.run_name == run_dir.name
