@@ -53,7 +53,7 @@ CONFIG_FLAG := $(if $(value CONFIG),--config $(call quote,$(value CONFIG)))
 VERBOSE_FLAG := $(if $(VERBOSE),--verbose)
 RUN_STAGE = $(PY) -m pipeline $(1) $(VERBOSE_FLAG) $(CONFIG_FLAG) $(OVERRIDES)
 
-.PHONY: help setup setup-beam beam-check beam-predict test-beam lock-beam data train bench-train evaluate predict export memory experiment experiment-summary config test test-all lint docs bench-input bench-data bench-predict bench-memory bench-recipe bench-export lock clean
+.PHONY: help setup setup-beam beam-check beam-predict test-beam lock-beam data review train bench-train evaluate predict export memory experiment experiment-summary config test test-all lint docs bench-input bench-data bench-predict bench-memory bench-recipe bench-export lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -70,6 +70,9 @@ setup: $(STAMP)  ## create .venv and install the pinned dependencies (ACCEL=cpu|
 
 data: $(STAMP)  ## fetch/read DATASET, check every image, split, write data/<dataset>/ manifests
 	$(call RUN_STAGE,data)
+
+review: $(STAMP)  ## suspected label errors, outliers, near-duplicates of DATASET: reports/<dataset>/review/
+	$(call RUN_STAGE,review)
 
 train: $(STAMP)  ## two-phase fine-tuning into models/<run>/ (runs `data` first if needed; resumable)
 	$(call RUN_STAGE,train)

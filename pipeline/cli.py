@@ -73,6 +73,12 @@ def _memory_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_review(cfg: Config, args: argparse.Namespace) -> None:
+    from pipeline.review.stage import review
+
+    review(cfg)
+
+
 def _run_train(cfg: Config, args: argparse.Namespace) -> None:
     from pipeline.training import train
 
@@ -151,6 +157,11 @@ STAGES: dict[str, tuple[str, Runner, AddArguments | None]] = {
     "data": (
         "fetch or read the data set, check every image, split, write manifests",
         _run_data,
+        None,
+    ),
+    "review": (
+        "rank suspected label errors, outliers and near-duplicates: reports/<dataset>/review/",
+        _run_review,
         None,
     ),
     "train": (
