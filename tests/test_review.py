@@ -100,3 +100,15 @@ def test_review_refuses_random_weights(tmp_path, flowers_mini):
     with pytest.raises(ConfigError, match="WEIGHTS=imagenet"):
         review(cfg)
     assert not os.path.exists(tmp_path / "data")
+
+
+def test_a_runs_report_links_to_its_data_sets_review(trained_run):
+    from pipeline.config import with_overrides
+    from pipeline.evaluate.stage import evaluate
+
+    cfg, run_dir = trained_run
+    cfg = with_overrides(cfg, {"eval.run": run_dir.name, "eval.split": "val"})
+    made = review(cfg)
+    page = (evaluate(cfg).report_dir / REPORT_FILE).read_text(encoding="utf-8")
+    link = os.path.relpath(made.out_dir / REPORT_FILE, Path(cfg.paths.reports) / run_dir.name)
+    assert f'href="{link}"' in page

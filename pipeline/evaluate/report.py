@@ -51,6 +51,7 @@ class RunRecords:
     curves: Path  # learning_curves.png
     memory: RunMemory
     export: ExportRecord | None  # export.json; None until the run is exported
+    review: str | None = None  # relative link to the data set's `make review` page, if any
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,19 @@ def _data_section(data: DataSummary | None) -> str:
         "duplicate group(s).</p>"
     )
     return note + _table(["class", *splits, "all"], rows)
+
+
+def _review_note(link: str | None, cfg: Config) -> str:
+    if link is None:
+        return (
+            '<p class="muted">No review of this data set\'s photos yet: <code>make review '
+            f"DATASET={html.escape(cfg.data.dataset)}</code> ranks suspected label errors, "
+            "outliers and near-duplicates.</p>"
+        )
+    return (
+        f"<p>The photos' review (suspected label errors, outliers, near-duplicates): "
+        f'<a href="{html.escape(link)}">{html.escape(link)}</a></p>'
+    )
 
 
 def _training_section(summary: TrainSummary | None) -> str:
@@ -359,6 +373,7 @@ def render_report(report: EvalReport) -> str:
         _baseline_section(metrics),
         "<h2>Data</h2>",
         _data_section(records.data),
+        _review_note(records.review, cfg),
         "<h2>Training</h2>",
         _img(records.curves, "learning curves"),
         _training_section(records.training),

@@ -7,6 +7,7 @@ Outputs go to reports/<run>/ (written atomically); index.html gathers them all.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from pipeline.export.record import EXPORT_DIR, read_export_record
 from pipeline.files import atomic_write_text, exclusive, generated_dir, write_csv, write_json
 from pipeline.memory.record import RunMemory
 from pipeline.predict.classifier import Classifier, load_classifier
+from pipeline.review.stage import review_page
 from pipeline.runs import CURVES_FILE
 from pipeline.summary import TrainSummary, read_summary
 
@@ -71,7 +73,7 @@ def evaluate(cfg: Config) -> EvalResult:
     # One writer of the run's report folder at a time: a second evaluate, or an export
     # adding its table to index.html, waits rather than mixing its files with these.
     with exclusive(out, f"make evaluate RUN={clf.run_dir.name}", wait=True):
-        records = _run_records(clf)
+        records = _run_records(clf, out)
         metrics["baseline"] = baseline_comparison(records.training, split, metrics)
         files = _write_tables(out, metrics, rows, probs, clf.labels)
         figures = _draw_figures(out, metrics, y_true, probs, rows, clf, cfg.eval.gallery_size)
@@ -227,7 +229,7 @@ def _draw_figures(out, metrics: Metrics, y_true, probs, rows, clf, gallery_size)
     return EvalFigures(counts, normalised, roc, pr, calibration, mistakes, examples_grid)
 
 
-def _run_records(clf: Classifier) -> RunRecords:
+def _run_records(clf: Classifier, out: Path) -> RunRecords:
     """What the report shows beside the metrics: data summary, training summary, memory,
     and the export table when the run has been exported.
 
@@ -247,7 +249,14 @@ def _run_records(clf: Classifier) -> RunRecords:
         curves=clf.run_dir / CURVES_FILE,
         memory=memory,
         export=read_export_record(clf.run_dir / EXPORT_DIR),
+        review=_review_link(clf, out),
     )
+
+
+def _review_link(clf: Classifier, out: Path) -> str | None:
+    """The relative link from the report folder to its data set's review page, if made."""
+    page = review_page(out.parent, clf.cfg.data.dataset)
+    return os.path.relpath(page, out) if page.is_file() else None
 
 
 def _write_report(out: Path, report: EvalReport) -> Path:

@@ -61,7 +61,12 @@ class ReviewResult:
 
 def review_dir(cfg: Config) -> Path:
     """reports/<dataset id>/review/: one review per data set, whichever run trains on it."""
-    return Path(cfg.paths.reports) / dataset_id(cfg.data.dataset) / REVIEW_DIR
+    return review_page(cfg.paths.reports, cfg.data.dataset).parent
+
+
+def review_page(reports: str | Path, dataset: str) -> Path:
+    """The review's page for a data set, under the reports folder ``reports``."""
+    return Path(reports) / dataset_id(dataset) / REVIEW_DIR / REPORT_FILE
 
 
 def review(cfg: Config) -> ReviewResult:
