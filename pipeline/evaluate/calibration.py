@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from pipeline.evaluate.metrics import reliability
+from pipeline.evaluate.metrics import CalibrationScores, reliability
 
 # T is searched over [1/20, 20]: far beyond what a trained network needs (Guo et al. report
 # 1 to 3), and bounded so that a validation split without mistakes (T -> 0) stays finite.
@@ -67,3 +67,21 @@ def uncalibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray) -> float:
     """ECE over 15 equal-width confidence bins: metrics.reliability's, named for reuse."""
     return reliability(np.asarray(y_true, int), np.asarray(probs))["expected_calibration_error"]
+
+
+def calibration_scores(
+    y_true: np.ndarray, probs: np.ndarray, temperature: float | None
+) -> CalibrationScores | None:
+    """The split's ECE with the run's temperature (``probs``, the model's) and without it
+    (recovered from them); None for a run that was not calibrated. With input.tta=flip the
+    "before" figure is of the averaged probabilities raised to the power T, close to but
+    not exactly the uncalibrated average."""
+    if temperature is None:
+        return None
+    before = reliability(np.asarray(y_true, int), uncalibrated(probs, temperature))
+    return {
+        "temperature": temperature,
+        "ece_before": before["expected_calibration_error"],
+        "ece_after": expected_calibration_error(y_true, probs),
+        "reliability_before": before["bins"],
+    }

@@ -36,11 +36,13 @@ class PredictResult:
     images_per_s: float = 0.0  # files read per second after the first batch
 
 
-def list_input_files(folder: Path) -> list[Path]:
+def list_input_files(folder: Path, option: str = "IN") -> list[Path]:
+    """Every file below ``folder`` (recursively), or a one-line error naming ``option`` when
+    it holds no image."""
     if not folder.exists():
-        raise FileNotFoundError(f"IN={folder}: no such folder; give a folder of images")
+        raise FileNotFoundError(f"{option}={folder}: no such folder; give a folder of images")
     if not folder.is_dir():
-        raise ValueError(f"IN={folder} is a file; give the folder that holds the images")
+        raise ValueError(f"{option}={folder} is a file; give the folder that holds the images")
     files = list(iter_files(folder))
     if not any(has_image_extension(p) for p in files):
         found = (
@@ -49,7 +51,7 @@ def list_input_files(folder: Path) -> list[Path]:
             else "(it is empty, or holds only hidden files and OS debris, which are ignored)"
         )
         raise ValueError(
-            f"IN={folder}: no images found {found}, searched recursively for "
+            f"{option}={folder}: no images found {found}, searched recursively for "
             f"{'/'.join(sorted(IMAGE_EXTENSIONS))}; give the folder that holds the photos"
         )
     return files

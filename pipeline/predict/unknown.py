@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.evaluate.metrics import UnknownScores
 from pipeline.files import atomic_path
 
 UNKNOWN_FILE = "ood.npz"
@@ -150,4 +151,32 @@ def unknown_cells(detector: UnknownDetector | None, score: float | None) -> dict
     return {
         "unknown_score": float(score),
         "unknown": "true" if score > detector.threshold else "false",
+    }
+
+
+def unknown_separation(
+    detector: UnknownDetector,
+    split_scores: np.ndarray,
+    other_scores: np.ndarray | None,
+    other_photos: str | None,
+) -> UnknownScores:
+    """How well the score tells the split's photos from ``other_photos``' (AUROC, the
+    others as positives) and the share of each flagged at the detector's threshold."""
+    from sklearn.metrics import roc_auc_score
+
+    other = np.zeros(0) if other_scores is None else np.asarray(other_scores)
+    auroc = None
+    if len(other) and len(split_scores):
+        truth = np.r_[np.zeros(len(split_scores)), np.ones(len(other))]
+        auroc = float(roc_auc_score(truth, np.r_[split_scores, other]))
+    return {
+        "k": detector.k,
+        "rate": detector.rate,
+        "threshold": detector.threshold,
+        "split_images": len(split_scores),
+        "split_flagged": float(np.mean(detector.flags(split_scores))) if len(split_scores) else 0.0,
+        "other_photos": other_photos,
+        "other_images": len(other),
+        "other_flagged": float(np.mean(detector.flags(other))) if len(other) else None,
+        "auroc": auroc,
     }
