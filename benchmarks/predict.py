@@ -144,12 +144,12 @@ def paired(clf, paths: list[Path], x: np.ndarray, pairs: int, count: int, work: 
     that their ratio holds even when the load changes during the run. The stream is
     predict's own (classify_stream, rows fsync'd to a partial file), in this process.
     """
-    from pipeline.predict.classifier import top_k_columns
+    from pipeline.predict.classifier import prediction_header
     from pipeline.predict.partial import PartialRows
     from pipeline.predict.stream import classify_stream
 
     k = min(3, len(clf.labels))
-    header = ["path", "status", "predicted", "probability", *top_k_columns(k), "reason"]
+    header = prediction_header(k)
     step = max(1, len(paths) // pairs)
     out = []
     for i in range(pairs):

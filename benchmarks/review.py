@@ -38,7 +38,7 @@ from pipeline.data.manifest import CLASSES_FILE, load_split, read_classes  # noq
 from pipeline.files import write_json  # noqa: E402
 from pipeline.review.stage import split_features  # noqa: E402
 from pipeline.review.suspects import (  # noqa: E402
-    PROBE_C,
+    PROBE_GRID,
     label_suspects,
     out_of_fold_probabilities,
 )
@@ -84,16 +84,36 @@ def misfile(labels: np.ndarray, classes: int, share: float, seed: int) -> np.nda
     return moved, noisy
 
 
+def best_c(y: np.ndarray, probs: dict[float, np.ndarray], grid: tuple[float, ...]) -> float:
+    """The grid's C of lowest out-of-fold log loss (the review's own rule)."""
+    return min(grid, key=lambda c: log_loss(y, probs[c], labels=np.unique(y)))
+
+
 def detection(x: np.ndarray, y: np.ndarray, k: int, share: float, seeds: list[int]) -> dict:
-    """Per probe: the figures over the seeds. "C by OOF loss" takes, per seed, the grid's C
-    of lowest out-of-fold log loss on the noisy labels (a tuning-free rule)."""
-    clean = {c: label_suspects(y, out_of_fold_probabilities(x, y, k, C=c)) for c in C_GRID}
+    """Per probe: the figures over the seeds. The two "by OOF loss" rows take, per seed, the
+    C of lowest out-of-fold log loss on the noisy labels: over the whole grid, and over the
+    review's own PROBE_GRID (its default)."""
+    grid = tuple(sorted({*C_GRID, *PROBE_GRID}))
+
+    def oof(labels: np.ndarray) -> dict[float, np.ndarray]:
+        return {c: out_of_fold_probabilities(x, labels, k, grid=(c,))[0] for c in grid}
+
+    clean = oof(y)
+    clean_verdicts = {c: label_suspects(y, p) for c, p in clean.items()}
     rows: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
         moved, noisy = misfile(y, k, share, seed)
-        probs = {c: out_of_fold_probabilities(x, noisy, k, C=c) for c in C_GRID}
-        best = min(C_GRID, key=lambda c: log_loss(noisy, probs[c], labels=range(k)))
-        for name, c in [*((f"C={c:g}", c) for c in C_GRID), ("C by OOF loss", best)]:
+        probs = oof(noisy)
+        probes = [
+            *((f"C={c:g}", c, c) for c in C_GRID),
+            ("OOF loss, all C", best_c(noisy, probs, grid), best_c(y, clean, grid)),
+            (
+                "default: OOF loss, 0.001-0.01",
+                best_c(noisy, probs, PROBE_GRID),
+                best_c(y, clean, PROBE_GRID),
+            ),
+        ]
+        for name, c, c_clean in probes:
             verdict = label_suspects(noisy, probs[c])
             top = verdict.ranking()[: 2 * len(moved)]
             flagged = np.flatnonzero(verdict.flagged)
@@ -103,7 +123,7 @@ def detection(x: np.ndarray, y: np.ndarray, k: int, share: float, seeds: list[in
             r.setdefault("precision", []).append(
                 np.isin(flagged, moved).mean() if len(flagged) else 1.0
             )
-            r.setdefault("flagged_clean", []).append(float(clean[c].flagged.sum()))
+            r.setdefault("flagged_clean", []).append(float(clean_verdicts[c_clean].flagged.sum()))
             r.setdefault("C", []).append(c)
     return {name: {key: interval(v) for key, v in r.items()} for name, r in rows.items()}
 
@@ -141,7 +161,7 @@ def main() -> None:
             f"{times['review_cold_s']:.0f} s cold / {times['review_warm_s']:.0f} s warm"
         )
         print(
-            f"{'probe':<14} {'recall@2n':>13} {'flag recall':>13} {'flag precision':>15} "
+            f"{'probe':<30} {'recall@2n':>13} {'flag recall':>13} {'flag precision':>15} "
             f"{'flagged clean':>14}"
         )
         for probe, r in found.items():
@@ -149,9 +169,9 @@ def main() -> None:
                 f"{100 * r[k][0]:5.1f} ± {100 * r[k][1]:4.1f}"
                 for k in ("recall_top", "recall", "precision")
             ]
-            mark = " (default)" if probe == f"C={PROBE_C:g}" else ""
+            mark = ""
             print(
-                f"{probe:<14} {cells[0]:>13} {cells[1]:>13} {cells[2]:>15} "
+                f"{probe:<30} {cells[0]:>13} {cells[1]:>13} {cells[2]:>15} "
                 f"{r['flagged_clean'][0]:8.1f} ± {r['flagged_clean'][1]:3.1f}{mark}"
             )
     write_json(args.output, results)

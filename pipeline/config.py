@@ -126,6 +126,7 @@ class EvalConfig:
     split: EvalSplit = "test"  # the split evaluated
     top_k: int = 5  # top-k accuracy reported
     gallery_size: int = 24  # worst mistakes shown
+    unknown_photos: str = ""  # folder of photos of no class: how well unknown_score finds them
 
 
 @dataclass
@@ -136,6 +137,7 @@ class PredictConfig:
     sort_into: str = ""  # copy (never move) each image into <sort_into>/<class>/
     model: str = ""  # an exported models/<run>/export/*.tflite instead of model.keras
     batch_size: int = 0  # images per model call; 0 = the run's input.batch_size
+    unknown_rate: float = 0.05  # share of validation photos flagged unknown: sets the threshold
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Public: ``build_base``, ``build_classifier``, ``freeze_for_phase``, ``resolve_weights``,
 the two views of a classifier that phase 1 trains on cached features with
-(``build_feature_extractor``, ``build_feature_head``), and ``training_forward``. The base
+(``build_feature_extractor``, ``build_feature_head``), ``training_forward``, and
+``head_logits``/``fold_temperature`` for temperature scaling. The base
 always runs with ``training=False`` so its BatchNorm layers keep their ImageNet statistics
 in both phases, the pitfall behind most reports of fine-tuning collapsing; with Keras 3
 that takes ``training_forward`` (see there), not only the flag in ``build_classifier``.
@@ -248,6 +249,34 @@ def build_feature_head(model: keras.Model) -> keras.Model:
     x = model.get_layer(DROPOUT_NAME)(features)
     outputs = model.get_layer(HEAD_NAME)(x)
     return keras.Model(features, outputs, name="feature_head")
+
+
+def head_logits(model: keras.Model, features: Any) -> Any:
+    """The softmax head's inputs (logits, float64) for pooled features: the head's own
+    kernel and bias, so temperature scaling is fitted on exactly what the model computes."""
+    import numpy as np
+
+    kernel, bias = model.get_layer(HEAD_NAME).get_weights()
+    return np.asarray(features, np.float64) @ kernel.astype(np.float64) + bias
+
+
+def fold_temperature(model: keras.Model, temperature: float) -> None:
+    """Make the classifier output softmax(logits / T): its head's kernel and bias divided by T.
+
+    Folded into the weights, the calibration travels with the model into model.keras, the
+    SavedModel and every export, with no second code path to forget. Dividing all logits by
+    the same T > 0 keeps their order: the predicted class and the accuracy cannot change.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive. Received: {temperature}")
+    head = model.get_layer(HEAD_NAME)
+    if head.activation is not keras.activations.softmax:
+        raise ValueError(
+            f"layer {HEAD_NAME!r} is not a softmax Dense head; temperature scaling folds "
+            "into build_classifier's head only"
+        )
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel / temperature, bias / temperature])
 
 
 def training_forward(model: keras.Model, backbone: Backbone) -> Callable[[Any], Any]:

@@ -156,7 +156,9 @@ def plot_one_vs_rest(
     return save_figure(fig, path)
 
 
-def plot_reliability(bins: Sequence[dict], ece: float, path: str | Path) -> Path:
+def plot_reliability(
+    bins: Sequence[dict], ece: float, path: str | Path, title: str = "Reliability"
+) -> Path:
     """Reliability diagram: accuracy per confidence bin against the diagonal."""
     plt = _pyplot()
     fig, (ax, hist) = plt.subplots(
@@ -167,7 +169,7 @@ def plot_reliability(bins: Sequence[dict], ece: float, path: str | Path) -> Path
     accuracy = [b["accuracy"] or 0.0 for b in bins]
     ax.bar(centres, accuracy, width=width * 0.95, color="#4C72B0", label="accuracy")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-    ax.set(ylabel="accuracy", ylim=(0, 1), title=f"Reliability (ECE {ece:.3f})")
+    ax.set(ylabel="accuracy", ylim=(0, 1), title=f"{title} (ECE {ece:.3f})")
     ax.legend(loc="upper left")
     hist.bar(centres, [b["count"] for b in bins], width=width * 0.95, color="#999999")
     hist.set(xlabel="confidence (top probability)", ylabel="images", xlim=(0, 1))

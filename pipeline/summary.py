@@ -204,6 +204,34 @@ class TestScores:
     images: int
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted on validation (summary.json's ``calibration``): the T
+    folded into the saved model's head, and validation's log loss and expected calibration
+    error before and after it. ``skipped`` says why no T was fitted (then T is 1)."""
+
+    temperature: float
+    images: int  # validation photos it was fitted on
+    val_loss_before: float | None = None
+    val_loss_after: float | None = None
+    ece_before: float | None = None
+    ece_after: float | None = None
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class UnknownRecord:
+    """The unknown-photo detector stored with the run (summary.json's ``unknown``;
+    ``pipeline.predict.unknown``): its file, k, rate and threshold."""
+
+    file: str
+    k: int
+    rate: float
+    threshold: float
+    train_images: int
+    val_images: int
+
+
 @dataclass
 class TrainSummary:
     """summary.json: what a finished train stage reports, read by evaluate, report and
@@ -239,6 +267,8 @@ class TrainSummary:
     baseline: Baseline | None
     memory: RunMemory  # the estimate (pipeline.memory) and the measured peaks
     files: list[str]
+    calibration: Calibration | None = None  # None: trained before temperature scaling
+    unknown: UnknownRecord | None = None  # None: no detector (trained before, or no val)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -251,12 +281,14 @@ class TrainSummary:
             "test": _plain(self.test),
             "baseline": self.baseline.to_json() if self.baseline else None,
             "memory": self.memory.to_json(),
+            "calibration": _plain(self.calibration),
+            "unknown": _plain(self.unknown),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainSummary:
         """Unknown keys are ignored; keys an older run did not write read as None (memory
-        as an empty ``RunMemory``, phases as none)."""
+        as an empty ``RunMemory``, phases as none; calibration and unknown as None)."""
         values = {f.name: data.get(f.name) for f in fields(cls)}
         kept = values["kept_phase"]
         return cls(
@@ -269,6 +301,8 @@ class TrainSummary:
                 "test": _build(TestScores, values["test"]),
                 "baseline": Baseline.from_json(values["baseline"]),
                 "memory": RunMemory.from_json(values["memory"]),
+                "calibration": _build(Calibration, values["calibration"]),
+                "unknown": _build(UnknownRecord, values["unknown"]),
             }
         )
 

@@ -92,6 +92,11 @@ def check_config(cfg: Config) -> None:
             "export.max_drop must be in [0, 1] (0.02 = 2 points of accuracy). "
             f"Received: {cfg.export.max_drop}"
         )
+    if not 0.0 <= cfg.predict.unknown_rate < 1.0:
+        raise ConfigError(
+            "predict.unknown_rate must be in [0, 1) (0.05: 5% of validation photos flagged "
+            f"unknown by mistake). Received: {cfg.predict.unknown_rate}"
+        )
     model = cfg.predict.model
     if model and not model.endswith(".tflite"):
         raise ConfigError(

@@ -71,9 +71,9 @@ def test_class_without_test_images_has_no_auc():
 
 
 @pytest.fixture(scope="module")
-def evaluated(trained_run):
+def evaluated(trained_run, intel_mini):
     cfg, run_dir = trained_run
-    cfg = with_overrides(cfg, {"eval.run": run_dir.name})
+    cfg = with_overrides(cfg, {"eval.run": run_dir.name, "eval.unknown_photos": str(intel_mini)})
     return cfg, evaluate(cfg)
 
 
@@ -165,7 +165,11 @@ def test_html_report_renders_in_a_real_browser(evaluated, tmp_path):
         for c in metrics["per_class"]
     )
     baseline_values = 2 if metrics["baseline"] else 0  # its accuracy and macro-F1
-    assert len(shown) == 6 + per_class_values + baseline_values  # cards, tables
+    calibration_values = 3 if metrics["calibration"] else 0  # T, ECE before and after
+    unknown = metrics["unknown"]  # threshold, split flagged; other flagged and AUROC
+    unknown_values = (2 + 2 * bool(unknown["other_photos"])) if unknown else 0
+    extra = baseline_values + calibration_values + unknown_values
+    assert len(shown) == 6 + per_class_values + extra  # cards, tables
     for key, text in shown:
         value = metrics
         for part in key.split("."):
@@ -186,3 +190,48 @@ def test_the_report_says_what_fine_tuning_added_over_frozen_features(evaluated):
     html = (result.report_dir / "index.html").read_text()
     assert f"Fine-tuning adds <b>{points:+.1f} points</b>" in html
     assert f'data-metric="baseline.accuracy" data-value="{baseline["accuracy"]!r}"' in html
+
+
+def test_the_report_gives_calibration_and_unknown_photo_figures(evaluated, trained_run, intel_mini):
+    """ECE before and after the run's temperature on the split, and how unknown_score tells
+    the split's flowers from the fixture's scene photos (eval.unknown_photos)."""
+    _, result = evaluated
+    _, run_dir = trained_run
+    metrics = json.loads((result.report_dir / "metrics.json").read_text())
+    calibration = metrics["calibration"]
+    assert calibration["temperature"] == read_summary(run_dir).calibration.temperature
+    assert calibration["ece_after"] == metrics["expected_calibration_error"]
+    assert len(calibration["reliability_before"]) == 15
+    assert (result.report_dir / "reliability_uncalibrated.png").is_file()
+    unknown = metrics["unknown"]
+    assert unknown["other_photos"] == str(intel_mini) and unknown["other_images"] == 178
+    assert unknown["split_images"] == metrics["images"]
+    assert unknown["auroc"] > 0.9 and unknown["other_flagged"] >= 0.8
+    assert unknown["split_flagged"] <= 0.1
+    html = (result.report_dir / "index.html").read_text()
+    assert f'data-metric="unknown.auroc" data-value="{unknown["auroc"]!r}"' in html
+    assert "Temperature scaling: T = " in html
+
+
+def test_a_run_trained_before_calibration_is_reported_not_calibrated(trained_run, tmp_path):
+    cfg, run_dir = trained_run
+    old = tmp_path / "models" / "old-run"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("ood.npz", "checkpoints"))
+    summary = json.loads((old / "summary.json").read_text())
+    del summary["calibration"], summary["unknown"]
+    (old / "summary.json").write_text(json.dumps(summary))
+    cfg = with_overrides(
+        cfg,
+        {
+            "eval.run": "old-run",
+            "paths.models": str(tmp_path / "models"),
+            "paths.reports": str(tmp_path / "reports"),
+            "eval.gallery_size": 0,
+        },
+    )
+    result = evaluate(cfg)
+    assert result.metrics["calibration"] is None and result.metrics["unknown"] is None
+    assert result.figures.reliability_uncalibrated is None
+    html = (result.report_dir / "index.html").read_text()
+    assert "Not calibrated (a run trained before temperature scaling)" in html
+    assert "No unknown-photo detector" in html

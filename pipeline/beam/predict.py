@@ -7,6 +7,8 @@ model.keras or an exported .tflite) and turns each batch into probabilities thro
 ``pipeline.inputs.build_eval_dataset`` (the same decoding, centre crop and preprocessing as
 evaluation) and the classifier's ``predict_batch``, mirrored images averaged in with
 input.tta=flip. Records have `make predict`'s columns; the merge sorts them by path.
+``unknown_score`` and ``unknown`` are left empty on Beam (the handler returns probabilities
+only; `make predict` fills them).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pipeline.beam import require_beam
 from pipeline.beam.shards import SHARD_SUFFIX, csv_record, merge_shards, shard_prefix
 from pipeline.config import Config
 from pipeline.images import ImageCheck, check_image, check_named, text_path
+from pipeline.predict.unknown import UNKNOWN_COLUMNS
 
 beam = require_beam()
 BATCHES_PER_CALL = 8
@@ -95,11 +98,12 @@ def predicted_record(result: PredictionResult, labels: list[str], top_k: int) ->
     values: list[Any] = [text_path(check.path), check.status, labels[order[0]], float(p[order[0]])]
     for j in order:
         values += [labels[j], float(p[j])]
-    return csv_record([*values, check.reason])
+    return csv_record([*values, *[""] * len(UNKNOWN_COLUMNS), check.reason])
 
 
 def skipped_record(check: ImageCheck, top_k: int) -> str:
-    row = [text_path(check.path), check.status, "", "", *[""] * (2 * top_k), check.reason]
+    blanks = [""] * (2 * top_k + len(UNKNOWN_COLUMNS))
+    row = [text_path(check.path), check.status, "", "", *blanks, check.reason]
     return csv_record(row)
 
 
@@ -149,7 +153,7 @@ def run_predict(
     cfg: Config, output: Path | None, shards: str | None, argv: list[str]
 ) -> BeamPredictRun:
     """Classify every image below cfg.predict.input on Beam into one CSV sorted by path."""
-    from pipeline.predict.classifier import read_run, run_of_export, top_k_columns
+    from pipeline.predict.classifier import prediction_header, read_run, run_of_export
     from pipeline.predict.stage import check_output_path, list_input_files
     from pipeline.runs import resolve_run
 
@@ -172,12 +176,13 @@ def run_predict(
         run_dir, run_cfg, labels = read_run(cfg.eval.run, cfg.paths.models)
     source = str(Path(p.model).expanduser().absolute() if p.model else run_dir.absolute())
     k = min(p.top_k, len(labels))
-    header = ["path", "status", "predicted", "probability", *top_k_columns(k), "reason"]
+    header = prediction_header(k)
     handler = ClassifierHandler(
         source, str(cfg.paths.models), run_cfg.input.batch_size, cfg.input.tta
     )
     prefix = shard_prefix(shards or str(output.absolute().parent / ".beam-shards"), "predict")
     print(f"Classifying {len(files)} files under {p.input} with {source} on Beam")
+    print("unknown_score and unknown are left empty on Beam: use make predict for them")
     limits = (run_cfg.data.min_side, run_cfg.data.max_pixels)
     classify_files([os.fsencode(f) for f in files], handler, labels, k, limits, prefix, argv)
     written, rows, count = merge_shards(prefix, output, header, lambda r: r[0])

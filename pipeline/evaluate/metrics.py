@@ -60,11 +60,37 @@ class ConfusedPair(TypedDict):
     count: int
 
 
+class CalibrationScores(TypedDict):
+    """metrics.json's ``calibration``: the run's temperature and the expected calibration
+    error on the scored split without it (``ece_before``) and with it (``ece_after``, the
+    model's own, equal to ``expected_calibration_error``); None for a run not calibrated."""
+
+    temperature: float
+    ece_before: float
+    ece_after: float
+    reliability_before: list[dict[str, Any]]
+
+
+class UnknownScores(TypedDict):
+    """metrics.json's ``unknown``: how the run's unknown_score separates the scored split
+    from photos of another kind (eval.unknown_photos), at the run's stored threshold."""
+
+    k: int
+    rate: float
+    threshold: float
+    split_images: int
+    split_flagged: float  # share of the split's photos flagged unknown
+    other_photos: str | None  # eval.unknown_photos; None when not given
+    other_images: int
+    other_flagged: float | None
+    auroc: float | None  # other photos as positives, unknown_score as the score
+
+
 class Metrics(TypedDict, total=False):
     """metrics.json as evaluate writes it (``memory`` is added on writing), and what
     ``evaluate`` returns. ``classification_metrics`` fills the scores, and also
     ``top_<k>_accuracy`` for its k, a key a TypedDict cannot name; the stage adds the run,
-    split, tta, baseline, worst mistakes and confused pairs."""
+    split, tta, baseline, worst mistakes, confused pairs, calibration and unknown."""
 
     images: int
     accuracy: float
@@ -85,6 +111,8 @@ class Metrics(TypedDict, total=False):
     baseline: BaselineComparison | None
     worst_mistakes: list[Mistake]
     confused_pairs: list[ConfusedPair]
+    calibration: CalibrationScores | None
+    unknown: UnknownScores | None
 
 
 def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict[str, Any]:

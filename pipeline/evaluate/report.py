@@ -35,6 +35,7 @@ class EvalFigures:
     reliability: Path
     mistakes: Path | None = None
     confused_pairs: Path | None = None
+    reliability_uncalibrated: Path | None = None  # a calibrated run's, before its T
 
     def files(self) -> dict[str, Path]:
         """The drawn figures by name, as EvalResult.files lists them."""
@@ -334,6 +335,63 @@ def with_export_section(page: str, figures: ExportRecord) -> str:
     return page.replace(anchor, section + "\n" + anchor, 1)
 
 
+def _calibration_section(metrics: Metrics, training: TrainSummary | None) -> str:
+    """The run's temperature and what it does to this split's calibration error."""
+    c = metrics.get("calibration")
+    if not c:
+        recorded = training.calibration if training else None
+        why = (
+            recorded.skipped
+            if recorded and recorded.skipped
+            else "a run trained before temperature scaling"
+        )
+        return f'<p class="muted">Not calibrated ({html.escape(why)}).</p>'
+    return (
+        f"<p>Temperature scaling: T = {_num(c['temperature'], 'calibration.temperature')}, "
+        "fitted on the validation photos when the run was trained and folded into the "
+        "model, so every probability here (and in predict and the exports) is calibrated. "
+        "Expected calibration error on this split: "
+        f"{_num(c['ece_before'], 'calibration.ece_before')} before it, "
+        f"{_num(c['ece_after'], 'calibration.ece_after')} after.</p>"
+    )
+
+
+def _unknown_section(metrics: Metrics) -> str:
+    """How unknown_score separates this split from photos of another kind."""
+    u = metrics.get("unknown")
+    if not u:
+        return (
+            '<p class="muted">No unknown-photo detector (a run trained before it: no ood.npz).</p>'
+        )
+    rows = [
+        [
+            f"this run's {html.escape(metrics['split'])} photos",
+            str(u["split_images"]),
+            _num(u["split_flagged"], "unknown.split_flagged"),
+        ]
+    ]
+    if u["other_photos"]:
+        rows.append(
+            [
+                html.escape(u["other_photos"]),
+                str(u["other_images"]),
+                _num(u["other_flagged"], "unknown.other_flagged"),
+            ]
+        )
+    auroc = (
+        f" AUROC of the score, the other photos against this split's: "
+        f"{_num(u['auroc'], 'unknown.auroc')}."
+        if u["other_photos"]
+        else " Give eval.unknown_photos=&lt;folder&gt; to measure it on photos of another kind."
+    )
+    return (
+        f"<p>unknown_score: cosine distance to the {u['k']}th nearest training photo; "
+        f"flagged above {_num(u['threshold'], 'unknown.threshold')} "
+        f"({100 * u['rate']:g}% of validation photos).{auroc}</p>"
+        + _table(["photos", "images", "share flagged unknown"], rows)
+    )
+
+
 def _mistakes_table(metrics: Metrics) -> str:
     rows = [
         [
@@ -391,7 +449,15 @@ def render_report(report: EvalReport) -> str:
         _img(figures.roc, "ROC curves"),
         _img(figures.pr, "precision-recall curves"),
         _img(figures.reliability, "reliability diagram"),
+        *(
+            [_img(figures.reliability_uncalibrated, "reliability before temperature scaling")]
+            if figures.reliability_uncalibrated
+            else []
+        ),
         "</div>",
+        _calibration_section(metrics, records.training),
+        "<h2>Unknown photos</h2>",
+        _unknown_section(metrics),
         "<h2>Worst mistakes</h2>",
         _img(figures.mistakes, "most confident mistakes"),
         _mistakes_table(metrics),

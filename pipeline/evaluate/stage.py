@@ -25,9 +25,11 @@ from pipeline.data.provenance import (
     read_data_summary,
     read_record,
 )
+from pipeline.evaluate.calibration import calibration_scores
 from pipeline.evaluate.metrics import (
     BaselineComparison,
     Metrics,
+    UnknownScores,
     classification_metrics,
     confused_pairs,
     worst_mistakes,
@@ -35,8 +37,11 @@ from pipeline.evaluate.metrics import (
 from pipeline.evaluate.report import EvalFigures, EvalReport, RunRecords, render_report
 from pipeline.export.record import EXPORT_DIR, read_export_record
 from pipeline.files import atomic_write_text, exclusive, generated_dir, write_csv, write_json
+from pipeline.images import check_images
 from pipeline.memory.record import RunMemory
-from pipeline.predict.classifier import Classifier, load_classifier
+from pipeline.predict.classifier import Classifier, load_classifier, rows_from_checks
+from pipeline.predict.stage import list_input_files
+from pipeline.predict.unknown import unknown_separation
 from pipeline.review.stage import review_page
 from pipeline.runs import CURVES_FILE
 from pipeline.summary import TrainSummary, read_summary
@@ -59,6 +64,8 @@ class EvalResult:
 def evaluate(cfg: Config) -> EvalResult:
     """Evaluate the run cfg.eval.run (newest if empty) on cfg.eval.split: the split the run
     recorded when it was trained, never the data stage's current one."""
+    other = cfg.eval.unknown_photos
+    other_files = list_input_files(Path(other).expanduser(), "eval.unknown_photos") if other else []
     clf = load_classifier(cfg.eval.run, cfg.paths.models)
     split = cfg.eval.split
     rows = scored_rows(clf, split)
@@ -66,15 +73,19 @@ def evaluate(cfg: Config) -> EvalResult:
     tta = cfg.input.tta
     flip = ", each averaged with its mirror image (input.tta=flip)" if tta == "flip" else ""
     print(f"Evaluating {clf.run_dir} on the {split} split ({len(rows)} images{flip})")
-    probs = clf.probabilities(rows, tta=tta)
+    probs, unknown_scores = clf.scored(rows, tta=tta)
     y_true = np.array([r.label_index for r in rows])
     metrics = classification_metrics(y_true, probs, clf.labels, cfg.eval.top_k)
     metrics.update({"run": clf.run_dir.name, "split": split, "tta": tta})
+    metrics["unknown"] = _unknown_scores(clf, unknown_scores, other or None, other_files)
     # One writer of the run's report folder at a time: a second evaluate, or an export
     # adding its table to index.html, waits rather than mixing its files with these.
     with exclusive(out, f"make evaluate RUN={clf.run_dir.name}", wait=True):
         records = _run_records(clf, out)
         metrics["baseline"] = baseline_comparison(records.training, split, metrics)
+        calibration = records.training.calibration if records.training else None
+        temperature = calibration.temperature if calibration and not calibration.skipped else None
+        metrics["calibration"] = calibration_scores(y_true, probs, temperature)
         files = _write_tables(out, metrics, rows, probs, clf.labels)
         figures = _draw_figures(out, metrics, y_true, probs, rows, clf, cfg.eval.gallery_size)
         files.update(figures.files())
@@ -84,6 +95,23 @@ def evaluate(cfg: Config) -> EvalResult:
         files["metrics"] = write_json(out / METRICS_FILE, {**metrics, "memory": memory})
     _print_summary(metrics, out)
     return EvalResult(out, metrics, figures, files)
+
+
+def _unknown_scores(
+    clf: Classifier, split_scores, other: str | None, other_files: list[Path]
+) -> UnknownScores | None:
+    """The unknown-photo detector on the split and on eval.unknown_photos' photos (checked
+    as `make predict` checks them); None for a run without a detector."""
+    if clf.unknown is None:
+        print(f"note: {clf.without_unknown_reason()}")
+        return None
+    other_scores = None
+    if other:
+        limits = (clf.cfg.data.min_side, clf.cfg.data.max_pixels)
+        checks = check_images(other_files, *limits, progress=False)
+        print(f"Scoring {len(checks)} files under eval.unknown_photos={other} as unknown photos")
+        _, other_scores = clf.scored(rows_from_checks(checks))
+    return unknown_separation(clf.unknown, split_scores, other_scores, other)
 
 
 def scored_rows(clf: Classifier, split: str) -> list[ManifestRow]:
@@ -184,6 +212,13 @@ def _draw_figures(out, metrics: Metrics, y_true, probs, rows, clf, gallery_size)
     calibration = plot_reliability(
         metrics["reliability"], metrics["expected_calibration_error"], out / "reliability.png"
     )
+    before = metrics.get("calibration")
+    uncalibrated = before and plot_reliability(
+        before["reliability_before"],
+        before["ece_before"],
+        out / "reliability_uncalibrated.png",
+        title="Reliability before temperature scaling",
+    )
     predicted = probs.argmax(axis=1)
     worst = worst_mistakes(y_true, probs, gallery_size)
     metrics["worst_mistakes"] = [
@@ -226,7 +261,9 @@ def _draw_figures(out, metrics: Metrics, y_true, probs, rows, clf, gallery_size)
             out / "confused_pairs.jpg",
             title="Most confused class pairs (true -> predicted)",
         )
-    return EvalFigures(counts, normalised, roc, pr, calibration, mistakes, examples_grid)
+    return EvalFigures(
+        counts, normalised, roc, pr, calibration, mistakes, examples_grid, uncalibrated or None
+    )
 
 
 def _run_records(clf: Classifier, out: Path) -> RunRecords:
@@ -295,6 +332,26 @@ def _print_summary(metrics: Metrics, out: Path) -> None:
         f"loss {metrics['loss']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
         f"ECE {metrics['expected_calibration_error']:.4f}"
     )
+    calibration = metrics.get("calibration")
+    if calibration:
+        print(
+            f"Calibration: temperature {calibration['temperature']:.3f}; ECE on this split "
+            f"{calibration['ece_before']:.4f} before it, {calibration['ece_after']:.4f} after"
+        )
+    else:
+        print("Calibration: not calibrated (the run has no temperature in summary.json)")
+    unknown = metrics.get("unknown")
+    if unknown:
+        line = (
+            f"Unknown photos: {100 * unknown['split_flagged']:.1f}% of the {metrics['split']} "
+            f"photos flagged (threshold {unknown['threshold']:.4f})"
+        )
+        if unknown["other_flagged"] is not None:
+            line += (
+                f", {100 * unknown['other_flagged']:.1f}% of {unknown['other_images']} photos "
+                f"under {unknown['other_photos']}; AUROC {unknown['auroc']:.4f}"
+            )
+        print(line)
     baseline = metrics.get("baseline")
     if baseline:
         print(

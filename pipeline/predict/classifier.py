@@ -31,6 +31,13 @@ from pipeline.data.provenance import RUN_DATA_DIR
 from pipeline.images import ImageCheck, check_images
 from pipeline.predict.stream import prediction_columns
 from pipeline.predict.tflite import TFLITE_SUFFIX
+from pipeline.predict.unknown import (
+    UNKNOWN_COLUMNS,
+    UNKNOWN_FILE,
+    UnknownDetector,
+    load_detector,
+    unknown_cells,
+)
 from pipeline.runs import CONFIG_FILE, LABELS_FILE, MODEL_FILE, resolve_run
 
 
@@ -40,6 +47,8 @@ class Classifier:
 
     ``predict_batch`` maps a batch of evaluation crops to probabilities; they come
     preprocessed for the Keras model, as raw pixels (``raw_pixels``) for an exported file.
+    A run with an unknown-photo detector (``unknown``) also has ``features_batch``, one
+    pass giving the probabilities and the pooled features the detector scores.
     """
 
     run_dir: Path
@@ -48,6 +57,46 @@ class Classifier:
     model: Any = field(repr=False)  # keras.Model, or a pipeline.predict.tflite.TFLiteModel
     predict_batch: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     raw_pixels: bool = False
+    unknown: UnknownDetector | None = None  # ood.npz; None for an exported file, an old run
+    features_batch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = field(
+        default=None, repr=False
+    )
+
+    def predict_scored(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One batch's probabilities and unknown scores (None without a detector), from
+        one pass of the model."""
+        if self.unknown is None or self.features_batch is None:
+            return np.asarray(self.predict_batch(x)), None
+        probs, features = self.features_batch(x)
+        return np.asarray(probs), self.unknown.scores(features)
+
+    def without_unknown_reason(self) -> str:
+        """Why this classifier leaves unknown_score empty ("" when it does not)."""
+        if self.unknown is not None:
+            return ""
+        if self.raw_pixels:
+            return (
+                "unknown_score and unknown are left empty: exported files do not carry the "
+                "feature output yet; classify with the run itself (RUN=<run>, no MODEL or "
+                "FORMAT) to get them"
+            )
+        return (
+            f"unknown_score and unknown are left empty: {self.run_dir.name} has no "
+            f"{UNKNOWN_FILE} (trained before the unknown-photo detector); retrain it to get them"
+        )
+
+    def set_unknown_rate(self, rate: float) -> None:
+        """Flag at ``rate`` (predict.unknown_rate) rather than the rate the run was trained
+        with: the threshold is recomputed from the run's stored validation scores."""
+        if self.unknown is None or rate == self.unknown.rate:
+            return
+        trained = self.unknown
+        self.unknown = trained.with_rate(rate)
+        print(
+            f"predict.unknown_rate={rate:g} differs from the run's {trained.rate:g}: unknown "
+            f"threshold {self.unknown.threshold:.4f} (was {trained.threshold:.4f}), set on the "
+            f"same {len(trained.val_scores)} validation photos"
+        )
 
     @cached_property
     def spec(self) -> Any:
@@ -81,10 +130,19 @@ class Classifier:
         the model's work). Shows a progress bar on stderr when that is a terminal;
         otherwise (a log) one line.
         """
+        return self.scored(rows, batch_size, tta)[0]
+
+    def scored(
+        self, rows: list[ManifestRow], batch_size: int | None = None, tta: str = "none"
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``probabilities`` and, from the same pass, each row's unknown score (None without
+        a detector). The score is the photo's own view's: with ``tta="flip"`` only the
+        probabilities are averaged, as the threshold was set on unmirrored photos."""
         from tqdm import tqdm
 
         if not rows:
-            return np.zeros((0, len(self.labels)), np.float32)
+            empty = np.zeros(0) if self.unknown is not None else None
+            return np.zeros((0, len(self.labels)), np.float32), empty
         batch = batch_size or self.cfg.input.batch_size
         ds = self.eval_dataset(rows, batch)
         bar = tqdm(
@@ -101,17 +159,19 @@ class Classifier:
                 f"Running the model on {len(rows)} images "
                 f"({batches} batch{'es' if batches != 1 else ''} of {batch})"
             )
-        outputs = []
+        outputs, scores = [], []
         with bar:
             for batch_images in ds:
                 x = batch_images.numpy()
-                probs = np.asarray(self.predict_batch(x))
+                probs, score = self.predict_scored(x)
                 if tta == "flip":
                     mirrored = x[:, :, ::-1]  # (batch, height, width, channels)
                     probs = (probs + np.asarray(self.predict_batch(mirrored))) / 2
                 outputs.append(probs)
+                scores.append(score)
                 bar.update(len(outputs[-1]))
-        return np.concatenate(outputs).astype(np.float64)
+        probs = np.concatenate(outputs).astype(np.float64)
+        return probs, None if self.unknown is None else np.concatenate(scores)
 
     def classify(
         self, paths: list[str | Path], top_k: int = 3, tta: str = "none"
@@ -136,7 +196,27 @@ def load_classifier(run: str | Path = "", models_dir: str | Path = "models") -> 
             f"outputs {outputs}: they are not from the same run. Restore the run's own "
             f"{LABELS_FILE} (its class names, in output order) or retrain the run"
         )
-    return Classifier(run_dir, cfg, labels, model, model.predict_on_batch)
+    detector = load_detector(run_dir)
+    if detector is None:
+        return Classifier(run_dir, cfg, labels, model, model.predict_on_batch)
+    return Classifier(
+        run_dir, cfg, labels, model, model.predict_on_batch, False, detector, _two_outputs(model)
+    )
+
+
+def _two_outputs(model: Any) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Pixels -> (probabilities, pooled features) in one pass of the classifier."""
+    import keras
+
+    from pipeline.model import POOL_NAME
+
+    both = keras.Model(model.input, [model.output, model.get_layer(POOL_NAME).output])
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, features = both.predict_on_batch(x)
+        return np.asarray(probs), np.asarray(features)
+
+    return run
 
 
 def run_of_export(path: Path) -> Path:
@@ -292,18 +372,33 @@ def top_k_columns(k: int) -> list[str]:
     return [name for i in range(1, k + 1) for name in (f"top{i}_label", f"top{i}_probability")]
 
 
+def prediction_header(k: int) -> list[str]:
+    """The CSV's columns (`make predict`, Beam): ``reason`` last, as the partial files need."""
+    return [
+        "path",
+        "status",
+        "predicted",
+        "probability",
+        *top_k_columns(k),
+        *UNKNOWN_COLUMNS,
+        "reason",
+    ]
+
+
 def classify_checked(
     clf: Classifier, checks: list[ImageCheck], top_k: int, tta: str = "none"
 ) -> list[dict]:
     top_k = min(top_k, len(clf.labels))
     ok = [c for c in checks if c.status == "ok"]
-    probs = clf.probabilities(rows_from_checks(ok), tta=tta)
-    by_path = {c.path: p for c, p in zip(ok, probs)}
+    probs, scores = clf.scored(rows_from_checks(ok), tta=tta)
+    scores = [None] * len(ok) if scores is None else scores
+    by_path = {c.path: (p, s) for c, p, s in zip(ok, probs, scores)}
     out = []
     for check in checks:
         row: dict[str, Any] = {"path": check.path, "status": check.status, "reason": check.reason}
-        p = by_path.get(check.path)
-        if p is not None:
-            row.update(prediction_columns(clf.labels, p, top_k))
+        found = by_path.get(check.path)
+        if found is not None:
+            row.update(prediction_columns(clf.labels, found[0], top_k))
+            row.update(unknown_cells(clf.unknown, found[1]))
         out.append(row)
     return sorted(out, key=lambda r: r["path"])

@@ -16,9 +16,9 @@ from pipeline.predict.classifier import (
     Classifier,
     exported_file,
     load_classifier,
+    prediction_header,
     read_run,
     run_of_export,
-    top_k_columns,
 )
 from pipeline.predict.partial import PartialRows, csv_order, resume_key
 from pipeline.predict.stream import classify_stream
@@ -36,11 +36,13 @@ class PredictResult:
     images_per_s: float = 0.0  # files read per second after the first batch
 
 
-def list_input_files(folder: Path) -> list[Path]:
+def list_input_files(folder: Path, option: str = "IN") -> list[Path]:
+    """Every file below ``folder`` (recursively), or a one-line error naming ``option`` when
+    it holds no image."""
     if not folder.exists():
-        raise FileNotFoundError(f"IN={folder}: no such folder; give a folder of images")
+        raise FileNotFoundError(f"{option}={folder}: no such folder; give a folder of images")
     if not folder.is_dir():
-        raise ValueError(f"IN={folder} is a file; give the folder that holds the images")
+        raise ValueError(f"{option}={folder} is a file; give the folder that holds the images")
     files = list(iter_files(folder))
     if not any(has_image_extension(p) for p in files):
         found = (
@@ -49,7 +51,7 @@ def list_input_files(folder: Path) -> list[Path]:
             else "(it is empty, or holds only hidden files and OS debris, which are ignored)"
         )
         raise ValueError(
-            f"IN={folder}: no images found {found}, searched recursively for "
+            f"{option}={folder}: no images found {found}, searched recursively for "
             f"{'/'.join(sorted(IMAGE_EXTENSIONS))}; give the folder that holds the photos"
         )
     return files
@@ -96,7 +98,8 @@ def _copy_into(rows: Iterable[dict], destination: Path) -> None:
 
 def partial_key(clf: Classifier, source: Path, header: list[str], tta: str, batch: int) -> str:
     """What decides a row's content: the model file (and its size and time), the run's
-    configuration (image size, crop, checks), labels, columns, TTA and the batch size."""
+    configuration (image size, crop, checks), labels, columns, TTA, the batch size and the
+    unknown-photo threshold."""
     model_file = source if source.is_file() else clf.run_dir / MODEL_FILE
     st = model_file.stat()
     return resume_key(
@@ -108,6 +111,7 @@ def partial_key(clf: Classifier, source: Path, header: list[str], tta: str, batc
             "header": header,
             "tta": tta,
             "batch": batch,
+            "unknown": None if clf.unknown is None else [clf.unknown.k, clf.unknown.threshold],
         }
     )
 
@@ -180,8 +184,11 @@ def _predict(
     source = Path(p.model).expanduser() if p.model else exported_file(run_dir, cfg.export.format)
     print(f"Classifying {len(files)} files under {p.input} with {source}")
     clf = load_classifier(source, cfg.paths.models)
+    clf.set_unknown_rate(p.unknown_rate)
+    if not clf.unknown:
+        print(clf.without_unknown_reason())
     k = min(p.top_k, len(clf.labels))
-    header = ["path", "status", "predicted", "probability", *top_k_columns(k), "reason"]
+    header = prediction_header(k)
     # The run's own batch size (input.batch_size, 32 by default) unless predict.batch_size
     # says otherwise. On 2 idle CPU cores MobileNet 0.25's forward pass ran as fast at 16 as
     # at 32 (within noise, two runs) and slower at 64: benchmarks/results/predict.json.

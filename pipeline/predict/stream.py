@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline.images import check_image, check_named, inspect_image, text_path
 from pipeline.predict.tflite import cpu_threads
+from pipeline.predict.unknown import unknown_cells
 
 # A log (stderr not a terminal) gets one progress line this often, in seconds.
 PROGRESS_EVERY_S = 30.0
@@ -244,7 +245,7 @@ def classify_stream(
     start = time.perf_counter()
     cursor = 0  # the next index whose row is due
 
-    def rows_until(limit: int, done: dict[int, tuple[int, int, np.ndarray]]) -> list[list]:
+    def rows_until(limit: int, done: dict[int, tuple]) -> list[list]:
         nonlocal cursor
         rows = []
         while cursor <= limit:
@@ -254,8 +255,9 @@ def classify_stream(
             counts.read += 1
             row: dict[str, Any] = {"path": text_path(paths[i]), "status": "ok", "reason": ""}
             if i in done:
-                file_size, mtime, probs = done[i]
+                file_size, mtime, probs, score = done[i]
                 row.update(prediction_columns(labels, probs, top_k))
+                row.update(unknown_cells(clf.unknown, score))
                 counts.classified += 1
             else:
                 if i in skipped:
@@ -268,7 +270,7 @@ def classify_stream(
             rows.append([*(row.get(h, "") for h in header), file_size, mtime])
         return rows
 
-    cells = _Cells(clf.predict_batch, batch, tta)
+    cells = _Cells(clf.predict_scored, clf.predict_batch, batch, tta)
     first: tuple[float, int] | None = None  # when the first batch was done, files read by then
     try:
         for index, file_sizes, mtimes, pixels in ds:
@@ -306,14 +308,18 @@ class _Cells:
     where a run started or stopped. A folder of photos has few such holes.
     """
 
-    def __init__(self, predict_batch: Callable, size: int, tta: str) -> None:
-        self.predict_batch, self.size, self.tta = predict_batch, size, tta
+    def __init__(
+        self, predict_scored: Callable, predict_batch: Callable, size: int, tta: str
+    ) -> None:
+        self.predict_scored, self.predict_batch = predict_scored, predict_batch
+        self.size, self.tta = size, tta
         self.cell = -1
         self.buffer: np.ndarray | None = None
         self.stamps: dict[int, tuple[int, int]] = {}
 
     def add(self, index: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray, pixels: Any):
-        """Yield (cell, {index: (size, mtime, probabilities)}) for each cell completed."""
+        """Yield (cell, {index: (size, mtime, probabilities, unknown score or None)}) for
+        each cell completed."""
         x = pixels.numpy()
         if self.buffer is None:
             self.buffer = np.zeros((self.size, *x.shape[1:]), x.dtype)
@@ -333,16 +339,19 @@ class _Cells:
         if self.stamps:
             yield self.cell, self._run()
 
-    def _run(self) -> dict[int, tuple[int, int, np.ndarray]]:
+    def _run(self) -> dict[int, tuple]:
         filled = np.zeros(self.size, bool)
         filled[[i % self.size for i in self.stamps]] = True
         self.buffer[~filled] = 0  # holes: the slots of files not classified here
-        probs = np.asarray(self.predict_batch(self.buffer))
-        if self.tta == "flip":
+        probs, scores = self.predict_scored(self.buffer)  # one pass: probabilities, scores
+        if self.tta == "flip":  # the score stays the photo's own view's (Classifier.scored)
             mirrored = self.buffer[:, :, ::-1]  # (batch, height, width, channels)
             probs = (probs + np.asarray(self.predict_batch(mirrored))) / 2
         probs = probs.astype(np.float64)
-        done = {i: (*stamp, probs[i % self.size]) for i, stamp in self.stamps.items()}
+        done = {
+            i: (*stamp, probs[i % self.size], None if scores is None else scores[i % self.size])
+            for i, stamp in self.stamps.items()
+        }
         self.stamps = {}
         return done
 

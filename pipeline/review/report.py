@@ -148,7 +148,8 @@ def render_review(page: ReviewPage) -> str:
         "label, move the file to the right class folder yourself.</p>",
         f"<h2>Suspected label errors ({s['label_issues']} flagged)</h2>",
         f"<p>Out-of-fold probabilities of a logistic regression on frozen features "
-        f"({s['folds']}-fold, C={s['probe_C']}), judged by cleanlab's confident learning "
+        f"({s['folds']}-fold, C={s['probe_C']:g}: of {s['probe_C_grid']}, the lowest "
+        "out-of-fold log loss), judged by cleanlab's confident learning "
         f"(filter_by={s['filter_by']}); flagged photos are outlined, the most suspect first. "
         "Test photos are not judged here: their mistakes are in `make evaluate`'s report. "
         f"The first {SHOWN_SUSPECTS}; every photo is ranked in label_issues.csv.</p>",

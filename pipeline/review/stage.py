@@ -34,7 +34,7 @@ from pipeline.review.report import NearGroup, Outlier, ReviewPage, Suspect, rend
 from pipeline.review.suspects import (
     FILTER_BY,
     FOLDS,
-    PROBE_C,
+    PROBE_GRID,
     LabelSuspects,
     label_suspects,
     out_of_fold_probabilities,
@@ -88,16 +88,18 @@ def review(cfg: Config) -> ReviewResult:
     labels = np.array([r.label_index for r in judged.rows])
     print(
         f"Judging the labels of {len(judged.rows)} training and validation photos: "
-        f"{FOLDS}-fold out-of-fold logistic regression (C={PROBE_C:g}), then cleanlab"
+        f"{FOLDS}-fold out-of-fold logistic regression (C of lowest out-of-fold log loss "
+        f"among {', '.join(f'{c:g}' for c in PROBE_GRID)}), then cleanlab"
     )
-    probs = out_of_fold_probabilities(judged.features, labels, len(classes))
+    probs, probe_c = out_of_fold_probabilities(judged.features, labels, len(classes))
     suspects = label_suspects(labels, probs)
     atypical = outlier_scores(everyone.features)
     groups = _near_groups(folder)
     out = generated_dir(review_dir(cfg).parent)
     with exclusive(out, f"make review DATASET={cfg.data.dataset}", wait=True):
         out = generated_dir(out / REVIEW_DIR)
-        files = _write(out, cfg, classes, judged, suspects, everyone, atypical, groups, folder)
+        found = Findings(judged, suspects, probe_c, everyone, atypical, groups)
+        files = _write(out, cfg, classes, found, folder)
     seconds = time.perf_counter() - start
     ranking = suspects.ranking()
     result = ReviewResult(
@@ -167,18 +169,24 @@ def _near_groups(folder: Path) -> list[NearGroup]:
     return [NearGroup(members) for members in groups.values()]
 
 
+@dataclass(frozen=True)
+class Findings:
+    """What the review found, before it is written."""
+
+    judged: Photos  # training and validation photos, whose labels were judged
+    suspects: LabelSuspects  # per judged photo
+    probe_c: float  # the probe's C that gave the suspects' probabilities
+    everyone: Photos  # every photo, whose outlier scores were computed
+    atypical: np.ndarray  # outlier score per photo of ``everyone``
+    groups: list[NearGroup]
+
+
 def _write(
-    out: Path,
-    cfg: Config,
-    classes: list[str],
-    judged: Photos,
-    suspects: LabelSuspects,
-    everyone: Photos,
-    atypical: np.ndarray,
-    groups: list[NearGroup],
-    folder: Path,
+    out: Path, cfg: Config, classes: list[str], found: Findings, folder: Path
 ) -> dict[str, Path]:
     """The two ranked CSVs, review.json and the page, each written atomically."""
+    judged, suspects, everyone = found.judged, found.suspects, found.everyone
+    atypical, groups = found.atypical, found.groups
     ranking, probs = suspects.ranking(), suspects.probabilities
     given = np.array([r.label_index for r in judged.rows])
     suggested = suspects.suggested
@@ -223,7 +231,8 @@ def _write(
         "judged_photos": len(judged.rows),
         "all_photos": len(everyone.rows),
         "folds": FOLDS,
-        "probe_C": PROBE_C,
+        "probe_C": found.probe_c,
+        "probe_C_grid": list(PROBE_GRID),
         "filter_by": FILTER_BY,
         "label_issues": int(suspects.flagged.sum()),
         "near_duplicate_groups": len(groups),

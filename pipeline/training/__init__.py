@@ -7,6 +7,7 @@
     feeds      per-replica batches for the loop, from images or cached features
     loop       compile, the train step (forward, loss, gradients, update), validate, fit
     callbacks  history.csv, best checkpoint, early stopping, the resumable backup
+    posthoc    after training: temperature fitted on val and folded in, unknown detector
     outputs    model, SavedModel export, learning curves, summary.json, closing lines
     stage      train(cfg): set-up, phase 1, phase 2, outputs
 

@@ -1,6 +1,6 @@
-"""What a finished run leaves behind: the model, its labels, the SavedModel export, the
-learning curves, summary.json (with memory estimated and measured), and the closing lines
-printed about them.
+"""What a finished run leaves behind: the model (calibrated: ``pipeline.training.posthoc``),
+its labels, the SavedModel export, the learning curves, the unknown-photo detector,
+summary.json (with memory estimated and measured), and the closing lines printed about them.
 
 Everything is written atomically under models/<run>/; a non-chief worker writes only its
 model, labels and summary, in its own sub-folder.
@@ -22,6 +22,7 @@ from pipeline.data.provenance import RUN_DATA_DIR, read_record
 from pipeline.files import atomic_path, replace_dir, write_json
 from pipeline.memory.record import RunMemory, phases_run
 from pipeline.model import count_params, serving_archive
+from pipeline.predict.unknown import UNKNOWN_FILE
 from pipeline.runs import (
     BACKUP_DIR,
     CHECKPOINTS_DIR,
@@ -45,6 +46,7 @@ from pipeline.summary import (
 from pipeline.training.context import TrainingRun
 from pipeline.training.feeds import eval_rows_feed
 from pipeline.training.loop import compile_for_training, validate
+from pipeline.training.posthoc import fit_after_training
 from pipeline.training.runtime import (
     describe_devices,
     input_pipelines,
@@ -77,9 +79,13 @@ def finish(
     # The model holds the kept phase's best weights, so its validation metrics are that
     # epoch's (the tests check them against the saved model).
     final = ValScores(phases[kept].best_val_loss, phases[kept].best_val_accuracy)
-    test = _test_scores(run)
     out = run.work_dir
     files = [out / CONFIG_FILE, out / HISTORY_FILE]
+    calibration, unknown = None, None
+    if run.chief:  # before saving: the temperature is folded into the model's weights
+        calibration, unknown, written = fit_after_training(run)
+        files.extend(written)
+    test = _test_scores(run)  # the saved model's (calibrated) loss
     with atomic_path(out / MODEL_FILE, suffix=".keras") as tmp:
         model.save(tmp)
     files.append(out / MODEL_FILE)
@@ -121,6 +127,8 @@ def finish(
         baseline=phases[1].baseline,
         memory=_memory_figures(cfg, len(run.classes), run.rss_before),
         files=[str(p) for p in files],
+        calibration=calibration,
+        unknown=unknown,
     )
     files.append(write_summary(out, summary))
     _remove_backups(out)
@@ -245,7 +253,8 @@ def _print_outputs(out: Path, files: list[Path], summary: TrainSummary) -> None:
         HISTORY_FILE: "loss, accuracy, learning rate, time per epoch, both phases",
         CURVES_FILE: "learning curves, phase boundary marked",
         SUMMARY_FILE: "time per phase, images/s, best epochs, final validation metrics, "
-        "memory estimated and measured",
+        "calibration, memory estimated and measured",
+        UNKNOWN_FILE: "training photos' features and threshold: unknown_score in make predict",
         "logs": "TensorBoard logs (tensorboard --logdir ...)",
     }
     for line in comparison_lines(summary):
