@@ -135,6 +135,25 @@ def load_or_extract(
     return CachedFeatures(features, path, False, seconds)
 
 
+def reuse_or_extract(
+    model: keras.Model,
+    rows: Sequence[ManifestRow],
+    cfg: Config,
+    backbone: Backbone,
+    batch_size: int,
+    desc: str,
+) -> np.ndarray:
+    """The rows' features from the cache when one was made for this base's exact weights
+    (a run that kept phase 1 still has the pretrained base), else one pass, not stored: a
+    fine-tuned base's features serve only its own run."""
+    path = cache_path(cfg, cache_key(cfg, weights_fingerprint(model), rows))
+    if path.is_file():
+        features = np.load(path)
+        if features.shape[0] == len(rows):
+            return features
+    return extract_features(model, rows, cfg.input, backbone, batch_size, desc)
+
+
 # ----------------------------------------------------------------------------- datasets
 
 

@@ -4,7 +4,8 @@ folded into the head) and the unknown-photo detector (``pipeline.predict.unknown
 
 Both come from one pass of the kept model over the validation photos' evaluation view
 (their pooled features; the head's logits are computed from those), plus one over the
-training photos for the detector's neighbours.
+training photos for the detector's neighbours. A run that kept phase 1 has the pretrained
+base, whose features phase 1 cached: both passes are then read from the cache.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pipeline.model import fold_temperature, head_logits
 from pipeline.predict.unknown import UNKNOWN_FILE, fit_detector, save_detector
 from pipeline.summary import Calibration, UnknownRecord
 from pipeline.training.context import TrainingRun
-from pipeline.training.features import extract_features
+from pipeline.training.features import reuse_or_extract
 
 
 def fit_after_training(
@@ -41,7 +42,7 @@ def fit_after_training(
     batch = cfg.input.batch_size
 
     def features(rows, split):
-        return extract_features(model, rows, cfg.input, run.backbone, batch, f"{split} features")
+        return reuse_or_extract(model, rows, cfg, run.backbone, batch, f"{split} features")
 
     val_features = features(run.val_rows, "Validation")
     y_val = np.array([r.label_index for r in run.val_rows])
