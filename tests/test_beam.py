@@ -22,7 +22,6 @@ from pipeline.data.stage import CHECK_REPORT, prepare_data
 from pipeline.files import read_csv
 from pipeline.images import NOT_UTF8
 from pipeline.predict.stage import predict
-from pipeline.predict.unknown import UNKNOWN_COLUMNS
 from tests.imagegen import BAD_KINDS, GOOD_KINDS, make_image
 from tests.support import REPO
 
@@ -124,9 +123,7 @@ def test_predict_csv_equals_make_predict(photos, trained_run, tmp_path):
     worst = 0.0
     for ours, theirs in zip(beam, local):
         for column, value in theirs.items():
-            if column in UNKNOWN_COLUMNS:  # make predict's alone (docs/predict.md)
-                assert ours[column] == "", (ours["path"], column)
-            elif column.endswith("probability") and value:
+            if (column.endswith("probability") or column == "unknown_score") and value:
                 worst = max(worst, abs(float(ours[column]) - float(value)))
             else:
                 assert ours[column] == value, (ours["path"], column)

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.cli import OS_ERRORS, exit_status, main, os_error_line
@@ -680,5 +681,25 @@ def test_a_full_disk_in_make_train_stops_cleanly_and_the_rerun_resumes(ws, tmp_p
     assert rerun.returncode == 0, err
     assert "Resuming" in out or "starting afresh" in out
     (run_dir,) = [p for p in small_disk.iterdir() if p.is_dir()]
-    assert (run_dir / "summary.json").is_file() and (run_dir / "model.keras").is_file()
     assert json.loads((run_dir / "labels.json").read_text()) == ["ants", "bees"]
+    # The same outputs as a run that never failed: its weights and its epochs.
+    reference = pipeline_process(
+        "train", *ws.args(f"paths.models={tmp_path / 'ref'}", "train.head_epochs=6")
+    )
+    assert reference.wait(timeout=300) == 0
+    (ref_dir,) = [p for p in (tmp_path / "ref").iterdir() if p.is_dir()]
+    for mine, theirs in zip(trained_weights(run_dir), trained_weights(ref_dir), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert epochs_of(run_dir) == epochs_of(ref_dir)
+
+
+def trained_weights(run_dir: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.saving.load_model(run_dir / "model.keras", compile=False).get_weights()
+
+
+def epochs_of(run_dir: Path) -> list[dict[str, str]]:
+    """history.csv without its timings (seconds, images/s), which differ run to run."""
+    rows = read_csv(run_dir / "history.csv")
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]

@@ -6,9 +6,9 @@ that loads the run once per worker process (``pipeline.predict.classifier.load_c
 model.keras or an exported .tflite) and turns each batch into probabilities through
 ``pipeline.inputs.build_eval_dataset`` (the same decoding, centre crop and preprocessing as
 evaluation) and the classifier's ``predict_batch``, mirrored images averaged in with
-input.tta=flip. Records have `make predict`'s columns; the merge sorts them by path.
-``unknown_score`` and ``unknown`` are left empty on Beam (the handler returns probabilities
-only; `make predict` fills them).
+input.tta=flip. The same pass gives the run's unknown score (``Classifier.predict_scored``),
+flagged at predict.unknown_rate's threshold. Records have `make predict`'s columns; the merge
+sorts them by path.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pipeline.beam import require_beam
 from pipeline.beam.shards import SHARD_SUFFIX, csv_record, merge_shards, shard_prefix
 from pipeline.config import Config
 from pipeline.images import ImageCheck, check_image, check_named, text_path
-from pipeline.predict.unknown import UNKNOWN_COLUMNS
+from pipeline.predict.unknown import UNKNOWN_COLUMNS, UNKNOWN_FILE, unknown_cells
 
 beam = require_beam()
 BATCHES_PER_CALL = 8
@@ -38,48 +38,60 @@ from apache_beam.ml.inference.base import (  # noqa: E402
 )
 
 
-def classifier_probabilities(
+def classifier_outputs(
     clf: Any, checks: Sequence[ImageCheck], tta: str, batch_size: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, list[dict[str, object]]]:
     """Probabilities (float64, one row per check) of checked images through the evaluation
-    pipeline in model batches of ``batch_size``, as ``Classifier.probabilities`` computes
-    them (mirrored images averaged in with tta=flip)."""
+    pipeline in model batches of ``batch_size``, as ``Classifier.scored`` computes them
+    (mirrored images averaged in with tta=flip), and each image's two unknown columns."""
     from pipeline.predict.classifier import rows_from_checks
 
     ds = clf.eval_dataset(rows_from_checks(list(checks)), batch_size)
-    outputs = []
+    outputs, scores = [], []
     for images in ds:
         x = images.numpy()
-        probs = np.asarray(clf.predict_batch(x))
+        probs, score = clf.predict_scored(x)
         if tta == "flip":
             probs = (probs + np.asarray(clf.predict_batch(x[:, :, ::-1]))) / 2
         outputs.append(probs)
-    return np.concatenate(outputs).astype(np.float64)
+        scores.extend([None] * len(probs) if score is None else score)
+    cells = [unknown_cells(clf.unknown, score) for score in scores]
+    return np.concatenate(outputs).astype(np.float64), cells
 
 
 class ClassifierHandler(ModelHandler):
     """RunInference's model handler for a trained run (or its exported .tflite file)."""
 
-    def __init__(self, source: str, models_dir: str, batch_size: int, tta: str = "none"):
+    def __init__(
+        self,
+        source: str,
+        models_dir: str,
+        batch_size: int,
+        tta: str = "none",
+        unknown_rate: float | None = None,
+    ):
         # Beam hands over up to BATCHES_PER_CALL model batches at once: one input pipeline
         # is built per call (about half a second), the model still sees the run's batch
         # size, as on the local path (a call's last batch may be smaller).
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size * BATCHES_PER_CALL)
         self._source, self._models_dir, self._tta = source, models_dir, tta
-        self._batch_size = batch_size
+        self._batch_size, self._unknown_rate = batch_size, unknown_rate
 
     def load_model(self) -> Any:
         from pipeline.predict.classifier import load_classifier
         from pipeline.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()
-        return load_classifier(self._source, self._models_dir)
+        clf = load_classifier(self._source, self._models_dir)
+        if self._unknown_rate is not None and clf.unknown is not None:
+            clf.unknown = clf.unknown.with_rate(self._unknown_rate)  # the main process said so
+        return clf
 
     def run_inference(
         self, batch: Sequence[ImageCheck], model: Any, inference_args: dict | None = None
     ) -> Iterable[PredictionResult]:
-        probs = classifier_probabilities(model, batch, self._tta, self._batch_size)
-        return [PredictionResult(check, p) for check, p in zip(batch, probs)]
+        probs, cells = classifier_outputs(model, batch, self._tta, self._batch_size)
+        return [PredictionResult(check, (p, c)) for check, p, c in zip(batch, probs, cells)]
 
 
 def checked(item: bytes, min_side: int, max_pixels: int) -> ImageCheck:
@@ -93,12 +105,12 @@ def usable(check: ImageCheck, partitions: int) -> int:
 
 def predicted_record(result: PredictionResult, labels: list[str], top_k: int) -> str:
     """One CSV record of `make predict` (``classify_checked``'s row) for a classified image."""
-    check, p = result.example, result.inference
+    check, (p, cells) = result.example, result.inference
     order = np.argsort(-p, kind="stable")[:top_k]
     values: list[Any] = [text_path(check.path), check.status, labels[order[0]], float(p[order[0]])]
     for j in order:
         values += [labels[j], float(p[j])]
-    return csv_record([*values, *[""] * len(UNKNOWN_COLUMNS), check.reason])
+    return csv_record([*values, *(cells[c] for c in UNKNOWN_COLUMNS), check.reason])
 
 
 def skipped_record(check: ImageCheck, top_k: int) -> str:
@@ -178,11 +190,20 @@ def run_predict(
     k = min(p.top_k, len(labels))
     header = prediction_header(k)
     handler = ClassifierHandler(
-        source, str(cfg.paths.models), run_cfg.input.batch_size, cfg.input.tta
+        source, str(cfg.paths.models), run_cfg.input.batch_size, cfg.input.tta, p.unknown_rate
     )
     prefix = shard_prefix(shards or str(output.absolute().parent / ".beam-shards"), "predict")
     print(f"Classifying {len(files)} files under {p.input} with {source} on Beam")
-    print("unknown_score and unknown are left empty on Beam: use make predict for them")
+    if p.model or not (run_dir / UNKNOWN_FILE).is_file():
+        print(
+            "unknown_score and unknown are left empty: "
+            + (
+                "exported files do not carry the feature output yet"
+                if p.model
+                else f"{run_dir.name} has no {UNKNOWN_FILE} (trained before the unknown-photo "
+                "detector)"
+            )
+        )
     limits = (run_cfg.data.min_side, run_cfg.data.max_pixels)
     classify_files([os.fsencode(f) for f in files], handler, labels, k, limits, prefix, argv)
     written, rows, count = merge_shards(prefix, output, header, lambda r: r[0])
