@@ -275,3 +275,31 @@ def test_lite0_trains_exports_to_int8_and_predicts(tmp_path, monkeypatch, flower
     rows = int8.classify(photos)
     assert [row["path"] for row in rows] == [str(p) for p in photos]
     assert all(row["status"] == "ok" and row["predicted"] in int8.labels for row in rows)
+
+
+@pytest.mark.slow  # converts the weights, two phase-1 runs and their evaluation: about 1 min
+def test_lite0_runs_in_an_experiment(tmp_path, monkeypatch, flowers_mini):
+    """`make experiment` with the real Lite0 weights: every cell trains, is evaluated and
+    recorded with the backbone's figures."""
+    import pipeline.model as model_module
+    from pipeline.experiment import run_experiment
+    from pipeline.files import read_csv
+    from tests.support import make_tiny_data
+
+    monkeypatch.setattr(model_module, "KERAS_CACHE", tmp_path / "keras")
+    (tmp_path / "keras").mkdir()
+    tiny = make_tiny_data(flowers_mini, tmp_path)
+    cfg = tiny.cfg(
+        "model.backbone=efficientnet_lite0",
+        "model.weights=imagenet",
+        "train.fine_tune_epochs=0",
+        "experiment.name=lite",
+        "experiment.grid=input.image_size=96,128",
+        "experiment.repeats=1",
+    )
+    result = run_experiment(cfg)
+    rows = read_csv(result.out_dir / "results.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("error") for r in rows]
+    for r in rows:
+        assert float(r["test_accuracy"]) >= 0.4  # five classes, 10 test photos: twice chance
+        assert int(r["parameters"]) > 3_000_000  # Lite0's base, not a stand-in

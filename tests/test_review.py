@@ -88,6 +88,7 @@ def test_review_leaves_the_photos_untouched_and_writes_its_report(misfiled_revie
     assert page.count("data:image/jpeg;base64,") >= 40
 
 
+@pytest.mark.slow  # a third data stage and review: about 25 s on 2 cores
 def test_an_unmodified_folder_has_fewer_than_10_photos_flagged(
     tmp_path, flowers_mini, mobilenet_weights
 ):
@@ -102,6 +103,7 @@ def test_review_refuses_random_weights(tmp_path, flowers_mini):
     assert not os.path.exists(tmp_path / "data")
 
 
+@pytest.mark.slow  # a review and an evaluation of the shared run: about 30 s on 2 cores
 def test_a_runs_report_links_to_its_data_sets_review(trained_run):
     from pipeline.config import with_overrides
     from pipeline.evaluate.stage import evaluate
