@@ -100,7 +100,9 @@ def _suspects(suspects: Sequence[Suspect]) -> str:
             s.path,
             [
                 f"filed as <b>{html.escape(s.given)}</b> ({s.p_given:.2f})",
-                f"looks like <b>{html.escape(s.suggested)}</b> ({s.p_suggested:.2f})",
+                f"looks like <b>{html.escape(s.suggested)}</b> ({s.p_suggested:.2f})"
+                if s.suggested != s.given
+                else "no other class more likely",
                 f'<span class="muted">{s.split}{", flagged" if s.flagged else ""}</span>',
             ],
             s.flagged,
@@ -151,7 +153,8 @@ def render_review(page: ReviewPage) -> str:
         f"({s['folds']}-fold, C={s['probe_C']:g}: of {s['probe_C_grid']}, the lowest "
         "out-of-fold log loss), judged by cleanlab's confident learning "
         f"(filter_by={s['filter_by']}); flagged photos are outlined, the most suspect first. "
-        "Test photos are not judged here: their mistakes are in `make evaluate`'s report. "
+        "Test photos are not judged here: their mistakes are in <code>make evaluate</code>'s "
+        "report. "
         f"The first {SHOWN_SUSPECTS}; every photo is ranked in label_issues.csv.</p>",
         _suspects(page.suspects),
         "<h2>Outliers</h2>",
