@@ -242,20 +242,26 @@ def test_the_real_wheels_need_only_the_allowed_globals():
     assert {str(a.dtype) for a in state.values()} == {"float32", "int64"}
 
 
-@pytest.mark.slow  # converts the weights, trains one phase-2 epoch, quantises: about 2 min
-def test_lite0_trains_exports_to_int8_and_predicts(tmp_path, monkeypatch, flowers_mini):
-    """The whole path with the real ImageNet weights: train, export to int8 (the format
-    this family was designed for) and classify through the int8 file."""
+@pytest.fixture
+def lite_tiny(tmp_path, monkeypatch, flowers_mini):
+    """Tiny flowers data, and Lite0's real weights converted into a cache of the test's own."""
     import pipeline.model as model_module
-    from pipeline.export.stage import export
-    from pipeline.predict.classifier import load_classifier
-    from pipeline.training import train
     from tests.support import make_tiny_data
 
     monkeypatch.setattr(model_module, "KERAS_CACHE", tmp_path / "keras")
     (tmp_path / "keras").mkdir()
-    tiny = make_tiny_data(flowers_mini, tmp_path)
-    cfg = tiny.cfg(
+    return make_tiny_data(flowers_mini, tmp_path)
+
+
+@pytest.mark.slow  # converts the weights, trains one phase-2 epoch, quantises: about 2 min
+def test_lite0_trains_exports_to_int8_and_predicts(lite_tiny, flowers_mini):
+    """The whole path with the real ImageNet weights: train, export to int8 (the format
+    this family was designed for) and classify through the int8 file."""
+    from pipeline.export.stage import export
+    from pipeline.predict.classifier import load_classifier
+    from pipeline.training import train
+
+    cfg = lite_tiny.cfg(
         "model.backbone=efficientnet_lite0",
         "model.weights=imagenet",
         "input.image_size=96",
@@ -278,18 +284,13 @@ def test_lite0_trains_exports_to_int8_and_predicts(tmp_path, monkeypatch, flower
 
 
 @pytest.mark.slow  # converts the weights, two phase-1 runs and their evaluation: about 1 min
-def test_lite0_runs_in_an_experiment(tmp_path, monkeypatch, flowers_mini):
+def test_lite0_runs_in_an_experiment(lite_tiny):
     """`make experiment` with the real Lite0 weights: every cell trains, is evaluated and
     recorded with the backbone's figures."""
-    import pipeline.model as model_module
     from pipeline.experiment import run_experiment
     from pipeline.files import read_csv
-    from tests.support import make_tiny_data
 
-    monkeypatch.setattr(model_module, "KERAS_CACHE", tmp_path / "keras")
-    (tmp_path / "keras").mkdir()
-    tiny = make_tiny_data(flowers_mini, tmp_path)
-    cfg = tiny.cfg(
+    cfg = lite_tiny.cfg(
         "model.backbone=efficientnet_lite0",
         "model.weights=imagenet",
         "train.fine_tune_epochs=0",
