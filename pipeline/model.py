@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from pipeline.backbones import (
     Backbone,
@@ -254,8 +255,6 @@ def build_feature_head(model: keras.Model) -> keras.Model:
 def head_logits(model: keras.Model, features: Any) -> Any:
     """The softmax head's inputs (logits, float64) for pooled features: the head's own
     kernel and bias, so temperature scaling is fitted on exactly what the model computes."""
-    import numpy as np
-
     kernel, bias = model.get_layer(HEAD_NAME).get_weights()
     return np.asarray(features, np.float64) @ kernel.astype(np.float64) + bias
 
@@ -300,7 +299,11 @@ BYTES_ENDPOINT = "serve_bytes"
 
 
 def serving_archive(
-    model: keras.Model, backbone: Backbone, labels: list[str], crop_fraction: float
+    model: keras.Model,
+    backbone: Backbone,
+    labels: list[str],
+    crop_fraction: float,
+    unknown: Any = None,
 ) -> keras.export.ExportArchive:
     """The classifier as a SavedModel archive with two signatures, one definition for the
     train stage's SavedModel and the export stage's:
@@ -310,7 +313,10 @@ def serving_archive(
     - `serve_bytes` takes encoded images (JPEG, PNG, GIF, BMP) as a string batch, what
       TensorFlow Serving's REST API carries as {"b64": ...}, decodes and crops them with
       ``pipeline.inputs.decode_center_bytes`` (`make predict`'s crop and resize) and returns
-      the probabilities, the class names in their order and each image's top-1 name.
+      the probabilities, the class names in their order and each image's top-1 name; with
+      the run's unknown-photo detector (``unknown``, a ``pipeline.predict.unknown``
+      ``UnknownDetector``) also `make predict`'s ``unknown_score`` and ``unknown``, from the
+      same pass (its training features travel in the archive as a constant).
     """
     import tensorflow as tf
 
@@ -322,17 +328,25 @@ def serving_archive(
     def classify(pixels: tf.Tensor) -> tf.Tensor:
         return model(preprocess(pixels, backbone), training=False)
 
+    scored = None if unknown is None else _unknown_scorer(model, backbone, unknown)
+
     def classify_bytes(images: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.map_fn(
             lambda data: decode_center_bytes(data, size, crop_fraction),
             images,
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
         )
-        probabilities = classify(pixels)
+        extra = {}
+        if scored is None:
+            probabilities = classify(pixels)
+        else:
+            probabilities, score = scored(pixels)
+            extra = {"unknown_score": score, "unknown": score > unknown.threshold}
         return {
             "probabilities": probabilities,
             "classes": tf.tile(names[None], [tf.shape(images)[0], 1]),
             "predicted": tf.gather(names, tf.argmax(probabilities, axis=1)),
+            **extra,
         }
 
     archive = keras.export.ExportArchive()
@@ -348,6 +362,24 @@ def serving_archive(
         input_signature=[tf.TensorSpec([None], tf.string, name="images")],
     )
     return archive
+
+
+def _unknown_scorer(model: keras.Model, backbone: Backbone, unknown: Any) -> Callable:
+    """pixels -> (probabilities, unknown_score) in one pass: the k-th nearest training
+    photo's cosine distance, as ``pipeline.predict.unknown.knn_distance`` computes it."""
+    import tensorflow as tf
+
+    both = keras.Model(model.input, [model.output, model.get_layer(POOL_NAME).output])
+    bank = tf.constant(np.asarray(unknown.bank, np.float32))
+
+    def scored(pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        probabilities, features = both(preprocess(pixels, backbone), training=False)
+        unit = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=1, epsilon=1e-24)
+        similarity = tf.matmul(unit, bank, transpose_b=True)
+        kth = tf.math.top_k(similarity, unknown.k).values[:, unknown.k - 1]
+        return probabilities, 1.0 - kth
+
+    return scored
 
 
 def count_params(variables) -> int:

@@ -74,6 +74,20 @@ def test_the_bytes_signature_answers_as_make_predict_on_every_fixture_photo(
     np.testing.assert_allclose(best, reference, atol=1e-4)
 
 
+def test_the_bytes_signature_flags_unknown_photos_as_make_predict(served, intel_mini, flowers_mini):
+    """`serve_bytes` carries the run's unknown-photo detector: the same scores and flags
+    as `make predict` gives, on scene photos and on the run's own kind of photos."""
+    run_dir, model = served
+    paths = sorted(intel_mini.rglob("*.jpg"))[:40] + sorted(flowers_mini.glob("*/*.jpg"))[:40]
+    clf = load_classifier(run_dir)
+    rows = clf.classify(paths, top_k=1)
+    out = serve_bytes(model, [p.read_bytes() for p in paths])
+    np.testing.assert_allclose(
+        out["unknown_score"], [row["unknown_score"] for row in rows], atol=1e-4
+    )
+    assert [bool(u) for u in out["unknown"]] == [row["unknown"] == "true" for row in rows]
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP"])
 def test_the_bytes_signature_decodes_each_format_as_make_predict(
     served, flowers_mini, tmp_path, fmt

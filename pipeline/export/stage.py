@@ -234,9 +234,8 @@ def _write_serving(clf: Classifier, path: Path) -> None:
     from pipeline.model import serving_archive
 
     fraction = clf.cfg.input.eval_crop_fraction
-    serving_archive(clf.model, clf.spec.backbone, clf.labels, fraction).write_out(
-        str(path), verbose=False
-    )
+    archive = serving_archive(clf.model, clf.spec.backbone, clf.labels, fraction, clf.unknown)
+    archive.write_out(str(path), verbose=False)
 
 
 def convert(

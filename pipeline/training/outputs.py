@@ -22,7 +22,7 @@ from pipeline.data.provenance import RUN_DATA_DIR, read_record
 from pipeline.files import atomic_path, replace_dir, write_json
 from pipeline.memory.record import RunMemory, phases_run
 from pipeline.model import count_params, serving_archive
-from pipeline.predict.unknown import UNKNOWN_FILE
+from pipeline.predict.unknown import UNKNOWN_FILE, load_detector
 from pipeline.runs import (
     BACKUP_DIR,
     CHECKPOINTS_DIR,
@@ -91,7 +91,9 @@ def finish(
     files.append(out / MODEL_FILE)
     files.append(write_json(out / LABELS_FILE, run.classes))
     if run.chief:
-        serving = serving_archive(model, run.backbone, run.classes, cfg.input.eval_crop_fraction)
+        serving = serving_archive(
+            model, run.backbone, run.classes, cfg.input.eval_crop_fraction, load_detector(out)
+        )
         files.append(_export_serving(serving, out / SAVED_MODEL_DIR))
         files.append(_plot_learning_curves(run.history, out / CURVES_FILE))
     files.extend(p for p in (run.checkpoint_path(1), run.checkpoint_path(2)) if p.is_file())
