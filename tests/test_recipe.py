@@ -16,6 +16,7 @@ from sklearn.metrics import log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from pipeline.model import fold_temperature
 from pipeline.summary import PhaseResult, TrainState, TrainSummary
 from pipeline.training.head import C_GRID, fit_logistic_head
 from pipeline.training.loop import warmup_cosine
@@ -196,11 +197,13 @@ def test_a_phase_two_that_does_worse_is_not_kept(trained_run, capsys):
     assert summary["kept_phase"] == "1"
     assert summary["final"]["val_loss"] == phases["1"]["best_val_loss"]
     assert "the phase-1 model is kept" in capsys.readouterr().out
+    # The saved model is phase 1's, its head divided by the run's temperature.
     saved = keras.models.load_model(run_dir / "model.keras")
     phase_one = keras.models.clone_model(saved)
     phase_one.load_weights(run_dir / "checkpoints" / "phase1.weights.h5")
+    fold_temperature(phase_one, summary["calibration"]["temperature"])
     for a, b in zip(saved.get_weights(), phase_one.get_weights()):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
 
 
 def test_flip_averaging_gives_a_photo_and_its_mirror_image_the_same_probabilities(

@@ -80,12 +80,14 @@ def test_the_bytes_signature_flags_unknown_photos_as_make_predict(served, intel_
     run_dir, model = served
     paths = sorted(intel_mini.rglob("*.jpg"))[:40] + sorted(flowers_mini.glob("*/*.jpg"))[:40]
     clf = load_classifier(run_dir)
-    rows = clf.classify(paths, top_k=1)
+    by_path = {row["path"]: row for row in clf.classify(paths, top_k=1)}  # rows sorted by path
+    rows = [by_path[str(p)] for p in paths]
     out = serve_bytes(model, [p.read_bytes() for p in paths])
     np.testing.assert_allclose(
         out["unknown_score"], [row["unknown_score"] for row in rows], atol=1e-4
     )
     assert [bool(u) for u in out["unknown"]] == [row["unknown"] == "true" for row in rows]
+    assert sum(bool(u) for u in out["unknown"][:40]) > sum(bool(u) for u in out["unknown"][40:])
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP"])

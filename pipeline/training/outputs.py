@@ -81,10 +81,9 @@ def finish(
     final = ValScores(phases[kept].best_val_loss, phases[kept].best_val_accuracy)
     out = run.work_dir
     files = [out / CONFIG_FILE, out / HISTORY_FILE]
-    calibration, unknown = None, None
-    if run.chief:  # before saving: the temperature is folded into the model's weights
-        calibration, unknown, written = fit_after_training(run)
-        files.extend(written)
+    # Before saving: the temperature is folded into the model's weights (on every worker).
+    calibration, unknown, written = fit_after_training(run)
+    files.extend(written)
     test = _test_scores(run)  # the saved model's (calibrated) loss
     with atomic_path(out / MODEL_FILE, suffix=".keras") as tmp:
         model.save(tmp)

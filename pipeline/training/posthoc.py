@@ -31,9 +31,11 @@ from pipeline.training.features import reuse_or_extract
 def fit_after_training(
     run: TrainingRun,
 ) -> tuple[Calibration, UnknownRecord | None, list[Path]]:
-    """Calibrate ``run.classifier`` in place and store its detector; returns the summary's
-    two records and the files written. Without validation photos neither can be fitted:
-    one line says so."""
+    """Calibrate ``run.classifier`` in place and, on the chief, store its detector; returns
+    the summary's two records and the files written. Every worker of a multi-worker run
+    folds the same temperature (the same weights and validation photos give the same T), so
+    their saved models stay identical; the detector is the chief's alone, like the
+    SavedModel. Without validation photos neither can be fitted: one line says so."""
     cfg, model = run.cfg, run.classifier
     if not run.val_rows:
         print("Calibration and unknown-photo detector skipped: the run has no validation photos")
@@ -47,6 +49,8 @@ def fit_after_training(
     val_features = features(run.val_rows, "Validation")
     y_val = np.array([r.label_index for r in run.val_rows])
     calibration = calibrate(model, val_features, y_val)
+    if not run.chief:
+        return calibration, None, []
     train_features = features(run.train_rows, "Training")
     detector = fit_detector(train_features, val_features, cfg.predict.unknown_rate)
     path = save_detector(run.work_dir / UNKNOWN_FILE, detector)
