@@ -36,6 +36,7 @@ from sklearn.metrics import log_loss  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.manifest import CLASSES_FILE, load_split, read_classes  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
+from pipeline.model import classifier_spec, resolve_weights  # noqa: E402
 from pipeline.review.stage import split_features  # noqa: E402
 from pipeline.review.suspects import (  # noqa: E402
     PROBE_GRID,
@@ -151,7 +152,9 @@ def main() -> None:
             folder = cfg.dataset_dir()
             classes = read_classes(folder / CLASSES_FILE)
             rows = {s: load_split(folder, s) for s in ("train", "val", "test")}
-            features = split_features(cfg, classes, rows)
+            spec = classifier_spec(cfg)
+            weights = resolve_weights(spec.backbone, spec.weights, spec.alpha, spec.size)
+            features = split_features(cfg, classes, rows, spec, weights)
         x = np.concatenate([features["train"], features["val"]])
         y = np.array([r.label_index for r in rows["train"] + rows["val"]])
         found = detection(x, y, len(classes), args.noise, seeds)

@@ -252,6 +252,12 @@ def build_feature_head(model: keras.Model) -> keras.Model:
     return keras.Model(features, outputs, name="feature_head")
 
 
+def build_scored_model(model: keras.Model) -> keras.Model:
+    """Image -> (probabilities, pooled features): the classifier's own layers, one pass
+    giving what the unknown-photo detector scores beside the answer."""
+    return keras.Model(model.input, [model.output, model.get_layer(POOL_NAME).output])
+
+
 def head_logits(model: keras.Model, features: Any) -> Any:
     """The softmax head's inputs (logits, float64) for pooled features: the head's own
     kernel and bias, so temperature scaling is fitted on exactly what the model computes."""
@@ -369,7 +375,7 @@ def _unknown_scorer(model: keras.Model, backbone: Backbone, unknown: Any) -> Cal
     photo's cosine distance, as ``pipeline.predict.unknown.knn_distance`` computes it."""
     import tensorflow as tf
 
-    both = keras.Model(model.input, [model.output, model.get_layer(POOL_NAME).output])
+    both = build_scored_model(model)
     bank = tf.constant(np.asarray(unknown.bank, np.float32))
 
     def scored(pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

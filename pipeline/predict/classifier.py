@@ -206,11 +206,9 @@ def load_classifier(run: str | Path = "", models_dir: str | Path = "models") -> 
 
 def _two_outputs(model: Any) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Pixels -> (probabilities, pooled features) in one pass of the classifier."""
-    import keras
+    from pipeline.model import build_scored_model
 
-    from pipeline.model import POOL_NAME
-
-    both = keras.Model(model.input, [model.output, model.get_layer(POOL_NAME).output])
+    both = build_scored_model(model)
 
     def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs, features = both.predict_on_batch(x)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,10 +80,11 @@ def review(cfg: Config) -> ReviewResult:
             "model.weights=none gives random ones; use WEIGHTS=imagenet or a weights file"
         )
     start = time.perf_counter()
+    spec, weights = _pretrained_backbone(cfg)  # before the data stage's work, as train does
     folder = ensure_manifests(cfg)
     classes = read_classes(folder / CLASSES_FILE)
     rows = {split: load_split(folder, split) for split in ("train", "val", "test")}
-    features = split_features(cfg, classes, rows)
+    features = split_features(cfg, classes, rows, spec, weights)
     judged = _photos(rows, features, ("train", "val"))
     everyone = _photos(rows, features, ("train", "val", "test"))
     labels = np.array([r.label_index for r in judged.rows])
@@ -115,12 +117,10 @@ def review(cfg: Config) -> ReviewResult:
     return result
 
 
-def split_features(
-    cfg: Config, classes: list[str], rows: dict[str, list[ManifestRow]]
-) -> dict[str, np.ndarray]:
-    """Pooled features per split, through training's feature cache (shared both ways)."""
-    from pipeline.model import build_classifier, classifier_spec, resolve_weights
-    from pipeline.training.features import load_or_extract, weights_fingerprint
+def _pretrained_backbone(cfg: Config) -> tuple[Any, str | None]:
+    """The configured backbone's spec and its resolved weights file; a backbone without
+    pretrained weights is refused (random features rank nothing)."""
+    from pipeline.model import classifier_spec, resolve_weights
 
     spec = classifier_spec(cfg)
     if not spec.backbone.pretrained:
@@ -128,7 +128,20 @@ def split_features(
             f"make review needs a pretrained backbone's features; {spec.backbone.name} has "
             "none: use BACKBONE= one of the pretrained backbones (make config lists them)"
         )
-    weights = resolve_weights(spec.backbone, spec.weights, spec.alpha, spec.size)
+    return spec, resolve_weights(spec.backbone, spec.weights, spec.alpha, spec.size)
+
+
+def split_features(
+    cfg: Config,
+    classes: list[str],
+    rows: dict[str, list[ManifestRow]],
+    spec: Any,
+    weights: str | None,
+) -> dict[str, np.ndarray]:
+    """Pooled features per split, through training's feature cache (shared both ways)."""
+    from pipeline.model import build_classifier
+    from pipeline.training.features import load_or_extract, weights_fingerprint
+
     model = build_classifier(spec, len(classes), weights)
     fingerprint = weights_fingerprint(model)
     batch = cfg.input.batch_size
