@@ -17,6 +17,10 @@ pytestmark = pytest.mark.slow
 
 CASE = "small_cnn:64:1"
 TOLERANCE = 0.15  # per-image error allowed before the estimate is said to have drifted
+# Steps measured per process. The peak depends on the order the two inter-op threads run the
+# backward pass in: one step alone sometimes lands in a schedule 20% lower (batch 32: 114 MB
+# or 141 MB, measured); the estimate is of the worst schedule, which four steps reach.
+STEPS = 4
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def bench():
 
 
 def test_small_cnn_per_image_estimate_within_15_percent(bench, tmp_path):
-    points = [bench.measure(CASE, batch, 1, tmp_path) for batch in (8, 32)]
+    points = [bench.measure(CASE, batch, STEPS, tmp_path) for batch in (8, 32)]
     result = bench.summarise(CASE, points)
     assert abs(result["relative_error"]) <= TOLERANCE, (
         f"estimate {result['estimate_per_image']:,} B per image, measured "
@@ -49,5 +53,5 @@ def test_recommended_batch_fits_the_budget_when_trained(bench, tmp_path):
     est = estimate_layers(rows, 32, phases=phases, budget=budget)
     batch = next(iter(est["phases"].values()))["max_batch"]
     assert batch >= 16  # the budget is sized to matter: a batch of a few images proves little
-    peak = bench.measure(CASE, batch, 1, tmp_path)["peak_bytes"]
+    peak = bench.measure(CASE, batch, STEPS, tmp_path)["peak_bytes"]
     assert peak <= budget, f"batch {batch}: peak {peak:,} B over the budget {budget:,} B"
