@@ -146,6 +146,7 @@ class ExportConfig:
     max_drop: float = 0.02  # warn when an export's test accuracy is this far below Keras's
     calibration_images: int = 200  # int8: training images that calibrate the quantisation
     latency_images: int = 20  # CPU latency: batch 1 over this many images
+    unknown: bool = True  # files answer unknown_score too (the training features inside)
 
 
 @dataclass

@@ -302,6 +302,9 @@ def training_forward(model: keras.Model, backbone: Backbone) -> Callable[[Any], 
 
 SERVE_ENDPOINT = "serve"
 BYTES_ENDPOINT = "serve_bytes"
+# pixels -> probabilities and unknown_score: what a TFLite file with the unknown-photo
+# detector is converted from (``pipeline.export.stage``).
+SCORED_ENDPOINT = "serve_scored"
 
 
 def serving_archive(
@@ -311,7 +314,7 @@ def serving_archive(
     crop_fraction: float,
     unknown: Any = None,
 ) -> keras.export.ExportArchive:
-    """The classifier as a SavedModel archive with two signatures, one definition for the
+    """The classifier as a SavedModel archive with its signatures, one definition for the
     train stage's SavedModel and the export stage's:
 
     - `serve` takes RGB pixels in [0, 255] and returns probabilities: the preprocessing is
@@ -322,7 +325,10 @@ def serving_archive(
       the probabilities, the class names in their order and each image's top-1 name; with
       the run's unknown-photo detector (``unknown``, a ``pipeline.predict.unknown``
       ``UnknownDetector``) also `make predict`'s ``unknown_score`` and ``unknown``, from the
-      same pass (its training features travel in the archive as a constant).
+      same pass (its training features travel in the archive as a constant);
+    - `serve_scored`, with the detector only, takes pixels as `serve` does and returns the
+      probabilities and ``unknown_score`` of shape (batch, 1): the two outputs a TFLite file
+      is converted from, a (1, N) tensor each as MediaPipe reads classification heads.
     """
     import tensorflow as tf
 
@@ -367,6 +373,17 @@ def serving_archive(
         classify_bytes,
         input_signature=[tf.TensorSpec([None], tf.string, name="images")],
     )
+    if scored is not None:
+
+        def classify_scored(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+            probabilities, score = scored(pixels)
+            return {"probabilities": probabilities, "unknown_score": score[:, None]}
+
+        archive.add_endpoint(
+            SCORED_ENDPOINT,
+            classify_scored,
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
+        )
     return archive
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config, with_overrides
+from pipeline.data.provenance import load_run_data
 from pipeline.evaluate.stage import evaluate, scored_rows
 from pipeline.export.metadata import ModelCard, read_metadata, with_metadata
 from pipeline.export.record import file_sha256
@@ -332,15 +333,8 @@ def test_mediapipe_and_the_interpreter_give_the_same_scores_on_the_same_pixels(
 ):
     """Where MediaPipe and make predict differ it is the resize: given the evaluation crop
     already at the model's size, MediaPipe's scores are the interpreter's."""
-    from pipeline.images import check_images
-    from pipeline.predict.classifier import rows_from_checks
-
     _, run_dir, result = exported
-    clf = load_classifier(run_dir)
-    photos = sorted(flowers_mini.glob("*/*.jpg"))[::8]
-    rows = rows_from_checks(check_images(photos, 1, 10**9, progress=False))
-    batches = clf.eval_dataset(rows, batch_size=64, preprocessed=False)
-    crops = np.concatenate([b.numpy() for b in batches]).round().astype(np.uint8)
+    crops = _crops(load_classifier(run_dir), sorted(flowers_mini.glob("*/*.jpg"))[::8])
     for fmt, path in result.files.items():
         labels = load_classifier(path).labels
         expected = load_classifier(path).model(crops.astype(np.float32))
@@ -354,6 +348,95 @@ def test_mediapipe_and_the_interpreter_give_the_same_scores_on_the_same_pixels(
         step = 1 / 256 if fmt == "tflite-int8" else 0.0
         np.testing.assert_allclose(got, expected, atol=2 * step + 1e-5, err_msg=fmt)
         assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.98, fmt
+
+
+def _crops(clf, photos) -> np.ndarray:
+    """The photos' evaluation crops at the model's size, as raw uint8 pixels."""
+    from pipeline.images import check_images
+    from pipeline.predict.classifier import rows_from_checks
+
+    rows = rows_from_checks(check_images(photos, 1, 10**9, progress=False))
+    batches = clf.eval_dataset(rows, batch_size=64, preprocessed=False)
+    return np.concatenate([b.numpy() for b in batches]).round().astype(np.uint8)
+
+
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
+def test_every_exported_file_flags_unknown_photos_as_the_run_does(exported, intel_mini):
+    """Issue 27: the exported models' predict path flags unknown photos too: scene photos
+    against the flowers run, through each file's unknown_score output and the threshold set
+    on its own scores of the run's validation photos, as make predict MODEL=<file> does."""
+    _, run_dir, result = exported
+    scenes = sorted(p for p in intel_mini.rglob("*.jpg") if "seg_pred" not in p.parts)
+    own_test = [r.path for r in load_run_data(run_dir).rows("test")]
+    photos = [str(p) for p in scenes + own_test]
+
+    def answers(model) -> list[dict]:  # in the order of ``photos``
+        by_path = {r["path"]: r for r in load_classifier(model).classify(photos)}
+        return [by_path[p] for p in photos]
+
+    reference = answers(run_dir)
+    for fmt, path in result.files.items():
+        rows = answers(path)
+        flags = np.array([r["unknown"] == "true" for r in rows])
+        assert flags[: len(scenes)].mean() >= 0.8, fmt
+        assert flags[len(scenes) :].mean() <= 0.1, fmt
+        same = flags == np.array([r["unknown"] == "true" for r in reference])
+        assert same.mean() >= (0.95 if fmt == "tflite-int8" else 0.99), fmt
+        difference = max(
+            abs(r["unknown_score"] - k["unknown_score"]) for r, k in zip(rows, reference)
+        )
+        assert difference < {"tflite": 1e-4, "tflite-fp16": 0.02, "tflite-int8": 0.1}[fmt]
+        figures = result.figures["variants"][fmt]["unknown"]
+        assert figures["flag_agreement"] >= 0.9 and figures["max_score_difference"] < 0.1
+        own = np.array(figures["validation_scores"]) > figures["threshold"]
+        assert own.mean() == pytest.approx(0.05, abs=1 / len(own)), fmt  # the run's rate
+
+
+@pytest.mark.slow  # the export fixture and one more conversion
+def test_export_unknown_false_writes_files_without_the_unknown_output(
+    exported, flowers_mini, tmp_path, capsys
+):
+    cfg, run_dir, _ = exported
+    models = tmp_path / "models"
+    shutil.copytree(run_dir, models / run_dir.name)
+    plain = with_overrides(
+        cfg,
+        {"paths.models": str(models), "export.format": "tflite", "export.unknown": False},
+    )
+    result = export(plain)
+    path = result.files["tflite"]
+    assert read_metadata(path.read_bytes()).unknown_threshold is None
+    assert result.figures["variants"]["tflite"]["metadata"]["output"] == "probabilities"
+    assert result.figures["variants"]["tflite"]["unknown"] is None
+    clf = load_classifier(path)
+    rows = clf.classify(sorted(flowers_mini.glob("*/*.jpg"))[:3])
+    assert [r["unknown_score"] for r in rows] == ["", "", ""]
+    assert "export.unknown=false" in clf.without_unknown_reason()
+
+
+@pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
+def test_mediapipe_flags_unknown_photos_as_the_interpreter_does(exported, flowers_mini, intel_mini):
+    """MediaPipe reads the unknown_score head's threshold from the metadata: the head answers
+    only for a photo above it, the interpreter's flag on the same pixels."""
+    from pipeline.predict.tflite import TFLiteModel
+
+    _, run_dir, result = exported
+    clf = load_classifier(run_dir)
+    photos = sorted(flowers_mini.glob("*/*.jpg"))[::8] + sorted(intel_mini.rglob("*.jpg"))[::4]
+    crops = _crops(clf, photos)
+    for fmt, path in result.files.items():
+        threshold = load_classifier(path).unknown.threshold  # the file's own
+        assert read_metadata(path.read_bytes()).unknown_threshold == pytest.approx(threshold)
+        scores = TFLiteModel(path).scored(crops.astype(np.float32))[1]
+        expected = scores > threshold
+        task = MediaPipeClassifier(path, 1.0)
+        try:
+            got = np.array([task.classify(c)[1] for c in crops])
+        finally:
+            task.close()
+        assert 0.3 <= expected.mean() <= 0.7, fmt  # both answers are on trial
+        near = np.abs(scores - threshold) < 0.01  # int8 rounding may cross it
+        assert np.all((got == expected) | near), fmt
 
 
 @pytest.mark.slow  # the export fixture: three conversions, about 90 s in all
@@ -371,8 +454,10 @@ def test_each_file_records_its_metadata_and_the_runtimes_it_was_checked_against(
         runtimes = figures["metadata"]["runtimes"]
         assert runtimes[0].startswith("tf.lite.Interpreter")
         assert runtimes[1].startswith("MediaPipe ImageClassifier 1.2")
+        assert figures["metadata"]["output"].startswith("probabilities; unknown_score, thr")
         mediapipe = figures["mediapipe"]
         assert mediapipe["names_classes"] and mediapipe["top1_agreement"] >= 0.9
+        assert mediapipe["unknown_agreement"] >= 0.9
         assert mediapipe["latency_ms"] > 0 and mediapipe["images"] == result.figures["test_images"]
     table = format_table(result.figures)
     assert "MP agree" in table.splitlines()[0] and "labels" in table.splitlines()[0]

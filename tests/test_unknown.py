@@ -133,10 +133,26 @@ def test_a_run_without_a_detector_leaves_the_columns_empty_and_says_why(
     assert all(r[c] == "" for r in rows for c in UNKNOWN_COLUMNS)
 
 
-def test_an_exported_file_says_why_its_columns_are_empty(trained_run):
+def test_a_file_exported_without_the_unknown_output_says_why_its_columns_are_empty(
+    trained_run, tmp_path
+):
+    """A .tflite file of one output (exported before files carried unknown_score) from a
+    run that has a detector: the columns stay empty and the note says to export again."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.predict.tflite import TFLiteModel
+
     cfg, run_dir = trained_run
-    exported = Classifier(run_dir, cfg, ["a"], None, lambda x: x, raw_pixels=True)
-    assert exported.predict_scored(np.zeros((1, 1)))[1] is None
-    assert "exported files do not carry the feature output yet" in (
-        exported.without_unknown_reason()
-    )
+    inputs = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    path = tmp_path / "model_int8.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    single = TFLiteModel(path)
+    assert not single.has_unknown
+    exported = Classifier(run_dir, cfg, ["a", "b"], single, single, raw_pixels=True)
+    assert exported.predict_scored(np.zeros((1, 8, 8, 3)))[1] is None
+    reason = exported.without_unknown_reason()
+    assert f"{path} has no unknown_score output" in reason
+    assert f"make export RUN={run_dir.name}" in reason

@@ -5,7 +5,10 @@ metadata schema (tensorflow/tflite-support's ``metadata_schema.fbs``, file ident
 ``M001``) from the model's ``TFLITE_METADATA`` buffer: the input's normalisation (here
 mean 0, std 1: the file takes raw pixels in [0, 255], its preprocessing inside), image
 size and colour space, the output's score type, and the class names as a label file
-packed in a zip archive appended to the model. Written here with ``flatbuffers`` (already a
+packed in a zip archive appended to the model. A file with the run's unknown-photo detector
+has a second output, ``unknown_score`` (1, 1), whose metadata carries the run's threshold as
+score thresholding: MediaPipe returns that head's one category only for a photo above it,
+that is, for an unknown photo. Written here with ``flatbuffers`` (already a
 TensorFlow dependency) and TensorFlow's own model schema, since MediaPipe's PyPI wheel ships
 its metadata writer without the native module it imports (docs/export.md). No MediaPipe.
 """
@@ -30,7 +33,10 @@ PARSER_VERSION = "1.0.0"  # every field written here is in the schema's first ve
 _TENSOR_AXIS_LABELS = 2
 _RGB = 1
 _FEATURE_PROPERTIES, _IMAGE_PROPERTIES = 1, 2
-_NORMALIZATION_OPTIONS = 1
+_NORMALIZATION_OPTIONS, _SCORE_THRESHOLDING_OPTIONS = 1, 3
+# The outputs' order in an exported file: MediaPipe reads heads in the subgraph's order and
+# the converter sorts a signature's outputs by tensor, not by name.
+OUTPUTS = ("probabilities", "unknown_score")
 # Field slots of the tables used (metadata_schema.fbs, in declaration order).
 _MODEL = {"name": 0, "description": 1, "version": 2, "subgraphs": 3, "author": 4, "license": 5}
 _MODEL_MIN_PARSER = 7
@@ -52,6 +58,10 @@ class ModelCard:
     license: str
     labels: Sequence[str]
     image_size: int
+    # The second output's: the run's unknown threshold, what it was set for, its k.
+    unknown_threshold: float | None = None
+    unknown_rate: float = 0.0
+    unknown_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,7 @@ class EmbeddedMetadata:
     std: list[float]
     color_space: str
     image_size: tuple[int, int]
+    unknown_threshold: float | None = None  # None: the file has no unknown_score output
 
 
 def with_metadata(model: bytes, card: ModelCard) -> bytes:
@@ -73,6 +84,7 @@ def with_metadata(model: bytes, card: ModelCard) -> bytes:
     from tensorflow.lite.python import schema_py_generated as schema
 
     obj = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model, 0))
+    _order_outputs(obj)
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(_metadata_flatbuffer(card), np.uint8)
     obj.buffers.append(buffer)
@@ -88,6 +100,15 @@ def with_metadata(model: bytes, card: ModelCard) -> bytes:
     with zipfile.ZipFile(packed, "a", zipfile.ZIP_STORED) as archive:
         archive.writestr(LABELS_FILE, "\n".join(card.labels) + "\n")
     return packed.getvalue()
+
+
+def _order_outputs(obj: object) -> None:
+    """The subgraph's outputs in ``OUTPUTS`` order, by the signature's names for them."""
+    if not obj.signatureDefs:
+        return
+    named = {m.name.decode(): m.tensorIndex for m in obj.signatureDefs[0].outputs}
+    if set(named) == set(OUTPUTS):
+        obj.subgraphs[0].outputs = np.array([named[n] for n in OUTPUTS], np.int32)
 
 
 def _metadata_flatbuffer(card: ModelCard) -> bytes:
@@ -116,7 +137,22 @@ def _metadata_flatbuffer(card: ModelCard) -> bytes:
         stats=(1.0, 0.0),
         files=[labels_file],
     )
-    inputs, outputs = _vector(b, [image_input]), _vector(b, [probabilities])
+    heads = [probabilities]
+    if card.unknown_threshold is not None:
+        heads.append(
+            _tensor(
+                b,
+                "unknown_score",
+                "Photos that fit no class: cosine distance from the photo's features to the "
+                f"k-th nearest training photo's (k = {card.unknown_k}). Above "
+                f"{card.unknown_threshold:.6g} the photo is unknown (that threshold flags "
+                f"{card.unknown_rate:.0%} of the validation photos)",
+                content=_feature_content(b),
+                process_units=[_score_threshold(b, card.unknown_threshold)],
+                stats=(2.0, 0.0),
+            )
+        )
+    inputs, outputs = _vector(b, [image_input]), _vector(b, heads)
     b.StartObject(10)
     b.PrependUOffsetTRelativeSlot(_SUBGRAPH["inputs"], inputs, 0)
     b.PrependUOffsetTRelativeSlot(_SUBGRAPH["outputs"], outputs, 0)
@@ -209,6 +245,16 @@ def _normalization(b: flatbuffers.Builder, mean: float, std: float) -> int:
     return b.EndObject()
 
 
+def _score_threshold(b: flatbuffers.Builder, threshold: float) -> int:
+    b.StartObject(1)  # ScoreThresholdingOptions
+    b.PrependFloat32Slot(0, threshold, 0.0)
+    options = b.EndObject()
+    b.StartObject(2)  # ProcessUnit
+    b.PrependUint8Slot(0, _SCORE_THRESHOLDING_OPTIONS, 0)
+    b.PrependUOffsetTRelativeSlot(1, options, 0)
+    return b.EndObject()
+
+
 def _associated_file(b: flatbuffers.Builder, name: str, description: str, kind: int) -> int:
     name_at, text_at = b.CreateString(name), b.CreateString(description)
     b.StartObject(5)
@@ -259,6 +305,21 @@ def read_metadata(model: bytes) -> EmbeddedMetadata | None:
         std=_float_vector(options, 1),
         color_space="RGB" if color == _RGB else str(color),
         image_size=(_uint32(size, 1), _uint32(size, 0)),
+        unknown_threshold=_unknown_threshold(subgraph),
+    )
+
+
+def _unknown_threshold(subgraph: Table) -> float | None:
+    """The second output's score threshold; None when the file has one output."""
+    offset = _field(subgraph, _SUBGRAPH["outputs"])
+    if subgraph.VectorLen(offset) < 2:
+        return None
+    options = _table(
+        _table(_table(subgraph, _SUBGRAPH["outputs"], 1), _TENSOR["process_units"], 0), 1
+    )
+    at = _field(options, 0)
+    return (
+        float(options.Get(flatbuffers.number_types.Float32Flags, at + options.Pos)) if at else 0.0
     )
 
 

@@ -51,8 +51,22 @@ class MediaPipeFigures(TypedDict):
     runtime: str
     names_classes: bool
     top1_agreement: float
+    unknown_agreement: float | None  # its unknown head against this project's flags
     images: int
     latency_ms: float
+
+
+class UnknownFigures(TypedDict):
+    """A file's unknown_score output against the Keras model's detector, on the test split."""
+
+    threshold: float  # the file's own, set on the run's validation photos; in its metadata
+    rate: float  # the share of validation photos it flags
+    keras_threshold: float  # the run's, for model.keras
+    validation_scores: list[float]  # the file's: predict.unknown_rate sets it again from them
+    flagged: float  # share of the test photos the file flags
+    keras_flagged: float
+    flag_agreement: float  # share flagged (or not) alike
+    max_score_difference: float
 
 
 class ModelFigures(TypedDict, total=False):
@@ -74,6 +88,7 @@ class ModelFigures(TypedDict, total=False):
     image_size: int
     metadata: MetadataFigures
     mediapipe: MediaPipeFigures | None
+    unknown: UnknownFigures | None  # None: the file has no unknown_score output
 
 
 class ExportRecord(TypedDict):
@@ -118,9 +133,10 @@ def file_record(path: Path, labels: list[str], image_size: int) -> ModelFigures:
     return {"sha256": file_sha256(path), "labels": list(labels), "image_size": image_size}
 
 
-def verify_exported(path: Path, run_dir: Path, labels: list[str], image_size: int) -> None:
-    """Raise ValueError (one line) unless ``path`` is listed in its folder's export.json with
-    its current sha256, the run's labels (same names, same order) and the run's image size."""
+def verify_exported(path: Path, run_dir: Path, labels: list[str], image_size: int) -> ModelFigures:
+    """The file's figures in its folder's export.json; ValueError (one line) unless it is
+    listed there with its current sha256, the run's labels (same names, same order) and the
+    run's image size."""
     fix = f"export this run again with make export RUN={run_dir.name}"
     record_path = path.absolute().parent / EXPORT_JSON
     figures = read_export_record(record_path.parent)
@@ -153,6 +169,7 @@ def verify_exported(path: Path, run_dir: Path, labels: list[str], image_size: in
             f"{path} was exported at {record.get('image_size')} px but its run {run_dir.name} "
             f"is configured at {image_size} px: {fix}"
         )
+    return record
 
 
 def _short(labels: Any, limit: int = 6) -> str:

@@ -59,6 +59,12 @@ class MediaPipeClassifier:
 
     def scores(self, rgb: np.ndarray) -> dict[str, float]:
         """Class name -> score for one oriented HxWx3 uint8 image, centre-cropped."""
+        return self.classify(rgb)[0]
+
+    def classify(self, rgb: np.ndarray) -> tuple[dict[str, float], bool | None]:
+        """``scores`` and whether MediaPipe flags the photo unknown: the unknown_score head
+        answers its one category only above the threshold in the file's metadata (None for
+        a file without that head)."""
         import mediapipe as mp
         from mediapipe.tasks.python.components.containers.rect import RectF
         from mediapipe.tasks.python.vision.core.image_processing_options import (
@@ -70,29 +76,38 @@ class MediaPipeClassifier:
         roi = ImageProcessingOptions(region_of_interest=rect)
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         result = self._task.classify(image, roi)
-        return {c.category_name: c.score for c in result.classifications[0].categories}
+        heads = {head.head_name: head.categories for head in result.classifications}
+        classes = {c.category_name: c.score for c in result.classifications[0].categories}
+        return classes, (bool(heads["unknown_score"]) if "unknown_score" in heads else None)
 
     def close(self) -> None:
         self._task.close()
 
 
 def mediapipe_figures(
-    path: Path, paths: Sequence[str], labels: Sequence[str], fraction: float, top1: np.ndarray
+    path: Path,
+    paths: Sequence[str],
+    labels: Sequence[str],
+    fraction: float,
+    top1: np.ndarray,
+    flags: np.ndarray | None = None,
 ) -> MediaPipeFigures:
     """MediaPipe on the photos ``paths``: whether it names the run's classes, the share of
-    photos whose top-1 is ``top1`` (this project's answer through the same file) and its
-    latency per image (decode excluded: resize and model)."""
+    photos whose top-1 is ``top1`` (this project's answer through the same file), the share
+    it flags unknown as ``flags`` (the same file's, through this project's interpreter) and
+    its latency per image (decode excluded: resize and model)."""
     from pipeline.images import load_rgb
 
     images = [load_rgb(p) for p in paths]
     task = MediaPipeClassifier(path, fraction)
     try:
         task.scores(images[0])  # warm-up
-        predicted, named = [], True
+        predicted, unknown, named = [], [], True
         for rgb in images:
-            scores = task.scores(rgb)
+            scores, flagged = task.classify(rgb)
             named = named and sorted(scores) == sorted(labels)
             predicted.append(max(scores, key=scores.__getitem__))
+            unknown.append(flagged)
         timed = images[:LATENCY_IMAGES]
         start = time.perf_counter()
         for rgb in timed:
@@ -105,6 +120,11 @@ def mediapipe_figures(
         "runtime": f"MediaPipe ImageClassifier {mediapipe_version()}",
         "names_classes": named,
         "top1_agreement": float(same.mean()),
+        "unknown_agreement": (
+            None
+            if flags is None or None in unknown
+            else float(np.mean(np.array(unknown) == np.asarray(flags)))
+        ),
         "images": len(images),
         "latency_ms": 1000 * latency,
     }

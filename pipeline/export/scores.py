@@ -155,8 +155,10 @@ COLUMNS: list[tuple[str, int, str, Callable[[Any], str]]] = [
     ("img/s b1", 8, "throughput_b1", "{:.0f}".format),
     ("ms b32", 7, "latency_ms_b32", "{:.2f}".format),
     ("img/s b32", 9, "throughput_b32", "{:.0f}".format),
+    ("unk agree", 9, "unknown.flag_agreement", "{:.3f}".format),
     ("labels", 6, "metadata.labels", "{:d}".format),
     ("MP agree", 8, "mediapipe.top1_agreement", "{:.3f}".format),
+    ("MP unk", 6, "mediapipe.unknown_agreement", "{:.3f}".format),
     ("MP ms", 6, "mediapipe.latency_ms", "{:.2f}".format),
 ]
 
@@ -180,8 +182,10 @@ def table_note(figures: ExportRecord) -> str:
         f"{figures['test_images']} test images of {figures['run']}; agreement: share of the "
         f"same top-1 as {MODEL_FILE}; est.: the run's memory estimate at the file's precision "
         f"(parameters; inference peak, one image); ms: per image; {figures['latency']}; "
-        "labels: class names in the file's TFLite metadata; MP: MediaPipe's ImageClassifier "
-        "on the same file, top-1 agreement with this project's interpreter, ms per image"
+        "unk agree: share of photos flagged unknown (or not) as the Keras model's detector "
+        "flags them, from the file's unknown_score output; labels: class names in the file's "
+        "TFLite metadata; MP: MediaPipe's ImageClassifier on the same file, top-1 and "
+        "unknown-flag agreement with this project's interpreter, ms per image"
     )
 
 

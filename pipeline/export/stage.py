@@ -8,9 +8,11 @@ run's recorded test split (the photos `make evaluate` scores) against the Keras 
 came from (``pipeline.export.scores``). Every .tflite file carries TFLite metadata (its
 labels, input normalisation and licence: ``pipeline.export.metadata``) so that MediaPipe and
 the other task APIs load it as it is, and is checked in MediaPipe where it is installed
-(``pipeline.export.runtimes``). export.json keeps the figures and, per file, what vouches
-for it (``pipeline.export.record``); the run's HTML report, when there is one, gets the
-table too.
+(``pipeline.export.runtimes``). A run with an unknown-photo detector gives each file a second
+output, ``unknown_score``: its training features ride inside as a constant and the threshold
+in the metadata, so a phone flags unknown photos as `make predict` does. export.json keeps
+the figures and, per file, what vouches for it (``pipeline.export.record``); the run's HTML
+report, when there is one, gets the table too.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pipeline.export.record import (
     VARIANT_FILES,
     ExportRecord,
     ModelFigures,
+    UnknownFigures,
     file_record,
     file_sha256,
     read_export_record,
@@ -48,6 +51,8 @@ from pipeline.export.scores import (
 )
 from pipeline.files import atomic_write_bytes, exclusive, replace_dir
 from pipeline.predict.classifier import Classifier, load_classifier, read_run
+from pipeline.predict.tflite import TFLiteModel
+from pipeline.predict.unknown import UnknownDetector
 from pipeline.quiet import stderr_without
 from pipeline.runs import MODEL_FILE
 from pipeline.summary import read_summary
@@ -88,17 +93,22 @@ def export(cfg: Config) -> ExportResult:
     # exports writing it at once would lose one's.
     with exclusive(out, f"make export RUN={run_dir.name}", wait=True):
         print(f"Exporting {run_dir} as {', '.join(formats)} into {out}/")
-        files = write_variants(clf, formats, cfg.export, out)
+        # The validation photos set each file's unknown threshold, as they set the run's.
+        val_rows = scored_rows(clf, "val") if _with_unknown(clf, cfg.export) else []
+        files, detectors = write_variants(clf, formats, cfg.export, out, val_rows)
         predictors = {fmt: _predictor(fmt, path) for fmt, path in files.items()}
         print(f"Scoring on the run's test split ({len(rows)} images) against {MODEL_FILE}")
         probabilities: dict[str, np.ndarray] = {}
         scores = score(clf, rows, predictors, cfg.export.latency_images, probabilities)
+        keras_scores = clf.scored(rows)[1] if _with_unknown(clf, cfg.export) else None
         estimate = _memory_estimate(clf)
         for fmt, path in files.items():
             scores[fmt].update(file=path.name, size_bytes=_size(path))
-            if path.is_file():  # a .tflite: what load_classifier checks it against
-                scores[fmt].update(file_record(path, clf.labels, clf.cfg.image_size))
-                scores[fmt].update(check_runtimes(clf, path, rows, probabilities[fmt]))
+            if path.is_file():  # a .tflite
+                detector = detectors.get(fmt)
+                scores[fmt].update(
+                    tflite_figures(clf, path, rows, probabilities[fmt], keras_scores, detector)
+                )
             scores[fmt]["estimate"] = estimate_figures(estimate, fmt)
         scores["keras"].update(file=MODEL_FILE, size_bytes=_size(run_dir / MODEL_FILE))
         scores["keras"]["estimate"] = estimate_figures(estimate, "keras")
@@ -116,9 +126,16 @@ def export(cfg: Config) -> ExportResult:
     return ExportResult(out, files, figures, warnings)
 
 
-def model_card(clf: Classifier, fmt: str) -> ModelCard:
+def _with_unknown(clf: Classifier, options: ExportConfig) -> bool:
+    """Whether the .tflite files get the unknown_score output: the run has a detector and
+    export.unknown is on."""
+    return clf.unknown is not None and options.unknown
+
+
+def model_card(clf: Classifier, fmt: str, unknown: UnknownDetector | None = None) -> ModelCard:
     """The TFLite metadata's description of one file: backbone, data set, the run's test
-    accuracy and the licence of the pretrained weights it was fine-tuned from."""
+    accuracy and the licence of the pretrained weights it was fine-tuned from; with
+    ``unknown``, the file's threshold for its second output."""
     cfg, spec, run = clf.cfg, clf.spec, clf.run_dir.name
     backbone = spec.backbone
     summary = read_summary(clf.run_dir)
@@ -148,15 +165,75 @@ def model_card(clf: Classifier, fmt: str) -> ModelCard:
         ),
         labels=clf.labels,
         image_size=spec.size,
+        **_unknown_card(unknown),
     )
 
 
+def _unknown_card(detector: UnknownDetector | None) -> dict[str, Any]:
+    """The ModelCard's fields for the unknown_score output; none without a detector."""
+    if detector is None:
+        return {}
+    return {
+        "unknown_threshold": detector.threshold,
+        "unknown_rate": detector.rate,
+        "unknown_k": detector.k,
+    }
+
+
+def tflite_figures(
+    clf: Classifier,
+    path: Path,
+    rows: list,
+    probabilities: np.ndarray,
+    keras_scores: np.ndarray | None,
+    detector: UnknownDetector | None,
+) -> ModelFigures:
+    """A .tflite file's identity (what load_classifier checks it against), its
+    unknown_score output at its own threshold (``detector``; None: the file has no such
+    output) against the Keras model's scores (``keras_scores``), its metadata and the
+    runtimes it was checked against."""
+    figures = file_record(path, clf.labels, clf.cfg.image_size)
+    flags, figures["unknown"] = None, None
+    if detector is not None and keras_scores is not None:
+        got = _file_scores(TFLiteModel(path), clf, rows)
+        figures["unknown"] = unknown_figures(detector, got, clf.unknown, keras_scores)
+        flags = detector.flags(got)
+    return {**figures, **check_runtimes(clf, path, rows, probabilities, flags)}
+
+
+def unknown_figures(
+    detector: UnknownDetector,
+    got: np.ndarray,
+    keras_detector: UnknownDetector,
+    keras_scores: np.ndarray,
+) -> UnknownFigures:
+    """A file's unknown scores on the test photos (``got``), flagged at its own threshold
+    (``detector``), against the Keras model's (``keras_scores`` at the run's threshold): the
+    share flagged by each, how many flags agree, the largest score difference."""
+    flags, reference = detector.flags(got), keras_detector.flags(keras_scores)
+    return {
+        "threshold": detector.threshold,
+        "rate": detector.rate,
+        "keras_threshold": keras_detector.threshold,
+        "validation_scores": [float(x) for x in detector.val_scores],
+        "flagged": float(flags.mean()),
+        "keras_flagged": float(reference.mean()),
+        "flag_agreement": float(np.mean(flags == reference)),
+        "max_score_difference": float(np.abs(got - keras_scores).max()),
+    }
+
+
 def check_runtimes(
-    clf: Classifier, path: Path, rows: list, probabilities: np.ndarray
+    clf: Classifier,
+    path: Path,
+    rows: list,
+    probabilities: np.ndarray,
+    flags: np.ndarray | None = None,
 ) -> ModelFigures:
     """The file's metadata read back (its labels must be the run's, in order) and the
-    runtimes it was checked against: this project's interpreter (the scoring above) and
-    MediaPipe's ImageClassifier where mediapipe is installed (``pipeline.export.runtimes``)."""
+    runtimes it was checked against: this project's interpreter (the scoring above, its
+    unknown ``flags`` where the file has that output) and MediaPipe's ImageClassifier where
+    mediapipe is installed (``pipeline.export.runtimes``)."""
     from pipeline.export.runtimes import interpreter_name, mediapipe_figures, mediapipe_version
 
     embedded = read_metadata(path.read_bytes())
@@ -176,6 +253,7 @@ def check_runtimes(
             clf.labels,
             clf.cfg.input.eval_crop_fraction,
             probabilities.argmax(axis=1),
+            flags,
         )
         runtimes.append(mediapipe["runtime"])
     return {
@@ -185,11 +263,31 @@ def check_runtimes(
                 f"{embedded.color_space} {height}x{width} float32, mean {embedded.mean[0]:g} "
                 f"std {embedded.std[0]:g} (raw pixels in [0, 255])"
             ),
-            "output": "probabilities",
+            "output": (
+                "probabilities"
+                if embedded.unknown_threshold is None
+                else f"probabilities; unknown_score, threshold {embedded.unknown_threshold:.6g}"
+            ),
             "runtimes": runtimes,
         },
         "mediapipe": mediapipe,
     }
+
+
+def _file_scores(model: TFLiteModel, clf: Classifier, rows: list) -> np.ndarray:
+    """A file's own unknown scores on ``rows`` (evaluation crops) through the interpreter."""
+    batches = clf.eval_dataset(rows, preprocessed=False)
+    return np.concatenate([model.scored(b.numpy())[1] for b in batches]).astype(np.float64)
+
+
+def file_detector(clf: Classifier, flatbuffer: bytes, val_rows: list) -> UnknownDetector:
+    """The run's detector with the threshold set again on one converted file's own scores of
+    the run's validation photos (``val_rows``): the rate the run chose, for this file.
+    Rounding (float16 weights, int8 arithmetic) moves every score a little, int8's mostly
+    up, so the run's threshold would flag more of a file's photos than the rate says."""
+    if not val_rows:
+        raise ValueError(f"{clf.run_dir}: no validation photos to set the unknown threshold on")
+    return clf.unknown.set_on(_file_scores(TFLiteModel(content=flatbuffer), clf, val_rows))
 
 
 def _memory_estimate(clf: Classifier) -> Any:
@@ -205,18 +303,28 @@ def _memory_estimate(clf: Classifier) -> Any:
 
 
 def write_variants(
-    clf: Classifier, formats: tuple[str, ...], options: ExportConfig, out: Path
-) -> dict[str, Path]:
+    clf: Classifier,
+    formats: tuple[str, ...],
+    options: ExportConfig,
+    out: Path,
+    val_rows: list | None = None,
+) -> tuple[dict[str, Path], dict[str, UnknownDetector]]:
     """Each format's file under ``out``, written atomically; all converted from one
-    SavedModel whose `serve` holds the preprocessing, so every variant takes raw pixels."""
+    SavedModel whose `serve` holds the preprocessing, so every variant takes raw pixels.
+    With the unknown_score output, each .tflite file's own detector, its threshold set on
+    ``val_rows`` (``file_detector``)."""
     serving = out / f".serving.partial-{os.getpid()}"
     shutil.rmtree(serving, ignore_errors=True)
-    files = {}
+    files, detectors = {}, {}
     try:
         _write_serving(clf, serving)
         for fmt in (f for f in formats if f != "saved_model"):
             calibration = _calibration(clf, options.calibration_images) if "int8" in fmt else None
-            flatbuffer = with_metadata(convert(serving, fmt, calibration), model_card(clf, fmt))
+            scored = _with_unknown(clf, options)
+            flatbuffer = convert(serving, fmt, calibration, scored)
+            if scored:
+                detectors[fmt] = file_detector(clf, flatbuffer, val_rows or [])
+            flatbuffer = with_metadata(flatbuffer, model_card(clf, fmt, detectors.get(fmt)))
             files[fmt] = atomic_write_bytes(out / VARIANT_FILES[fmt], flatbuffer)
         if "saved_model" in formats:  # the converters' source itself, moved into place whole
             files["saved_model"] = out / VARIANT_FILES["saved_model"]
@@ -225,7 +333,7 @@ def write_variants(
         shutil.rmtree(serving, ignore_errors=True)
     for path in files.values():
         print(f"  {path.name:<20} {_size(path) / 2**20:7.2f} MiB")
-    return files
+    return files, detectors
 
 
 def _write_serving(clf: Classifier, path: Path) -> None:
@@ -239,16 +347,20 @@ def _write_serving(clf: Classifier, path: Path) -> None:
 
 
 def convert(
-    saved_model: Path, fmt: str, calibration: Callable[[], Iterator[list[np.ndarray]]] | None
+    saved_model: Path,
+    fmt: str,
+    calibration: Callable[[], Iterator[list[np.ndarray]]] | None,
+    scored: bool = False,
 ) -> bytes:
-    """One TFLite flatbuffer. int8 is full-integer (every op int8, conversion fails
-    otherwise) with float32 input and output kept, so callers feed pixels as for fp32."""
+    """One TFLite flatbuffer, from `serve` or, ``scored``, from `serve_scored` (the
+    unknown_score output too). int8 is full-integer (every op int8, conversion fails
+    otherwise) with float32 input and outputs kept, so callers feed pixels as for fp32."""
     import tensorflow as tf
 
-    from pipeline.model import SERVE_ENDPOINT
+    from pipeline.model import SCORED_ENDPOINT, SERVE_ENDPOINT
 
     converter = tf.lite.TFLiteConverter.from_saved_model(
-        str(saved_model), signature_keys=[SERVE_ENDPOINT]
+        str(saved_model), signature_keys=[SCORED_ENDPOINT if scored else SERVE_ENDPOINT]
     )
     if fmt == "tflite-fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -284,8 +396,6 @@ def _predictor(fmt: str, path: Path) -> Predictor:
 
         loaded = tf.saved_model.load(str(path))  # referenced: its variables must stay alive
         return lambda pixels: loaded.serve(tf.constant(pixels, tf.float32)).numpy()
-    from pipeline.predict.tflite import TFLiteModel
-
     return TFLiteModel(path)
 
 

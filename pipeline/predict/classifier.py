@@ -47,8 +47,10 @@ class Classifier:
 
     ``predict_batch`` maps a batch of evaluation crops to probabilities; they come
     preprocessed for the Keras model, as raw pixels (``raw_pixels``) for an exported file.
-    A run with an unknown-photo detector (``unknown``) also has ``features_batch``, one
-    pass giving the probabilities and the pooled features the detector scores.
+    A run with an unknown-photo detector (``unknown``) also has ``scored_batch``, one pass
+    giving the probabilities and each photo's unknown score: from the pooled features the
+    detector scores (Keras), or from the file's second output (an exported file carrying
+    the detector); the threshold is always the run's detector's.
     """
 
     run_dir: Path
@@ -57,28 +59,28 @@ class Classifier:
     model: Any = field(repr=False)  # keras.Model, or a pipeline.predict.tflite.TFLiteModel
     predict_batch: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     raw_pixels: bool = False
-    unknown: UnknownDetector | None = None  # ood.npz; None for an exported file, an old run
-    features_batch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = field(
+    unknown: UnknownDetector | None = None  # ood.npz; None for an old run, or a file without
+    scored_batch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = field(
         default=None, repr=False
     )
 
     def predict_scored(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """One batch's probabilities and unknown scores (None without a detector), from
         one pass of the model."""
-        if self.unknown is None or self.features_batch is None:
+        if self.unknown is None or self.scored_batch is None:
             return np.asarray(self.predict_batch(x)), None
-        probs, features = self.features_batch(x)
-        return np.asarray(probs), self.unknown.scores(features)
+        probs, scores = self.scored_batch(x)
+        return np.asarray(probs), np.asarray(scores, np.float64)
 
     def without_unknown_reason(self) -> str:
         """Why this classifier leaves unknown_score empty ("" when it does not)."""
         if self.unknown is not None:
             return ""
-        if self.raw_pixels:
+        if self.raw_pixels and (self.run_dir / UNKNOWN_FILE).is_file():
             return (
-                "unknown_score and unknown are left empty: exported files do not carry the "
-                "feature output yet; classify with the run itself (RUN=<run>, no MODEL or "
-                "FORMAT) to get them"
+                f"unknown_score and unknown are left empty: {self.model.path} has no "
+                "unknown_score output (exported with export.unknown=false, or before files "
+                f"carried it); export the run again with make export RUN={self.run_dir.name}"
             )
         return (
             f"unknown_score and unknown are left empty: {self.run_dir.name} has no "
@@ -200,19 +202,28 @@ def load_classifier(run: str | Path = "", models_dir: str | Path = "models") -> 
     if detector is None:
         return Classifier(run_dir, cfg, labels, model, model.predict_on_batch)
     return Classifier(
-        run_dir, cfg, labels, model, model.predict_on_batch, False, detector, _two_outputs(model)
+        run_dir,
+        cfg,
+        labels,
+        model,
+        model.predict_on_batch,
+        False,
+        detector,
+        _scored(model, detector),
     )
 
 
-def _two_outputs(model: Any) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Pixels -> (probabilities, pooled features) in one pass of the classifier."""
+def _scored(
+    model: Any, detector: UnknownDetector
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Pixels -> (probabilities, unknown scores) in one pass of the classifier."""
     from pipeline.model import build_scored_model
 
     both = build_scored_model(model)
 
     def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs, features = both.predict_on_batch(x)
-        return np.asarray(probs), np.asarray(features)
+        return np.asarray(probs), detector.scores(features)
 
     return run
 
@@ -276,8 +287,14 @@ def _load_exported(path: Path) -> Classifier:
             f"{len(labels)}: it was exported from another run; export this one again with "
             f"make export RUN={run_dir.name}"
         )
-    verify_exported(path, run_dir, labels, size)  # the same shape is not the same labels
-    return Classifier(run_dir, cfg, embedded_labels(path, labels), model, model, raw_pixels=True)
+    record = verify_exported(path, run_dir, labels, size)  # same shape, not same labels
+    labels = embedded_labels(path, labels)
+    detector = load_detector(run_dir) if model.has_unknown else None
+    if detector is not None and record.get("unknown"):  # the file's own threshold
+        detector = detector.set_on(record["unknown"]["validation_scores"])
+    if detector is None:
+        return Classifier(run_dir, cfg, labels, model, model, raw_pixels=True)
+    return Classifier(run_dir, cfg, labels, model, model, True, detector, model.scored)
 
 
 def embedded_labels(path: Path, labels: list[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Running an exported .tflite classifier: raw RGB pixels in [0, 255] in, probabilities out.
+"""Running an exported .tflite classifier: raw RGB pixels in [0, 255] in, probabilities out,
+and each photo's unknown_score beside them from a file exported with the run's detector.
 
 Shared by the export stage (scoring what it wrote) and predict (``MODEL=...tflite``). Uses
 ``tf.lite.Interpreter``, which ships with the pinned TensorFlow (docs/export.md says
@@ -52,13 +53,16 @@ class TFLiteModel:
                     "`make export RUN=<run>`"
                 ) from None
         inputs = self._interpreter.get_input_details()
-        outputs = self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
+        outputs = _named_outputs(self._interpreter)
+        if len(inputs) != 1 or outputs is None:
             raise ValueError(
-                f"{path} has {len(inputs)} inputs and {len(outputs)} outputs, not one image "
-                "input and one probability output; export it with `make export RUN=<run>`"
+                f"{path} has {len(inputs)} inputs and "
+                f"{len(self._interpreter.get_output_details())} outputs, not one image input "
+                "and a probability output (and perhaps unknown_score); export it with "
+                "`make export RUN=<run>`"
             )
-        self._input, self._output = inputs[0], outputs[0]
+        self._input = inputs[0]
+        self._output, self._unknown = outputs
         if self._input["dtype"] != np.float32:
             raise ValueError(
                 f"{path} takes {np.dtype(self._input['dtype']).name} input, not float pixels; "
@@ -75,8 +79,18 @@ class TFLiteModel:
     def outputs(self) -> int:
         return int(self._output["shape"][-1])
 
+    @property
+    def has_unknown(self) -> bool:
+        """Whether the file answers each photo's unknown_score too."""
+        return self._unknown is not None
+
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities (batch, classes) for float pixels (batch, h, w, 3) in [0, 255]."""
+        return self.scored(pixels)[0]
+
+    def scored(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and, from the same invocation, unknown scores (batch,); None from a
+        file without the unknown_score output."""
         pixels = np.asarray(pixels, np.float32)
         if len(pixels) != self._batch:
             self._interpreter.resize_tensor_input(
@@ -87,4 +101,26 @@ class TFLiteModel:
             self._batch = len(pixels)
         self._interpreter.set_tensor(self._input["index"], pixels)
         self._interpreter.invoke()
-        return np.array(self._interpreter.get_tensor(self._output["index"]))
+        probabilities = np.array(self._interpreter.get_tensor(self._output["index"]))
+        if self._unknown is None:
+            return probabilities, None
+        return probabilities, np.array(self._interpreter.get_tensor(self._unknown["index"]))[:, 0]
+
+
+def _named_outputs(interpreter: object) -> tuple[dict, dict | None] | None:
+    """(probabilities, unknown_score) output details: the one output of a plain file, or the
+    two its signature names; None for any other layout."""
+    outputs = interpreter.get_output_details()
+    if len(outputs) == 1:
+        return outputs[0], None
+    signatures = interpreter.get_signature_list()
+    if len(outputs) != 2 or len(signatures) != 1:
+        return None
+    named = {o["index"]: o for o in outputs}
+    indices = interpreter.get_signature_runner(next(iter(signatures))).get_output_details()
+    if set(indices) != {"probabilities", "unknown_score"}:
+        return None
+    probabilities, unknown = (
+        named[indices[n]["index"]] for n in ("probabilities", "unknown_score")
+    )
+    return probabilities, unknown

@@ -87,6 +87,12 @@ class UnknownDetector:
     def flags(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
 
+    def set_on(self, val_scores: np.ndarray) -> UnknownDetector:
+        """The same detector with its threshold set at its rate on other scores of the
+        validation photos: an exported file's own, which rounding moved."""
+        scores = np.asarray(val_scores, np.float64)
+        return replace(self, threshold=threshold_for(scores, self.rate), val_scores=scores)
+
     def with_rate(self, rate: float) -> UnknownDetector:
         """The same detector with the threshold set for another rate, on the same photos."""
         if rate == self.rate:
