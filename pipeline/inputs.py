@@ -24,6 +24,14 @@ from pipeline.images import DECODE_JPEG, DECODE_PIL, load_rgb
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def _plain(fn):
+    """``fn`` for ``Dataset.map`` without AutoGraph. Its branches are tf.cond and
+    tf.switch_case already (Python ``if`` only on Python values), so AutoGraph's rewrite of
+    its source changes nothing but costs about a second per dataset built: most of a short
+    run's start-up (measured: a 1-epoch run on 400 photos, 22 s, 6.5 s of it rewriting)."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 # ----------------------------------------------------------------------------- decoding
 
 
@@ -43,20 +51,24 @@ def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 
+# EXIF orientations 1..8 as PIL's exif_transpose applies them: transpose first (5-8), then
+# reverse rows and/or columns. 1 as stored, 2 mirrored, 3 rotated 180, 4 flipped vertically,
+# 5 transposed, 6 rotated 90 clockwise to view, 7 transversed, 8 rotated 90 counter-clockwise.
+_TRANSPOSED = (False, False, False, False, True, True, True, True)
+_REVERSED = ((0, 0), (0, 1), (1, 1), (1, 0), (0, 0), (0, 1), (1, 1), (1, 0))  # (rows, columns)
+
+
 def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
-    """Apply an EXIF orientation tag (1..8) to an HxWxC image, as PIL's exif_transpose."""
-    branches = [
-        lambda: image,  # 1: as stored
-        lambda: tf.reverse(image, [1]),  # 2: mirrored
-        lambda: tf.reverse(image, [0, 1]),  # 3: rotated 180
-        lambda: tf.reverse(image, [0]),  # 4: flipped vertically
-        lambda: tf.transpose(image, [1, 0, 2]),  # 5: transposed
-        lambda: tf.image.rot90(image, 3),  # 6: rotated 90 clockwise to view
-        lambda: tf.reverse(tf.transpose(image, [1, 0, 2]), [0, 1]),  # 7: transversed
-        lambda: tf.image.rot90(image, 1),  # 8: rotated 90 counter-clockwise to view
-    ]
+    """Apply an EXIF orientation tag (1..8) to an HxWxC image, as PIL's exif_transpose.
+
+    A permutation and a reversal chosen by table lookup, not an eight-way tf.switch_case:
+    the same pixels, without eight branch graphs to build for every dataset (0.4 s each)."""
     index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
-    return tf.switch_case(index, branches)
+    perm = tf.where(tf.gather(_TRANSPOSED, index), [1, 0, 2], [0, 1, 2])
+    axes = tf.boolean_mask([0, 1], tf.gather(tf.cast(_REVERSED, tf.bool), index))
+    oriented = tf.reverse(tf.transpose(image, perm), axes)
+    oriented.set_shape([None, None, image.shape[-1]])
+    return oriented
 
 
 def _load_rgb_from_tensor(path: np.ndarray | bytes) -> np.ndarray:
@@ -272,17 +284,17 @@ def build_train_dataset(
     ds = tf.data.Dataset.from_tensor_slices(_columns(rows))
     ds = ds.shuffle(min(len(rows), i.shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip(ds, seeds).map(
-        lambda cols, s: load(*cols, s), num_parallel_calls=AUTOTUNE
+        _plain(lambda cols, s: load(*cols, s)), num_parallel_calls=AUTOTUNE
     )
     ds = ds.batch(batch_size, drop_remainder=len(rows) >= batch_size, num_parallel_calls=AUTOTUNE)
     augment = build_batch_augmenter(i, seed)
     if augment is not None:
         batch_seeds = tf.data.Dataset.random(seed=seed + 7, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip(ds, batch_seeds.batch(2)).map(
-            lambda batch, s: augment(batch[0], batch[1], s), num_parallel_calls=AUTOTUNE
+            _plain(lambda batch, s: augment(batch[0], batch[1], s)), num_parallel_calls=AUTOTUNE
         )
     if backbone is not None:
-        ds = ds.map(lambda x, y: (preprocess(x, backbone), y), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(_plain(lambda x, y: (preprocess(x, backbone), y)), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE).with_options(_options(i.deterministic))
 
 
@@ -310,7 +322,7 @@ def build_eval_dataset(
         return image, tf.one_hot(label, num_classes)
 
     ds = tf.data.Dataset.from_tensor_slices(_columns(rows))
-    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(_plain(load), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size or i.batch_size)
     return ds.prefetch(AUTOTUNE)
 

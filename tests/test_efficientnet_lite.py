@@ -283,9 +283,9 @@ def test_lite0_trains_exports_to_int8_and_predicts(lite_tiny, flowers_mini):
     assert all(row["status"] == "ok" and row["predicted"] in int8.labels for row in rows)
 
 
-@pytest.mark.slow  # converts the weights, two phase-1 runs and their evaluation: about 1 min
+@pytest.mark.slow  # converts the weights, a phase-1 run and its evaluation: about 1 min
 def test_lite0_runs_in_an_experiment(lite_tiny):
-    """`make experiment` with the real Lite0 weights: every cell trains, is evaluated and
+    """`make experiment` with the real Lite0 weights: the cell trains, is evaluated and
     recorded with the backbone's figures."""
     from pipeline.experiment import run_experiment
     from pipeline.files import read_csv
@@ -295,12 +295,12 @@ def test_lite0_runs_in_an_experiment(lite_tiny):
         "model.weights=imagenet",
         "train.fine_tune_epochs=0",
         "experiment.name=lite",
-        "experiment.grid=input.image_size=96,128",
+        "experiment.grid=input.image_size=96",
         "experiment.repeats=1",
     )
     result = run_experiment(cfg)
     rows = read_csv(result.out_dir / "results.csv")
-    assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("error") for r in rows]
+    assert [r["status"] for r in rows] == ["ok"], [r.get("error") for r in rows]
     for r in rows:
         assert float(r["test_accuracy"]) >= 0.4  # five classes, 10 test photos: twice chance
         assert int(r["parameters"]) > 3_000_000  # Lite0's base, not a stand-in

@@ -403,12 +403,12 @@ def test_the_transfer_recipe_is_a_valid_config():
     assert cfg.model.weights == "imagenet"  # the caller passes the file
 
 
-@pytest.mark.slow  # about 5 minutes on 2 cores: five runs at 224 px
+@pytest.mark.slow  # about 4 minutes on 2 cores: four runs at 224 px
 def test_the_default_recipe_transfers_and_keeps_up_with_frozen_features(
     flowers_prepared, mobilenet_weights
 ):
     """pipeline/configs/transfer.toml (the default recipe on Keras's ImageNet MobileNet,
-    alpha 0.25, 224 px) on flowers-mini, three training seeds, against two runs from random
+    alpha 0.25, 224 px) on flowers-mini, three training seeds, against a run from random
     weights: the mean test accuracy is at least 30 points above random weights', and the
     mean paired difference from each run's own frozen-feature baseline is not below zero by
     more than its 95% interval. (53 test photos: one photo is 1.9 points. The margin over
@@ -420,7 +420,7 @@ def test_the_default_recipe_transfers_and_keeps_up_with_frozen_features(
     over_baseline = []
     for name, weights, seeds in (
         ("pretrained", str(mobilenet_weights), (1, 2, 3)),
-        ("random", "none", (1, 2)),
+        ("random", "none", (1,)),
     ):
         for seed in seeds:
             cfg = load_config(

@@ -238,19 +238,18 @@ def _normalization(b: flatbuffers.Builder, mean: float, std: float) -> int:
     b.StartObject(2)
     b.PrependUOffsetTRelativeSlot(0, means, 0)
     b.PrependUOffsetTRelativeSlot(1, stds, 0)
-    options = b.EndObject()
-    b.StartObject(2)  # ProcessUnit
-    b.PrependUint8Slot(0, _NORMALIZATION_OPTIONS, 0)
-    b.PrependUOffsetTRelativeSlot(1, options, 0)
-    return b.EndObject()
+    return _process_unit(b, _NORMALIZATION_OPTIONS, b.EndObject())
 
 
 def _score_threshold(b: flatbuffers.Builder, threshold: float) -> int:
     b.StartObject(1)  # ScoreThresholdingOptions
     b.PrependFloat32Slot(0, threshold, 0.0)
-    options = b.EndObject()
-    b.StartObject(2)  # ProcessUnit
-    b.PrependUint8Slot(0, _SCORE_THRESHOLDING_OPTIONS, 0)
+    return _process_unit(b, _SCORE_THRESHOLDING_OPTIONS, b.EndObject())
+
+
+def _process_unit(b: flatbuffers.Builder, kind: int, options: int) -> int:
+    b.StartObject(2)  # ProcessUnit: the options' union type, then the options
+    b.PrependUint8Slot(0, kind, 0)
     b.PrependUOffsetTRelativeSlot(1, options, 0)
     return b.EndObject()
 
