@@ -464,6 +464,48 @@ def test_a_read_only_disk_is_one_line(ws, tmp_path, capfd):
         unmount(disk)
 
 
+def as_a_plain_user() -> list[str]:
+    """A command prefix under which file permissions apply. Root (as CI runs) passes them by
+    its DAC capabilities; setpriv (util-linux) drops those from the bounding set, so the
+    process keeps uid 0, and the interpreter under /root, but meets EACCES as a user does."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_a_folder_this_user_cannot_write_is_one_line(tmp_path):
+    """EACCES, really raised: make data into a data folder without write permission."""
+    locked = tmp_path / "data"
+    locked.mkdir(mode=0o555)
+    photos = make_photos(tmp_path / "in", per_class=2)
+    command = [*as_a_plain_user(), sys.executable, "-m", "pipeline", "data"]
+    command += [f"data.dataset=folder:{photos}", *where(tmp_path)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=environment())
+    finally:
+        locked.chmod(0o755)
+    line = error_line(done.returncode, done.stderr)
+    assert done.returncode == 2 and str(locked) in line
+    assert "permission denied; make it readable/writable for this user" in line
+    assert [p.name for p in locked.iterdir()] == []  # nothing half-made
+
+
+def test_a_photo_this_user_cannot_read_is_skipped_with_its_reason(tmp_path):
+    photos = make_photos(tmp_path / "in")
+    hidden = sorted(photos.glob("ants/*"))[0]
+    hidden.chmod(0)
+    command = [*as_a_plain_user(), sys.executable, "-m", "pipeline", "data"]
+    command += [f"data.dataset=folder:{photos}", *where(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=environment())
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "Skipped 1 file(s): 1 unreadable" in done.stdout
+    report = read_csv(next((tmp_path / "data").glob("*/check_report.csv")))
+    skipped = [r for r in report if r["status"] == "skipped"]
+    assert [(r["path"], r["reason"]) for r in skipped] == [
+        (str(hidden), "unreadable: Permission denied")
+    ]
+
+
 def hostile_commands(ws: Workspace, tmp: Path) -> dict[str, list[str]]:
     folder = make_photos(tmp / "in", per_class=1)
     return {
