@@ -127,6 +127,19 @@ def realistic_training(
     }
 
 
+# The same training step peaks differently from one process to the next (the executor's
+# order of the backward pass, the allocator's chunks): the small CNN at 64 px, batch 8, 64.6
+# MB estimated, 64.6 to 67.9 MB measured. A budget's last 5% is kept free: the largest batch,
+# "fits" and the remedies plan into ``usable(budget)``. Not enough everywhere: at batches 25
+# and 26 the same CNN peaked up to 17% over its estimate (docs/memory.md, known gaps).
+BUDGET_HEADROOM = 0.05
+
+
+def usable(budget: float) -> float:
+    """The part of a memory budget a run is planned into."""
+    return budget * (1 - BUDGET_HEADROOM)
+
+
 def max_batch(cost: Callable[[int], float], budget: float, limit: int = 1 << 20) -> int:
     """Largest batch size whose cost fits the budget (0 when not even one image fits).
 
@@ -164,7 +177,9 @@ def rank_remedies(
     image_side: int | None = None,
     min_side: int = 32,
 ) -> list[dict[str, Any]]:
-    """What to change when the run does not fit, largest saving first, each with its figure."""
+    """What to change when the run does not fit, largest saving first, each with its figure;
+    "fits" is within ``usable(budget)``."""
+    budget = usable(budget)
 
     def run(rows: list[Layer] = layers, b: int = batch, p: str = precision) -> dict[str, Any]:
         return realistic_training(rows, b, p, optimizer_slots, overhead)
@@ -321,8 +336,8 @@ def estimate_layers(
                 lambda b, r=rows: realistic_training(r, b, precision, optimizer_slots, overhead)[
                     "total"
                 ],
-                budget,
+                usable(budget),
             )
-            phase["fits"] = realistic["total"] <= budget
+            phase["fits"] = realistic["total"] <= usable(budget)
         result["phases"][label] = phase
     return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.memory.estimate import DTYPE_BYTES
+from pipeline.memory.estimate import BUDGET_HEADROOM, DTYPE_BYTES
 from pipeline.units import format_bytes, format_count
 
 LAYER_COLUMNS = ("#", "layer", "type", "output", "activations", "params", "trainable", "MACs")
@@ -94,7 +94,9 @@ def render_markdown(est: dict[str, Any], layer_table: bool = True) -> str:
     budget = est.get("budget")
     header = ["phase", "trainable params", f"textbook minimum ({est['dtype']})"]
     header += [f"realistic ({est['precision']})", "per extra image"]
-    header += [f"largest batch in {format_bytes(budget)}" if budget else "largest batch", "fits"]
+    free = f" ({BUDGET_HEADROOM:.0%} kept free)"
+    largest = f"largest batch in {format_bytes(budget)}{free}" if budget else "largest batch"
+    header += [largest, "fits"]
     body = [
         [label, f"{p['trainable']:,}", format_bytes(p["textbook"]["total"])]
         + [format_bytes(p["realistic"][k]) for k in ("total", "per_image")]
