@@ -6,9 +6,9 @@ metadata schema (tensorflow/tflite-support's ``metadata_schema.fbs``, file ident
 mean 0, std 1: the file takes raw pixels in [0, 255], its preprocessing inside), image
 size and colour space, the output's score type, and the class names as a label file
 packed in a zip archive appended to the model. A file with the run's unknown-photo detector
-has a second output, ``unknown_score`` (1, 1), whose metadata carries the run's threshold as
-score thresholding: MediaPipe returns that head's one category only for a photo above it,
-that is, for an unknown photo. Written here with ``flatbuffers`` (already a
+has a second output, ``unknown_score`` (1, 1), whose metadata carries the file's own
+threshold as score thresholding: MediaPipe returns that head's one category only for a
+photo above it, that is, for an unknown photo. Written here with ``flatbuffers`` (already a
 TensorFlow dependency) and TensorFlow's own model schema, since MediaPipe's PyPI wheel ships
 its metadata writer without the native module it imports (docs/export.md). No MediaPipe.
 """
@@ -58,7 +58,7 @@ class ModelCard:
     license: str
     labels: Sequence[str]
     image_size: int
-    # The second output's: the run's unknown threshold, what it was set for, its k.
+    # The second output's: the file's unknown threshold, the rate it was set for, its k.
     unknown_threshold: float | None = None
     unknown_rate: float = 0.0
     unknown_k: int = 0

@@ -316,11 +316,11 @@ def write_variants(
     serving = out / f".serving.partial-{os.getpid()}"
     shutil.rmtree(serving, ignore_errors=True)
     files, detectors = {}, {}
+    scored = _with_unknown(clf, options)
     try:
         _write_serving(clf, serving)
         for fmt in (f for f in formats if f != "saved_model"):
             calibration = _calibration(clf, options.calibration_images) if "int8" in fmt else None
-            scored = _with_unknown(clf, options)
             flatbuffer = convert(serving, fmt, calibration, scored)
             if scored:
                 detectors[fmt] = file_detector(clf, flatbuffer, val_rows or [])

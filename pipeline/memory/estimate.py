@@ -128,10 +128,9 @@ def realistic_training(
 
 
 # The same training step peaks differently from one process to the next (the executor's
-# order of the backward pass, the allocator's chunks): the small CNN at 64 px, batch 8, 64.6
-# MB estimated, 64.6 to 67.9 MB measured. A budget's last 5% is kept free: the largest batch,
-# "fits" and the remedies plan into ``usable(budget)``. Not enough everywhere: at batches 25
-# and 26 the same CNN peaked up to 17% over its estimate (docs/memory.md, known gaps).
+# order of the backward pass, the allocator's chunks), so a budget's last 5% is kept free:
+# the largest batch, "fits" and the remedies plan into ``usable(budget)``. Not enough
+# everywhere: docs/memory.md, "The budget's last 5%".
 BUDGET_HEADROOM = 0.05
 
 

@@ -50,7 +50,8 @@ class Classifier:
     A run with an unknown-photo detector (``unknown``) also has ``scored_batch``, one pass
     giving the probabilities and each photo's unknown score: from the pooled features the
     detector scores (Keras), or from the file's second output (an exported file carrying
-    the detector); the threshold is always the run's detector's.
+    the detector), flagged at the file's own threshold (set at export on its validation
+    scores).
     """
 
     run_dir: Path
