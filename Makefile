@@ -150,7 +150,7 @@ $(BEAM_STAMP): pyproject.toml constraints-beam.txt
 	@echo "setup-beam: installing TensorFlow (ACCEL=$(ACCEL)) and apache-beam into $(BEAM_VENV)/ ..."
 	test -d $(BEAM_VENV) || $(PYTHON) -m venv $(BEAM_VENV)
 	$(BEAM_PY) -m pip install --quiet --upgrade pip
-	$(BEAM_PY) -m pip install --quiet -c constraints-beam.txt -e ".[$(ACCEL),dev,beam]"
+	$(BEAM_PY) -m pip install --quiet -c constraints-beam.txt -e ".[$(ACCEL),dev,beam,weights]"
 	rm -f $(BEAM_VENV)/.installed-*
 	touch $@
 	@echo "setup-beam: done; $(BEAM_VENV)/ is ready"

