@@ -298,6 +298,26 @@ def test_liveness_peak_on_a_branching_graph():
     assert max(r.size + s.size for r, s in itertools.pairwise(rows)) < peak
 
 
+def test_under_mixed_precision_batchnorm_holds_a_float32_copy():
+    """Keras 3's BatchNormalization casts float16 inputs to float32 and back: a frozen one
+    is not written in place, and its forward and backward each hold a float32 copy (two
+    float16 values per element) beside the float16 tensors."""
+    frozen = keras.Sequential(
+        [keras.Input((8, 8, 2)), keras.layers.Conv2D(4, 1), keras.layers.BatchNormalization()]
+    )
+    frozen.layers[1].trainable = False
+    rows = layers_from_model(frozen)  # input 128, conv 256 (trains), bn 256 (frozen)
+    fp32 = realistic_training(rows, 1, "float32", overhead=1.0, pipeline_batches=0)
+    fp16 = realistic_training(rows, 1, "mixed_float16", overhead=1.0, pipeline_batches=0)
+    assert fp32["peak"]["forward_values"] == 128 + 256  # conv output normalised in place
+    # the image, the conv's float16 output and the float32 copy (2 values), then the copy
+    # and the float16 result: the same 128 + 256 + 256 + 256 values either way
+    assert fp16["peak"]["forward_values"] == 128 + 3 * 256
+    # backward: the output gradient and its float32 copy, then the copy and the input
+    # gradient, beside the image the conv's weight gradient reads
+    assert fp16["peak"]["backward_values"] == 128 + 3 * 256
+
+
 def test_liveness_on_hand_built_rows():
     rows = [
         Layer("input", "input", (10,)),

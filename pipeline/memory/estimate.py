@@ -74,6 +74,22 @@ def allocator_chunk(nbytes: int) -> int:
     return 1 << (nbytes - 1).bit_length()
 
 
+def float32_batchnorm(layers: list[Layer]) -> list[Layer]:
+    """Rows as they run under a float16 policy: Keras 3's BatchNormalization casts its input
+    to float32, normalises in float32 and casts the result back, so an inference-mode
+    BatchNorm is no longer written in place. Its forward holds the float16 input or output
+    beside a float32 copy (three float16 values per element where the in-place float32
+    layer holds one float32), and its backward casts the gradient the same way.
+    Training-mode BatchNorm (the small CNN) is not adjusted: its float32 statistics
+    temporaries are not measured yet."""
+    return [
+        replace(r, inplace=False, transient=r.size, workspace=r.size)
+        if r.kind == "BatchNormalization" and r.inplace
+        else r
+        for r in layers
+    ]
+
+
 def realistic_training(
     layers: list[Layer],
     batch: int,
@@ -96,6 +112,7 @@ def realistic_training(
     trainable = sum(r.trainable for r in layers)
     mixed = precision.startswith("mixed")
     value_bytes = 2 if mixed else 4
+    layers = float32_batchnorm(layers) if mixed else layers
     peak = training_peak(layers, hold_gradients=mixed)  # loss scaling checks every gradient
     pipeline = layers[0].size * INPUT_BYTES * pipeline_batches
     held = {

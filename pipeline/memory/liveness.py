@@ -40,7 +40,7 @@ def _forward(
     peak, at_peak = layers[0].size, [0]
     for i, row in enumerate(layers[1:], start=1):
         alive[i] = row.size
-        now = sum(alive.values()) + row.internal
+        now = sum(alive.values()) + row.internal + row.transient
         (j,) = row.inputs if len(row.inputs) == 1 else (None,)
         if row.inplace and j is not None and last[j] == i and j not in kept and j in alive:
             now -= alive[j]  # an elementwise op writes over an input that dies here

@@ -66,6 +66,7 @@ class Layer:
     # the input gradient into the output gradient's buffer, so it costs no new tensor.
     inplace: bool = False
     workspace: int = 0  # temporaries its backward allocates beside its gradients
+    transient: int = 0  # temporaries its forward allocates beside its input and output
     # Bytes, whatever the batch: the im2col buffer TensorFlow's CPU convolution backward
     # allocates for the weight gradient (``scratch``) and for the input gradient
     # (``input_scratch``), sized to its 30 MiB working-set target (``conv_backprop_scratch``).
