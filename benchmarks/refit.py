@@ -41,24 +41,27 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: 
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data.manifest import load_split  # noqa: E402
 from pipeline.experiment import mean_ci  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
+from pipeline.runs import CONFIG_FILE  # noqa: E402
+from pipeline.summary import TrainSummary, read_summary  # noqa: E402
 from pipeline.training.head import C_GRID, fit_logistic_head  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "refit.json"
 METHODS = ("val C", "refit", "cv C", "cv C train", "raw val C", "raw C=1", "val picks")
 
 
-def cached_split(run: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(features, label indices) of one split, from the train stage's feature cache."""
-    summary = json.loads((run / "models" / "run" / "summary.json").read_text())
-    path = Path(summary["phases"]["1"]["feature_cache"][split])
-    key = json.loads(path.with_suffix(".json").read_text())
-    manifest = Path(summary["data"]["manifests_dir"]) / f"{split}.csv"
-    labels = np.loadtxt(manifest, delimiter=",", skiprows=1, usecols=2, dtype=int, ndmin=1)
+def cached_split(run_dir: Path, summary: TrainSummary, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features, label indices) of one split: the train stage's feature cache and the split
+    the run recorded."""
+    path = Path(summary.phases[1].feature_cache[split])
+    cached = json.loads(path.with_suffix(".json").read_text())["split"]
+    labels = np.array([r.label_index for r in load_split(run_dir / "data", split)])
     features = np.load(path)
-    if key["split"] != split or len(features) != len(labels):
-        raise SystemExit(f"{path}: not the {split} split of {manifest}")
+    if cached != split or len(features) != len(labels):
+        raise SystemExit(f"{path}: not the {split} split recorded in {run_dir / 'data'}")
     return features, labels
 
 
@@ -67,10 +70,11 @@ def _head(c: float, weights: dict | None, standardise: bool = True):
     return make_pipeline(StandardScaler(), model) if standardise else model
 
 
-def raw_val_choice(run_data, weights: dict | None) -> tuple[float, float]:
+def raw_val_choice(
+    tx: np.ndarray, ty: np.ndarray, vx: np.ndarray, vy: np.ndarray, weights: dict | None
+) -> tuple[float, float]:
     """(C, its validation log loss) of lowest validation log loss without standardisation
     (a wider grid: raw features are not unit-scaled)."""
-    (tx, ty), (vx, vy) = run_data
     losses = {}
     for c in (*C_GRID, 30.0, 100.0):
         probs = _head(c, weights, False).fit(tx, ty).predict_proba(vx)
@@ -90,40 +94,39 @@ def cv_choice(x: np.ndarray, y: np.ndarray, folds: int, weights: dict | None) ->
 
 
 def run_figures(run: Path, folds: int) -> dict:
-    summary = json.loads((run / "models" / "run" / "summary.json").read_text())
-    cw = summary.get("class_weights")
+    run_dir = run / "models" / "run"
+    summary = read_summary(run_dir)
+    cw = summary.class_weights
     weights = None if cw is None else dict(enumerate(map(float, cw)))
-    (tx, ty), (vx, vy), (sx, sy) = (cached_split(run, s) for s in ("train", "val", "test"))
-    classes = len(summary["classes"])
-    head = fit_logistic_head(tx, ty, vx, vy, classes, cw)
+    (tx, ty), (vx, vy), (sx, sy) = (
+        cached_split(run_dir, summary, s) for s in ("train", "val", "test")
+    )
+    head = fit_logistic_head(tx, ty, vx, vy, len(summary.classes), cw)
     both_x, both_y = np.concatenate([tx, vx]), np.concatenate([ty, vy])
     cv_both = cv_choice(both_x, both_y, folds, weights)
     cv_train = cv_choice(tx, ty, folds, weights)
-
-    raw_c, raw_loss = raw_val_choice(((tx, ty), (vx, vy)), weights)
+    raw_c, raw_loss = raw_val_choice(tx, ty, vx, vy, weights)
     std_loss = min(row["val_loss"] for row in head.grid)
 
     def accuracy(c: float, x: np.ndarray, y: np.ndarray, standardise: bool = True) -> float:
         return float((_head(c, weights, standardise).fit(x, y).predict(sx) == sy).mean())
 
+    recipe, raw = head.scores(sx, sy)["accuracy"], accuracy(raw_c, tx, ty, False)
     return {
         "run": str(run),
-        "dataset": Path(summary["dataset"].split(":", 1)[-1]).name,
-        "split_seed": int(run.name.split("-")[-2]),
+        "dataset": Path(summary.dataset.split(":", 1)[-1]).name,
+        "split_seed": load_config(run_dir / CONFIG_FILE).data.split_seed,
         "train": len(ty), "val": len(vy), "test": len(sy),
         "val_loss": {"val C": std_loss, "raw val C": raw_loss},
         "C": {"val C": head.C, "cv C": cv_both, "cv C train": cv_train, "raw val C": raw_c},
         "accuracy": {
-            "val C": head.scores(sx, sy)["accuracy"],
+            "val C": recipe,
             "refit": accuracy(head.C, both_x, both_y),
             "cv C": accuracy(cv_both, both_x, both_y),
             "cv C train": accuracy(cv_train, tx, ty),
-            "raw val C": accuracy(raw_c, tx, ty, False),
+            "raw val C": raw,
             "raw C=1": accuracy(1.0, tx, ty, False),
-            "val picks": (
-                accuracy(raw_c, tx, ty, False) if raw_loss < std_loss
-                else head.scores(sx, sy)["accuracy"]
-            ),
+            "val picks": raw if raw_loss < std_loss else recipe,
         },
     }  # fmt: skip
 
