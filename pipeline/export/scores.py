@@ -38,10 +38,13 @@ def score(
     predictors: dict[str, Predictor],
     latency_images: int,
     probabilities: dict[str, np.ndarray] | None = None,
+    unknown_scores: dict[str, np.ndarray] | None = None,
 ) -> dict[str, ModelFigures]:
     """Per predictor and for the Keras model ("keras"): test accuracy, macro-F1, top-1
     agreement with Keras, the largest probability difference, and ``speed(...)``; each
-    one's probabilities go into ``probabilities`` when given.
+    one's probabilities go into ``probabilities`` when given. With ``unknown_scores``, the
+    same pass fills it with the unknown scores of the Keras model (its detector) and of each
+    predictor that answers them (a .tflite file with the unknown_score output).
 
     Every model sees the same raw batches; Keras gets them preprocessed, as in training.
     """
@@ -54,14 +57,30 @@ def score(
     def keras_predict(pixels: np.ndarray) -> np.ndarray:
         return np.asarray(clf.model.predict_on_batch(preprocess(pixels, backbone)))
 
+    def keras_scored(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return clf.predict_scored(preprocess(pixels, backbone))
+
     every = {"keras": keras_predict, **predictors}
+    # What the test pass calls: with unknown_scores, whatever answers both in one call
+    passes: dict[str, Callable[[np.ndarray], Any]] = {
+        name: (lambda x, p=predict: (p(x), None)) for name, predict in every.items()
+    }
+    if unknown_scores is not None:
+        passes["keras"] = keras_scored
+        passes.update({n: p.scored for n, p in predictors.items() if hasattr(p, "scored")})
     probs: dict[str, list[np.ndarray]] = {name: [] for name in every}
+    found: dict[str, list[np.ndarray]] = {name: [] for name in every}
     kept: list[np.ndarray] = []  # the first test images, for the latency runs
     for batch in clf.eval_dataset(rows, preprocessed=False):
         pixels = batch.numpy()
         kept.extend(pixels[: max(BATCHES) - len(kept)])
-        for name, predict in every.items():
-            probs[name].append(predict(pixels))
+        for name, answer in passes.items():
+            p, u = answer(pixels)
+            probs[name].append(np.asarray(p))
+            if u is not None:
+                found[name].append(np.asarray(u, np.float64))
+    if unknown_scores is not None:
+        unknown_scores.update({n: np.concatenate(u) for n, u in found.items() if u})
     y_true = np.array([r.label_index for r in rows])
     labels = list(range(len(clf.labels)))
     reference = np.concatenate(probs["keras"])

@@ -99,15 +99,24 @@ def export(cfg: Config) -> ExportResult:
         predictors = {fmt: _predictor(fmt, path) for fmt, path in files.items()}
         print(f"Scoring on the run's test split ({len(rows)} images) against {MODEL_FILE}")
         probabilities: dict[str, np.ndarray] = {}
-        scores = score(clf, rows, predictors, cfg.export.latency_images, probabilities)
-        keras_scores = clf.scored(rows)[1] if _with_unknown(clf, cfg.export) else None
+        unknown: dict[str, np.ndarray] | None = {} if _with_unknown(clf, cfg.export) else None
+        scores = score(clf, rows, predictors, cfg.export.latency_images, probabilities, unknown)
+        found = unknown or {}  # each model's unknown scores on the test photos
         estimate = _memory_estimate(clf)
         for fmt, path in files.items():
             scores[fmt].update(file=path.name, size_bytes=_size(path))
             if path.is_file():  # a .tflite
                 detector = detectors.get(fmt)
                 scores[fmt].update(
-                    tflite_figures(clf, path, rows, probabilities[fmt], keras_scores, detector)
+                    tflite_figures(
+                        clf,
+                        path,
+                        rows,
+                        probabilities[fmt],
+                        detector,
+                        found.get(fmt),
+                        found.get("keras"),
+                    )
                 )
             scores[fmt]["estimate"] = estimate_figures(estimate, fmt)
         scores["keras"].update(file=MODEL_FILE, size_bytes=_size(run_dir / MODEL_FILE))
@@ -185,17 +194,17 @@ def tflite_figures(
     path: Path,
     rows: list,
     probabilities: np.ndarray,
-    keras_scores: np.ndarray | None,
     detector: UnknownDetector | None,
+    got: np.ndarray | None,
+    keras_scores: np.ndarray | None,
 ) -> ModelFigures:
     """A .tflite file's identity (what load_classifier checks it against), its
-    unknown_score output at its own threshold (``detector``; None: the file has no such
-    output) against the Keras model's scores (``keras_scores``), its metadata and the
-    runtimes it was checked against."""
+    unknown_score output on ``rows`` (``got``) at its own threshold (``detector``; None:
+    the file has no such output) against the Keras model's scores (``keras_scores``), its
+    metadata and the runtimes it was checked against."""
     figures = file_record(path, clf.labels, clf.cfg.image_size)
     flags, figures["unknown"] = None, None
-    if detector is not None and keras_scores is not None:
-        got = _file_scores(TFLiteModel(path), clf, rows)
+    if detector is not None and got is not None and keras_scores is not None:
         figures["unknown"] = unknown_figures(detector, got, clf.unknown, keras_scores)
         flags = detector.flags(got)
     return {**figures, **check_runtimes(clf, path, rows, probabilities, flags)}
