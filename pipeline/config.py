@@ -98,7 +98,7 @@ class TrainConfig:
     head_fit: HeadFit = "exact"  # phase 1: logistic regression (C chosen on val) or Adam
     head_epochs: int = 10  # phase 1 with head_fit=gradient: frozen base, new head
     head_lr: float = 1e-3  # phase 1 with head_fit=gradient: Adam's learning rate
-    fine_tune_epochs: int = 10  # phase 2: top of the base unfrozen; 0 skips phase 2
+    fine_tune_epochs: int | None = None  # phase 2: none = the backbone's own; 0 skips phase 2
     fine_tune_lr: float = 1e-4  # phase 2: the peak learning rate
     fine_tune_schedule: Schedule = "cosine"  # phase 2: warm-up then cosine, or on plateau
     warmup_epochs: float = 1.0  # cosine: linear warm-up from 0 to fine_tune_lr
@@ -193,6 +193,15 @@ class Config:
 
         return self.input.image_size or get_backbone(self.model.backbone).default_size
 
+    @property
+    def fine_tune_epochs(self) -> int:
+        """train.fine_tune_epochs, or the backbone's own when it is not set: the recipe's
+        per-backbone value (pipeline/backbones/), as the image size is."""
+        from pipeline.backbones import get_backbone
+
+        own = self.train.fine_tune_epochs
+        return own if own is not None else get_backbone(self.model.backbone).fine_tune_epochs
+
     def dataset_dir(self) -> Path:
         """Where this data set's manifests live: data/<dataset id>/, named by the source
         itself (pipeline.data.provenance.dataset_id), never by a base name alone."""
@@ -262,12 +271,20 @@ def options_markdown(make_variables: dict[str, str] | None = None) -> str:
         for f in dataclasses.fields(cls):
             key = f"{name}.{f.name}"
             allowed = literal_choices(hints[f.name])
-            values = " \\| ".join(allowed) if allowed else hints[f.name].__name__
+            values = " \\| ".join(allowed) if allowed else _type_name(hints[f.name])
             variable = f"`{make[key]}`" if key in make else ""
             help_text = helps[f.name].replace("|", "\\|")
             default = json.dumps(f.default)
             lines.append(f"| `{key}` | {variable} | `{default}` | {values} | {help_text} |")
     return "\n".join(lines)
+
+
+def _type_name(annotation: Any) -> str:
+    """'int', or 'int or none' for an option that may be left unset."""
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        return " or ".join(a.__name__ for a in args if a is not type(None)) + " or none"
+    return annotation.__name__
 
 
 def _coerce(key: str, raw: Any, annotation: Any) -> Any:

@@ -198,9 +198,9 @@ MAX_SEED = 2**32 - 1
 
 def _validate_train(t: TrainConfig) -> None:
     for key, value in (("head_epochs", t.head_epochs), ("fine_tune_epochs", t.fine_tune_epochs)):
-        if value < 0:
+        if value is not None and value < 0:
             raise ConfigError(f"train.{key} must be 0 or more. Received: {value}")
-    if t.head_epochs + t.fine_tune_epochs == 0:
+    if t.head_epochs == 0 and t.fine_tune_epochs == 0:  # unset: the backbone's own, never 0
         raise ConfigError(
             "train.head_epochs and train.fine_tune_epochs are both 0: nothing to train"
         )

@@ -64,6 +64,15 @@ def test_the_default_input_size_follows_the_backbone():
     assert load_config(None, ["model.backbone=mobilenet", "input.image_size=160"]).image_size == 160
 
 
+def test_unset_fine_tune_epochs_are_the_backbones_own_and_a_set_value_wins():
+    inception = load_config(None, [])
+    assert inception.train.fine_tune_epochs is None and inception.fine_tune_epochs == 10
+    lite = with_overrides(inception, {"model.backbone": "efficientnet_lite0"})
+    assert lite.fine_tune_epochs == 6
+    assert with_overrides(lite, {"train.fine_tune_epochs": 0}).fine_tune_epochs == 0
+    assert with_overrides(lite, {"train.fine_tune_epochs": 10}).fine_tune_epochs == 10
+
+
 def test_with_overrides_copies():
     cfg = Config()
     other = with_overrides(cfg, {"train.seed": 3})

@@ -32,6 +32,15 @@ def test_a_long_run_names_the_fast_backbone_with_its_own_time():
     assert _minutes(lines[1]) < _minutes(lines[0])
 
 
+def test_unset_epochs_time_each_backbone_at_its_own_recipes_epochs():
+    counts = ("inception_v3", 299, 3670, 2569, 550)
+    own = forecast_lines(*counts, epochs=None, cores=2)
+    ten = forecast_lines(*counts, epochs=BACKBONES["inception_v3"].fine_tune_epochs, cores=2)
+    assert own[0] == ten[0]  # InceptionV3's own is the 10 asked for
+    assert BACKBONES[FAST_BACKBONE].fine_tune_epochs < 10
+    assert _minutes(own[1]) < _minutes(ten[1])  # the fast backbone at its own, fewer epochs
+
+
 def test_a_short_run_and_the_fast_backbone_suggest_nothing_else():
     assert len(forecast_lines("inception_v3", 299, 40, train=28, val=6, epochs=1, cores=2)) == 1
     assert len(forecast_lines(FAST_BACKBONE, 224, 3670, 2569, 550, 10, cores=2)) == 1

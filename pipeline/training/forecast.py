@@ -71,18 +71,25 @@ def forecast_lines(
     images: int,
     train: int,
     val: int,
-    epochs: int,
+    epochs: int | None,
     cores: int | None = None,
 ) -> list[str]:
-    """What `make train` prints on a CPU before it starts; [] without a measured rate."""
+    """What `make train` prints on a CPU before it starts; [] without a measured rate.
+    ``epochs``: train.fine_tune_epochs as set, or None for each backbone's own (the fast
+    backbone's alternative is then timed at its own recipe's epochs)."""
+    from pipeline.backbones import get_backbone
+
     reference_cores, table = load_rates()
     if backbone not in table:
         return []
     cores = cores or os.cpu_count() or 1
 
     def minutes(name: str, at: int) -> float:
-        rates = table[name]
-        return forecast_seconds(rates, reference_cores, cores, at, images, train, val, epochs) / 60
+        rates, n = (
+            table[name],
+            epochs if epochs is not None else get_backbone(name).fine_tune_epochs,
+        )
+        return forecast_seconds(rates, reference_cores, cores, at, images, train, val, n) / 60
 
     expected = minutes(backbone, size)
     lines = [

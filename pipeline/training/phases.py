@@ -78,7 +78,7 @@ def phase_one(run: TrainingRun, xla: bool) -> PhaseResult:
         return record_phase(run, 1, _exact_head(run))
     epochs = t.head_epochs
     if not run.backbone.pretrained:
-        epochs = t.head_epochs + t.fine_tune_epochs
+        epochs = t.head_epochs + run.cfg.fine_tune_epochs
     if epochs == 0:
         return PhaseResult(epochs=0, skipped=True)
     cached = run.backbone.pretrained and t.cache_features and not t.head_augment
@@ -225,9 +225,11 @@ def phase_two(run: TrainingRun, xla: bool) -> PhaseResult:
         f"Phase 2: fine-tuning the base after {run.spec.fine_tune_after} ({len(trainable_layers)} "
         f"layers with weights, BatchNorm frozen): "
         f"{count_params(base.trainable_variables):,} of {count_params(base.weights):,} base "
-        f"parameters train; {schedule}, up to {t.fine_tune_epochs} epochs"
+        f"parameters train; {schedule}, up to {run.cfg.fine_tune_epochs} epochs"
     )
-    result = run_phase(run, 2, run.classifier, train, val, t.fine_tune_epochs, t.fine_tune_lr, xla)
+    result = run_phase(
+        run, 2, run.classifier, train, val, run.cfg.fine_tune_epochs, t.fine_tune_lr, xla
+    )
     result = replace(
         result,
         val_gain=val_gain(run, val),

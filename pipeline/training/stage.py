@@ -146,7 +146,7 @@ def _train(
     print(weights_line)
     if chief and not local_gpus() and backbone.pretrained:
         images = sum(len(run_data.rows(split)) for split in ("train", "val", "test"))
-        epochs = cfg.train.fine_tune_epochs
+        epochs = cfg.train.fine_tune_epochs  # None: each backbone's own
         counts = (images, len(train_rows), len(val_rows), epochs)
         for line in forecast_lines(backbone.name, spec.size, *counts):
             print(line)
@@ -170,7 +170,7 @@ def _train(
         rss_before=rss_before,
     )
     phases = {1: phase_one(run, xla)}
-    if backbone.pretrained and cfg.train.fine_tune_epochs > 0:
+    if backbone.pretrained and cfg.fine_tune_epochs > 0:
         phases[2] = phase_two(run, xla)
     kept = keep_better_phase(run, phases)
     return finish(run, phases, kept, precision, xla, time.perf_counter() - started, resumed)
