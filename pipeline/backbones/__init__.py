@@ -49,7 +49,7 @@ class Backbone:
     width_scales_above: float = 0.0
     # The pretrained weights' licence, written into exported files' metadata
     weights_licence: str = "Apache-2.0 (Keras Applications ImageNet weights)"
-    # Phase 2's epochs when train.fine_tune_epochs is not set (benchmarks/recipe.py measures)
+    # Phase 2's epochs when train.fine_tune_epochs is not set (benchmarks/paired_runs.py)
     fine_tune_epochs: int = 10
 
     @property

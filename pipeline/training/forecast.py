@@ -85,11 +85,8 @@ def forecast_lines(
     cores = cores or os.cpu_count() or 1
 
     def minutes(name: str, at: int) -> float:
-        rates, n = (
-            table[name],
-            epochs if epochs is not None else get_backbone(name).fine_tune_epochs,
-        )
-        return forecast_seconds(rates, reference_cores, cores, at, images, train, val, n) / 60
+        n = epochs if epochs is not None else get_backbone(name).fine_tune_epochs
+        return forecast_seconds(table[name], reference_cores, cores, at, images, train, val, n) / 60
 
     expected = minutes(backbone, size)
     lines = [
