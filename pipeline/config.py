@@ -197,10 +197,7 @@ class Config:
     def fine_tune_epochs(self) -> int:
         """train.fine_tune_epochs, or the backbone's own when it is not set: the recipe's
         per-backbone value (pipeline/backbones/), as the image size is."""
-        from pipeline.backbones import get_backbone
-
-        own = self.train.fine_tune_epochs
-        return own if own is not None else get_backbone(self.model.backbone).fine_tune_epochs
+        return phase2_epochs(self.train.fine_tune_epochs, self.model.backbone)
 
     def dataset_dir(self) -> Path:
         """Where this data set's manifests live: data/<dataset id>/, named by the source
@@ -277,6 +274,13 @@ def options_markdown(make_variables: dict[str, str] | None = None) -> str:
             default = json.dumps(f.default)
             lines.append(f"| `{key}` | {variable} | `{default}` | {values} | {help_text} |")
     return "\n".join(lines)
+
+
+def phase2_epochs(setting: int | None, backbone: str) -> int:
+    """Phase 2's epochs: train.fine_tune_epochs as set, else ``backbone``'s own."""
+    from pipeline.backbones import get_backbone
+
+    return setting if setting is not None else get_backbone(backbone).fine_tune_epochs
 
 
 def _type_name(annotation: Any) -> str:

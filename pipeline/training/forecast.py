@@ -77,7 +77,7 @@ def forecast_lines(
     """What `make train` prints on a CPU before it starts; [] without a measured rate.
     ``epochs``: train.fine_tune_epochs as set, or None for each backbone's own (the fast
     backbone's alternative is then timed at its own recipe's epochs)."""
-    from pipeline.backbones import get_backbone
+    from pipeline.config import phase2_epochs
 
     reference_cores, table = load_rates()
     if backbone not in table:
@@ -85,7 +85,7 @@ def forecast_lines(
     cores = cores or os.cpu_count() or 1
 
     def minutes(name: str, at: int) -> float:
-        n = epochs if epochs is not None else get_backbone(name).fine_tune_epochs
+        n = phase2_epochs(epochs, name)
         return forecast_seconds(table[name], reference_cores, cores, at, images, train, val, n) / 60
 
     expected = minutes(backbone, size)

@@ -208,6 +208,7 @@ def _cache_figures(features: dict[str, CachedFeatures]) -> dict[str, Any]:
 def phase_two(run: TrainingRun, xla: bool) -> PhaseResult:
     """Top of the base unfrozen from the cut, BatchNorm frozen, augmented images."""
     t = run.cfg.train
+    epochs = run.cfg.fine_tune_epochs
     freeze_for_phase(run.classifier, run.spec, 2)
     done = run.state.phases.get(2)
     if done is not None:
@@ -225,11 +226,9 @@ def phase_two(run: TrainingRun, xla: bool) -> PhaseResult:
         f"Phase 2: fine-tuning the base after {run.spec.fine_tune_after} ({len(trainable_layers)} "
         f"layers with weights, BatchNorm frozen): "
         f"{count_params(base.trainable_variables):,} of {count_params(base.weights):,} base "
-        f"parameters train; {schedule}, up to {run.cfg.fine_tune_epochs} epochs"
+        f"parameters train; {schedule}, up to {epochs} epochs"
     )
-    result = run_phase(
-        run, 2, run.classifier, train, val, run.cfg.fine_tune_epochs, t.fine_tune_lr, xla
-    )
+    result = run_phase(run, 2, run.classifier, train, val, epochs, t.fine_tune_lr, xla)
     result = replace(
         result,
         val_gain=val_gain(run, val),
