@@ -22,6 +22,13 @@ The peak is the highest over ``--steps`` training steps: it depends on the order
 inter-op threads run the backward pass in, and a single step sometimes lands in a schedule
 about 20% lower than the worst one, the one an out-of-memory error meets.
 
+The measured steps run under TensorFlow's profiler, whose trace records every allocation
+with the bytes requested and the chunk the allocator gave (``chunks_at_peak``). The
+allocator hands out a free chunk whole when it is under twice the request, so the peak can
+hold chunk bytes no tensor asked for: the table gives that rounding at the peak, and the
+per-image slope and error of the peak without it (what the estimate's liveness simulation
+models), beside the peak itself.
+
 Every batch size is measured ``--repeats`` times; the line through the median peaks gives
 the measured memory per image (its slope), compared with the estimate's slope over the same
 batches (``pipeline.memory.realistic_training``); each batch's estimated total is compared
@@ -143,10 +150,14 @@ def run_child(case: str, batch: int, steps: int, images: Path) -> dict:
     step(next(batches))  # traces the step
     held_bytes = int(tf.config.experimental.get_memory_info("CPU:0")["current"])
     tf.config.experimental.reset_memory_stats("CPU:0")
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(next(batches))
-    seconds = (time.perf_counter() - start) / steps
+    with tempfile.TemporaryDirectory() as trace:
+        tf.profiler.experimental.start(trace)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(next(batches))
+        seconds = (time.perf_counter() - start) / steps
+        tf.profiler.experimental.stop()
+        rounding = chunks_at_peak(trace)
     return {
         "batch": batch,
         "peak_bytes": int(tf.config.experimental.get_memory_info("CPU:0")["peak"]),
@@ -156,7 +167,66 @@ def run_child(case: str, batch: int, steps: int, images: Path) -> dict:
         "estimate_per_image": estimate["per_image"],
         "estimate_fixed": estimate["fixed"],
         "estimate_total": estimate["total"],
-        "seconds_per_step": seconds,
+        "seconds_per_step": seconds,  # with the profiler's allocator trace on
+        **rounding,
+    }
+
+
+def _stats(plane, event) -> dict:
+    """An XPlane event's statistics by name."""
+    out = {}
+    for s in event.stats:
+        kind = s.WhichOneof("value")
+        value = getattr(s, kind) if kind else None
+        out[plane.stat_metadata[s.metadata_id].name] = (
+            plane.stat_metadata[value].name if kind == "ref_value" else value
+        )
+    return out
+
+
+def chunks_at_peak(trace: str) -> dict:
+    """What the allocator held at the traced steps' peak beyond the bytes requested.
+
+    TensorFlow's profiler records each BFC allocation and free (``MemoryAllocation``,
+    ``MemoryDeallocation``) with the bytes requested and the chunk given. The allocator
+    gives a whole free chunk, unsplit, when it is under twice the request, so a tensor can
+    hold up to twice its size. Replaying the events up to the one with the highest bytes in
+    use gives the chunks alive then: their chunk bytes beyond the request (``rounding_bytes``,
+    chunks made before the trace not counted) and the largest such chunks.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    events = []
+    for path in Path(trace).rglob("*.xplane.pb"):
+        space = xplane_pb2.XSpace.FromString(path.read_bytes())
+        for plane in space.planes:
+            for line in plane.lines:
+                for event in line.events:
+                    name = plane.event_metadata[event.metadata_id].name
+                    if name in ("MemoryAllocation", "MemoryDeallocation"):
+                        at = line.timestamp_ns * 1000 + event.offset_ps
+                        events.append((at, name == "MemoryAllocation", _stats(plane, event)))
+    if not events:
+        raise RuntimeError(f"no allocator events in the profiler trace under {trace}")
+    events.sort(key=lambda e: e[0])
+    peak = max(range(len(events)), key=lambda i: events[i][2]["bytes_allocated"])
+    alive: dict[int, dict] = {}
+    for _, allocation, stats in events[: peak + 1]:
+        if allocation:
+            alive[stats["addr"]] = stats
+        else:
+            alive.pop(stats["addr"], None)
+    rounded = sorted(
+        (s for s in alive.values() if s["allocation_bytes"] > s["requested_bytes"]),
+        key=lambda s: s["requested_bytes"] - s["allocation_bytes"],
+    )
+    return {
+        "traced_peak_bytes": events[peak][2]["bytes_allocated"],
+        "rounding_bytes": sum(s["allocation_bytes"] - s["requested_bytes"] for s in rounded),
+        "rounded_chunks": [
+            {k: s.get(k) for k in ("tf_op", "requested_bytes", "allocation_bytes")}
+            for s in rounded[:3]
+        ],
     }
 
 
@@ -192,6 +262,12 @@ def summarise(case: str, points: list[dict]) -> dict:
         fit_line(batches, [runs[b][k]["peak_bytes"] for b in batches])[0] for k in range(repeats)
     ]
     rss = [statistics.median(p["peak_rss"] for p in runs[b]) for b in batches]
+    # The peak less the chunk bytes beyond what its tensors requested: what the tensors
+    # themselves held, the quantity the liveness simulation models.
+    requested = [
+        statistics.median(p["peak_bytes"] - p["rounding_bytes"] for p in runs[b]) for b in batches
+    ]
+    requested_slope = fit_line(batches, requested)[0]
     # The estimate's own slope: its worst moment, hence its per-image figure, can change
     # with the batch size.
     totals = [runs[b][0]["estimate_total"] for b in batches]
@@ -213,6 +289,11 @@ def summarise(case: str, points: list[dict]) -> dict:
         "relative_error": (estimate - slope) / slope,
         "total_error": [(e - m) / m for e, m in zip(totals, medians)],
         "rss_per_image": fit_line(batches, rss)[0],
+        "median_rounding_bytes": [
+            statistics.median(p["rounding_bytes"] for p in runs[b]) for b in batches
+        ],
+        "requested_per_image": requested_slope,
+        "requested_error": (estimate - requested_slope) / requested_slope,
     }
 
 
@@ -234,15 +315,19 @@ def sweep_cases(sizes: tuple[int, int] = (96, 128)) -> list[str]:
 def print_table(results: list[dict]) -> None:
     print(
         f"\n{'case':<36}{'measured/img':>14}{'spread':>8}{'estimate/img':>14}{'error':>8}"
-        f"{'peaks (MiB)':>16}{'total error':>14}{'RSS/img':>10}"
+        f"{'peaks (MiB)':>16}{'total error':>14}{'rounding':>12}{'requested/img':>15}"
+        f"{'error':>8}{'RSS/img':>10}"
     )
     for r in results:
         peaks = ",".join(f"{x / MiB:.0f}" for x in r["median_peak_bytes"])
         total = ",".join(f"{x:+.0%}" for x in r["total_error"])
+        rounding = ",".join(f"{x / MiB:.0f}" for x in r["median_rounding_bytes"])
         print(
             f"{r['case']:<36}{r['measured_per_image'] / MiB:>10.2f} MiB{r['spread']:>8.0%}"
             f"{r['estimate_per_image'] / MiB:>10.2f} MiB{r['relative_error']:>+8.1%}"
-            f"{peaks:>16}{total:>14}{r['rss_per_image'] / MiB:>6.2f} MiB"
+            f"{peaks:>16}{total:>14}{rounding:>12}"
+            f"{r['requested_per_image'] / MiB:>11.2f} MiB{r['requested_error']:>+8.1%}"
+            f"{r['rss_per_image'] / MiB:>6.2f} MiB"
         )
 
 

@@ -7,6 +7,11 @@ moves real memory away from the estimate fails here, not in a user's out-of-memo
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from pipeline.config import Config, with_overrides
@@ -55,3 +60,34 @@ def test_recommended_batch_fits_the_budget_when_trained(bench, tmp_path):
     assert batch >= 16  # the budget is sized to matter: a batch of a few images proves little
     peak = bench.measure(CASE, batch, STEPS, tmp_path)["peak_bytes"]
     assert peak <= budget, f"batch {batch}: peak {peak:,} B over the budget {budget:,} B"
+
+
+# A fresh process with the BFC allocator on: a 50 MiB tensor is made and freed, then two
+# 27 MiB tensors are made under the profiler. The first is cut from the freed chunk; the
+# rest of that chunk is under twice 27 MiB, so the second is given all of it, unsplit.
+_UNSPLIT_CHUNK = """
+import json, sys, tempfile
+import tensorflow as tf
+sys.path.insert(0, "benchmarks")
+from memory import chunks_at_peak
+freed = tf.zeros([50 * 2**18]); del freed
+with tempfile.TemporaryDirectory() as trace:
+    tf.profiler.experimental.start(trace)
+    a, b = tf.zeros([27 * 2**18]), tf.zeros([27 * 2**18])
+    tf.profiler.experimental.stop()
+    print(json.dumps(chunks_at_peak(trace)))
+"""
+
+
+def test_allocator_rounding_at_the_peak_is_read_from_the_profiler_trace():
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", _UNSPLIT_CHUNK],
+        capture_output=True, text=True, check=True, cwd=REPO, env=env,
+    )  # fmt: skip
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    largest = found["rounded_chunks"][0]
+    assert largest["requested_bytes"] == 27 * 2**20
+    assert largest["allocation_bytes"] > 27 * 2**20
+    assert found["rounding_bytes"] >= largest["allocation_bytes"] - 27 * 2**20
+    assert found["traced_peak_bytes"] >= 54 * 2**20 + found["rounding_bytes"]
