@@ -1,7 +1,7 @@
 """Memory per image, measured against the estimate: the real training step, fresh processes.
 
     python benchmarks/memory.py [--cases inception_v3:128:2,inception_v3:128:all,small_cnn:64:1]
-        [--batches 8,32] [--repeats 3] [--steps 4] [--sweep] [--out PATH]
+        [--batches 8,32] [--repeats 3] [--steps 4] [--sweep | --replay] [--out PATH]
 
 A case is backbone:image size:phase[:precision]; the phase is 1 (base frozen), 2 (layers
 after the backbone's cut point train) or all (every layer but BatchNorm trains), the
@@ -26,8 +26,11 @@ The measured steps run under TensorFlow's profiler, whose trace records every al
 with the bytes requested and the chunk the allocator gave (``chunks_at_peak``). The
 allocator hands out a free chunk whole when it is under twice the request, so the peak can
 hold chunk bytes no tensor asked for: the table gives that rounding at the peak, and the
-per-image slope and error of the peak without it (what the estimate's liveness simulation
-models), beside the peak itself.
+per-image slope and error of the peak without it, beside the peak itself.
+
+``--replay`` checks a model of the allocator (``BFCModel``): one process per case and batch
+is traced from its first allocation, and its requests, in the trace's order, are fed to the
+model, whose peak and bytes in use are compared with the real allocator's.
 
 Every batch size is measured ``--repeats`` times; the line through the median peaks gives
 the measured memory per image (its slope), compared with the estimate's slope over the same
@@ -38,6 +41,7 @@ with its median peak. Prints a table and writes JSON under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import platform
@@ -56,6 +60,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.files import write_json  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "memory.json"
+REPLAYS = RESULTS.with_name("memory_replay.json")
 DEFAULT_CASES = "inception_v3:128:2,inception_v3:128:all,small_cnn:64:1"
 NUM_CLASSES = 5
 IMAGES = 16  # distinct generated JPEGs; the training set repeats them
@@ -100,8 +105,10 @@ def _jpegs(folder: Path, size: int) -> list[SimpleNamespace]:
     return rows
 
 
-def run_child(case: str, batch: int, steps: int, images: Path) -> dict:
-    """One measurement, in this (fresh) process: the real training step on real batches."""
+def run_child(case: str, batch: int, steps: int, images: Path, trace: str, replay: bool) -> dict:
+    """One measurement, in this (fresh) process: the real training step on real batches,
+    its measured steps traced by the profiler (with ``replay``, the whole process, replayed
+    through ``BFCModel`` instead)."""
     import keras
     import tensorflow as tf
 
@@ -118,6 +125,8 @@ def run_child(case: str, batch: int, steps: int, images: Path) -> dict:
     )
     from pipeline.training.loop import build_train_step, compile_for_training
 
+    if replay:
+        tf.profiler.experimental.start(trace)
     backbone, size, phase, precision = parse_case(case)
     keras.mixed_precision.set_global_policy(precision)
     cfg = with_overrides(
@@ -150,14 +159,16 @@ def run_child(case: str, batch: int, steps: int, images: Path) -> dict:
     step(next(batches))  # traces the step
     held_bytes = int(tf.config.experimental.get_memory_info("CPU:0")["current"])
     tf.config.experimental.reset_memory_stats("CPU:0")
-    with tempfile.TemporaryDirectory() as trace:
+    if not replay:
         tf.profiler.experimental.start(trace)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step(next(batches))
-        seconds = (time.perf_counter() - start) / steps
-        tf.profiler.experimental.stop()
-        rounding = chunks_at_peak(trace)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(batches))
+    seconds = (time.perf_counter() - start) / steps
+    tf.profiler.experimental.stop()
+    events = allocator_events(trace)
+    if replay:
+        return {"case": case, "batch": batch, **replayed(events)}
     return {
         "batch": batch,
         "peak_bytes": int(tf.config.experimental.get_memory_info("CPU:0")["peak"]),
@@ -168,7 +179,7 @@ def run_child(case: str, batch: int, steps: int, images: Path) -> dict:
         "estimate_fixed": estimate["fixed"],
         "estimate_total": estimate["total"],
         "seconds_per_step": seconds,  # with the profiler's allocator trace on
-        **rounding,
+        **chunks_at_peak(events),
     }
 
 
@@ -184,15 +195,11 @@ def _stats(plane, event) -> dict:
     return out
 
 
-def chunks_at_peak(trace: str) -> dict:
-    """What the allocator held at the traced steps' peak beyond the bytes requested.
+def allocator_events(trace: str) -> list[tuple[bool, dict]]:
+    """The BFC allocator's allocations (True) and frees (False) in a profiler trace, in order.
 
-    TensorFlow's profiler records each BFC allocation and free (``MemoryAllocation``,
-    ``MemoryDeallocation``) with the bytes requested and the chunk given. The allocator
-    gives a whole free chunk, unsplit, when it is under twice the request, so a tensor can
-    hold up to twice its size. Replaying the events up to the one with the highest bytes in
-    use gives the chunks alive then: their chunk bytes beyond the request (``rounding_bytes``,
-    chunks made before the trace not counted) and the largest such chunks.
+    TensorFlow's profiler records each one (``MemoryAllocation``, ``MemoryDeallocation``)
+    with the bytes requested, the chunk given, its address and the bytes in use after it.
     """
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
@@ -208,10 +215,21 @@ def chunks_at_peak(trace: str) -> dict:
                         events.append((at, name == "MemoryAllocation", _stats(plane, event)))
     if not events:
         raise RuntimeError(f"no allocator events in the profiler trace under {trace}")
-    events.sort(key=lambda e: e[0])
-    peak = max(range(len(events)), key=lambda i: events[i][2]["bytes_allocated"])
+    return [(allocation, stats) for _, allocation, stats in sorted(events, key=lambda e: e[0])]
+
+
+def chunks_at_peak(events: list[tuple[bool, dict]]) -> dict:
+    """What the allocator held at the traced peak beyond the bytes requested.
+
+    The allocator gives a whole free chunk, unsplit, when it is under twice the request, so
+    a tensor can hold up to twice its size. Replaying the events up to the one with the
+    highest bytes in use gives the chunks alive then: their chunk bytes beyond the request
+    (``rounding_bytes``, chunks made before the trace not counted) and the largest such
+    chunks.
+    """
+    peak = max(range(len(events)), key=lambda i: events[i][1]["bytes_allocated"])
     alive: dict[int, dict] = {}
-    for _, allocation, stats in events[: peak + 1]:
+    for allocation, stats in events[: peak + 1]:
         if allocation:
             alive[stats["addr"]] = stats
         else:
@@ -221,7 +239,7 @@ def chunks_at_peak(trace: str) -> dict:
         key=lambda s: s["requested_bytes"] - s["allocation_bytes"],
     )
     return {
-        "traced_peak_bytes": events[peak][2]["bytes_allocated"],
+        "traced_peak_bytes": events[peak][1]["bytes_allocated"],
         "rounding_bytes": sum(s["allocation_bytes"] - s["requested_bytes"] for s in rounded),
         "rounded_chunks": [
             {k: s.get(k) for k in ("tf_op", "requested_bytes", "allocation_bytes")}
@@ -230,11 +248,126 @@ def chunks_at_peak(trace: str) -> dict:
     }
 
 
-def measure(case: str, batch: int, steps: int, images: Path) -> dict:
+class BFCModel:
+    """TensorFlow's BFC allocator (``tsl/framework/bfc_allocator.cc``), in bytes only.
+
+    Its rules: requests rounded up to 256 bytes; free chunks kept in bins of power-of-two
+    sizes, the smallest chunk that fits taken first (ties by address); a chunk split only
+    when it is at least twice the rounded request (or 128 MiB more); a freed chunk merged
+    with free neighbours of its region; when nothing fits, a new region, whose size doubles
+    each time. ``in_use`` and ``peak`` count chunk bytes, as ``get_memory_info`` does.
+    """
+
+    MIN_CHUNK = 256
+    BINS = 21
+    SPLIT_ALWAYS = 128 << 20
+
+    def __init__(self, first_region: int = 2 << 20):
+        self.region_bytes = first_region
+        self.chunks: dict[int, list[int]] = {}  # address -> [size, in use, region]
+        self.addresses: list[int] = []  # sorted
+        self.free_bins: list[list[tuple[int, int]]] = [[] for _ in range(self.BINS)]
+        self.next_region = 0
+        self.in_use = self.peak = 0
+
+    def _bin(self, size: int) -> int:
+        return min(max(size >> 8, 1).bit_length() - 1, self.BINS - 1)
+
+    def _free_chunk(self, address: int, insert: bool) -> None:
+        entry = (self.chunks[address][0], address)
+        free = self.free_bins[self._bin(entry[0])]
+        if insert:
+            bisect.insort(free, entry)
+        else:
+            free.pop(bisect.bisect_left(free, entry))
+
+    def _new_chunk(self, address: int, size: int, region: int) -> None:
+        self.chunks[address] = [size, 0, region]
+        bisect.insort(self.addresses, address)
+        self._free_chunk(address, insert=True)
+
+    def _fitting(self, size: int) -> int | None:
+        for free in self.free_bins[self._bin(size) :]:
+            for chunk_size, address in free:
+                if chunk_size >= size:
+                    return address
+        return None
+
+    def allocate(self, nbytes: int) -> int:
+        """The address of the chunk given for ``nbytes``."""
+        size = max(self.MIN_CHUNK, -(-nbytes // self.MIN_CHUNK) * self.MIN_CHUNK)
+        address = self._fitting(size)
+        if address is None:
+            grew = size > self.region_bytes
+            while size > self.region_bytes:
+                self.region_bytes *= 2
+            address = self.next_region
+            self.next_region += self.region_bytes << 1  # regions are never neighbours
+            self._new_chunk(address, self.region_bytes, address)
+            if not grew:
+                self.region_bytes *= 2
+        self._free_chunk(address, insert=False)
+        chunk = self.chunks[address]
+        if chunk[0] >= 2 * size or chunk[0] - size >= self.SPLIT_ALWAYS:
+            self._new_chunk(address + size, chunk[0] - size, chunk[2])
+            chunk[0] = size
+        chunk[1] = 1
+        self.in_use += chunk[0]
+        self.peak = max(self.peak, self.in_use)
+        return address
+
+    def _merge(self, low: int, high: int, free: int) -> None:
+        """Merge ``high`` into ``low``, neighbours in one region; ``free`` is the one of them
+        in a free bin."""
+        self._free_chunk(free, insert=False)
+        self.chunks[low][0] += self.chunks.pop(high)[0]
+        self.addresses.remove(high)
+
+    def _neighbours(self, low: int, high: int) -> bool:
+        a, b = self.chunks[low], self.chunks[high]
+        return not (a[1] or b[1]) and a[2] == b[2] and low + a[0] == high
+
+    def free(self, address: int) -> None:
+        chunk = self.chunks[address]
+        chunk[1] = 0
+        self.in_use -= chunk[0]
+        at = bisect.bisect_left(self.addresses, address)
+        if at + 1 < len(self.addresses) and self._neighbours(address, self.addresses[at + 1]):
+            self._merge(address, self.addresses[at + 1], free=self.addresses[at + 1])
+        if at > 0 and self._neighbours(self.addresses[at - 1], address):
+            before = self.addresses[at - 1]
+            self._merge(before, address, free=before)
+            address = before
+        self._free_chunk(address, insert=True)
+
+
+def replayed(events: list[tuple[bool, dict]]) -> dict:
+    """The trace's requests, in its order, through ``BFCModel``: its peak against the real
+    one, the largest gap in bytes in use and the chunks it sized differently."""
+    model, where = BFCModel(), {}
+    gap = mismatches = 0
+    for allocation, stats in events:
+        if allocation:
+            where[stats["addr"]] = model.allocate(stats["requested_bytes"])
+            mismatches += model.chunks[where[stats["addr"]]][0] != stats["allocation_bytes"]
+        elif stats["addr"] in where:
+            model.free(where.pop(stats["addr"]))
+        gap = max(gap, abs(model.in_use - stats["bytes_allocated"]))
+    return {
+        "allocations": sum(a for a, _ in events),
+        "real_peak_bytes": max(s["bytes_allocated"] for _, s in events),
+        "model_peak_bytes": model.peak,
+        "largest_gap_bytes": gap,
+        "chunks_sized_differently": mismatches,
+    }
+
+
+def measure(case: str, batch: int, steps: int, images: Path, replay: bool = False) -> dict:
     """run_child in a fresh process with the BFC allocator's statistics on."""
     env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "PYTHONPATH": str(REPO)}
     command = [sys.executable, __file__, "--child", case, "--batch", str(batch)]
     command += ["--steps", str(steps), "--images", str(images)]
+    command += ["--replay"] if replay else []
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{case} batch {batch} failed:\n{done.stderr[-2000:]}")
@@ -331,6 +464,33 @@ def print_table(results: list[dict]) -> None:
         )
 
 
+def replay_cases(cases: list[str], batches: list[int], steps: int, out: Path) -> None:
+    """The allocator model against the real allocator: each process's whole trace replayed."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as images:
+        rows = [measure(c, b, steps, Path(images), replay=True) for c in cases for b in batches]
+    print(f"\n{'case':<36}{'batch':>6}{'allocations':>13}{'real peak':>14}{'model peak':>14}"
+          f"{'largest gap':>14}{'chunks off':>12}")  # fmt: skip
+    for r in rows:
+        print(
+            f"{r['case']:<36}{r['batch']:>6}{r['allocations']:>13,}"
+            f"{r['real_peak_bytes'] / MiB:>10.2f} MiB{r['model_peak_bytes'] / MiB:>10.2f} MiB"
+            f"{r['largest_gap_bytes'] / MiB:>10.2f} MiB{r['chunks_sized_differently']:>12,}"
+        )
+    minutes = (time.perf_counter() - started) / 60
+    write_json(
+        out,
+        {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "memory": "each process's allocator trace, from its start, replayed through "
+            "BFCModel: the model's peak and bytes in use against the real allocator's",
+            "minutes": minutes,
+            "replays": rows,
+        },
+    )
+    print(f"Wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=DEFAULT_CASES)
@@ -339,15 +499,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--sweep", action="store_true", help="every backbone, phase, precision")
     parser.add_argument("--out", default="", help="JSON path (default benchmarks/results/)")
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="trace one process per case and batch from its start and replay it through the "
+        "allocator model (BFCModel)",
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--images", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = run_child(args.child, args.batch, args.steps, Path(args.images))
+        with tempfile.TemporaryDirectory() as trace:
+            result = run_child(
+                args.child, args.batch, args.steps, Path(args.images), trace, args.replay
+            )
         print(json.dumps(result))
         return
     batches = [int(b) for b in args.batches.split(",")]
+    if args.replay:
+        replay_cases(args.cases.split(","), batches, args.steps, Path(args.out or REPLAYS))
+        return
     if len(batches) < 2:
         parser.error("--batches needs at least two sizes to fit a line, e.g. 8,32")
     cases = sweep_cases() if args.sweep else args.cases.split(",")

@@ -62,32 +62,46 @@ def test_recommended_batch_fits_the_budget_when_trained(bench, tmp_path):
     assert peak <= budget, f"batch {batch}: peak {peak:,} B over the budget {budget:,} B"
 
 
-# A fresh process with the BFC allocator on: a 50 MiB tensor is made and freed, then two
-# 27 MiB tensors are made under the profiler. The first is cut from the freed chunk; the
-# rest of that chunk is under twice 27 MiB, so the second is given all of it, unsplit.
+# A fresh process with the BFC allocator on, traced from its first allocation: a 50 MiB
+# tensor is made and freed, then two 27 MiB tensors and a 1 MiB one are made. The first is
+# cut from the freed chunk; the rest of that chunk is under twice 27 MiB, so the second is
+# given all of it, unsplit; the third, the peak, needs a new region.
 _UNSPLIT_CHUNK = """
 import json, sys, tempfile
 import tensorflow as tf
 sys.path.insert(0, "benchmarks")
-from memory import chunks_at_peak
-freed = tf.zeros([50 * 2**18]); del freed
+from memory import allocator_events, chunks_at_peak, replayed
 with tempfile.TemporaryDirectory() as trace:
     tf.profiler.experimental.start(trace)
-    a, b = tf.zeros([27 * 2**18]), tf.zeros([27 * 2**18])
+    freed = tf.zeros([50 * 2**18]); del freed
+    a, b, c = tf.zeros([27 * 2**18]), tf.zeros([27 * 2**18]), tf.zeros([2**18])
     tf.profiler.experimental.stop()
-    print(json.dumps(chunks_at_peak(trace)))
+    events = allocator_events(trace)
+    print(json.dumps({"peak": chunks_at_peak(events), "replayed": replayed(events)}))
 """
 
 
-def test_allocator_rounding_at_the_peak_is_read_from_the_profiler_trace():
+@pytest.fixture(scope="module")
+def unsplit_chunk() -> dict:
     env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-c", _UNSPLIT_CHUNK],
         capture_output=True, text=True, check=True, cwd=REPO, env=env,
     )  # fmt: skip
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_allocator_rounding_at_the_peak_is_read_from_the_profiler_trace(unsplit_chunk):
+    found = unsplit_chunk["peak"]
     largest = found["rounded_chunks"][0]
     assert largest["requested_bytes"] == 27 * 2**20
     assert largest["allocation_bytes"] > 27 * 2**20
     assert found["rounding_bytes"] >= largest["allocation_bytes"] - 27 * 2**20
-    assert found["traced_peak_bytes"] >= 54 * 2**20 + found["rounding_bytes"]
+    assert found["traced_peak_bytes"] >= 55 * 2**20 + found["rounding_bytes"]
+
+
+def test_allocator_model_replays_the_real_allocators_chunks(unsplit_chunk):
+    replay = unsplit_chunk["replayed"]
+    assert replay["chunks_sized_differently"] == 0
+    assert replay["model_peak_bytes"] == replay["real_peak_bytes"]
+    assert replay["largest_gap_bytes"] == 0
