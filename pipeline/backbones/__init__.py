@@ -104,7 +104,7 @@ BACKBONES: dict[str, Backbone] = {
         ),
         # (x - 127) / 128 inside the network; stages 6-7 and the head train in phase 2. Lite0
         # for 6 epochs: on flowers-2k's validation as good as 10, 40% sooner
-        # (docs/efficientnet-lite.md); Lite1 and Lite2 are not measured yet
+        # (docs/efficientnet-lite.md); Lite1's cut is measured on two splits, Lite2's not yet
         *(
             Backbone(
                 f"efficientnet_lite{n}",
