@@ -362,9 +362,14 @@ def replayed(events: list[tuple[bool, dict]]) -> dict:
     }
 
 
+def child_env() -> dict[str, str]:
+    """A fresh process's environment with the BFC allocator, and its statistics, on the CPU."""
+    return {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "PYTHONPATH": str(REPO)}
+
+
 def measure(case: str, batch: int, steps: int, images: Path, replay: bool = False) -> dict:
     """run_child in a fresh process with the BFC allocator's statistics on."""
-    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "PYTHONPATH": str(REPO)}
+    env = child_env()
     command = [sys.executable, __file__, "--child", case, "--batch", str(batch)]
     command += ["--steps", str(steps), "--images", str(images)]
     command += ["--replay"] if replay else []
@@ -396,7 +401,7 @@ def summarise(case: str, points: list[dict]) -> dict:
     ]
     rss = [statistics.median(p["peak_rss"] for p in runs[b]) for b in batches]
     # The peak less the chunk bytes beyond what its tensors requested: what the tensors
-    # themselves held, the quantity the liveness simulation models.
+    # themselves asked for (the estimate rounds scratch up, so it is no exact target).
     requested = [
         statistics.median(p["peak_bytes"] - p["rounding_bytes"] for p in runs[b]) for b in batches
     ]

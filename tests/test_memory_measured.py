@@ -8,7 +8,6 @@ moves real memory away from the estimate fails here, not in a user's out-of-memo
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -82,11 +81,10 @@ with tempfile.TemporaryDirectory() as trace:
 
 
 @pytest.fixture(scope="module")
-def unsplit_chunk() -> dict:
-    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "PYTHONPATH": str(REPO)}
+def unsplit_chunk(bench) -> dict:
     done = subprocess.run(
         [sys.executable, "-c", _UNSPLIT_CHUNK],
-        capture_output=True, text=True, check=True, cwd=REPO, env=env,
+        capture_output=True, text=True, check=True, cwd=REPO, env=bench.child_env(),
     )  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
 
