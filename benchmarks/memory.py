@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py [--cases inception_v3:128:2,inception_v3:128:all,small_cnn:64:1]
         [--batches 8,32] [--repeats 3] [--steps 4] [--sweep | --replay] [--out PATH]
+    python benchmarks/memory.py --rescore benchmarks/results/memory.json [--out PATH]
 
 A case is backbone:image size:phase[:precision]; the phase is 1 (base frozen), 2 (layers
 after the backbone's cut point train) or all (every layer but BatchNorm trains), the
@@ -41,7 +42,6 @@ with its median peak. Prints a table and writes JSON under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import os
 import platform
@@ -58,6 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.files import write_json  # noqa: E402
+from pipeline.memory.allocator import BFCModel  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "memory.json"
 REPLAYS = RESULTS.with_name("memory_replay.json")
@@ -105,28 +106,14 @@ def _jpegs(folder: Path, size: int) -> list[SimpleNamespace]:
     return rows
 
 
-def run_child(case: str, batch: int, steps: int, images: Path, trace: str, replay: bool) -> dict:
-    """One measurement, in this (fresh) process: the real training step on real batches,
-    its measured steps traced by the profiler (with ``replay``, the whole process, replayed
-    through ``BFCModel`` instead)."""
+def case_model(case: str) -> tuple:
+    """The classifier ``make train`` builds for a case, frozen for its phase (no pretrained
+    weights), with its config, spec and precision; the global policy is set to it."""
     import keras
-    import tensorflow as tf
 
     from pipeline.config import Config, with_overrides
-    from pipeline.inputs import build_train_dataset
-    from pipeline.memory import realistic_training
-    from pipeline.memory.keras_graph import layers_from_model
-    from pipeline.model import (
-        build_classifier,
-        classifier_spec,
-        freeze_for_phase,
-        get_base,
-        training_forward,
-    )
-    from pipeline.training.loop import build_train_step, compile_for_training
+    from pipeline.model import build_classifier, classifier_spec, freeze_for_phase, get_base
 
-    if replay:
-        tf.profiler.experimental.start(trace)
     backbone, size, phase, precision = parse_case(case)
     keras.mixed_precision.set_global_policy(precision)
     cfg = with_overrides(
@@ -138,11 +125,72 @@ def run_child(case: str, batch: int, steps: int, images: Path, trace: str, repla
         cfg = with_overrides(cfg, {"model.fine_tune_after": get_base(model).layers[0].name})
         spec = classifier_spec(cfg)
     freeze_for_phase(model, spec, 1 if phase == "1" else 2)
+    return model, cfg, spec, precision
+
+
+def estimate_fields(estimate: dict) -> dict:
+    """What a measurement records of the estimate for its case and batch: the total, and its
+    two figures (the tensors' worst moment, the allocator's replayed chunks)."""
+    return {
+        "estimate_per_image": estimate["per_image"],
+        "estimate_fixed": estimate["fixed"],
+        "estimate_tensors": estimate["tensors_total"],
+        "estimate_allocator": estimate["allocator"],
+        "estimate_total": estimate["total"],
+    }
+
+
+def rescore(path: Path, out: Path) -> None:
+    """The measurements recorded in ``path`` against the current estimate, measured again
+    only where the estimate changed: the estimate needs the model's rows, not a training
+    step, so a change to it is scored in a minute against peaks that took half an hour."""
+    from pipeline.memory import realistic_training
+    from pipeline.memory.keras_graph import layers_from_model
+
+    data = json.loads(path.read_text())
+    results = []
+    for case in data["cases"]:
+        model, _, _, precision = case_model(case["case"])
+        rows = layers_from_model(model)
+        points = [
+            {**p, **estimate_fields(realistic_training(rows, p["batch"], precision))}
+            for p in case["points"]
+        ]
+        results.append(summarise(case["case"], points))
+    print_table(results)
+    write_json(
+        out,
+        {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "memory": f"the peaks measured by `{data['command']}` ({path.name}), against "
+            "the estimate of this code",
+            "machine": data.get("machine"),
+            "cases": results,
+        },
+    )
+    print(f"Wrote {out}")
+
+
+def run_child(case: str, batch: int, steps: int, images: Path, trace: str, replay: bool) -> dict:
+    """One measurement, in this (fresh) process: the real training step on real batches,
+    its measured steps traced by the profiler (with ``replay``, the whole process, replayed
+    through ``BFCModel`` instead)."""
+    import tensorflow as tf
+
+    from pipeline.inputs import build_train_dataset
+    from pipeline.memory import realistic_training
+    from pipeline.memory.keras_graph import layers_from_model
+    from pipeline.model import training_forward
+    from pipeline.training.loop import build_train_step, compile_for_training
+
+    if replay:
+        tf.profiler.experimental.start(trace)
+    model, cfg, spec, precision = case_model(case)
     estimate = realistic_training(layers_from_model(model), batch, precision)
     strategy = tf.distribute.get_strategy()
     compile_for_training(model, strategy, 1e-4, cfg.train)
     model_bytes = int(tf.config.experimental.get_memory_info("CPU:0")["current"])
-    rows = _jpegs(images, size) * max(1, -(-batch // IMAGES))
+    rows = _jpegs(images, cfg.input.image_size) * max(1, -(-batch // IMAGES))
     dataset = build_train_dataset(
         rows,
         cfg.input,
@@ -175,9 +223,7 @@ def run_child(case: str, batch: int, steps: int, images: Path, trace: str, repla
         "peak_rss": _peak_rss(),
         "model_bytes": model_bytes,  # weights and optimizer state as allocated
         "held_bytes": held_bytes,  # before the measured steps: model, buffered batches
-        "estimate_per_image": estimate["per_image"],
-        "estimate_fixed": estimate["fixed"],
-        "estimate_total": estimate["total"],
+        **estimate_fields(estimate),
         "seconds_per_step": seconds,  # with the profiler's allocator trace on
         **chunks_at_peak(events),
     }
@@ -246,99 +292,6 @@ def chunks_at_peak(events: list[tuple[bool, dict]]) -> dict:
             for s in rounded[:3]
         ],
     }
-
-
-class BFCModel:
-    """TensorFlow's BFC allocator (``tsl/framework/bfc_allocator.cc``), in bytes only.
-
-    Its rules: requests rounded up to 256 bytes; free chunks kept in bins of power-of-two
-    sizes, the smallest chunk that fits taken first (ties by address); a chunk split only
-    when it is at least twice the rounded request (or 128 MiB more); a freed chunk merged
-    with free neighbours of its region; when nothing fits, a new region, whose size doubles
-    each time. ``in_use`` and ``peak`` count chunk bytes, as ``get_memory_info`` does.
-    """
-
-    MIN_CHUNK = 256
-    BINS = 21
-    SPLIT_ALWAYS = 128 << 20
-
-    def __init__(self, first_region: int = 2 << 20):
-        self.region_bytes = first_region
-        self.chunks: dict[int, list[int]] = {}  # address -> [size, in use, region]
-        self.addresses: list[int] = []  # sorted
-        self.free_bins: list[list[tuple[int, int]]] = [[] for _ in range(self.BINS)]
-        self.next_region = 0
-        self.in_use = self.peak = 0
-
-    def _bin(self, size: int) -> int:
-        return min(max(size >> 8, 1).bit_length() - 1, self.BINS - 1)
-
-    def _free_chunk(self, address: int, insert: bool) -> None:
-        entry = (self.chunks[address][0], address)
-        free = self.free_bins[self._bin(entry[0])]
-        if insert:
-            bisect.insort(free, entry)
-        else:
-            free.pop(bisect.bisect_left(free, entry))
-
-    def _new_chunk(self, address: int, size: int, region: int) -> None:
-        self.chunks[address] = [size, 0, region]
-        bisect.insort(self.addresses, address)
-        self._free_chunk(address, insert=True)
-
-    def _fitting(self, size: int) -> int | None:
-        for free in self.free_bins[self._bin(size) :]:
-            for chunk_size, address in free:
-                if chunk_size >= size:
-                    return address
-        return None
-
-    def allocate(self, nbytes: int) -> int:
-        """The address of the chunk given for ``nbytes``."""
-        size = max(self.MIN_CHUNK, -(-nbytes // self.MIN_CHUNK) * self.MIN_CHUNK)
-        address = self._fitting(size)
-        if address is None:
-            grew = size > self.region_bytes
-            while size > self.region_bytes:
-                self.region_bytes *= 2
-            address = self.next_region
-            self.next_region += self.region_bytes << 1  # regions are never neighbours
-            self._new_chunk(address, self.region_bytes, address)
-            if not grew:
-                self.region_bytes *= 2
-        self._free_chunk(address, insert=False)
-        chunk = self.chunks[address]
-        if chunk[0] >= 2 * size or chunk[0] - size >= self.SPLIT_ALWAYS:
-            self._new_chunk(address + size, chunk[0] - size, chunk[2])
-            chunk[0] = size
-        chunk[1] = 1
-        self.in_use += chunk[0]
-        self.peak = max(self.peak, self.in_use)
-        return address
-
-    def _merge(self, low: int, high: int, free: int) -> None:
-        """Merge ``high`` into ``low``, neighbours in one region; ``free`` is the one of them
-        in a free bin."""
-        self._free_chunk(free, insert=False)
-        self.chunks[low][0] += self.chunks.pop(high)[0]
-        self.addresses.remove(high)
-
-    def _neighbours(self, low: int, high: int) -> bool:
-        a, b = self.chunks[low], self.chunks[high]
-        return not (a[1] or b[1]) and a[2] == b[2] and low + a[0] == high
-
-    def free(self, address: int) -> None:
-        chunk = self.chunks[address]
-        chunk[1] = 0
-        self.in_use -= chunk[0]
-        at = bisect.bisect_left(self.addresses, address)
-        if at + 1 < len(self.addresses) and self._neighbours(address, self.addresses[at + 1]):
-            self._merge(address, self.addresses[at + 1], free=self.addresses[at + 1])
-        if at > 0 and self._neighbours(self.addresses[at - 1], address):
-            before = self.addresses[at - 1]
-            self._merge(before, address, free=before)
-            address = before
-        self._free_chunk(address, insert=True)
 
 
 def replayed(events: list[tuple[bool, dict]]) -> dict:
@@ -410,6 +363,9 @@ def summarise(case: str, points: list[dict]) -> dict:
     # with the batch size.
     totals = [runs[b][0]["estimate_total"] for b in batches]
     estimate = fit_line(batches, totals)[0]
+    figures = {
+        k: [runs[b][0].get(k) for b in batches] for k in ("estimate_tensors", "estimate_allocator")
+    }
     return {
         "case": case,
         "batches": batches,
@@ -424,6 +380,7 @@ def summarise(case: str, points: list[dict]) -> dict:
         "estimate_per_image": estimate,
         "estimate_fixed": points[0]["estimate_fixed"],
         "estimate_total_bytes": totals,
+        **{f"{k}_bytes": v for k, v in figures.items()},
         "relative_error": (estimate - slope) / slope,
         "total_error": [(e - m) / m for e, m in zip(totals, medians)],
         "rss_per_image": fit_line(batches, rss)[0],
@@ -453,17 +410,18 @@ def sweep_cases(sizes: tuple[int, int] = (96, 128)) -> list[str]:
 def print_table(results: list[dict]) -> None:
     print(
         f"\n{'case':<36}{'measured/img':>14}{'spread':>8}{'estimate/img':>14}{'error':>8}"
-        f"{'peaks (MiB)':>16}{'total error':>14}{'rounding':>12}{'requested/img':>15}"
-        f"{'error':>8}{'RSS/img':>10}"
+        f"{'peaks (MiB)':>16}{'estimates':>16}{'total error':>14}{'rounding':>12}"
+        f"{'requested/img':>15}{'error':>8}{'RSS/img':>10}"
     )
     for r in results:
         peaks = ",".join(f"{x / MiB:.0f}" for x in r["median_peak_bytes"])
         total = ",".join(f"{x:+.0%}" for x in r["total_error"])
+        estimates = ",".join(f"{x / MiB:.0f}" for x in r["estimate_total_bytes"])
         rounding = ",".join(f"{x / MiB:.0f}" for x in r["median_rounding_bytes"])
         print(
             f"{r['case']:<36}{r['measured_per_image'] / MiB:>10.2f} MiB{r['spread']:>8.0%}"
             f"{r['estimate_per_image'] / MiB:>10.2f} MiB{r['relative_error']:>+8.1%}"
-            f"{peaks:>16}{total:>14}{rounding:>12}"
+            f"{peaks:>16}{estimates:>16}{total:>14}{rounding:>12}"
             f"{r['requested_per_image'] / MiB:>11.2f} MiB{r['requested_error']:>+8.1%}"
             f"{r['rss_per_image'] / MiB:>6.2f} MiB"
         )
@@ -510,6 +468,13 @@ def main() -> None:
         help="trace one process per case and batch from its start and replay it through the "
         "allocator model (BFCModel)",
     )
+    parser.add_argument(
+        "--rescore",
+        default="",
+        metavar="JSON",
+        help="score the peaks recorded in a results file against the current estimate, "
+        "without measuring again",
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--images", default="", help=argparse.SUPPRESS)
@@ -520,6 +485,10 @@ def main() -> None:
                 args.child, args.batch, args.steps, Path(args.images), trace, args.replay
             )
         print(json.dumps(result))
+        return
+    if args.rescore:
+        source = Path(args.rescore)
+        rescore(source, Path(args.out or source.with_name(f"{source.stem}_rescored.json")))
         return
     batches = [int(b) for b in args.batches.split(",")]
     if args.replay:

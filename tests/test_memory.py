@@ -25,6 +25,7 @@ from pipeline.memory import (
     realistic_training,
     textbook_training,
 )
+from pipeline.memory.allocator import simulated_peak
 from pipeline.memory.estimate import BUDGET_HEADROOM, allocator_chunk, usable
 from pipeline.memory.keras_graph import layers_from_model
 from pipeline.memory.liveness import inference_peak, training_flops, training_peak
@@ -159,7 +160,7 @@ def test_realistic_training_adds_gradients_optimizer_and_mixed_precision():
     assert fp32["gradients"] == 180_200 * 4
     assert rows[2].scratch == 27_000_000 and fp32["scratch"] == 2**25
     assert fp32["fixed"] == 3 * 3_613_600 + 180_200 * 4 + 2**25
-    assert fp32["total"] == fp32["fixed"] + 50 * fp32["per_image"]
+    assert fp32["tensors_total"] == fp32["fixed"] + 50 * fp32["per_image"]
     mixed = realistic_training(rows, 50, "mixed_float16", optimizer_slots=2, overhead=1.0)
     assert mixed["per_image"] == 3_930_000 * 2 + pipeline  # float16 activations, float32 input
     assert mixed["gradients"] == (180_200 + 720_400) * 4  # loss scaling holds them all
@@ -332,18 +333,45 @@ def test_liveness_on_hand_built_rows():
 # ----------------------------------------------------------------------------- budgets
 
 
+def test_the_allocator_hands_out_a_free_chunk_unsplit_under_twice_the_request():
+    # 50 MiB opens a 64 MiB region, unsplit (64 < 2 x 50). Freed, it is split for 27 MiB
+    # (64 >= 2 x 27), and the second 27 MiB takes the 37 MiB left whole: 64 MiB held for
+    # 54 MiB of tensors.
+    mib = 1 << 20
+    events = [("a", 50 * mib, 0, 0), ("a", None)]
+    events += [("b", 27 * mib, 0, 0), ("c", 27 * mib, 0, 0), ("b", None), ("c", None)]
+    assert simulated_peak(events, batch=1, value_bytes=1, weight_bytes=4, held=[], steps=1) == (
+        64 * mib
+    )
+
+
+def test_training_is_the_larger_of_the_tensors_and_the_allocators_chunks():
+    rows = parse_layers("227x227x3", ALEXNET)
+    runs = [realistic_training(rows, b, overhead=1.0) for b in (1, 8, 32, 128)]
+    assert all(r["total"] == max(r["tensors_total"], r["allocator"]) for r in runs)
+    assert all(r["allocator"] >= r["tensors_total"] * 0.8 for r in runs)
+    assert any(r["allocator"] > r["tensors_total"] for r in runs)  # a chunk handed out whole
+    assert (
+        realistic_training(rows, 8, overhead=1.0, allocator_steps=0)["total"]
+        == (runs[1]["tensors_total"])
+    )
+
+
 def test_max_batch_searches_any_monotone_cost():
     assert max_batch(lambda b: 100 + 10 * b, 1000) == 90  # 100 + 900 fits exactly
     assert max_batch(lambda b: 100 + 10 * b, 1009) == 90
     assert max_batch(lambda b: 100 + 10 * b, 109) == 0  # not even one image
     assert max_batch(lambda b: b * b, 50) == 7
     rows = parse_layers("200x300x3", EXERCISE)
-    run = realistic_training(rows, 1, overhead=1.0)
     budget = 1_000_000_000
-    expected = (budget - run["fixed"]) // run["per_image"]
-    assert (
-        max_batch(lambda b: realistic_training(rows, b, overhead=1.0)["total"], budget) == expected
-    )
+
+    def tensors(b: int) -> int:  # linear in the batch: the tensors' figure alone
+        return realistic_training(rows, b, overhead=1.0, allocator_steps=0)["total"]
+
+    run = realistic_training(rows, 1, overhead=1.0, allocator_steps=0)
+    assert max_batch(tensors, budget) == (budget - run["fixed"]) // run["per_image"]
+    bumpy = [10, 20, 30, 45, 40, 60]  # a cost that falls once: the answer still fits
+    assert max_batch(lambda b: bumpy[min(b, 6) - 1], 44) == 3
 
 
 def test_remedies_are_ranked_by_saving_and_carry_their_figure():

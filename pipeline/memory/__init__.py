@@ -4,6 +4,7 @@ Read in this order; each module depends only on those above it:
 
     spec.py         the layer-spec grammar ("conv3x3s2same:100,...") -> ``Layer`` rows
     liveness.py     which tensors are alive when: inference/training peaks, FLOPs, checkpointing
+    allocator.py    TensorFlow's BFC allocator: the chunks a step's allocations really hold
     keras_graph.py  a Keras model -> ``Layer`` rows
     estimate.py     the arithmetic: bytes for inference and training, max batch, remedies
     record.py       ``MemoryEstimate``, ``RunMemory``: what train records for evaluate/report

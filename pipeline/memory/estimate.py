@@ -23,11 +23,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from pipeline.memory.allocator import simulated_peak
 from pipeline.memory.liveness import (
     checkpointed_peak,
     inference_peak,
     training_flops,
     training_peak,
+    training_tape,
 )
 from pipeline.memory.spec import Layer
 
@@ -51,6 +53,9 @@ INPUT_BYTES = 4  # the pipeline's images are float32 whatever the training preci
 # temporary of a few MiB or more can hold the next power of two. Charged that way, an upper
 # bound, to the convolutions' batch-independent im2col scratch.
 ALLOCATOR_CHUNK_FROM = 1 << 20
+# Training steps replayed through the allocator's rules (``pipeline.memory.allocator``): the
+# first step leaves free chunks that the next ones are handed whole; 0 skips the replay.
+ALLOCATOR_STEPS = 3
 REMEDY_SIDE_STEP = 32  # smaller-input remedy: image sides are tried in steps of this
 DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
 
@@ -99,8 +104,10 @@ def realistic_training(
     optimizer_slots: int = 2,
     overhead: float = CPU_OVERHEAD,
     pipeline_batches: float = PIPELINE_BATCHES,
+    allocator_steps: int = ALLOCATOR_STEPS,
 ) -> dict[str, Any]:
-    """fixed + batch x per_image at the step's worst moment for this batch size.
+    """fixed + batch x per_image at the step's worst moment for this batch size, or the
+    allocator's simulated chunks where they hold more.
 
     Always held: float32 weights and optimizer slots (float16 weight copies under mixed
     precision). Per image: the input pipeline's buffered float32 batches and the simulated
@@ -109,6 +116,12 @@ def realistic_training(
     its weight gradient (under mixed precision every one made so far: loss scaling updates
     only once all are checked) and the convolutions' im2col scratch
     (``pipeline.memory.liveness.training_peak``).
+
+    That is a bound on the tensors' bytes. The allocator holds chunks: a tensor can be handed
+    a free chunk up to twice its size, by the order of earlier allocations. So the same
+    allocations are replayed through the BFC allocator's rules (``allocator_steps`` steps,
+    ``pipeline.memory.allocator.simulated_peak``), and ``total`` is the larger of the two
+    (``tensors_total``, ``allocator``; ``overhead`` scales the whole replayed peak).
     """
     params = sum(r.params for r in layers)
     trainable = sum(r.trainable for r in layers)
@@ -130,6 +143,18 @@ def realistic_training(
 
     _, per_image, gradients, scratch = max(moment(m) for m in peak["moments"])
     fixed = sum(held.values()) + gradients + scratch
+    tensors = fixed + batch * per_image
+    allocator = 0
+    if allocator_steps:
+        # The same step through the BFC allocator's rules: weights, copies and slots a
+        # variable at a time, the input pipeline's buffered batches, then the step's tensors.
+        kept = [r.params * MASTER_BYTES for r in layers]
+        kept += [r.params * 2 for r in layers] if mixed else []
+        kept += [r.trainable * MASTER_BYTES for r in layers for _ in range(optimizer_slots)]
+        kept += [batch * layers[0].size * INPUT_BYTES] * math.ceil(pipeline_batches)
+        events = training_tape(layers, hold_gradients=mixed)[0].events
+        step = simulated_peak(events, batch, value_bytes, MASTER_BYTES, kept, allocator_steps)
+        allocator = math.ceil(step * overhead)
     return {
         **held,
         "gradients": gradients,
@@ -138,7 +163,9 @@ def realistic_training(
         "per_image": per_image,
         "input_pipeline": pipeline,
         "activations": batch * per_image,
-        "total": fixed + batch * per_image,
+        "tensors_total": tensors,
+        "allocator": allocator,
+        "total": max(tensors, allocator),
         "batch": batch,
         "precision": precision,
         "overhead": overhead,
@@ -161,8 +188,11 @@ def usable(budget: float) -> float:
 def max_batch(cost: Callable[[int], float], budget: float, limit: int = 1 << 20) -> int:
     """Largest batch size whose cost fits the budget (0 when not even one image fits).
 
-    ``cost`` must grow with the batch size; doubling then bisection, so it is called
-    O(log batch) times and works for any monotone cost, not only linear ones.
+    Doubling then bisection, so ``cost`` is called O(log batch) times. The answer is always
+    a batch whose cost was computed and fits. For a monotone cost it is the largest; the
+    allocator's chunks make the real cost jump up and down a little with the batch (a
+    tensor handed a chunk twice its size at one batch, not at the next), and then a larger
+    batch than the answer may fit too.
     """
     if cost(1) > budget:
         return 0

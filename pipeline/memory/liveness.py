@@ -1,8 +1,9 @@
 """Tensor liveness: which of a network's tensors are alive when, and what that costs.
 
 Works on ``Layer`` rows (``pipeline.memory.spec``) in values per image: the inference peak,
-the training peak (forward, then backward), the FLOPs of a training step and the peak with
-gradient checkpointing. ``pipeline.memory.estimate`` turns values into bytes.
+the training step as a tape of allocations and frees, the training peak read off it, the
+FLOPs of a training step and the peak with gradient checkpointing.
+``pipeline.memory.estimate`` turns values into bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,32 @@ from pipeline.memory.spec import (
 )
 
 
+class Tape:
+    """A training step's allocations and frees, in order, as the simulation makes them.
+
+    An allocation is ``(key, values per image, weight-gradient values, scratch bytes)``; a
+    free is ``(key, None)``. The peaks (``training_peak``) and the allocator's chunks
+    (``pipeline.memory.allocator.simulated_peak``) are both read off the one tape, so the
+    liveness rules live here only.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.alive: dict[Any, tuple[int, int, int]] = {}
+        self.values = 0  # values per image alive now
+
+    def alloc(self, key: Any, values: int = 0, weights: int = 0, scratch: int = 0) -> None:
+        if values or weights or scratch:
+            self.events.append((key, values, weights, scratch))
+            self.alive[key] = (values, weights, scratch)
+            self.values += values
+
+    def free(self, key: Any) -> None:
+        if (size := self.alive.pop(key, None)) is not None:
+            self.events.append((key, None))
+            self.values -= size[0]
+
+
 def _last_readers(layers: list[Layer]) -> list[int]:
     last = list(range(len(layers)))
     for i, row in enumerate(layers):
@@ -28,30 +55,36 @@ def _last_readers(layers: list[Layer]) -> list[int]:
 
 
 def _forward(
-    layers: list[Layer], kept: set[int], kept_internal: set[int]
-) -> tuple[int, list[int], dict[int, int]]:
-    """Run the rows in order, freeing each tensor after its last reader unless it is kept
-    (an elementwise row writes over its input's buffer when that input dies there).
+    layers: list[Layer], kept: set[int], kept_internal: set[int], tape: Tape | None = None
+) -> tuple[int, list[int]]:
+    """Run the rows in order onto ``tape``, freeing each tensor after its last reader unless
+    it is kept (an elementwise row writes over its input's buffer when that input dies there;
+    a row's internal and transient tensors live while it runs, the internal one after it too
+    when the backward pass reads it).
 
-    Returns the peak in values, the rows alive at the peak, and what is alive at the end.
+    Returns the peak in values and the rows alive at the peak.
     """
+    tape = tape if tape is not None else Tape()
     last = _last_readers(layers)
-    alive = {0: layers[0].size}
+    tape.alloc(0, layers[0].size)
     peak, at_peak = layers[0].size, [0]
     for i, row in enumerate(layers[1:], start=1):
-        alive[i] = row.size
-        now = sum(alive.values()) + row.internal + row.transient
         (j,) = row.inputs if len(row.inputs) == 1 else (None,)
-        if row.inplace and j is not None and last[j] == i and j not in kept and j in alive:
-            now -= alive[j]  # an elementwise op writes over an input that dies here
+        if row.inplace and j is not None and last[j] == i and j not in kept:
+            tape.free(j)  # an elementwise op writes over an input that dies here
+        tape.alloc(i, row.size)
+        if i in kept_internal:
+            tape.alloc(-i, row.internal)  # negative key: a layer's internal tensor
+        temporary = row.transient + (0 if i in kept_internal else row.internal)
+        tape.alloc(("transient", i), temporary)
+        now = tape.values
         if now > peak:
-            peak, at_peak = now, sorted(k for k in alive if k >= 0)
+            peak, at_peak = now, sorted(k for k in tape.alive if isinstance(k, int) and k >= 0)
+        tape.free(("transient", i))
         for j in {*row.inputs, i}:  # i itself when nothing reads it
             if last[j] == i and j not in kept:
-                del alive[j]
-        if i in kept_internal:
-            alive[-i] = row.internal  # negative key: a layer's internal tensor
-    return peak, at_peak, alive
+                tape.free(j)
+    return peak, at_peak
 
 
 def inference_peak(layers: list[Layer]) -> tuple[int, list[str]]:
@@ -59,7 +92,7 @@ def inference_peak(layers: list[Layer]) -> tuple[int, list[str]]:
 
     For a plain chain this is the largest pair of consecutive activations (input included).
     """
-    peak, at_peak, _ = _forward(layers, set(), set())
+    peak, at_peak = _forward(layers, set(), set())
     return peak, [layers[i].name for i in at_peak]
 
 
@@ -89,58 +122,85 @@ def _backward_plan(layers: list[Layer]) -> tuple[list[bool], dict[int, int], set
     return needs, kept, internal
 
 
-def training_peak(layers: list[Layer], hold_gradients: bool = False) -> dict[str, Any]:
-    """Per-image values alive at the worst moment of a training step (forward, then backward).
+def training_tape(layers: list[Layer], hold_gradients: bool = False) -> tuple[Tape, int]:
+    """One training step's allocations (forward, then backward), and where backward starts.
 
-    Forward: tensors the backward pass reads stay alive. Backward, in reverse order: a
-    gradient the size of each tensor a gradient flows into appears at its first consumer and
-    is freed at its producer (an elementwise layer's reuses its output gradient's buffer);
-    a layer's backward temporaries (``workspace``) live while it runs; kept tensors are
-    freed after their earliest reader.
-
-    ``moments`` are (values per image, weight-gradient values, scratch bytes) at the forward
-    peak and at each backward step. TensorFlow updates each variable as soon as its gradient
-    is ready, so a gradient lives only through its own step, unless the update needs every
-    gradient first (``hold_gradients``: loss scaling checks they are all finite, then the
-    update holds them all and no activation). A convolution's im2col scratch
-    (``Layer.scratch``) from its backward step on, so which moment is the peak depends on
-    the batch size (``pipeline.memory.estimate.realistic_training`` takes the worst).
+    Forward (``_forward``): tensors the backward pass reads stay alive. Backward, in reverse
+    order: a gradient the size of each tensor a gradient flows into appears at its first
+    consumer and is freed at its producer (an elementwise layer's takes over its output
+    gradient's buffer); a layer's backward temporaries (``workspace``), its weight gradient
+    and its convolution scratch live through its step; kept tensors are freed after their
+    earliest reader. TensorFlow updates each variable as soon as its gradient is ready,
+    unless the update needs every gradient first (``hold_gradients``: loss scaling checks
+    they are all finite), when weight gradients live to the end. The step ends with
+    everything freed.
     """
     needs, kept, internal = _backward_plan(layers)
-    fwd, fwd_rows, alive = _forward(layers, set(kept), internal)
+    tape = Tape()
+    _forward(layers, set(kept), internal, tape)
     out = len(layers) - 1
     if out not in kept:
-        del alive[out]
-    grads = {out: layers[out].size} if needs[out] else {}
-    bwd = 0
-    moments = [(fwd, 0, 0)]  # the forward pass: no gradient exists yet
-    weight_grads = scratch = 0
+        tape.free(out)
+    backward = len(tape.events)
+    if needs[out]:
+        tape.alloc(("grad", out), layers[out].size)
     for i in reversed(range(1, len(layers))):
         if not needs[i]:
             continue
         row = layers[i]
-        reused = row.inplace and len(row.inputs) == 1 and i in grads
+        if row.inplace and len(row.inputs) == 1 and ("grad", i) in tape.alive:
+            tape.free(("grad", i))  # the input gradient is written over this one
         for j in row.inputs:
-            if needs[j] and j not in grads:
-                grads[j] = layers[j].size
-        # An in-place gradient takes over its output gradient's buffer: never both at once.
-        held = sum(grads.values()) - (grads[i] if reused else 0)
-        now = sum(alive.values()) + held + row.workspace
-        bwd = max(bwd, now)
-        # A weight gradient is freed once its variable is updated, right after its step,
-        # unless the update waits for every gradient (``hold_gradients``).
-        weight_grads = weight_grads + row.trainable if hold_gradients else row.trainable
+            if needs[j] and ("grad", j) not in tape.alive:
+                tape.alloc(("grad", j), layers[j].size)
+        tape.alloc(("workspace", i), row.workspace)
+        tape.alloc(("weight_grad", i), weights=row.trainable)
         flows_in = any(needs[j] for j in row.inputs)
-        # A weight gradient is off the critical path: the executor may run it (and its
-        # scratch) any time before the update, beside any later step's tensors.
-        scratch = max(scratch, row.scratch, row.input_scratch if flows_in else 0)
-        moments.append((now, weight_grads, scratch))
-        grads.pop(i, None)
-        alive.pop(-i, None)
+        tape.alloc(("scratch", i), scratch=max(row.scratch, row.input_scratch if flows_in else 0))
+        for key in [("workspace", i), ("scratch", i), ("grad", i), -i]:
+            tape.free(key)
+        if not hold_gradients:
+            tape.free(("weight_grad", i))
         for t in [t for t, first in kept.items() if first == i]:
-            alive.pop(t, None)
+            tape.free(t)
+    for key in [k for k in tape.alive if not (isinstance(k, tuple) and k[0] == "weight_grad")]:
+        tape.free(key)  # what no backward step read (the update holds no activation)
+    for key in list(tape.alive):
+        tape.free(key)
+    return tape, backward
+
+
+def training_peak(layers: list[Layer], hold_gradients: bool = False) -> dict[str, Any]:
+    """Per-image values alive at the worst moment of a training step (``training_tape``).
+
+    ``moments`` are (values per image, weight-gradient values, scratch bytes) after each
+    allocation. A weight gradient is off the critical path: the executor may run it, and
+    its convolution scratch, any time before the update, beside any later step's tensors,
+    so a backward moment's scratch is the largest seen so far. Which moment is the peak
+    depends on the batch size (``pipeline.memory.estimate.realistic_training`` takes the
+    worst).
+    """
+    _, kept, internal = _backward_plan(layers)
+    tape, backward = training_tape(layers, hold_gradients)
+    sizes: dict[Any, tuple[int, int, int]] = {}
+    values = weights = scratch = fwd = bwd = 0
+    moments = []
+    for k, (key, *size) in enumerate(tape.events):
+        if size[0] is None:
+            v, w, _ = sizes.pop(key)
+            values, weights = values - v, weights - w
+            continue
+        v, w, s = sizes[key] = tuple(size)
+        values, weights = values + v, weights + w
+        if k < backward:
+            fwd = max(fwd, values)
+        else:
+            scratch = max(scratch, s)
+            bwd = max(bwd, values)
+        moments.append((values, weights, scratch if k >= backward else 0))
     if hold_gradients:  # the update: every gradient, no activation
-        moments.append((0, weight_grads, 0))
+        moments.append((0, sum(e[2] for e in tape.events if e[1] is not None), 0))
+    fwd_rows = _forward(layers, set(kept), internal)[1]
     return {
         "values": max(fwd, bwd),
         "forward_values": fwd,

@@ -34,7 +34,7 @@ class PhaseFigures:
 
     trainable: int  # trainable parameters in this phase
     textbook_bytes: int  # every activation kept, no gradients or optimizer state
-    realistic_bytes: int  # fixed_bytes + batch x per_image_bytes
+    realistic_bytes: int  # fixed_bytes + batch x per_image_bytes, or the allocator's chunks
     fixed_bytes: int  # weights, gradients, optimizer state
     per_image_bytes: int  # simulated peak per image x the framework overhead
     max_batch: int | None  # the largest batch within budget_bytes (None without a budget)

@@ -123,7 +123,9 @@ def render_markdown(est: dict[str, Any], layer_table: bool = True) -> str:
             f"pipeline {format_bytes(r['input_pipeline'])} and tensors alive, at most "
             f"{r['peak']['values']:,} values, {r['peak']['kept_values']:,} of them kept for the "
             f"backward pass, x {2 if r['precision'].startswith('mixed') else 4} B x "
-            f"{r['overhead']:.2f}) = **{format_bytes(r['total'])}**.",
+            f"{r['overhead']:.2f}) = {format_bytes(r['tensors_total'])}; replayed through "
+            f"TensorFlow's allocator, whose chunks can be up to twice a tensor, "
+            f"{format_bytes(r['allocator'])}: the larger, **{format_bytes(r['total'])}**.",
         ]
     out += ["", _why(est), ""]
     if est.get("remedies"):
