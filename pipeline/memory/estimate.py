@@ -11,7 +11,8 @@ answer). The *realistic* figure keeps only what the backward pass of the trainab
 reads, simulated tensor by tensor (``pipeline.memory.liveness``), adds the input pipeline's
 buffered batches, float32 gradients, convolution scratch and optimizer state where the
 step holds them, and multiplies the per-image part by ``CPU_OVERHEAD`` (1: nothing left
-unmodelled).
+unmodelled); the same step replayed through TensorFlow's allocator
+(``pipeline.memory.allocator``) raises it where chunks hold more than the tensors.
 ``estimate_layers`` gathers everything about one network into the dict the ``memory``
 stage renders and writes.
 """
@@ -146,8 +147,9 @@ def realistic_training(
     tensors = fixed + batch * per_image
     allocator = 0
     if allocator_steps:
-        # The same step through the BFC allocator's rules: weights, copies and slots a
-        # variable at a time, the input pipeline's buffered batches, then the step's tensors.
+        # The same step through the BFC allocator's rules: weights, copies and slots a layer
+        # at a time (a variable at a time gives the same chunks on every benchmarked case),
+        # the input pipeline's buffered batches, then the step's tensors.
         kept = [r.params * MASTER_BYTES for r in layers]
         kept += [r.params * 2 for r in layers] if mixed else []
         kept += [r.trainable * MASTER_BYTES for r in layers for _ in range(optimizer_slots)]
