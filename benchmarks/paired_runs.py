@@ -1,7 +1,7 @@
 """Runs of one recipe choice against another, paired on the same data splits.
 
     python benchmarks/paired_runs.py FOLDER [FOLDER ...] --runs BASE,OTHER[,OTHER ...]
-        [--output benchmarks/results/paired_runs.json]
+        [--earlier benchmarks/results/EARLIER.json] [--output benchmarks/results/paired_runs.json]
 
 A per-backbone recipe value (phase 2's epochs, its cut point) is chosen by training both
 choices on the same split: each FOLDER is one split's working folder, as
@@ -16,14 +16,16 @@ the recipe's own ("run") is made with the recipe's command and its other options
 
 Per run, from its summary.json: phase 2's best validation loss and accuracy (what the
 choice is made on), its epochs and seconds, the kept model's test accuracy and the
-frozen-feature baseline's. Then, for each OTHER, the paired differences against BASE
-with 95% t intervals over the splits. Validation chooses; test confirms. Prints a table
-and writes JSON.
+frozen-feature baseline's. ``--earlier`` adds the splits of an earlier output of this
+script (its working folders need not exist any more; a split in both is an error). Then,
+for each OTHER, the paired differences against BASE with 95% t intervals over the splits.
+Validation chooses; test confirms. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -77,9 +79,23 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--runs", required=True, help="BASE,OTHER,...: run names to compare")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--earlier", type=Path, help="an earlier output of this script: its splits are added"
+    )
     args = parser.parse_args()
     names = args.runs.split(",")
     rows = {n: [run_figures(f / "models" / n) for f in args.folders] for n in names}
+    if args.earlier:
+        earlier = json.loads(args.earlier.read_text())["runs"]
+        missing = [n for n in names if n not in earlier]
+        if missing:
+            raise SystemExit(f"{args.earlier} has no runs named {', '.join(missing)}")
+        again = {r["split_seed"] for r in earlier[names[0]]} & {
+            r["split_seed"] for r in rows[names[0]]
+        }
+        if again:
+            raise SystemExit(f"split(s) {sorted(again)} are in {args.earlier} and in a FOLDER")
+        rows = {n: earlier[n] + rows[n] for n in names}
     for n in names[1:]:
         seeds = [r["split_seed"] for r in rows[n]]
         if seeds != [r["split_seed"] for r in rows[names[0]]]:

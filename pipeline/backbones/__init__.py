@@ -102,9 +102,10 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
             weights_url=KERAS_WEIGHTS_URL + "xception/",
         ),
-        # (x - 127) / 128 inside the network; stages 6-7 and the head train in phase 2. Lite0
-        # for 6 epochs: on flowers-2k's validation as good as 10, 40% sooner
-        # (docs/efficientnet-lite.md); Lite1's cut is measured on two splits, Lite2's not yet
+        # (x - 127) / 128 inside the network. Phase 2 trains stages 6-7 and the head (Lite0,
+        # 6 epochs: on flowers-2k's validation as good as 10, 40% sooner), stages 5-7 for
+        # Lite1 (lower validation loss on three splits); Lite2's cut is not measured yet
+        # (docs/efficientnet-lite.md)
         *(
             Backbone(
                 f"efficientnet_lite{n}",
@@ -116,7 +117,7 @@ BACKBONES: dict[str, Backbone] = {
                 fine_tune_epochs=epochs,
             )
             for n, size, cut, epochs in (
-                (0, 224, "block5c_add", 6), (1, 240, "block5d_add", 10), (2, 260, "block5d_add", 10)
+                (0, 224, "block5c_add", 6), (1, 240, "block4d_add", 10), (2, 260, "block5d_add", 10)
             )
         ),
         # pooled width: model.cnn_width x 2 ** (model.cnn_blocks - 1) at the defaults
