@@ -31,7 +31,8 @@ per-image slope and error of the peak without it, beside the peak itself.
 
 ``--replay`` checks a model of the allocator (``BFCModel``): one process per case and batch
 is traced from its first allocation, and its requests, in the trace's order, are fed to the
-model, whose peak and bytes in use are compared with the real allocator's.
+model, whose peak and bytes in use are compared with the real allocator's. ``--rescore``
+scores the peaks recorded in a results file against the current estimate.
 
 Every batch size is measured ``--repeats`` times; the line through the median peaks gives
 the measured memory per image (its slope), compared with the estimate's slope over the same
@@ -141,9 +142,9 @@ def estimate_fields(estimate: dict) -> dict:
 
 
 def rescore(path: Path, out: Path) -> None:
-    """The measurements recorded in ``path`` against the current estimate, measured again
-    only where the estimate changed: the estimate needs the model's rows, not a training
-    step, so a change to it is scored in a minute against peaks that took half an hour."""
+    """The peaks recorded in ``path`` against the current estimate, without measuring again:
+    the estimate needs the model's rows, not a training step, so a change to it is scored in
+    a minute against peaks that took half an hour to measure."""
     from pipeline.memory import realistic_training
     from pipeline.memory.keras_graph import layers_from_model
 
