@@ -343,10 +343,15 @@ def test_mediapipe_and_the_interpreter_give_the_same_scores_on_the_same_pixels(
             got = np.array([[task.scores(c)[n] for n in labels] for c in crops])
         finally:
             task.close()
-        # int8: MediaPipe's TFLite build rounds some requantisations the other way, so a
-        # probability may move by an output step (1/256) or two; float files are exact.
-        step = 1 / 256 if fmt == "tflite-int8" else 0.0
-        np.testing.assert_allclose(got, expected, atol=2 * step + 1e-5, err_msg=fmt)
+        # int8: MediaPipe's TFLite build rounds some requantisations the other way, and a
+        # rounding early in the network can grow by the output: nearly every probability
+        # within two output steps (1/256), none beyond four (measured: one of 250 moved by
+        # three on one CPU, none on another). Float files are exact.
+        if fmt == "tflite-int8":
+            off = np.abs(got - expected) * 256
+            assert np.mean(off <= 2 + 1e-3) >= 0.99 and off.max() <= 4 + 1e-3, (fmt, off.max())
+        else:
+            np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=fmt)
         assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.98, fmt
 
 
