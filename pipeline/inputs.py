@@ -64,11 +64,28 @@ def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     A permutation and a reversal chosen by table lookup: an eight-way tf.switch_case would
     build eight branch graphs for every dataset, a large part of a short run's start-up."""
     index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
-    perm = tf.where(tf.gather(_TRANSPOSED, index), [1, 0, 2], [0, 1, 2])
     axes = tf.boolean_mask([0, 1], tf.gather(tf.cast(_REVERSED, tf.bool), index))
-    oriented = tf.reverse(tf.transpose(image, perm), axes)
+    oriented = tf.reverse(_transposed_if(image, tf.gather(_TRANSPOSED, index)), axes)
     oriented.set_shape([None, None, image.shape[-1]])
     return oriented
+
+
+def _transposed_if(image: tf.Tensor, transpose: tf.Tensor) -> tf.Tensor:
+    """The image with height and width swapped when ``transpose``.
+
+    Gathered, not ``tf.transpose``d: on a CPU without AVX-512, TensorFlow's oneDNN graph
+    pass logs an error-level line ("oneDNN supports DT_UINT8 only on platforms with
+    AVX-512") for any uint8 Transpose in a graph, and Grappler moves a cast to float past a
+    transpose, so transposing a cast copy does not avoid it. As fast as the transpose on a
+    12-megapixel photo.
+    """
+
+    def gathered() -> tf.Tensor:
+        shape = tf.shape(image)
+        column, row = tf.meshgrid(tf.range(shape[1]), tf.range(shape[0]), indexing="ij")
+        return tf.gather_nd(image, tf.stack([row, column], axis=-1))
+
+    return tf.cond(transpose, gathered, lambda: image)
 
 
 def _load_rgb_from_tensor(path: np.ndarray | bytes) -> np.ndarray:
