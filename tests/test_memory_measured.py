@@ -20,7 +20,13 @@ from tests.support import REPO
 pytestmark = pytest.mark.slow
 
 CASE = "small_cnn:64:1"
-TOLERANCE = 0.15  # per-image error allowed before the estimate is said to have drifted
+# Per-image error allowed before the estimate is said to have drifted. Under, the dangerous
+# side (a recommended batch that runs out of memory): 15%. Over: 35%, because the same
+# code measures differently from one CPU to another: 2.92 MiB per image on one machine
+# (estimate +7%), 2.47 to 2.62 MiB on another whose oneDNN lacks AVX-512 (estimate +19 to
+# +32%), whose peak falls in block 4's backward step, not in block 1's BatchNorm backward
+# with its three full-size temporaries, where the estimate puts it.
+UNDER, OVER = 0.15, 0.35
 # Steps measured per process. The peak depends on the order the two inter-op threads run the
 # backward pass in: one step alone sometimes lands in a schedule 20% lower (batch 32: 114 MB
 # or 141 MB, measured); the estimate is of the worst schedule, which four steps reach.
@@ -37,10 +43,10 @@ def bench():
     return module
 
 
-def test_small_cnn_per_image_estimate_within_15_percent(bench, tmp_path):
+def test_small_cnn_per_image_estimate_within_15_percent_under_and_35_over(bench, tmp_path):
     points = [bench.measure(CASE, batch, STEPS, tmp_path) for batch in (8, 32)]
     result = bench.summarise(CASE, points)
-    assert abs(result["relative_error"]) <= TOLERANCE, (
+    assert -UNDER <= result["relative_error"] <= OVER, (
         f"estimate {result['estimate_per_image']:,} B per image, measured "
         f"{result['measured_per_image']:,.0f} B ({result['relative_error']:+.1%})"
     )
