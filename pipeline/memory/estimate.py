@@ -129,7 +129,8 @@ def realistic_training(
     mixed = precision.startswith("mixed")
     value_bytes = 2 if mixed else 4
     layers = float32_batchnorm(layers) if mixed else layers
-    peak = training_peak(layers, hold_gradients=mixed)  # loss scaling checks every gradient
+    tape = training_tape(layers, hold_gradients=mixed)  # loss scaling checks every gradient
+    peak = training_peak(layers, mixed, tape)
     pipeline = layers[0].size * INPUT_BYTES * pipeline_batches
     held = {
         "weights": params * MASTER_BYTES,
@@ -154,8 +155,7 @@ def realistic_training(
         kept += [r.params * 2 for r in layers] if mixed else []
         kept += [r.trainable * MASTER_BYTES for r in layers for _ in range(optimizer_slots)]
         kept += [batch * layers[0].size * INPUT_BYTES] * math.ceil(pipeline_batches)
-        events = training_tape(layers, hold_gradients=mixed)[0].events
-        step = simulated_peak(events, batch, value_bytes, MASTER_BYTES, kept, allocator_steps)
+        step = simulated_peak(tape.events, batch, value_bytes, MASTER_BYTES, kept, allocator_steps)
         allocator = math.ceil(step * overhead)
     return {
         **held,

@@ -32,6 +32,8 @@ class Tape:
         self.events: list[tuple[Any, ...]] = []
         self.alive: dict[Any, tuple[int, int, int]] = {}
         self.values = 0  # values per image alive now
+        self.backward = 0  # index of the first event of the backward pass
+        self.forward_peak_rows: list[int] = []  # rows alive at the forward pass's peak
 
     def alloc(self, key: Any, values: int = 0, weights: int = 0, scratch: int = 0) -> None:
         if values or weights or scratch:
@@ -122,8 +124,8 @@ def _backward_plan(layers: list[Layer]) -> tuple[list[bool], dict[int, int], set
     return needs, kept, internal
 
 
-def training_tape(layers: list[Layer], hold_gradients: bool = False) -> tuple[Tape, int]:
-    """One training step's allocations (forward, then backward), and where backward starts.
+def training_tape(layers: list[Layer], hold_gradients: bool = False) -> Tape:
+    """One training step's allocations (forward, then backward).
 
     Forward (``_forward``): tensors the backward pass reads stay alive. Backward, in reverse
     order: a gradient the size of each tensor a gradient flows into appears at its first
@@ -137,11 +139,11 @@ def training_tape(layers: list[Layer], hold_gradients: bool = False) -> tuple[Ta
     """
     needs, kept, internal = _backward_plan(layers)
     tape = Tape()
-    _forward(layers, set(kept), internal, tape)
+    tape.forward_peak_rows = _forward(layers, set(kept), internal, tape)[1]
     out = len(layers) - 1
     if out not in kept:
         tape.free(out)
-    backward = len(tape.events)
+    tape.backward = len(tape.events)
     if needs[out]:
         tape.alloc(("grad", out), layers[out].size)
     for i in reversed(range(1, len(layers))):
@@ -167,11 +169,14 @@ def training_tape(layers: list[Layer], hold_gradients: bool = False) -> tuple[Ta
         tape.free(key)  # what no backward step read (the update holds no activation)
     for key in list(tape.alive):
         tape.free(key)
-    return tape, backward
+    return tape
 
 
-def training_peak(layers: list[Layer], hold_gradients: bool = False) -> dict[str, Any]:
-    """Per-image values alive at the worst moment of a training step (``training_tape``).
+def training_peak(
+    layers: list[Layer], hold_gradients: bool = False, tape: Tape | None = None
+) -> dict[str, Any]:
+    """Per-image values alive at the worst moment of a training step (``training_tape``,
+    or ``tape`` when the caller has it already).
 
     ``moments`` are (values per image, weight-gradient values, scratch bytes) after each
     allocation. A weight gradient is off the critical path: the executor may run it, and
@@ -181,7 +186,8 @@ def training_peak(layers: list[Layer], hold_gradients: bool = False) -> dict[str
     worst).
     """
     _, kept, internal = _backward_plan(layers)
-    tape, backward = training_tape(layers, hold_gradients)
+    tape = tape or training_tape(layers, hold_gradients)
+    backward = tape.backward
     sizes: dict[Any, tuple[int, int, int]] = {}
     values = weights = scratch = fwd = bwd = 0
     moments = []
@@ -200,7 +206,6 @@ def training_peak(layers: list[Layer], hold_gradients: bool = False) -> dict[str
         moments.append((values, weights, scratch if k >= backward else 0))
     if hold_gradients:  # the update: every gradient, no activation
         moments.append((0, sum(e[2] for e in tape.events if e[1] is not None), 0))
-    fwd_rows = _forward(layers, set(kept), internal)[1]
     return {
         "values": max(fwd, bwd),
         "forward_values": fwd,
@@ -208,7 +213,7 @@ def training_peak(layers: list[Layer], hold_gradients: bool = False) -> dict[str
         "moments": _frontier(moments),
         "kept_values": sum(layers[t].size for t in kept)
         + sum(layers[i].internal for i in internal),
-        "forward_peak_at": [layers[i].name for i in fwd_rows],
+        "forward_peak_at": [layers[i].name for i in tape.forward_peak_rows],
     }
 
 
