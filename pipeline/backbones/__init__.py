@@ -104,8 +104,8 @@ BACKBONES: dict[str, Backbone] = {
         ),
         # (x - 127) / 128 inside the network. Phase 2 trains stages 6-7 and the head (Lite0,
         # 6 epochs: on flowers-2k's validation as good as 10, 40% sooner), stages 5-7 for
-        # Lite1 (lower validation loss on three splits); Lite2's cut is measured on two
-        # splits, not settled (docs/efficientnet-lite.md)
+        # Lite1 (lower validation loss on three splits); Lite2 keeps stages 6-7 (stage 5's
+        # gain on three splits under the noise, at twice the time; docs/efficientnet-lite.md)
         *(
             Backbone(
                 f"efficientnet_lite{n}",
