@@ -1,7 +1,8 @@
 """Memory per image, measured against the estimate: the real training step, fresh processes.
 
     python benchmarks/memory.py [--cases inception_v3:128:2,inception_v3:128:all,small_cnn:64:1]
-        [--batches 8,32] [--repeats 3] [--steps 4] [--sweep | --replay] [--out PATH]
+        [--batches 8,32] [--repeats 3] [--steps 4] [--kernels auto|eigen|onednn]
+        [--sweep | --replay] [--out PATH]
     python benchmarks/memory.py --rescore benchmarks/results/memory.json [--out PATH]
 
 A case is backbone:image size:phase[:precision]; the phase is 1 (base frozen), 2 (layers
@@ -34,6 +35,14 @@ is traced from its first allocation, and its requests, in the trace's order, are
 model, whose peak and bytes in use are compared with the real allocator's. ``--rescore``
 scores the peaks recorded in a results file against the current estimate.
 
+TensorFlow runs one of two sets of CPU kernels, which allocate differently: its own (Eigen)
+or oneDNN's, chosen at start by TF_ENABLE_ONEDNN_OPTS or, unset, by the CPU (oneDNN where it
+has AVX512-VNNI, AVX-VNNI, BF16 or AMX). ``--kernels`` sets that variable for the measured
+processes (auto leaves it as it is); each measurement records which set ran, and the
+estimate models that set (``pipeline.memory.estimate.kernel_rows``). Results files written
+before the set was recorded hold Eigen's: their peaks are reproduced on a oneDNN machine
+with TF_ENABLE_ONEDNN_OPTS=0.
+
 Every batch size is measured ``--repeats`` times; the line through the median peaks gives
 the measured memory per image (its slope), compared with the estimate's slope over the same
 batches (``pipeline.memory.realistic_training``); each batch's estimated total is compared
@@ -61,7 +70,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.files import write_json  # noqa: E402
 from pipeline.memory.allocator import BFCModel  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results" / "memory.json"
+RESULTS = REPO / "benchmarks" / "results" / "memory.json"  # Eigen's kernels; oneDNN's: _onednn
 REPLAYS = RESULTS.with_name("memory_replay.json")
 DEFAULT_CASES = "inception_v3:128:2,inception_v3:128:all,small_cnn:64:1"
 NUM_CLASSES = 5
@@ -154,7 +163,14 @@ def rescore(path: Path, out: Path) -> None:
         model, _, _, precision = case_model(case["case"])
         rows = layers_from_model(model)
         points = [
-            {**p, **estimate_fields(realistic_training(rows, p["batch"], precision))}
+            {
+                **p,
+                **estimate_fields(
+                    realistic_training(
+                        rows, p["batch"], precision, kernels=p.get("kernels", "eigen")
+                    )
+                ),
+            }
             for p in case["points"]
         ]
         results.append(summarise(case["case"], points))
@@ -178,6 +194,7 @@ def run_child(case: str, batch: int, steps: int, images: Path, trace: str, repla
     through ``BFCModel`` instead)."""
     import tensorflow as tf
 
+    from pipeline.compat import onednn_enabled
     from pipeline.inputs import build_train_dataset
     from pipeline.memory import realistic_training
     from pipeline.memory.keras_graph import layers_from_model
@@ -187,7 +204,8 @@ def run_child(case: str, batch: int, steps: int, images: Path, trace: str, repla
     if replay:
         tf.profiler.experimental.start(trace)
     model, cfg, spec, precision = case_model(case)
-    estimate = realistic_training(layers_from_model(model), batch, precision)
+    kernels = "onednn" if onednn_enabled() else "eigen"
+    estimate = realistic_training(layers_from_model(model), batch, precision, kernels=kernels)
     strategy = tf.distribute.get_strategy()
     compile_for_training(model, strategy, 1e-4, cfg.train)
     model_bytes = int(tf.config.experimental.get_memory_info("CPU:0")["current"])
@@ -220,6 +238,7 @@ def run_child(case: str, batch: int, steps: int, images: Path, trace: str, repla
         return {"case": case, "batch": batch, **replayed(events)}
     return {
         "batch": batch,
+        "kernels": kernels,
         "peak_bytes": int(tf.config.experimental.get_memory_info("CPU:0")["peak"]),
         "peak_rss": _peak_rss(),
         "model_bytes": model_bytes,  # weights and optimizer state as allocated
@@ -316,14 +335,20 @@ def replayed(events: list[tuple[bool, dict]]) -> dict:
     }
 
 
-def child_env() -> dict[str, str]:
-    """A fresh process's environment with the BFC allocator, and its statistics, on the CPU."""
-    return {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "PYTHONPATH": str(REPO)}
+def child_env(kernels: str = "auto") -> dict[str, str]:
+    """A fresh process's environment with the BFC allocator, and its statistics, on the CPU,
+    running ``kernels`` (auto: as TensorFlow decides here)."""
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "PYTHONPATH": str(REPO)}
+    if kernels != "auto":
+        env["TF_ENABLE_ONEDNN_OPTS"] = "1" if kernels == "onednn" else "0"
+    return env
 
 
-def measure(case: str, batch: int, steps: int, images: Path, replay: bool = False) -> dict:
+def measure(
+    case: str, batch: int, steps: int, images: Path, replay: bool = False, kernels: str = "auto"
+) -> dict:
     """run_child in a fresh process with the BFC allocator's statistics on."""
-    env = child_env()
+    env = child_env(kernels)
     command = [sys.executable, __file__, "--child", case, "--batch", str(batch)]
     command += ["--steps", str(steps), "--images", str(images)]
     command += ["--replay"] if replay else []
@@ -376,6 +401,7 @@ def summarise(case: str, points: list[dict]) -> dict:
     }
     return {
         "case": case,
+        "kernels": points[0].get("kernels", "eigen"),
         "batches": batches,
         "points": points,
         "median_peak_bytes": medians,
@@ -421,8 +447,10 @@ def sweep_cases(sizes: tuple[int, int] = (96, 128)) -> list[str]:
 
 
 def print_table(results: list[dict]) -> None:
+    kernels = ", ".join(sorted({r["kernels"] for r in results}))
+    print(f"\nCPU kernels: {kernels}")
     print(
-        f"\n{'case':<36}{'measured/img':>14}{'spread':>8}{'estimate/img':>14}{'error':>8}"
+        f"{'case':<36}{'measured/img':>14}{'spread':>8}{'estimate/img':>14}{'error':>8}"
         f"{'peaks (MiB)':>16}{'estimates':>16}{'total error':>14}{'rounding':>12}"
         f"{'requested/img':>15}{'error':>8}{'RSS/img':>10}"
     )
@@ -446,11 +474,15 @@ def print_table(results: list[dict]) -> None:
     )
 
 
-def replay_cases(cases: list[str], batches: list[int], steps: int, out: Path) -> None:
+def replay_cases(cases: list[str], batches: list[int], steps: int, out: Path, kernels: str) -> None:
     """The allocator model against the real allocator: each process's whole trace replayed."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as images:
-        rows = [measure(c, b, steps, Path(images), replay=True) for c in cases for b in batches]
+        rows = [
+            measure(c, b, steps, Path(images), replay=True, kernels=kernels)
+            for c in cases
+            for b in batches
+        ]
     print(f"\n{'case':<36}{'batch':>6}{'allocations':>13}{'real peak':>14}{'model peak':>14}"
           f"{'largest gap':>14}{'chunks off':>12}")  # fmt: skip
     for r in rows:
@@ -480,6 +512,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--sweep", action="store_true", help="every backbone, phase, precision")
+    parser.add_argument(
+        "--kernels",
+        choices=("auto", "eigen", "onednn"),
+        default="auto",
+        help="CPU kernels the measured processes run (TF_ENABLE_ONEDNN_OPTS); auto: as here",
+    )
     parser.add_argument("--out", default="", help="JSON path (default benchmarks/results/)")
     parser.add_argument(
         "--replay",
@@ -511,23 +549,20 @@ def main() -> None:
         return
     batches = [int(b) for b in args.batches.split(",")]
     if args.replay:
-        replay_cases(args.cases.split(","), batches, args.steps, Path(args.out or REPLAYS))
+        replay_cases(
+            args.cases.split(","), batches, args.steps, Path(args.out or REPLAYS), args.kernels
+        )
         return
     if len(batches) < 2:
         parser.error("--batches needs at least two sizes to fit a line, e.g. 8,32")
     cases = sweep_cases() if args.sweep else args.cases.split(",")
-    out = (
-        Path(args.out)
-        if args.out
-        else RESULTS.with_name("memory_sweep.json" if args.sweep else RESULTS.name)
-    )
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory() as images:
         for case in cases:
             print(f"{case}: batches {batches}, {args.repeats} fresh processes each", flush=True)
             points = [
-                measure(case, b, args.steps, Path(images))
+                measure(case, b, args.steps, Path(images), kernels=args.kernels)
                 for _ in range(args.repeats)
                 for b in batches
             ]
@@ -536,6 +571,9 @@ def main() -> None:
     print_table(results)
     minutes = (time.perf_counter() - started) / 60
     print(f"\n{len(cases)} case(s) in {minutes:.1f} min")
+    kernels = results[0]["kernels"]
+    name = f"memory{'_sweep' if args.sweep else ''}{'_onednn' if kernels == 'onednn' else ''}"
+    out = Path(args.out) if args.out else RESULTS.with_name(f"{name}.json")
     write_json(
         out,
         {
@@ -545,6 +583,7 @@ def main() -> None:
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
             },
+            "kernels": kernels,
             "memory": "TensorFlow allocator peak (BFC statistics), per image: slope of the "
             "median peaks against batch size",
             "minutes": minutes,

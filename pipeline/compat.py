@@ -33,6 +33,7 @@ PRIVATE_API = (
     ("keras.Sequential", "_functional"),
     ("tensorflow.python.framework.config", "is_op_determinism_enabled"),
     ("tensorflow.python.framework.config", "disable_op_determinism"),
+    ("tensorflow.python.util._pywrap_util_port", "IsMklEnabled"),
 )
 
 
@@ -149,3 +150,19 @@ def op_determinism() -> tuple[Callable[[], bool], Callable[[], None]]:
     from tensorflow.python.framework import config as tf_config
 
     return tf_config.is_op_determinism_enabled, tf_config.disable_op_determinism
+
+
+# ----------------------------------------------------------------------------- CPU kernels
+
+
+def onednn_enabled() -> bool:
+    """Whether this process runs TensorFlow's oneDNN CPU kernels in place of its own (Eigen).
+
+    TensorFlow decides at start: TF_ENABLE_ONEDNN_OPTS when set, else on by default where
+    the CPU has deep-learning instructions (AVX512-VNNI, AVX-VNNI, BF16, AMX). The kernels
+    allocate differently (oneDNN's convolution backward keeps no im2col buffer), so the
+    memory estimate needs to know. No public API says which (the startup log line does);
+    TensorFlow's own tests read this one."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())

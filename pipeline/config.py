@@ -33,6 +33,7 @@ ClassWeights = Literal["auto", "on", "off"]
 HeadFit = Literal["exact", "gradient"]
 Schedule = Literal["cosine", "plateau"]
 Tta = Literal["none", "flip"]
+Kernels = Literal["auto", "eigen", "onednn"]
 EvalSplit = Literal["test", "val"]
 # "all" is the three TFLite variants; "tflite" is float32.
 ExportFormat = Literal["all", "tflite", "tflite-fp16", "tflite-int8", "saved_model"]
@@ -156,6 +157,7 @@ class MemoryConfig:
     overhead: float = 0.0  # framework workspace x per-image memory; 0 = measured
     throughput: str = ""  # FLOP/s for epoch times: 50T, 2.5e12, measure; "" = none
     epoch_images: int = 0  # images per epoch for the time estimate; 0 = count train.csv
+    kernels: Kernels = "auto"  # CPU kernels the estimate models; auto = what TensorFlow runs
 
 
 @dataclass

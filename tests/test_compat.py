@@ -42,6 +42,9 @@ def _owners(tmp_path) -> dict[str, object]:
         "tensorflow.python.framework.config": importlib.import_module(
             "tensorflow.python.framework.config"
         ),
+        "tensorflow.python.util._pywrap_util_port": importlib.import_module(
+            "tensorflow.python.util._pywrap_util_port"
+        ),
     }
 
 

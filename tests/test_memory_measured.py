@@ -15,22 +15,22 @@ import pytest
 
 from pipeline.config import Config, with_overrides
 from pipeline.memory import estimate_layers, model_phases
+from pipeline.memory.classifier import configured_kernels
 from tests.support import REPO
 
 pytestmark = pytest.mark.slow
 
 CASE = "small_cnn:64:1"
-# Per-image error allowed before the estimate is said to have drifted. Under, the dangerous
-# side (a recommended batch that runs out of memory): 15%. Over: 35%, because the same
-# code measures differently from one CPU to another: 2.92 MiB per image on one machine
-# (estimate +7%), 2.47 to 2.62 MiB on another whose oneDNN lacks AVX-512 (estimate +19 to
-# +32%), whose peak falls in block 4's backward step, not in block 1's BatchNorm backward
-# with its three full-size temporaries, where the estimate puts it.
-UNDER, OVER = 0.15, 0.35
+# Per-image error allowed before the estimate is said to have drifted, either way.
+DRIFT = 0.15
 # Steps measured per process. The peak depends on the order the two inter-op threads run the
 # backward pass in: one step alone sometimes lands in a schedule 20% lower (batch 32: 114 MB
-# or 141 MB, measured); the estimate is of the worst schedule, which four steps reach.
-STEPS = 4
+# or 141 MB, measured); the estimate is of the worst schedule. Four steps missed it in one
+# process of five, ten steps in none of eight.
+STEPS = 10
+# Processes per batch size; the median's slope is compared. At batch 8 the tensors requested
+# at the peak are bimodal (39 or 49 MiB with Eigen's kernels, measured).
+REPEATS = 3
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +43,23 @@ def bench():
     return module
 
 
-def test_small_cnn_per_image_estimate_within_15_percent_under_and_35_over(bench, tmp_path):
-    points = [bench.measure(CASE, batch, STEPS, tmp_path) for batch in (8, 32)]
+@pytest.mark.parametrize("kernels", ["eigen", "onednn"])
+def test_small_cnn_per_image_estimate_within_15_percent_of_the_tensors(bench, tmp_path, kernels):
+    # Each set of CPU kernels, forced (TF_ENABLE_ONEDNN_OPTS), so every x86 machine tests
+    # both. Against the bytes the step's tensors request at the peak (the profiler's trace):
+    # what the estimate models, and what a new tensor in the step moves. The allocator's
+    # chunks on top grow with the batch by a chance of order (Eigen's: 12 to 25 MiB here),
+    # which make bench-memory reports; the budget test below holds the whole peak.
+    points = [
+        bench.measure(CASE, batch, STEPS, tmp_path, kernels=kernels)
+        for batch in (8, 32)
+        for _ in range(REPEATS)
+    ]
     result = bench.summarise(CASE, points)
-    assert -UNDER <= result["relative_error"] <= OVER, (
-        f"estimate {result['estimate_per_image']:,} B per image, measured "
-        f"{result['measured_per_image']:,.0f} B ({result['relative_error']:+.1%})"
+    assert result["kernels"] == kernels
+    assert abs(result["requested_error"]) <= DRIFT, (
+        f"estimate {result['estimate_per_image']:,} B per image, the tensors requested "
+        f"{result['requested_per_image']:,.0f} B ({result['requested_error']:+.1%})"
     )
 
 
@@ -60,7 +71,7 @@ def test_recommended_batch_fits_the_budget_when_trained(bench, tmp_path):
     )
     phases, _ = model_phases(cfg, 5)
     rows = next(iter(phases.values()))
-    est = estimate_layers(rows, 32, phases=phases, budget=budget)
+    est = estimate_layers(rows, 32, phases=phases, budget=budget, kernels=configured_kernels(cfg))
     batch = next(iter(est["phases"].values()))["max_batch"]
     assert batch >= 16  # the budget is sized to matter: a batch of a few images proves little
     peak = bench.measure(CASE, batch, STEPS, tmp_path)["peak_bytes"]

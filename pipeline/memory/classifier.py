@@ -23,6 +23,15 @@ def configured_overhead(cfg: Config) -> float:
     return cfg.memory.overhead or CPU_OVERHEAD
 
 
+def configured_kernels(cfg: Config) -> str:
+    """memory.kernels, with auto decided: the CPU kernels this TensorFlow runs."""
+    if cfg.memory.kernels != "auto":
+        return cfg.memory.kernels
+    from pipeline.compat import onednn_enabled
+
+    return "onednn" if onednn_enabled() else "eigen"
+
+
 def model_phases(
     cfg: Config, num_classes: int, head: bool = True
 ) -> tuple[dict[str, list[Layer]], Any]:
@@ -106,6 +115,7 @@ def estimate_classifier(
         configured_overhead(cfg),
         phases,
         budget,
+        configured_kernels(cfg),
     )
     size = cfg.image_size
     est["source"] = {

@@ -49,14 +49,19 @@ CPU_OVERHEAD = 1.0
 # as tf.data's autotuning decides (more on machines with many cores).
 PIPELINE_BATCHES = 1.5
 INPUT_BYTES = 4  # the pipeline's images are float32 whatever the training precision
-# TensorFlow's BFC allocator (the CPU's with TF_CPU_ALLOCATOR_USE_BFC, every GPU's) grows in
-# regions that double in size and does not split a free chunk under twice the request: a
-# temporary of a few MiB or more can hold the next power of two. Charged that way, an upper
-# bound, to the convolutions' batch-independent im2col scratch.
+# TensorFlow's BFC allocator (the CPU's with TF_CPU_ALLOCATOR_USE_BFC, every GPU's) does not
+# split a free chunk under twice the request, so a temporary of a few MiB or more can hold
+# up to twice its size (the small CNN's 23.6 MiB im2col buffer held 40.5 MiB, measured).
+# Charged that way, the upper bound, to the convolutions' batch-independent im2col scratch.
 ALLOCATOR_CHUNK_FROM = 1 << 20
 # Training steps replayed through the allocator's rules (``pipeline.memory.allocator``): the
 # first step leaves free chunks that the next ones are handed whole; 0 skips the replay.
 ALLOCATOR_STEPS = 3
+# The CPU kernel sets whose allocations differ (``pipeline.compat.onednn_enabled`` says which
+# this process runs): TensorFlow's own (Eigen) convolution backward fills an im2col buffer
+# (``Layer.scratch``); oneDNN's keeps none. Measured on one machine with both (the small CNN
+# at batches 8 and 32: 61 and 133 MiB with Eigen's, 31 and 93-102 MiB with oneDNN's).
+KERNELS = ("eigen", "onednn")
 REMEDY_SIDE_STEP = 32  # smaller-input remedy: image sides are tried in steps of this
 DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
 
@@ -75,11 +80,11 @@ def textbook_training(layers: list[Layer], batch: int, dtype: str = "float32") -
 
 
 def allocator_chunk(nbytes: int) -> int:
-    """Bytes the BFC allocator holds for one temporary of ``nbytes`` (see
-    ``ALLOCATOR_CHUNK_FROM``)."""
+    """Bytes the BFC allocator may hold for one temporary of ``nbytes``: at most twice it
+    (see ``ALLOCATOR_CHUNK_FROM``)."""
     if nbytes < ALLOCATOR_CHUNK_FROM:
         return nbytes
-    return 1 << (nbytes - 1).bit_length()
+    return 2 * nbytes
 
 
 def float32_batchnorm(layers: list[Layer]) -> list[Layer]:
@@ -98,6 +103,19 @@ def float32_batchnorm(layers: list[Layer]) -> list[Layer]:
     ]
 
 
+def kernel_rows(layers: list[Layer], kernels: str, precision: str) -> list[Layer]:
+    """Rows as the CPU kernels run them: under oneDNN no convolution keeps an im2col buffer
+    and no max pooling an argmax (``Layer.eigen_workspace``).
+    Its float16 kernels need more than AVX-512 (TensorFlow logs "oneDNN supports DT_HALF
+    only on platforms with AVX-512" and falls back to Eigen's, on every CPU measured here),
+    so under mixed precision the rows keep Eigen's buffers."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}. Received: {kernels!r}")
+    if kernels == "eigen" or precision.startswith("mixed"):
+        return layers
+    return [replace(r, scratch=0, input_scratch=0, eigen_workspace=0) for r in layers]
+
+
 def realistic_training(
     layers: list[Layer],
     batch: int,
@@ -106,6 +124,7 @@ def realistic_training(
     overhead: float = CPU_OVERHEAD,
     pipeline_batches: float = PIPELINE_BATCHES,
     allocator_steps: int = ALLOCATOR_STEPS,
+    kernels: str = "eigen",
 ) -> dict[str, Any]:
     """fixed + batch x per_image at the step's worst moment for this batch size, or the
     allocator's simulated chunks where they hold more.
@@ -123,7 +142,9 @@ def realistic_training(
     allocations are replayed through the BFC allocator's rules (``allocator_steps`` steps,
     ``pipeline.memory.allocator.simulated_peak``), and ``total`` is the larger of the two
     (``tensors_total``, ``allocator``; ``overhead`` scales the whole replayed peak).
+    ``kernels`` names the CPU kernels (``kernel_rows``).
     """
+    layers = kernel_rows(layers, kernels, precision)
     params = sum(r.params for r in layers)
     trainable = sum(r.trainable for r in layers)
     mixed = precision.startswith("mixed")
@@ -171,6 +192,7 @@ def realistic_training(
         "batch": batch,
         "precision": precision,
         "overhead": overhead,
+        "kernels": kernels,
         "peak": peak,
     }
 
@@ -226,13 +248,14 @@ def rank_remedies(
     overhead: float,
     image_side: int | None = None,
     min_side: int = 32,
+    kernels: str = "eigen",
 ) -> list[dict[str, Any]]:
     """What to change when the run does not fit, largest saving first, each with its figure;
     "fits" is within ``usable(budget)``."""
     budget = usable(budget)
 
     def run(rows: list[Layer] = layers, b: int = batch, p: str = precision) -> dict[str, Any]:
-        return realistic_training(rows, b, p, optimizer_slots, overhead)
+        return realistic_training(rows, b, p, optimizer_slots, overhead, kernels=kernels)
 
     now = run()
     options: list[tuple[str, float, str]] = []
@@ -323,6 +346,7 @@ def estimate_layers(
     overhead: float = CPU_OVERHEAD,
     phases: dict[str, list[Layer]] | None = None,
     budget: float | None = None,
+    kernels: str = "eigen",
 ) -> dict[str, Any]:
     """Everything about one network: per-layer rows, parameter, inference and training memory.
 
@@ -339,6 +363,7 @@ def estimate_layers(
         "dtype": dtype,
         "precision": precision,
         "overhead": overhead,
+        "kernels": kernels,
         "optimizer_slots": optimizer_slots,
         "layers": [
             {
@@ -373,8 +398,12 @@ def estimate_layers(
         },
         "phases": {},
     }
+
+    def cost(rows: list[Layer], b: int) -> dict[str, Any]:
+        return realistic_training(rows, b, precision, optimizer_slots, overhead, kernels=kernels)
+
     for label, rows in phases.items():
-        realistic = realistic_training(rows, batch, precision, optimizer_slots, overhead)
+        realistic = cost(rows, batch)
         phase = {
             "trainable": sum(r.trainable for r in rows),
             "textbook": textbook_training(rows, batch, dtype),
@@ -382,12 +411,7 @@ def estimate_layers(
             "train_flops": training_flops(rows),
         }
         if budget:
-            phase["max_batch"] = max_batch(
-                lambda b, r=rows: realistic_training(r, b, precision, optimizer_slots, overhead)[
-                    "total"
-                ],
-                usable(budget),
-            )
+            phase["max_batch"] = max_batch(lambda b, r=rows: cost(r, b)["total"], usable(budget))
             phase["fits"] = realistic["total"] <= usable(budget)
         result["phases"][label] = phase
     return result

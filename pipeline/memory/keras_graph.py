@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from pipeline.memory.spec import (
+    MAXPOOL_EIGEN_WORKSPACE,
     SAVES_INPUTS,
     SAVES_INPUTS_IF_TRAINABLE,
     SAVES_OUTPUT,
@@ -148,6 +149,9 @@ def _keras_row(
         internal,
         inplace=inplace,
         workspace=workspace,
+        eigen_workspace=MAXPOOL_EIGEN_WORKSPACE * math.prod(shape)
+        if type(op).__name__.startswith("MaxPooling")
+        else 0,
         scratch=scratch if trainable else 0,
         input_scratch=input_scratch,
     )
@@ -170,15 +174,15 @@ def _backward_buffers(op: Any, out: int, trainable: int, inference: bool) -> tup
 
     Elementwise gradients (ReLU, inference BatchNorm's scale, a dropout mask) reuse their
     output gradient's buffer in TensorFlow. A training-mode BatchNorm is not fused in Keras 3:
-    its input gradient sums three paths (the scale, the mean, the variance), each a
-    full-size tensor (the gradient times the scale, and the two broadcast statistics
-    gradients) beside the output and input gradients.
+    its input gradient sums three paths (the scale, the mean, the variance) through
+    full-size temporaries, two alive at a time beside the output and input gradients
+    (measured with either set of CPU kernels).
     """
     name = type(op).__name__
     classes = {c.__name__ for c in type(op).__mro__}
     if "BatchNormalization" in classes:
         training = trainable > 0 and not inference
-        return (False, 3 * out) if training else (True, 0)
+        return (False, 2 * out) if training else (True, 0)
     if name == "ReLU":
         return True, 0
     if name == "Activation":

@@ -155,7 +155,7 @@ def training_tape(layers: list[Layer], hold_gradients: bool = False) -> Tape:
         for j in row.inputs:
             if needs[j] and ("grad", j) not in tape.alive:
                 tape.alloc(("grad", j), layers[j].size)
-        tape.alloc(("workspace", i), row.workspace)
+        tape.alloc(("workspace", i), row.workspace + row.eigen_workspace)
         tape.alloc(("weight_grad", i), weights=row.trainable)
         flows_in = any(needs[j] for j in row.inputs)
         tape.alloc(("scratch", i), scratch=max(row.scratch, row.input_scratch if flows_in else 0))

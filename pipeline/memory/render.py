@@ -29,8 +29,15 @@ def _why(est: dict[str, Any]) -> str:
         "backward pass of the trainable layers reads (simulated tensor by tensor), but adds "
         f"float32 gradients, {est['optimizer_slots']} optimizer values per trainable parameter"
         f"{', float16 weight copies' if est['precision'].startswith('mixed') else ''} and the "
-        f"measured framework overhead ({est['overhead']:.2f}x per image)."
+        f"measured framework overhead ({est['overhead']:.2f}x per image). Convolution "
+        f"scratch is that of {_KERNELS[est.get('kernels', 'eigen')]} (memory.kernels)."
     )
+
+
+_KERNELS = {
+    "eigen": "TensorFlow's own CPU kernels (an im2col buffer per convolution backward)",
+    "onednn": "oneDNN's CPU kernels (no im2col buffer; float16 runs Eigen's)",
+}
 
 
 def render_markdown(est: dict[str, Any], layer_table: bool = True) -> str:

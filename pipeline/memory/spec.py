@@ -66,6 +66,10 @@ class Layer:
     # the input gradient into the output gradient's buffer, so it costs no new tensor.
     inplace: bool = False
     workspace: int = 0  # temporaries its backward allocates beside its gradients
+    # Those only TensorFlow's own (Eigen) CPU kernels allocate: max pooling's backward
+    # copies the output and records an int64 argmax (``MAXPOOL_EIGEN_WORKSPACE``); oneDNN's
+    # allocates neither (``pipeline.memory.estimate.kernel_rows``).
+    eigen_workspace: int = 0
     transient: int = 0  # temporaries its forward allocates beside its input and output
     # Bytes, whatever the batch: the im2col buffer TensorFlow's CPU convolution backward
     # allocates for the weight gradient (``scratch``) and for the input gradient
@@ -80,6 +84,9 @@ class Layer:
         return math.prod(self.shape)
 
 
+# Output-sized float32 values of Eigen's max-pooling backward workspace: the output's copy
+# (1) and its int64 argmax (2), measured (4 + 8 MiB for a 4 MiB output).
+MAXPOOL_EIGEN_WORKSPACE = 3
 # TensorFlow's CPU convolution backward kernels (Conv2DCustomBackpropFilter/Input) size their
 # im2col buffer to fill a working set of this many bytes (the L3 cache they assume), however
 # small the batch.
@@ -254,6 +261,7 @@ def _pool(
     return {
         "kind": f"{op}pool",
         "shape": out,
+        "eigen_workspace": MAXPOOL_EIGEN_WORKSPACE * math.prod(out) if op == "max" else 0,
         "flops": kh * kw * math.prod(out),
         "saves": saves,
         "working": f"{steps}; no parameters",

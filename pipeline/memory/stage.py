@@ -14,6 +14,7 @@ from pipeline.config import Config, resolve_precision
 from pipeline.data.manifest import CLASSES_FILE, SPLIT_FILES
 from pipeline.files import atomic_write_text, generated_dir, write_json
 from pipeline.memory.classifier import (
+    configured_kernels,
     configured_overhead,
     estimate_classifier,
     measure_throughput,
@@ -55,14 +56,16 @@ def estimate_memory(
         )
     budget = parse_quantity(cfg.memory.budget)
     batch, slots = cfg.input.batch_size, cfg.memory.optimizer_slots
-    overhead = configured_overhead(cfg)
+    overhead, kernels = configured_overhead(cfg), configured_kernels(cfg)
     notes: list[str] = []
     model = None
     if layers:
         rows = parse_layers(input_shape, layers)
         precision = resolve_precision(cfg.train.precision, gpu=False)
         phases = {"all layers train": rows}
-        est = estimate_layers(rows, batch, dtype, precision, slots, overhead, phases, budget)
+        est = estimate_layers(
+            rows, batch, dtype, precision, slots, overhead, phases, budget, kernels
+        )
         shape = "x".join(map(str, rows[0].shape))
         est["source"] = {"input": shape, "layers": layers}
         est["budget"] = budget
@@ -84,7 +87,9 @@ def estimate_memory(
     est["remedies"] = (
         []
         if est["phases"][worst]["fits"]
-        else rank_remedies(phases[worst], batch, budget, est["precision"], slots, overhead, side)
+        else rank_remedies(
+            phases[worst], batch, budget, est["precision"], slots, overhead, side, kernels=kernels
+        )
     )
     est["remedies_for"] = worst
     _add_epoch_time(est, cfg, model, notes)
