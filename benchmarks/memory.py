@@ -182,6 +182,7 @@ def rescore(path: Path, out: Path) -> None:
             "memory": f"the peaks measured by `{data['command']}` ({path.name}), against "
             "the estimate of this code",
             "machine": data.get("machine"),
+            "kernels": data.get("kernels", "eigen"),
             "cases": results,
         },
     )

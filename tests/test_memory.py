@@ -29,7 +29,13 @@ from pipeline.memory.allocator import simulated_peak
 from pipeline.memory.estimate import BUDGET_HEADROOM, allocator_chunk, kernel_rows, usable
 from pipeline.memory.keras_graph import layers_from_model
 from pipeline.memory.liveness import inference_peak, training_flops, training_peak
-from pipeline.memory.spec import Layer, conv_backprop_scratch, parse_layers
+from pipeline.memory.spec import (
+    SAVES_INPUTS,
+    SAVES_OUTPUT,
+    Layer,
+    conv_backprop_scratch,
+    parse_layers,
+)
 from pipeline.model import build_classifier, classifier_spec, freeze_for_phase, get_base
 from pipeline.units import parse_quantity
 
@@ -239,6 +245,17 @@ def test_elementwise_layers_write_over_their_buffers():
     assert training_peak(rows)["backward_values"] == 128 + 128 + 2 * 128
     bn.trainable = False
     assert layers_from_model(bn)[1].inplace
+
+
+def test_a_relu_capped_at_6_keeps_its_output_and_another_cap_its_input():
+    # Keras runs ReLU(6) as tf.nn.relu6, whose gradient reads the output (which the next
+    # convolution keeps anyway); a cap of 5 is a clip whose gradient reads the input.
+    def saves(cap: float) -> tuple[str, ...]:
+        model = keras.Sequential([keras.Input((8, 8, 2)), keras.layers.ReLU(cap)])
+        return layers_from_model(model)[1].saves
+
+    assert saves(6.0) == (SAVES_OUTPUT,)
+    assert saves(5.0) == (SAVES_INPUTS,)
 
 
 def test_unknown_layer_token_lists_the_valid_forms():

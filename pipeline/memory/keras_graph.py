@@ -45,7 +45,9 @@ _NO_SAVES = {
     "Identity",
 }
 # Activations whose gradient is computed from their output; every other one reads its input.
-_OUTPUT_GRAD_ACTIVATIONS = {"relu", "sigmoid", "tanh", "softmax", "elu", "exponential"}
+# Activations whose TensorFlow gradient reads the output, not the input (nn_grad.py: Relu6's
+# too, so a ReLU capped at 6 keeps only its output for the backward pass).
+_OUTPUT_GRAD_ACTIVATIONS = {"relu", "relu6", "sigmoid", "tanh", "softmax", "elu", "exponential"}
 
 
 def layers_from_model(model: Any) -> list[Layer]:
@@ -232,7 +234,9 @@ def _keras_costs(
         training = trainable > 0 and not inference
         return 0, 2 * out, (SAVES_INPUTS,) if training else (), 0
     if name == "ReLU":
-        plain = op.max_value is None and not op.negative_slope and not op.threshold
+        # max_value 6 alone runs tf.nn.relu6 (Keras's ReLU.static_call), whose gradient
+        # reads the output like ReLU's; other caps, slopes and thresholds read the input.
+        plain = op.max_value in (None, 6) and not op.negative_slope and not op.threshold
         return 0, out, (SAVES_OUTPUT,) if plain else (SAVES_INPUTS,), 0
     if name in ("Activation", "LeakyReLU", "ELU", "PReLU", "Softmax"):
         fn = act if name == "Activation" else name.lower()
