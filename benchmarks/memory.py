@@ -195,9 +195,9 @@ def run_child(case: str, batch: int, steps: int, images: Path, trace: str, repla
     through ``BFCModel`` instead)."""
     import tensorflow as tf
 
-    from pipeline.compat import onednn_enabled
     from pipeline.inputs import build_train_dataset
     from pipeline.memory import realistic_training
+    from pipeline.memory.classifier import configured_kernels
     from pipeline.memory.keras_graph import layers_from_model
     from pipeline.model import training_forward
     from pipeline.training.loop import build_train_step, compile_for_training
@@ -205,7 +205,7 @@ def run_child(case: str, batch: int, steps: int, images: Path, trace: str, repla
     if replay:
         tf.profiler.experimental.start(trace)
     model, cfg, spec, precision = case_model(case)
-    kernels = "onednn" if onednn_enabled() else "eigen"
+    kernels = configured_kernels(cfg)  # memory.kernels is auto: the set this process runs
     estimate = realistic_training(layers_from_model(model), batch, precision, kernels=kernels)
     strategy = tf.distribute.get_strategy()
     compile_for_training(model, strategy, 1e-4, cfg.train)

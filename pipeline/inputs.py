@@ -73,11 +73,11 @@ def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
 def _transposed_if(image: tf.Tensor, transpose: tf.Tensor) -> tf.Tensor:
     """The image with height and width swapped when ``transpose``.
 
-    Gathered, not ``tf.transpose``d: on a CPU without AVX-512, TensorFlow's oneDNN graph
-    pass logs an error-level line ("oneDNN supports DT_UINT8 only on platforms with
-    AVX-512") for any uint8 Transpose in a graph, and Grappler moves a cast to float past a
-    transpose, so transposing a cast copy does not avoid it. As fast as the transpose on a
-    12-megapixel photo.
+    Gathered, not ``tf.transpose``d: where TensorFlow's oneDNN does not count the CPU as
+    AVX-512 capable, its graph pass logs an error-level line ("oneDNN supports DT_UINT8
+    only on platforms with AVX-512") for any uint8 Transpose in a graph, and Grappler
+    moves a cast to float past a transpose, so transposing a cast copy does not avoid it.
+    As fast as the transpose on a 12-megapixel photo.
     """
 
     def gathered() -> tf.Tensor:

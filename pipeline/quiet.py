@@ -17,10 +17,10 @@ What prints before the pipeline's first line, and what silences it (TensorFlow 2
   directly while its libraries load, and TF_CPP_MIN_LOG_LEVEL, even 3, does not reach
   them (tensorflow/tensorflow#100442, #62075). The only cure from Python is to point file
   descriptor 2 elsewhere while TensorFlow is imported, and back afterwards.
-- ``E0000 ... util.cc ... oneDNN supports DT_UINT8 only on platforms with AVX-512``: on a
-  CPU without AVX-512, oneDNN's graph pass logs it, at error level, for any uint8 Transpose
-  in a graph (a photo's EXIF rotation). Nothing fails; ``pipeline.inputs`` rotates by
-  gathering instead, so no such node exists.
+- ``E0000 ... util.cc ... oneDNN supports DT_UINT8 only on platforms with AVX-512``: where
+  TensorFlow's oneDNN does not count the CPU as AVX-512 capable, its graph pass logs it,
+  at error level, for any uint8 Transpose in a graph (a photo's EXIF rotation). Nothing
+  fails; ``pipeline.inputs`` rotates by gathering instead, so no such node exists.
 - ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``: TFLite's own minimal
   logger (not TensorFlow's), printed once per process from C++ when the first interpreter
   allocates its tensors. It reads no environment variable (TF_CPP_MIN_LOG_LEVEL=3 leaves

@@ -59,8 +59,7 @@ ALLOCATOR_CHUNK_FROM = 1 << 20
 ALLOCATOR_STEPS = 3
 # The CPU kernel sets whose allocations differ (``pipeline.compat.onednn_enabled`` says which
 # this process runs): TensorFlow's own (Eigen) convolution backward fills an im2col buffer
-# (``Layer.scratch``); oneDNN's keeps none. Measured on one machine with both (the small CNN
-# at batches 8 and 32: 61 and 133 MiB with Eigen's, 31 and 93-102 MiB with oneDNN's).
+# (``Layer.scratch``); oneDNN's keeps none (docs/memory.md, "Which CPU kernels").
 KERNELS = ("eigen", "onednn")
 REMEDY_SIDE_STEP = 32  # smaller-input remedy: image sides are tried in steps of this
 DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
@@ -105,10 +104,10 @@ def float32_batchnorm(layers: list[Layer]) -> list[Layer]:
 
 def kernel_rows(layers: list[Layer], kernels: str, precision: str) -> list[Layer]:
     """Rows as the CPU kernels run them: under oneDNN no convolution keeps an im2col buffer
-    and no max pooling an argmax (``Layer.eigen_workspace``).
-    Its float16 kernels need more than AVX-512 (TensorFlow logs "oneDNN supports DT_HALF
-    only on platforms with AVX-512" and falls back to Eigen's, on every CPU measured here),
-    so under mixed precision the rows keep Eigen's buffers."""
+    and no max pooling an argmax (``Layer.eigen_workspace``). Where oneDNN lacks float16
+    kernels TensorFlow runs Eigen's (it logs "oneDNN supports DT_HALF only on platforms
+    with AVX-512"); the estimate assumes that fallback, so under mixed precision the rows
+    keep Eigen's buffers."""
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {', '.join(KERNELS)}. Received: {kernels!r}")
     if kernels == "eigen" or precision.startswith("mixed"):

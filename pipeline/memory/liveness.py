@@ -186,7 +186,7 @@ def training_peak(
     worst).
     """
     _, kept, internal = _backward_plan(layers)
-    tape = tape or training_tape(layers, hold_gradients)
+    tape = training_tape(layers, hold_gradients) if tape is None else tape
     backward = tape.backward
     sizes: dict[Any, tuple[int, int, int]] = {}
     values = weights = scratch = fwd = bwd = 0

@@ -22,6 +22,12 @@ def _table(header: Sequence[str], rows: list[list[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+_KERNELS = {
+    "eigen": "TensorFlow's own CPU kernels (an im2col buffer per convolution backward)",
+    "onednn": "oneDNN's CPU kernels (no im2col buffer; float16 runs Eigen's)",
+}
+
+
 def _why(est: dict[str, Any]) -> str:
     return (
         "The textbook minimum keeps every layer's output for every image and ignores "
@@ -30,14 +36,8 @@ def _why(est: dict[str, Any]) -> str:
         f"float32 gradients, {est['optimizer_slots']} optimizer values per trainable parameter"
         f"{', float16 weight copies' if est['precision'].startswith('mixed') else ''} and the "
         f"measured framework overhead ({est['overhead']:.2f}x per image). Convolution "
-        f"scratch is that of {_KERNELS[est.get('kernels', 'eigen')]} (memory.kernels)."
+        f"scratch is that of {_KERNELS[est['kernels']]} (memory.kernels)."
     )
-
-
-_KERNELS = {
-    "eigen": "TensorFlow's own CPU kernels (an im2col buffer per convolution backward)",
-    "onednn": "oneDNN's CPU kernels (no im2col buffer; float16 runs Eigen's)",
-}
 
 
 def render_markdown(est: dict[str, Any], layer_table: bool = True) -> str:
