@@ -28,9 +28,11 @@ DRIFT = 0.15
 # or 141 MB, measured); the estimate is of the worst schedule. Four steps missed it in one
 # process of five, ten steps in none of eight.
 STEPS = 10
-# Processes per batch size; the median's slope is compared. At batch 8 the tensors requested
-# at the peak are bimodal (39 or 49 MiB with Eigen's kernels, measured).
-REPEATS = 3
+# Processes per batch size; the slope through each batch's worst process is compared, as
+# the estimate is of the worst schedule. A median can land on a lucky process: with
+# oneDNN's kernels the tensors requested at batch 32 ranged over 72 to 84 MiB in ten
+# processes, which moves a median slope by up to 30%.
+REPEATS = 4
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +57,17 @@ def test_small_cnn_per_image_estimate_within_15_percent_of_the_tensors(bench, tm
         for batch in (8, 32)
         for _ in range(REPEATS)
     ]
-    result = bench.summarise(CASE, points)
-    assert result["kernels"] == kernels
-    assert abs(result["requested_error"]) <= DRIFT, (
-        f"estimate {result['estimate_per_image']:,} B per image, the tensors requested "
-        f"{result['requested_per_image']:,.0f} B ({result['requested_error']:+.1%})"
+    assert {p["kernels"] for p in points} == {kernels}
+    worst = {
+        b: max(p["peak_bytes"] - p["rounding_bytes"] for p in points if p["batch"] == b)
+        for b in (8, 32)
+    }
+    requested = (worst[32] - worst[8]) / (32 - 8)
+    estimate = bench.summarise(CASE, points)["estimate_per_image"]
+    error = (estimate - requested) / requested
+    assert abs(error) <= DRIFT, (
+        f"estimate {estimate:,} B per image, the tensors requested {requested:,.0f} B "
+        f"({error:+.1%})"
     )
 
 
