@@ -153,7 +153,7 @@ class ExportConfig:
 @dataclass
 class MemoryConfig:
     budget: str = "16GiB"  # device memory to fit a training run into
-    optimizer_slots: int = 2  # values per trainable parameter (Adam: 2)
+    optimizer_slots: int = 2  # values per trainable parameter (Adam: 2; train.ema adds 1)
     overhead: float = 0.0  # framework workspace x per-image memory; 0 = measured
     throughput: str = ""  # FLOP/s for epoch times: 50T, 2.5e12, measure; "" = none
     epoch_images: int = 0  # images per epoch for the time estimate; 0 = count train.csv

@@ -3,8 +3,9 @@
 The liveness simulation counts tensor bytes; the allocator holds chunks. It hands out a
 free chunk whole when the chunk is under twice the request, so a tensor can hold up to
 twice its size, and whether it does depends on the order of earlier allocations.
-``simulated_peak`` replays a training step's allocations (``pipeline.memory.liveness``)
-through the same rules. `make bench-memory --replay` checks the model against real traces.
+``simulated_peak`` replays the weights' creation (``create_variables``) and a training
+step's allocations (``pipeline.memory.liveness``) through the same rules.
+`make bench-memory --replay` checks the model against real traces.
 """
 
 from __future__ import annotations
@@ -105,6 +106,21 @@ class BFCModel:
         self._free_chunk(address, insert=True)
 
 
+def create_variables(model: BFCModel, variables: list[tuple[int, bool]]) -> None:
+    """Weight variables of ``(bytes, drawn)`` as Keras creates them, in order. A random
+    initializer draws, scales and shifts (TensorFlow's stateless random ops): three buffers,
+    the last kept as the variable, which is handed a chunk the earlier temporaries freed,
+    up to twice its size. A constant initializer fills one buffer."""
+    for nbytes, drawn in variables:
+        if drawn:
+            draw, scaled = model.allocate(nbytes), model.allocate(nbytes)
+            model.allocate(nbytes)
+            model.free(scaled)
+            model.free(draw)
+        elif nbytes:
+            model.allocate(nbytes)
+
+
 def simulated_peak(
     events: list[tuple],
     batch: int,
@@ -112,14 +128,17 @@ def simulated_peak(
     weight_bytes: int,
     held: list[int],
     steps: int = 3,
+    variables: list[tuple[int, bool]] | None = None,
 ) -> int:
-    """Chunk bytes at the allocator's peak: ``held`` allocations (weights, optimizer slots,
-    buffered input batches) made first and kept, then ``steps`` training steps, each the
-    tape's allocations (``pipeline.memory.liveness.Tape``) at this batch size.
+    """Chunk bytes at the allocator's peak: the weight ``variables`` created
+    (``create_variables``), then ``held`` allocations (optimizer slots, buffered input
+    batches) made and kept, then ``steps`` training steps, each the tape's allocations
+    (``pipeline.memory.liveness.Tape``) at this batch size.
 
     Several steps, because the first leaves free chunks that later steps are handed whole.
     """
     model = BFCModel()
+    create_variables(model, variables or [])
     for nbytes in held:
         if nbytes:
             model.allocate(nbytes)

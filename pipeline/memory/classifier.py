@@ -23,6 +23,12 @@ def configured_overhead(cfg: Config) -> float:
     return cfg.memory.overhead or CPU_OVERHEAD
 
 
+def configured_slots(cfg: Config) -> int:
+    """memory.optimizer_slots, and one more when training keeps a moving average of the
+    weights (train.ema: Keras's Adam holds it as a third value per trainable parameter)."""
+    return cfg.memory.optimizer_slots + (1 if cfg.train.ema > 0 else 0)
+
+
 def configured_kernels(cfg: Config) -> str:
     """memory.kernels, with auto decided: the CPU kernels this TensorFlow runs."""
     if cfg.memory.kernels != "auto":
@@ -111,7 +117,7 @@ def estimate_classifier(
         cfg.input.batch_size,
         dtype,
         resolve_precision(cfg.train.precision, gpu=bool(local_gpus())),
-        cfg.memory.optimizer_slots,
+        configured_slots(cfg),
         configured_overhead(cfg),
         phases,
         budget,

@@ -9,10 +9,11 @@ Two training figures, on purpose. The *textbook minimum* keeps every layer's out
 every image of the batch, plus the input batch and the parameters (the classic exercise's
 answer). The *realistic* figure keeps only what the backward pass of the trainable layers
 reads, simulated tensor by tensor (``pipeline.memory.liveness``), adds the input pipeline's
-buffered batches, float32 gradients, convolution scratch and optimizer state where the
-step holds them, and multiplies the per-image part by ``CPU_OVERHEAD`` (1: nothing left
-unmodelled); the same step replayed through TensorFlow's allocator
-(``pipeline.memory.allocator``) raises it where chunks hold more than the tensors.
+buffered batches, float32 gradients with the optimizer update's temporaries, convolution
+scratch and optimizer state where the step holds them, and multiplies the per-image part
+by ``CPU_OVERHEAD`` (1: nothing left unmodelled); the same step replayed through
+TensorFlow's allocator (``pipeline.memory.allocator``), after the weights' creation, raises
+it where chunks hold more than the tensors.
 ``estimate_layers`` gathers everything about one network into the dict the ``memory``
 stage renders and writes.
 """
@@ -32,7 +33,7 @@ from pipeline.memory.liveness import (
     training_peak,
     training_tape,
 )
-from pipeline.memory.spec import Layer
+from pipeline.memory.spec import Layer, Variable
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 MASTER_BYTES = 4  # weights, gradients and optimizer state stay float32 under mixed precision
@@ -168,18 +169,28 @@ def realistic_training(
     tensors = fixed + batch * per_image
     allocator = 0
     if allocator_steps:
-        # The same step through the BFC allocator's rules: weights, copies and slots a layer
-        # at a time (a variable at a time gives the same chunks on every benchmarked case),
-        # the input pipeline's buffered batches, then the step's tensors.
-        kept = [r.params * MASTER_BYTES for r in layers]
-        kept += [r.params * 2 for r in layers] if mixed else []
-        kept += [r.trainable * MASTER_BYTES for r in layers for _ in range(optimizer_slots)]
+        # The same step through the BFC allocator's rules: the weights as Keras creates
+        # them, float16 copies and optimizer slots (zeros) a variable at a time, the input
+        # pipeline's buffered batches, then the step's tensors.
+        variables = [v for r in layers for v in r.variables or [Variable(r.params, False)]]
+        kept = [v.values * 2 for v in variables] if mixed else []
+        kept += [
+            v.values * MASTER_BYTES
+            for r in layers
+            if r.trainable
+            for v in r.variables or [Variable(r.trainable, False)]
+            if v.trainable
+            for _ in range(optimizer_slots)
+        ]
         kept += [batch * layers[0].size * INPUT_BYTES] * math.ceil(pipeline_batches)
-        step = simulated_peak(tape.events, batch, value_bytes, MASTER_BYTES, kept, allocator_steps)
+        created = [(v.values * MASTER_BYTES, v.drawn) for v in variables]
+        step = simulated_peak(
+            tape.events, batch, value_bytes, MASTER_BYTES, kept, allocator_steps, created
+        )
         allocator = math.ceil(step * overhead)
     return {
         **held,
-        "gradients": gradients,
+        "gradients": gradients,  # weight gradients and the optimizer update's temporaries
         "scratch": scratch,
         "fixed": fixed,
         "per_image": per_image,

@@ -17,6 +17,7 @@ from pipeline.memory.spec import (
     SAVES_INPUTS_IF_TRAINABLE,
     SAVES_OUTPUT,
     Layer,
+    Variable,
     conv_backprop_scratch,
 )
 
@@ -135,6 +136,7 @@ def _keras_row(
     in_shapes = [tuple(t.shape[1:]) for t in node.input_tensors]
     params = count(getattr(op, "weights", []))
     trainable = 0 if frozen else count(getattr(op, "trainable_weights", []))
+    variables = _variables(op) if first else ()
     macs, flops, saves, internal = _keras_costs(op, in_shapes, shape, trainable, inference)
     inplace, workspace = _backward_buffers(op, math.prod(shape), trainable, inference)
     scratch, input_scratch = _conv_scratch(op, shape)
@@ -156,7 +158,30 @@ def _keras_row(
         else 0,
         scratch=scratch if trainable else 0,
         input_scratch=input_scratch,
+        variables=variables,
     )
+
+
+# A variable's initializer, by the variable's name, where it is not ``{name}_initializer``
+# (a DepthwiseConv2D's kernel comes from its depthwise_initializer).
+_INITIALIZERS = {
+    "kernel": ("kernel_initializer", "depthwise_initializer"),
+    "depthwise_kernel": ("depthwise_initializer",),
+    "pointwise_kernel": ("pointwise_initializer",),
+}
+
+
+def _variables(op: Any) -> tuple[Variable, ...]:
+    """The layer's weight variables in creation order, each drawn by a random initializer
+    (a Keras ``RandomInitializer``) or filled by a constant one."""
+    trainable = {id(w) for w in getattr(op, "trainable_weights", [])}
+    out = []
+    for w in getattr(op, "weights", []):
+        names = _INITIALIZERS.get(w.name, (f"{w.name}_initializer",))
+        init = next((getattr(op, n) for n in names if getattr(op, n, None) is not None), None)
+        drawn = any(c.__name__ == "RandomInitializer" for c in type(init).__mro__)
+        out.append(Variable(math.prod(w.shape), drawn, id(w) in trainable))
+    return tuple(out)
 
 
 def _conv_scratch(op: Any, shape: tuple[int, ...]) -> tuple[int, int]:

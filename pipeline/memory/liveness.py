@@ -18,6 +18,13 @@ from pipeline.memory.spec import (
     Layer,
 )
 
+# Adam's update of a variable (Keras: m += (g - m)(1 - b1); v += (g² - v)(1 - b2);
+# w -= m·alpha / (sqrt(v) + eps)) holds two variable-sized temporaries beside the gradient
+# at its worst (g - m beside g², then m·alpha beside sqrt(v)): a step that trains one large
+# Dense kernel peaks at three times the kernel above what it holds between steps, with
+# either CPU kernel set and either precision.
+UPDATE_TEMPORARIES = 2
+
 
 class Tape:
     """A training step's allocations and frees, in order, as the simulation makes them.
@@ -33,6 +40,7 @@ class Tape:
         self.alive: dict[Any, tuple[int, int, int]] = {}
         self.values = 0  # values per image alive now
         self.backward = 0  # index of the first event of the backward pass
+        self.updates = 0  # index of the first event after every weight gradient is made
         self.forward_peak_rows: list[int] = []  # rows alive at the forward pass's peak
 
     def alloc(self, key: Any, values: int = 0, weights: int = 0, scratch: int = 0) -> None:
@@ -61,8 +69,10 @@ def _forward(
 ) -> tuple[int, list[int]]:
     """Run the rows in order onto ``tape``, freeing each tensor after its last reader unless
     it is kept (an elementwise row writes over its input's buffer when that input dies there;
-    a row's internal and transient tensors live while it runs, the internal one after it too
-    when the backward pass reads it).
+    a row's transient tensors live while it runs; its internal tensor, a separable
+    convolution's depthwise output or a pre-activation, is made from its inputs, which die
+    before the output is made from it, and lives after the row when the backward pass
+    reads it).
 
     Returns the peak in values and the rows alive at the peak.
     """
@@ -70,22 +80,28 @@ def _forward(
     last = _last_readers(layers)
     tape.alloc(0, layers[0].size)
     peak, at_peak = layers[0].size, [0]
+
+    def note_peak() -> None:
+        nonlocal peak, at_peak
+        if tape.values > peak:
+            peak = tape.values
+            at_peak = sorted(k for k in tape.alive if isinstance(k, int) and k >= 0)
+
     for i, row in enumerate(layers[1:], start=1):
         (j,) = row.inputs if len(row.inputs) == 1 else (None,)
         if row.inplace and j is not None and last[j] == i and j not in kept:
             tape.free(j)  # an elementwise op writes over an input that dies here
-        tape.alloc(i, row.size)
-        if i in kept_internal:
-            tape.alloc(-i, row.internal)  # negative key: a layer's internal tensor
-        temporary = row.transient + (0 if i in kept_internal else row.internal)
-        tape.alloc(("transient", i), temporary)
-        now = tape.values
-        if now > peak:
-            peak, at_peak = now, sorted(k for k in tape.alive if isinstance(k, int) and k >= 0)
-        tape.free(("transient", i))
-        for j in {*row.inputs, i}:  # i itself when nothing reads it
-            if last[j] == i and j not in kept:
+        dying = [j for j in {*row.inputs, i} if last[j] == i and j not in kept]
+        if row.internal:  # made from the inputs, and the output from it: inputs die between
+            tape.alloc(-i if i in kept_internal else ("internal", i), row.internal)
+            note_peak()
+            for j in dying:
                 tape.free(j)
+        tape.alloc(i, row.size)
+        tape.alloc(("transient", i), row.transient)
+        note_peak()
+        for key in [("transient", i), ("internal", i), *dying]:  # i itself when nothing reads it
+            tape.free(key)
     return peak, at_peak
 
 
@@ -124,7 +140,9 @@ def _backward_plan(layers: list[Layer]) -> tuple[list[bool], dict[int, int], set
     return needs, kept, internal
 
 
-def training_tape(layers: list[Layer], hold_gradients: bool = False) -> Tape:
+def training_tape(
+    layers: list[Layer], hold_gradients: bool = False, update_temporaries: int = UPDATE_TEMPORARIES
+) -> Tape:
     """One training step's allocations (forward, then backward).
 
     Forward (``_forward``): tensors the backward pass reads stay alive. Backward, in reverse
@@ -134,8 +152,10 @@ def training_tape(layers: list[Layer], hold_gradients: bool = False) -> Tape:
     and its convolution scratch live through its step; kept tensors are freed after their
     earliest reader. TensorFlow updates each variable as soon as its gradient is ready,
     unless the update needs every gradient first (``hold_gradients``: loss scaling checks
-    they are all finite), when weight gradients live to the end. The step ends with
-    everything freed.
+    they are all finite), when weight gradients live to the end and the updates follow in
+    the variables' (forward) order. An update holds ``update_temporaries`` values per
+    weight beside the gradient (``UPDATE_TEMPORARIES``). The step ends with everything
+    freed.
     """
     needs, kept, internal = _backward_plan(layers)
     tape = Tape()
@@ -162,14 +182,31 @@ def training_tape(layers: list[Layer], hold_gradients: bool = False) -> Tape:
         for key in [("workspace", i), ("scratch", i), ("grad", i), -i]:
             tape.free(key)
         if not hold_gradients:
+            _update(tape, i, row.trainable, update_temporaries)
             tape.free(("weight_grad", i))
         for t in [t for t, first in kept.items() if first == i]:
             tape.free(t)
     for key in [k for k in tape.alive if not (isinstance(k, tuple) and k[0] == "weight_grad")]:
         tape.free(key)  # what no backward step read (the update holds no activation)
+    tape.updates = len(tape.events)
+    if hold_gradients:  # the updates, in the variables' order, each freeing its gradient
+        for i, row in enumerate(layers):
+            if ("weight_grad", i) in tape.alive:
+                _update(tape, i, row.trainable, update_temporaries)
+                tape.free(("weight_grad", i))
     for key in list(tape.alive):
         tape.free(key)
     return tape
+
+
+def _update(tape: Tape, i: int, weights: int, temporaries: int) -> None:
+    """The optimizer's update of row ``i``'s weights: its temporaries, each the size of the
+    weights, made and freed."""
+    keys = [("update", i, k) for k in range(temporaries)]
+    for key in keys:
+        tape.alloc(key, weights=weights)
+    for key in keys:
+        tape.free(key)
 
 
 def training_peak(
@@ -187,7 +224,7 @@ def training_peak(
     """
     _, kept, internal = _backward_plan(layers)
     tape = training_tape(layers, hold_gradients) if tape is None else tape
-    backward = tape.backward
+    backward, updates = tape.backward, tape.updates
     sizes: dict[Any, tuple[int, int, int]] = {}
     values = weights = scratch = fwd = bwd = 0
     moments = []
@@ -203,9 +240,9 @@ def training_peak(
         else:
             scratch = max(scratch, s)
             bwd = max(bwd, values)
-        moments.append((values, weights, scratch if k >= backward else 0))
-    if hold_gradients:  # the update: every gradient, no activation
-        moments.append((0, sum(e[2] for e in tape.events if e[1] is not None), 0))
+        # every weight gradient is made before the held gradients' updates: no scratch then
+        pending = k >= backward and k < updates
+        moments.append((values, weights, scratch if pending else 0))
     return {
         "values": max(fwd, bwd),
         "forward_values": fwd,

@@ -33,7 +33,8 @@ def _why(est: dict[str, Any]) -> str:
         "The textbook minimum keeps every layer's output for every image and ignores "
         "gradients and optimizer state; the realistic figure keeps only the tensors the "
         "backward pass of the trainable layers reads (simulated tensor by tensor), but adds "
-        f"float32 gradients, {est['optimizer_slots']} optimizer values per trainable parameter"
+        f"float32 gradients with the optimizer update's temporaries, "
+        f"{est['optimizer_slots']} optimizer values per trainable parameter"
         f"{', float16 weight copies' if est['precision'].startswith('mixed') else ''} and the "
         f"measured framework overhead ({est['overhead']:.2f}x per image). Convolution "
         f"scratch is that of {_KERNELS[est['kernels']]} (memory.kernels)."
@@ -125,13 +126,15 @@ def render_markdown(est: dict[str, Any], layer_table: bool = True) -> str:
                 else ""
             )
             + f" + optimizer {format_bytes(r['optimizer'])}, and at the step's worst moment "
-            f"for this batch gradients {format_bytes(r['gradients'])} + convolution scratch "
+            f"for this batch gradients and their update's temporaries "
+            f"{format_bytes(r['gradients'])} + convolution scratch "
             f"{format_bytes(r['scratch'])} + {batch} x {format_bytes(r['per_image'])} (input "
             f"pipeline {format_bytes(r['input_pipeline'])} and tensors alive, at most "
             f"{r['peak']['values']:,} values, {r['peak']['kept_values']:,} of them kept for the "
             f"backward pass, x {2 if r['precision'].startswith('mixed') else 4} B x "
             f"{r['overhead']:.2f}) = {format_bytes(r['tensors_total'])}; replayed through "
-            f"TensorFlow's allocator, whose chunks can be up to twice a tensor, "
+            f"TensorFlow's allocator from the weights' creation on, whose chunks can be up "
+            f"to twice a tensor, "
             f"{format_bytes(r['allocator'])}: the larger, **{format_bytes(r['total'])}**.",
         ]
     out += ["", _why(est), ""]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # What a layer's backward pass reads, besides the gradient of its output.
 SAVES_INPUTS = "inputs"  # always (max pooling, LRN, swish, BatchNorm in training mode)
@@ -48,6 +49,14 @@ _WINDOW = r"(\d+)x(\d+)(?:s(\d+))?(same|valid)?"
 _CONV = re.compile(rf"conv{_WINDOW}:(\d+)")
 _POOL = re.compile(rf"(max|avg)pool{_WINDOW}")
 _DENSE = re.compile(r"(?:dense|fc):(\d+)")
+
+
+class Variable(NamedTuple):
+    """One weight variable of a layer, as the allocator meets it when Keras creates it."""
+
+    values: int
+    drawn: bool  # by a random initializer (three buffers at creation), else filled
+    trainable: bool = True  # optimizer slots follow it (not BatchNorm's moving statistics)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class Layer:
     scratch: int = 0
     input_scratch: int = 0
     working: str = ""  # the arithmetic behind shape and params, printed for students
+    variables: tuple[Variable, ...] = ()  # params variable by variable, in creation order
 
     @property
     def size(self) -> int:
@@ -249,6 +259,7 @@ def _conv(
         "flops": 2 * macs + oh * ow * filters,
         "saves": (SAVES_INPUTS_IF_TRAINABLE,),
         "working": f"{steps}; params ({kh}x{kw}x{cin}+1)x{filters} = {params:,}",
+        "variables": (Variable(kh * kw * cin * filters, True), Variable(filters, False)),
     }
 
 
@@ -285,4 +296,5 @@ def _dense(token: str, shape: tuple[int, ...], units: int) -> dict:
         "flops": 2 * n * units + units,
         "saves": (SAVES_INPUTS_IF_TRAINABLE,),
         "working": f"params ({n:,}+1)x{units:,} = {params:,}",
+        "variables": (Variable(n * units, True), Variable(units, False)),
     }

@@ -16,6 +16,7 @@ from pipeline.files import atomic_write_text, generated_dir, write_json
 from pipeline.memory.classifier import (
     configured_kernels,
     configured_overhead,
+    configured_slots,
     estimate_classifier,
     measure_throughput,
 )
@@ -55,7 +56,7 @@ def estimate_memory(
             "--layers conv3x3s2same:100,conv3x3s2same:200"
         )
     budget = parse_quantity(cfg.memory.budget)
-    batch, slots = cfg.input.batch_size, cfg.memory.optimizer_slots
+    batch, slots = cfg.input.batch_size, configured_slots(cfg)
     overhead, kernels = configured_overhead(cfg), configured_kernels(cfg)
     notes: list[str] = []
     model = None
