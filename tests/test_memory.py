@@ -161,15 +161,18 @@ def test_realistic_training_adds_gradients_optimizer_and_mixed_precision():
     pipeline = 1.5 * 180_000 * 4  # float32 input batches buffered by the input pipeline
     assert fp32["input_pipeline"] == pipeline
     assert fp32["per_image"] == 3_930_000 * 4 + pipeline
-    # The peak is conv2's backward step: its own weight gradient (conv3's is applied by
-    # then) and its 27 MB im2col buffer, which the allocator may hold in a chunk of twice it.
-    assert fp32["gradients"] == 180_200 * 4
+    # The peak is conv2's backward step: its own weight gradient, conv3's update running
+    # beside it (conv3's gradient and Adam's two temporaries) and conv2's 27 MB im2col
+    # buffer, which the allocator may hold in a chunk of twice it.
+    assert fp32["gradients"] == (180_200 + 3 * 720_400) * 4
     assert rows[2].scratch == 27_000_000 and fp32["scratch"] == 54_000_000
-    assert fp32["fixed"] == 3 * 3_613_600 + 180_200 * 4 + 54_000_000
+    assert fp32["fixed"] == 3 * 3_613_600 + fp32["gradients"] + 54_000_000
     assert fp32["tensors_total"] == fp32["fixed"] + 50 * fp32["per_image"]
     mixed = realistic_training(rows, 50, "mixed_float16", optimizer_slots=2, overhead=1.0)
     assert mixed["per_image"] == 3_930_000 * 2 + pipeline  # float16 activations, float32 input
-    assert mixed["gradients"] == (180_200 + 720_400) * 4  # loss scaling holds them all
+    # loss scaling holds every gradient; conv1's and conv2's float16 copies are alive
+    # until their backward steps read them
+    assert mixed["gradients"] == (180_200 + 720_400 + (2_800 + 180_200) // 2) * 4
     assert mixed["weights"] == fp32["weights"]  # float32 master weights
     assert mixed["weight_copies"] == 903_400 * 2
     assert realistic_training(rows, 50, overhead=1.5)["per_image"] == 1.5 * fp32["per_image"]
@@ -178,12 +181,15 @@ def test_realistic_training_adds_gradients_optimizer_and_mixed_precision():
 def test_adams_update_holds_two_temporaries_beside_the_gradient():
     # One Dense kernel trains: at a small batch the step's worst moment is its update,
     # measured at three times the kernel (the gradient, g - m beside g², m·alpha beside
-    # sqrt(v)); loss scaling's held gradients meet the same update after the last of them.
+    # sqrt(v)); loss scaling's held gradients meet the same update after the last of them,
+    # when the step's float16 weight copies are freed (the backward pass read them last).
     rows = parse_layers("1x1x2048", "flatten,dense:1000")
     for precision in ("float32", "mixed_float16"):
         cost = realistic_training(rows, 2, precision, overhead=1.0)
         assert cost["gradients"] == 3 * rows[-1].trainable * 4
         assert cost["scratch"] == 0
+        held = cost["weights"] + cost["optimizer"]
+        assert cost["tensors_total"] == held + cost["gradients"] + 2 * cost["per_image"]
 
 
 def test_the_peak_moment_depends_on_the_batch():

@@ -129,13 +129,14 @@ def realistic_training(
     """fixed + batch x per_image at the step's worst moment for this batch size, or the
     allocator's simulated chunks where they hold more.
 
-    Always held: float32 weights and optimizer slots (float16 weight copies under mixed
-    precision). Per image: the input pipeline's buffered float32 batches and the simulated
-    tensors (half-size under mixed precision) times the framework overhead. Which moment is
-    the peak depends on the batch: the forward pass holds no gradient; a backward step holds
-    its weight gradient (under mixed precision every one made so far: loss scaling updates
-    only once all are checked) and the convolutions' im2col scratch
-    (``pipeline.memory.liveness.training_peak``).
+    Always held: float32 weights and optimizer slots. Per image: the input pipeline's
+    buffered float32 batches and the simulated tensors (half-size under mixed precision)
+    times the framework overhead. Which moment is the peak depends on the batch: the
+    forward pass holds no gradient; a backward step holds its weight gradient and the
+    previous layer's update (under mixed precision every gradient made so far: loss scaling
+    updates only once all are checked) and the convolutions' im2col scratch; under mixed
+    precision the float16 weight copies the step casts live until their last reader
+    (``pipeline.memory.liveness.training_tape``, ``training_peak``).
 
     That is a bound on the tensors' bytes. The allocator holds chunks: a tensor can be handed
     a free chunk up to twice its size, by the order of earlier allocations. So the same
@@ -150,12 +151,17 @@ def realistic_training(
     mixed = precision.startswith("mixed")
     value_bytes = 2 if mixed else 4
     layers = float32_batchnorm(layers) if mixed else layers
-    tape = training_tape(layers, hold_gradients=mixed)  # loss scaling checks every gradient
+    # Under mixed precision loss scaling checks every gradient before any update, and the
+    # step casts a float16 copy of each weight (BatchNorm's stay float32).
+    copies = [
+        math.ceil(r.params * 2 / MASTER_BYTES) if mixed and r.kind != "BatchNormalization" else 0
+        for r in layers
+    ]
+    tape = training_tape(layers, hold_gradients=mixed, weight_copies=copies)
     peak = training_peak(layers, mixed, tape)
     pipeline = layers[0].size * INPUT_BYTES * pipeline_batches
     held = {
         "weights": params * MASTER_BYTES,
-        "weight_copies": params * 2 if mixed else 0,
         "optimizer": trainable * optimizer_slots * MASTER_BYTES,
     }
 
@@ -170,11 +176,10 @@ def realistic_training(
     allocator = 0
     if allocator_steps:
         # The same step through the BFC allocator's rules: the weights as Keras creates
-        # them, float16 copies and optimizer slots (zeros) a variable at a time, the input
-        # pipeline's buffered batches, then the step's tensors.
+        # them, optimizer slots (zeros) a variable at a time, the input pipeline's buffered
+        # batches, then the step's tensors.
         variables = [v for r in layers for v in r.variables or [Variable(r.params, False)]]
-        kept = [v.values * 2 for v in variables] if mixed else []
-        kept += [
+        kept = [
             v.values * MASTER_BYTES
             for r in layers
             if r.trainable
@@ -190,7 +195,9 @@ def realistic_training(
         allocator = math.ceil(step * overhead)
     return {
         **held,
-        "gradients": gradients,  # weight gradients and the optimizer update's temporaries
+        # at the worst moment: weight gradients, the update's temporaries, float16 copies
+        "gradients": gradients,
+        "weight_copies": sum(copies) * MASTER_BYTES,  # float16 copies the step casts
         "scratch": scratch,
         "fixed": fixed,
         "per_image": per_image,

@@ -141,7 +141,10 @@ def _backward_plan(layers: list[Layer]) -> tuple[list[bool], dict[int, int], set
 
 
 def training_tape(
-    layers: list[Layer], hold_gradients: bool = False, update_temporaries: int = UPDATE_TEMPORARIES
+    layers: list[Layer],
+    hold_gradients: bool = False,
+    update_temporaries: int = UPDATE_TEMPORARIES,
+    weight_copies: list[int] | None = None,
 ) -> Tape:
     """One training step's allocations (forward, then backward).
 
@@ -151,19 +154,31 @@ def training_tape(
     gradient's buffer); a layer's backward temporaries (``workspace``), its weight gradient
     and its convolution scratch live through its step; kept tensors are freed after their
     earliest reader. TensorFlow updates each variable as soon as its gradient is ready,
-    unless the update needs every gradient first (``hold_gradients``: loss scaling checks
-    they are all finite), when weight gradients live to the end and the updates follow in
-    the variables' (forward) order. An update holds ``update_temporaries`` values per
-    weight beside the gradient (``UPDATE_TEMPORARIES``). The step ends with everything
-    freed.
+    beside the next backward step (the update is off the critical path), unless the update
+    needs every gradient first (``hold_gradients``: loss scaling checks they are all
+    finite), when weight gradients live to the end and the updates follow in the
+    variables' (forward) order. An update holds ``update_temporaries`` values per weight
+    beside the gradient (``UPDATE_TEMPORARIES``). The step ends with everything freed.
+
+    ``weight_copies``: per row, the copy of its weights the step casts, in weight values
+    (a float16 copy of n float32 weights is n / 2 of them). The casts read only the
+    variables, so the executor runs them all as the step starts; a copy is freed after the
+    forward pass where no gradient flows, else after its row's backward step (the input
+    gradient reads it), so none is left for the updates.
     """
     needs, kept, internal = _backward_plan(layers)
     tape = Tape()
+    for i, copy in enumerate(weight_copies or []):
+        tape.alloc(("copy", i), weights=copy)
     tape.forward_peak_rows = _forward(layers, set(kept), internal, tape)[1]
     out = len(layers) - 1
     if out not in kept:
         tape.free(out)
+    for i in range(len(layers)):
+        if not needs[i]:
+            tape.free(("copy", i))
     tape.backward = len(tape.events)
+    updating = None  # the row whose update runs beside the next backward step
     if needs[out]:
         tape.alloc(("grad", out), layers[out].size)
     for i in reversed(range(1, len(layers))):
@@ -179,34 +194,42 @@ def training_tape(
         tape.alloc(("weight_grad", i), weights=row.trainable)
         flows_in = any(needs[j] for j in row.inputs)
         tape.alloc(("scratch", i), scratch=max(row.scratch, row.input_scratch if flows_in else 0))
-        for key in [("workspace", i), ("scratch", i), ("grad", i), -i]:
+        for key in [("workspace", i), ("scratch", i), ("grad", i), -i, ("copy", i)]:
             tape.free(key)
-        if not hold_gradients:
-            _update(tape, i, row.trainable, update_temporaries)
-            tape.free(("weight_grad", i))
+        if row.trainable and not hold_gradients:
+            if updating is not None:  # it ran beside this step
+                _end_update(tape, updating, update_temporaries)
+            _start_update(tape, i, row.trainable, update_temporaries)
+            updating = i
         for t in [t for t, first in kept.items() if first == i]:
             tape.free(t)
+    if updating is not None:
+        _end_update(tape, updating, update_temporaries)
     for key in [k for k in tape.alive if not (isinstance(k, tuple) and k[0] == "weight_grad")]:
         tape.free(key)  # what no backward step read (the update holds no activation)
     tape.updates = len(tape.events)
     if hold_gradients:  # the updates, in the variables' order, each freeing its gradient
         for i, row in enumerate(layers):
             if ("weight_grad", i) in tape.alive:
-                _update(tape, i, row.trainable, update_temporaries)
-                tape.free(("weight_grad", i))
+                _start_update(tape, i, row.trainable, update_temporaries)
+                _end_update(tape, i, update_temporaries)
     for key in list(tape.alive):
         tape.free(key)
     return tape
 
 
-def _update(tape: Tape, i: int, weights: int, temporaries: int) -> None:
-    """The optimizer's update of row ``i``'s weights: its temporaries, each the size of the
-    weights, made and freed."""
-    keys = [("update", i, k) for k in range(temporaries)]
-    for key in keys:
-        tape.alloc(key, weights=weights)
-    for key in keys:
-        tape.free(key)
+def _start_update(tape: Tape, i: int, weights: int, temporaries: int) -> None:
+    """The optimizer's update of row ``i``'s weights begins: its temporaries, each the size
+    of the weights, beside the weight gradient."""
+    for k in range(temporaries):
+        tape.alloc(("update", i, k), weights=weights)
+
+
+def _end_update(tape: Tape, i: int, temporaries: int) -> None:
+    """The update of row ``i`` is done: its temporaries and its weight gradient are freed."""
+    for k in range(temporaries):
+        tape.free(("update", i, k))
+    tape.free(("weight_grad", i))
 
 
 def training_peak(

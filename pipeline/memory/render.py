@@ -120,14 +120,15 @@ def render_markdown(est: dict[str, Any], layer_table: bool = True) -> str:
             f"{tot['input']:,} input values) x {size} B + parameters {t['parameters']:,} B = "
             f"**{t['total']:,} B = {format_bytes(t['total'])}**.",
             f"- {label}, realistic: weights {format_bytes(r['weights'])}"
+            + f" + optimizer {format_bytes(r['optimizer'])}, and at the step's worst moment "
+            f"for this batch gradients and their update's temporaries"
             + (
-                f" + float16 copies {format_bytes(r['weight_copies'])}"
+                f" with the float16 weight copies still alive (of "
+                f"{format_bytes(r['weight_copies'])} cast each step)"
                 if r["weight_copies"]
                 else ""
             )
-            + f" + optimizer {format_bytes(r['optimizer'])}, and at the step's worst moment "
-            f"for this batch gradients and their update's temporaries "
-            f"{format_bytes(r['gradients'])} + convolution scratch "
+            + f" {format_bytes(r['gradients'])} + convolution scratch "
             f"{format_bytes(r['scratch'])} + {batch} x {format_bytes(r['per_image'])} (input "
             f"pipeline {format_bytes(r['input_pipeline'])} and tensors alive, at most "
             f"{r['peak']['values']:,} values, {r['peak']['kept_values']:,} of them kept for the "
