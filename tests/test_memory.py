@@ -504,6 +504,16 @@ def test_stage_on_a_backbone_that_does_not_fit(tmp_path, capsys):
     assert "remedies for from scratch" in out and "| # | layer |" not in out
 
 
+def test_pretrained_weights_are_replayed_as_loaded_not_drawn():
+    # A run that loads ImageNet weights holds the loaded values, not the chunks its
+    # initializers left; a run from random weights holds those chunks.
+    def drawn(weights: str) -> bool:
+        phases, _ = model_phases(_cfg("mobilenet", **{"model.weights": weights}), 3)
+        return any(v.drawn for rows in phases.values() for r in rows for v in r.variables)
+
+    assert drawn("none") and not drawn("imagenet")
+
+
 def test_a_moving_average_of_the_weights_is_a_third_optimizer_value(tmp_path):
     # train.ema makes Keras's Adam keep the averaged weights beside its two moments.
     def optimizer_bytes(ema: float) -> int:
