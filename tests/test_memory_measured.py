@@ -107,13 +107,18 @@ with tempfile.TemporaryDirectory() as trace:
 """
 
 
-@pytest.fixture(scope="module")
-def unsplit_chunk(bench) -> dict:
+def _child_json(bench, program: str, *args: str):
+    """The JSON a fresh process with the BFC allocator on prints last, running ``program``."""
     done = subprocess.run(
-        [sys.executable, "-c", _UNSPLIT_CHUNK],
+        [sys.executable, "-c", program, *args],
         capture_output=True, text=True, check=True, cwd=REPO, env=bench.child_env(),
     )  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def unsplit_chunk(bench) -> dict:
+    return _child_json(bench, _UNSPLIT_CHUNK)
 
 
 def test_allocator_rounding_at_the_peak_is_read_from_the_profiler_trace(unsplit_chunk):
@@ -149,11 +154,7 @@ def test_weights_hold_the_chunks_their_initializers_leave(bench):
     # a chunk an earlier kernel's temporaries freed, so the weights hold about 15% more than
     # their bytes. Replaying the initializers through the allocator's rules finds it.
     case = "xception:96:1"
-    done = subprocess.run(
-        [sys.executable, "-c", _BUILT, case],
-        capture_output=True, text=True, check=True, cwd=REPO, env=bench.child_env(),
-    )  # fmt: skip
-    held = json.loads(done.stdout.strip().splitlines()[-1])
+    held = _child_json(bench, _BUILT, case)
     rows = layers_from_model(bench.case_model(case)[0])
     weights = [(v.values * 4, v.drawn) for r in rows for v in r.variables]
     replay = BFCModel()
@@ -207,10 +208,6 @@ def test_adams_update_holds_what_the_estimate_charges(bench, precision, within):
     # (estimate 10.0); under mixed precision 10.5 or 11.0 from one process to the next
     # (estimate 10.0: the float16 copies are freed before the updates; the profiler's trace
     # shows the two gradients and two temporaries at the peak, as estimated).
-    done = subprocess.run(
-        [sys.executable, "-c", _ADAM, precision],
-        capture_output=True, text=True, check=True, cwd=REPO, env=bench.child_env(),
-    )  # fmt: skip
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = _child_json(bench, _ADAM, precision)
     error = (found["estimate"] - found["peak"]) / found["peak"]
     assert abs(error) <= within, f"estimate {found['estimate']:,} B, peak {found['peak']:,} B"

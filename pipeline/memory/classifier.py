@@ -46,9 +46,8 @@ def model_phases(
     needs none, and nothing is downloaded.
 
     Where the run loads pretrained weights, its variables hold the loaded values, not the
-    buffers their initializers left (EfficientNet-Lite2 at 96 px held 18.5 MiB for 18.6
-    MiB of values once its ImageNet weights were loaded, 19.4 MiB as initialized), so the
-    rows say none was drawn."""
+    chunks their initializers left (docs/memory.md, "What does not grow with the batch"),
+    so the rows say none was drawn."""
     from pipeline.model import build_classifier, classifier_spec, freeze_for_phase, get_base
 
     spec = replace(classifier_spec(cfg), weights="none")

@@ -45,9 +45,8 @@ _NO_SAVES = {
     "Normalization",
     "Identity",
 }
-# Activations whose gradient is computed from their output; every other one reads its input.
 # Activations whose TensorFlow gradient reads the output, not the input (nn_grad.py: Relu6's
-# too, so a ReLU capped at 6 keeps only its output for the backward pass).
+# too, so a ReLU capped at 6 keeps only its output); every other one reads its input.
 _OUTPUT_GRAD_ACTIVATIONS = {"relu", "relu6", "sigmoid", "tanh", "softmax", "elu", "exponential"}
 
 

@@ -20,9 +20,8 @@ from pipeline.memory.spec import (
 
 # Adam's update of a variable (Keras: m += (g - m)(1 - b1); v += (g² - v)(1 - b2);
 # w -= m·alpha / (sqrt(v) + eps)) holds two variable-sized temporaries beside the gradient
-# at its worst (g - m beside g², then m·alpha beside sqrt(v)): a step that trains one large
-# Dense kernel peaks at three times the kernel above what it holds between steps, with
-# either CPU kernel set and either precision.
+# at its worst (g - m beside g², then m·alpha beside sqrt(v)); measured in docs/memory.md,
+# "What does not grow with the batch".
 UPDATE_TEMPORARIES = 2
 
 
@@ -91,7 +90,7 @@ def _forward(
         (j,) = row.inputs if len(row.inputs) == 1 else (None,)
         if row.inplace and j is not None and last[j] == i and j not in kept:
             tape.free(j)  # an elementwise op writes over an input that dies here
-        dying = [j for j in {*row.inputs, i} if last[j] == i and j not in kept]
+        dying = [j for j in set(row.inputs) if last[j] == i and j not in kept]
         if row.internal:  # made from the inputs, and the output from it: inputs die between
             tape.alloc(-i if i in kept_internal else ("internal", i), row.internal)
             note_peak()
@@ -100,8 +99,10 @@ def _forward(
         tape.alloc(i, row.size)
         tape.alloc(("transient", i), row.transient)
         note_peak()
-        for key in [("transient", i), ("internal", i), *dying]:  # i itself when nothing reads it
+        for key in [("transient", i), ("internal", i), *dying]:
             tape.free(key)
+        if last[i] == i and i not in kept:  # nothing reads it
+            tape.free(i)
     return peak, at_peak
 
 
